@@ -1,0 +1,36 @@
+# Set-up is part of every target: the virtual environment is (re)made when it is
+# missing, broken, or older than pyproject.toml.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-test
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+
+.PHONY: test run lint models clean
+
+$(STAMP): pyproject.toml
+	@$(BIN)/python -c '' 2>/dev/null || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+test: $(STAMP)
+	$(BIN)/pytest
+
+run: $(STAMP)
+	$(BIN)/edgecollab run
+
+lint: $(STAMP)
+	$(BIN)/ruff check edgecollab tests models benchmarks
+	$(BIN)/ruff format --check edgecollab tests models benchmarks
+	$(BIN)/mypy
+
+# Retrain the variant ladder: installs the training split (Debian) and PyTorch (CPU).
+models: $(STAMP)
+	@[ -f $(FASHION_MNIST)/train-images-idx3-ubyte.gz ] || { $(SUDO) apt-get update && $(SUDO) apt-get install -y dataset-fashion-mnist; }
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[train]'
+	$(BIN)/python models/train.py --data $(FASHION_MNIST)
+	$(BIN)/edgecollab models verify
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,58 @@
+"""Labelled test sets in the IDX format (as used by MNIST and Fashion-MNIST)."""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ModelError
+
+# IDX type codes (third byte of the magic number) -> numpy dtype.
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (optionally gzip-compressed) into a numpy array."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise ModelError(f"cannot read IDX file {path}: {exc}") from exc
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise ModelError(f"{path} is not an IDX file (bad magic number)")
+    ndim = raw[3]
+    header_end = 4 + 4 * ndim
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(raw) - header_end != expected:
+        raise ModelError(f"{path}: header promises {expected} bytes of data, file holds {len(raw) - header_end}")
+    return np.frombuffer(raw, dtype=dtype, offset=header_end).reshape(shape)
+
+
+@dataclass(frozen=True)
+class LabelledSet:
+    """Inputs (shaped as the model takes them) and their integer labels."""
+
+    inputs: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def load_labelled_set(images: Path, labels: Path, input_shape: tuple[int, ...]) -> LabelledSet:
+    """Load an IDX image/label pair, reshaping each image to ``input_shape``."""
+    x = read_idx(images)
+    y = read_idx(labels).astype(np.int64)
+    if len(x) != len(y):
+        raise ModelError(f"{images} holds {len(x)} inputs but {labels} holds {len(y)} labels")
+    try:
+        x = x.reshape((len(x), *input_shape))
+    except ValueError as exc:
+        raise ModelError(f"{images}: images of shape {x.shape[1:]} do not fit input shape {input_shape}") from exc
+    return LabelledSet(inputs=np.ascontiguousarray(x), labels=y)

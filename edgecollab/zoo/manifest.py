@@ -1,0 +1,184 @@
+"""The model manifest (``models/zoo.toml``): tasks, their test sets, and model variants.
+
+The manifest is written by ``models/train.py`` (or by hand for a user's own
+models, with figures from ``edgecollab models inspect``). Loading it checks the
+schema, that every variant names a known task and an existing file, and that
+each file's sha256 matches, so nothing downstream runs a model it did not mean to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..errors import ManifestError
+
+DEFAULT_MANIFEST_ENV = "EDGECOLLAB_MANIFEST"
+
+
+class TaskSpec(BaseModel):
+    """One inference task: what its models take and where its labelled test set is."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    input_dtype: str = "uint8"
+    input_shape: tuple[int, ...] = Field(description="shape of one input, without the batch dimension")
+    classes: int = Field(gt=1)
+    test_images: str = Field(description="IDX file of test inputs, relative to the manifest")
+    test_labels: str = Field(description="IDX file of test labels, relative to the manifest")
+
+
+class TrainingInfo(BaseModel):
+    """How a variant was trained; free-form beyond epochs and seed."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    epochs: int = Field(ge=0)
+    seed: int
+
+
+class Variant(BaseModel):
+    """One model variant: a file, its measured accuracy and its counted cost."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    task: str
+    file: str = Field(description="ONNX file, relative to the manifest")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    accuracy: float = Field(ge=0.0, le=1.0, description="top-1 accuracy on the task's test set")
+    macs: int = Field(gt=0, description="multiply-accumulates per input")
+    params: int = Field(ge=0)
+    quantized: bool = False
+    base: str | None = Field(default=None, description="the float variant this one was quantized from")
+    training: TrainingInfo | None = None
+
+
+class _ManifestFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    task: list[TaskSpec]
+    variant: list[Variant]
+
+
+class Manifest:
+    """A loaded, validated manifest. Paths of files are resolved against its folder."""
+
+    def __init__(self, path: Path, tasks: list[TaskSpec], variants: list[Variant]) -> None:
+        self.path = path
+        self.tasks: dict[str, TaskSpec] = {t.name: t for t in tasks}
+        self.variants: dict[str, Variant] = {v.name: v for v in variants}
+
+    def resolve(self, relative: str) -> Path:
+        return (self.path.parent / relative).resolve()
+
+    def variant(self, name: str) -> Variant:
+        try:
+            return self.variants[name]
+        except KeyError:
+            raise ManifestError(
+                f"unknown model variant {name!r}; the manifest {self.path} has: {', '.join(self.variants)}"
+            ) from None
+
+    def task_of(self, variant: Variant) -> TaskSpec:
+        return self.tasks[variant.task]
+
+    def for_task(self, task: str) -> list[Variant]:
+        return [v for v in self.variants.values() if v.task == task]
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _describe_validation_error(path: Path, data: dict[str, Any], exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = list(err["loc"])
+        where = ".".join(str(part) for part in loc)
+        # Name the variant or task by its name rather than its list index.
+        if len(loc) >= 2 and isinstance(loc[1], int):
+            table = data.get(str(loc[0]), [])
+            if loc[1] < len(table) and isinstance(table[loc[1]], dict) and "name" in table[loc[1]]:
+                where = f"{loc[0]} {table[loc[1]]['name']!r}: " + ".".join(str(p) for p in loc[2:])
+        lines.append(f"  {where}: {err['msg']}")
+    return f"invalid manifest {path}:\n" + "\n".join(lines)
+
+
+def load_manifest(path: Path | str | None = None, *, check_files: bool = True) -> Manifest:
+    """Load and validate a manifest; with ``check_files`` also verify every file's sha256."""
+    manifest_path = Path(path) if path is not None else default_manifest_path()
+    try:
+        with open(manifest_path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ManifestError(f"model manifest not found: {manifest_path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ManifestError(f"model manifest {manifest_path} is not valid TOML: {exc}") from None
+    try:
+        parsed = _ManifestFile.model_validate(data)
+    except ValidationError as exc:
+        raise ManifestError(_describe_validation_error(manifest_path, data, exc)) from None
+
+    manifest = Manifest(manifest_path.resolve(), parsed.task, parsed.variant)
+    _check_consistency(manifest, parsed)
+    if check_files:
+        for variant in manifest.variants.values():
+            file = manifest.resolve(variant.file)
+            if not file.is_file():
+                raise ManifestError(f"variant {variant.name!r}: model file not found: {file}")
+            actual = sha256_of(file)
+            if actual != variant.sha256:
+                raise ManifestError(
+                    f"variant {variant.name!r}: sha256 mismatch for {file}: "
+                    f"manifest says {variant.sha256}, file has {actual}"
+                )
+    return manifest
+
+
+def _check_consistency(manifest: Manifest, parsed: _ManifestFile) -> None:
+    for kind, names in (("task", [t.name for t in parsed.task]), ("variant", [v.name for v in parsed.variant])):
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ManifestError(f"manifest {manifest.path}: duplicate {kind} name(s): {', '.join(duplicates)}")
+    for variant in manifest.variants.values():
+        if variant.task not in manifest.tasks:
+            raise ManifestError(
+                f"variant {variant.name!r} names unknown task {variant.task!r}; "
+                f"tasks in {manifest.path}: {', '.join(manifest.tasks) or '(none)'}"
+            )
+        if variant.base is not None and variant.base not in manifest.variants:
+            raise ManifestError(f"variant {variant.name!r}: base {variant.base!r} is not a variant in the manifest")
+
+
+def default_manifest_path() -> Path:
+    """``$EDGECOLLAB_MANIFEST``, else ``./models/zoo.toml``, else the source tree's zoo."""
+    if env := os.environ.get(DEFAULT_MANIFEST_ENV):
+        return Path(env)
+    local = Path.cwd() / "models" / "zoo.toml"
+    if local.is_file():
+        return local
+    return Path(__file__).resolve().parents[2] / "models" / "zoo.toml"
+
+
+def pareto_front(variants: list[Variant]) -> list[Variant]:
+    """Variants no other variant beats on both accuracy and MACs, cheapest first."""
+    front = [
+        v
+        for v in variants
+        if not any(
+            (o.accuracy >= v.accuracy and o.macs <= v.macs) and (o.accuracy > v.accuracy or o.macs < v.macs)
+            for o in variants
+        )
+    ]
+    return sorted(front, key=lambda v: v.macs)
