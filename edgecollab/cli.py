@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +15,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import EdgecollabError
+from .config import DEFAULT_CONFIG, ClusterConfig, load_config
+from .errors import EdgecollabError, RequestFailed
 from .zoo import load_manifest, load_test_set, pareto_front, sha256_of, verify_variant
 from .zoo.graph import graph_cost
 
@@ -32,6 +35,26 @@ ManifestOption = Annotated[
     Path | None, typer.Option("--manifest", help="model manifest (default: ./models/zoo.toml or the bundled one)")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
+ConfigOption = Annotated[Path, typer.Option("--config", help="cluster config (TOML)")]
+CoordinatorOption = Annotated[
+    str | None, typer.Option("--coordinator", help="coordinator endpoint, e.g. tcp://HOST:PORT (default: from config)")
+]
+PolicyOption = Annotated[str | None, typer.Option("--policy", help="planning policy (default: from config)")]
+TargetOption = Annotated[float | None, typer.Option("--target-ips", help="performance target, inferences/s")]
+MinAccuracyOption = Annotated[float | None, typer.Option("--min-accuracy", help="minimum accuracy, a fraction")]
+SeedOption = Annotated[int, typer.Option("--seed", help="seed for drawing inputs from the test set")]
+SavePredictionsOption = Annotated[
+    Path | None, typer.Option("--save-predictions", help="write test-set indices and predictions to this .npz")
+]
+
+
+@app.callback()
+def _options(
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="more logging (-v info, -vv debug)")] = 0,
+) -> None:
+    """Collaborative, accuracy-aware DNN inference on heterogeneous edge boards."""
+    level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def _reports_errors(command: Callable[P, R]) -> Callable[P, R]:
@@ -149,6 +172,136 @@ def models_inspect(file: Annotated[Path, typer.Argument(help="an ONNX model file
     except Exception as exc:  # onnx raises many types for unreadable files
         raise EdgecollabError(f"cannot read {file} as an ONNX model: {exc}") from exc
     print(json.dumps({"file": str(file), "sha256": sha256_of(file), "macs": cost.macs, "params": cost.params}))
+
+
+@app.command()
+@_reports_errors
+def worker(
+    node: Annotated[str, typer.Option("--node", help="this board's node name in the config")],
+    config: ConfigOption = DEFAULT_CONFIG,
+    coordinator: CoordinatorOption = None,
+) -> None:
+    """Run one board's worker: connect to the coordinator, register, and serve shards."""
+    from .worker import ShardRunner, WorkerAgent
+
+    cluster = load_config(config)
+    runner = ShardRunner(cluster, cluster.node(node))
+    endpoint = coordinator or cluster.coordinator.workers
+    settings = cluster.coordinator
+    code = asyncio.run(WorkerAgent(runner, endpoint, settings.heartbeat_s, settings.heartbeat_misses).run())
+    raise typer.Exit(code)
+
+
+@app.command("coordinator")
+@_reports_errors
+def coordinator_command(
+    config: ConfigOption = DEFAULT_CONFIG,
+    workers: Annotated[str | None, typer.Option("--workers", help="bind workers' ROUTER here instead")] = None,
+    clients: Annotated[str | None, typer.Option("--clients", help="bind clients' ROUTER here instead")] = None,
+) -> None:
+    """Run the coordinator (global node) until SIGTERM or Ctrl-C."""
+    from .coordinator import Coordinator
+
+    asyncio.run(Coordinator(load_config(config), workers_endpoint=workers, clients_endpoint=clients).serve())
+
+
+@app.command()
+@_reports_errors
+def submit(
+    inputs: Annotated[int, typer.Option("--inputs", min=1, help="number of test-set images to send")],
+    target_ips: TargetOption = None,
+    config: ConfigOption = DEFAULT_CONFIG,
+    coordinator: CoordinatorOption = None,
+    min_accuracy: MinAccuracyOption = None,
+    policy: PolicyOption = None,
+    seed: SeedOption = 0,
+    json_output: JsonOption = False,
+    save_predictions: SavePredictionsOption = None,
+) -> None:
+    """Send one request of test-set images to a running coordinator and print what happened."""
+    from .workload import RequestSpec, run_sync, workload_source
+
+    cluster = load_config(config)
+    endpoint = coordinator or _client_endpoint(cluster)
+    spec = RequestSpec(inputs, target_ips, min_accuracy, policy)
+    rows = run_sync(endpoint, workload_source(cluster), [spec], seed)
+    _print_outcome(policy or cluster.coordinator.policy, cluster, rows, json_output, save_predictions)
+
+
+@app.command()
+@_reports_errors
+def run(
+    config: ConfigOption = DEFAULT_CONFIG,
+    policy: PolicyOption = None,
+    requests: Annotated[int | None, typer.Option("--requests", min=1, help="number of requests")] = None,
+    inputs: Annotated[int | None, typer.Option("--inputs", min=1, help="inputs per request")] = None,
+    target_ips: TargetOption = None,
+    min_accuracy: MinAccuracyOption = None,
+    seed: SeedOption = 0,
+    json_output: JsonOption = False,
+    save_predictions: SavePredictionsOption = None,
+) -> None:
+    """Start a coordinator and a worker per node of the config here, run a workload, and stop them.
+
+    With no flags it runs a default workload of several requests of varied sizes and targets.
+    """
+    from .local import LocalCluster
+    from .workload import DEFAULT_WORKLOAD, RequestSpec, run_sync, workload_source
+
+    cluster = load_config(config)
+    if requests is None and inputs is None and target_ips is None:
+        specs = [RequestSpec(n, t, min_accuracy, policy) for n, t in DEFAULT_WORKLOAD]
+    else:
+        specs = [RequestSpec(inputs or 1000, target_ips, min_accuracy, policy)] * (requests or 1)
+    test_set = workload_source(cluster)
+    log_dir = cluster.resolve(".edgecollab/logs")
+    with LocalCluster(config, log_dir=log_dir) as local:
+        if not json_output:
+            print(f"started a coordinator and {len(local.workers)} workers; logs in {log_dir}", file=sys.stderr)
+        try:
+            rows = run_sync(local.clients_endpoint, test_set, specs, seed)
+        except RequestFailed:
+            print(f"the cluster's logs are in {log_dir}", file=sys.stderr)
+            raise
+    _print_outcome(policy or cluster.coordinator.policy, cluster, rows, json_output, save_predictions)
+
+
+def _client_endpoint(cluster: ClusterConfig) -> str:
+    # A coordinator bound to every interface is reached on loopback from this machine.
+    return cluster.coordinator.clients.replace("0.0.0.0", "127.0.0.1").replace("*", "127.0.0.1")
+
+
+def _print_outcome(
+    policy: str, cluster: ClusterConfig, rows: list[dict[str, Any]], json_output: bool, save_predictions: Path | None
+) -> None:
+    from .workload import save_predictions as write_predictions
+    from .workload import summary
+
+    outcome = summary(policy, cluster, rows)
+    if save_predictions is not None:
+        write_predictions(save_predictions, rows)
+    if json_output:
+        print(json.dumps(outcome, indent=2))
+        return
+    table = Table(title=f"policy {policy}: {len(rows)} request(s) on {len(cluster.nodes)} nodes")
+    for column in ("#", "inputs", "target inf/s", "achieved inf/s", "accuracy", "met", "node: variant x inputs"):
+        table.add_column(column, justify="left" if column.startswith("node") else "right")
+    for r in outcome["requests"]:
+        table.add_row(
+            str(r["id"]),
+            f"{r['inputs']:,}",
+            f"{r['target_ips']:,.0f}" if r["target_ips"] else "-",
+            f"{r['achieved_ips']:,.0f}",
+            f"{r['accuracy'] * 100:.2f} %",
+            "yes" if r["met"] else "no",
+            "\n".join(f"{a['node']}: {a['variant']} x {a['inputs']}" for a in r["assignment"]),
+        )
+    Console().print(table)
+    s = outcome["summary"]
+    print(
+        f"{s['inputs']:,} inputs in {s['requests']} requests: {s['achieved_ips']:,.0f} inf/s, "
+        f"accuracy {s['accuracy'] * 100:.2f} %, targets met {s['targets_met']}/{s['requests']}"
+    )
 
 
 def main() -> None:

@@ -2,8 +2,11 @@
 
     EdgecollabError
     ├── ConfigError          a cluster config that does not validate
-    └── ModelError           a model that cannot be used as described
-        └── ManifestError    a model manifest (zoo.toml) that is broken
+    ├── ModelError           a model that cannot be used as described
+    │   └── ManifestError    a model manifest (zoo.toml) that is broken
+    ├── RequestFailed        the coordinator answered a request with an error (``code`` says which)
+    ├── ProtocolError        a peer sent a malformed message  (edgecollab.protocol)
+    └── PlanningError        no plan can be made              (edgecollab.planner)
 
 Every error message names what was wrong and what was expected.
 """
@@ -25,3 +28,12 @@ class ModelError(EdgecollabError):
 
 class ManifestError(ModelError):
     """The model manifest is missing, malformed or inconsistent with its files."""
+
+
+class RequestFailed(EdgecollabError):
+    """The coordinator could not serve a request; ``code`` says why (see ``protocol.ERROR_CODES``)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.reason = message

@@ -1,0 +1,93 @@
+"""The client side: submit inputs to a coordinator and get predictions back, in input order."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import zmq
+import zmq.asyncio
+
+from . import transport
+from .errors import RequestFailed
+from .protocol import Error, ProtocolError, Result, Submit, decode, encode
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    predictions: np.ndarray  # predicted class per input, in input order
+    report: dict[str, Any]  # the plan, achieved throughput, per-node figures (see docs/protocol.md)
+
+
+class Client:
+    """An asyncio client; one DEALER socket serves any number of concurrent requests.
+
+    ``async with Client("tcp://127.0.0.1:5556") as c: result = await c.infer(images, target_ips=300)``
+    """
+
+    def __init__(self, endpoint: str, *, timeout_s: float = 600.0) -> None:
+        self.endpoint = endpoint
+        self.timeout_s = timeout_s
+        self._context: zmq.asyncio.Context | None = None
+        self._sock: zmq.asyncio.Socket | None = None
+        self._waiting: dict[str, asyncio.Future[Result]] = {}
+        self._reader: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Client:
+        self._context = zmq.asyncio.Context()
+        self._sock = transport.dealer(self._context, self.endpoint)
+        self._reader = asyncio.create_task(self._read())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        if self._sock is not None:
+            self._sock.close(linger=0)
+        if self._context is not None:
+            self._context.term()
+
+    async def infer(
+        self,
+        inputs: np.ndarray,
+        *,
+        target_ips: float | None = None,
+        min_accuracy: float | None = None,
+        policy: str | None = None,
+    ) -> InferenceResult:
+        """Send one request and wait for all its predictions; ``RequestFailed`` if the coordinator refuses it."""
+        if self._sock is None:
+            raise RuntimeError("use the client as 'async with Client(...) as client'")
+        request_id = uuid.uuid4().hex
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = future
+        try:
+            submit = Submit(request_id, np.ascontiguousarray(inputs), target_ips, min_accuracy, policy)
+            await self._sock.send_multipart(encode(submit), copy=False)
+            result = await asyncio.wait_for(future, self.timeout_s)
+        except TimeoutError:
+            raise RequestFailed("timeout", f"no answer from {self.endpoint} within {self.timeout_s:.0f} s") from None
+        finally:
+            self._waiting.pop(request_id, None)
+        return InferenceResult(result.predictions.copy(), result.report)
+
+    async def _read(self) -> None:
+        assert self._sock is not None
+        while True:
+            frames = await self._sock.recv_multipart(copy=False)
+            try:
+                message = decode([f.buffer for f in frames])
+            except ProtocolError:
+                continue  # nothing to route a malformed reply to; the request times out
+            request_id = getattr(message, "request_id", "")
+            future = self._waiting.get(request_id)
+            if future is None or future.done():
+                continue
+            if isinstance(message, Result):
+                future.set_result(message)
+            elif isinstance(message, Error):
+                future.set_exception(RequestFailed(message.code, message.message))

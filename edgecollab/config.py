@@ -1,0 +1,123 @@
+"""The cluster configuration (``cluster.toml``): the one place configuration is validated.
+
+Relative paths resolve against the config file's folder. Every error names the
+file and the field that was wrong and says what was expected.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+EMULATION_PROFILES = ("jetson-nano", "rpi4", "odroid-xu4")
+DEFAULT_CONFIG = Path("cluster.toml")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CoordinatorConfig(_Strict):
+    workers: str = Field("tcp://127.0.0.1:5555", description="ROUTER endpoint the workers connect to")
+    clients: str = Field("tcp://127.0.0.1:5556", description="ROUTER endpoint the clients connect to")
+    shard_size: int = Field(32, ge=1, le=4096, description="inputs per shard (micro-batch)")
+    window: int = Field(2, ge=1, le=64, description="shards in flight per node, so transfer and compute overlap")
+    profile_shards: int = Field(3, ge=1, le=50, description="timed shards per (node, variant) when profiling")
+    profile_cache: str = Field(".edgecollab/exploration.json", description="exploration table cache file")
+    startup_timeout_s: float = Field(60.0, gt=0, description="how long a request waits for configured nodes")
+    heartbeat_s: float = Field(1.0, gt=0, description="heartbeat interval, both ways")
+    heartbeat_misses: int = Field(3, ge=1, description="missed heartbeats after which a peer is dead")
+    policy: str = Field("proportional", description="default policy when a request names none")
+
+    @field_validator("workers", "clients")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        if not value.startswith(("tcp://", "ipc://", "inproc://")):
+            raise ValueError(f"expected a ZeroMQ endpoint like tcp://127.0.0.1:5555, got {value!r}")
+        return value
+
+
+class NodeConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    emulate: str | None = Field(None, description=f"board profile to emulate: one of {', '.join(EMULATION_PROFILES)}")
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    threads: int = Field(1, ge=1, le=64, description="ONNX Runtime intra-op threads")
+    variants: tuple[str, ...] | None = Field(None, description="variants to load (default: all of the task)")
+
+    @field_validator("emulate")
+    @classmethod
+    def _known_profile(cls, value: str | None) -> str | None:
+        if value is not None and value not in EMULATION_PROFILES:
+            raise ValueError(f"unknown board profile {value!r}; expected one of {', '.join(EMULATION_PROFILES)}")
+        return value
+
+
+class ModelsConfig(_Strict):
+    manifest: str | None = Field(None, description="model manifest (default: the repo's models/zoo.toml)")
+    task: str = "fashion-mnist"
+
+
+class ClusterConfig(_Strict):
+    coordinator: CoordinatorConfig = CoordinatorConfig()
+    nodes: tuple[NodeConfig, ...]
+    models: ModelsConfig = ModelsConfig()
+    # Where the file was read from; relative paths resolve against its folder.
+    base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ClusterConfig:
+        if not self.nodes:
+            raise ValueError("at least one [[nodes]] table is needed")
+        names = [n.name for n in self.nodes]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"node names must be unique; repeated: {', '.join(duplicates)}")
+        return self
+
+    def node(self, name: str) -> NodeConfig:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise ConfigError(f"no node named {name!r} in the config; nodes: {', '.join(n.name for n in self.nodes)}")
+
+    def resolve(self, path: str) -> Path:
+        return (self.base_dir / path).resolve()
+
+    @property
+    def manifest_path(self) -> Path | None:
+        return self.resolve(self.models.manifest) if self.models.manifest else None
+
+
+def parse_config(data: dict[str, Any], source: Path) -> ClusterConfig:
+    """Validate already-parsed TOML data; ``source`` is named in errors and anchors relative paths."""
+    try:
+        return ClusterConfig.model_validate({**data, "base_dir": source.parent.resolve()})
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = list(err["loc"])
+            if len(loc) >= 2 and loc[0] == "nodes" and isinstance(loc[1], int):
+                nodes = data.get("nodes", [])
+                label = nodes[loc[1]].get("name") if loc[1] < len(nodes) and isinstance(nodes[loc[1]], dict) else None
+                loc[1] = f"[{loc[1]}]" + (f" ({label})" if label else "")
+            where = ".".join(str(p) for p in loc).replace(".[", "[") or "(top level)"
+            message = err["msg"].removeprefix("Value error, ")
+            lines.append(f"  {where}: {message}")
+        raise ConfigError(f"invalid config {source}:\n" + "\n".join(lines)) from None
+
+
+def load_config(path: Path | str | None = None) -> ClusterConfig:
+    source = Path(path) if path is not None else DEFAULT_CONFIG
+    try:
+        with open(source, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {source}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config {source} is not valid TOML: {exc}") from None
+    return parse_config(data, source)

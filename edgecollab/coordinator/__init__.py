@@ -1,0 +1,9 @@
+"""The global node: resource manager, request book-keeping, and the ROUTER server."""
+
+from __future__ import annotations
+
+from .request_run import MAX_ATTEMPTS, RequestRun, ShardFailed, ShardTask
+from .resource_manager import STATES, NotReady, ResourceManager
+from .server import Coordinator
+
+__all__ = ["MAX_ATTEMPTS", "STATES", "Coordinator", "NotReady", "RequestRun", "ResourceManager", "ShardFailed", "ShardTask"]

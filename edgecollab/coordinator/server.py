@@ -1,0 +1,439 @@
+"""The coordinator's I/O shell: two ROUTER sockets, one for workers and one for clients.
+
+Planning and state live in ``ResourceManager`` and ``RequestRun`` (pure); this module
+only moves messages. Per request, every usable node gets ``window`` lanes: a lane takes
+the node's next shard (or one orphaned by a lost node), sends it, and awaits its result,
+so at most ``window`` shards are in flight per node and transfer overlaps compute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import statistics
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import zmq
+import zmq.asyncio
+
+from .. import transport
+from ..config import ClusterConfig
+from ..errors import EdgecollabError
+from ..planner import POLICIES, ExplorationTable, Measurement, PlanningError, PlanRequest, ProfileCache
+from ..protocol import (
+    Error,
+    Goodbye,
+    Heartbeat,
+    Hello,
+    ProtocolError,
+    Result,
+    Shard,
+    ShardResult,
+    Submit,
+    Welcome,
+    decode,
+    encode,
+)
+from ..protocol.messages import Message
+from ..zoo import load_manifest
+from .request_run import RequestRun, ShardFailed, ShardTask
+from .resource_manager import NotReady, ResourceManager
+
+log = logging.getLogger(__name__)
+
+NON_RETRYABLE = ("invalid_input", "unknown_variant")
+
+
+class NodeLost(EdgecollabError):
+    """The node a shard was sent to died or left before answering."""
+
+
+@dataclass
+class WorkerConn:
+    name: str
+    identity: bytes  # ZeroMQ routing id of the worker's DEALER
+    providers: list[str]
+    variants: list[str]
+    fingerprint: str
+    window: asyncio.Semaphore  # bounds shards in flight on this node, across requests
+    last_seen: float = field(default_factory=time.monotonic)
+    alive: bool = True
+    # (request id, shard id, attempt) -> the lane awaiting that shard's reply
+    pending: dict[tuple[str, int, int], asyncio.Future[Message]] = field(default_factory=dict)
+
+
+class Coordinator:
+    def __init__(
+        self, config: ClusterConfig, *, workers_endpoint: str | None = None, clients_endpoint: str | None = None
+    ) -> None:
+        self.config = config
+        self.settings = config.coordinator
+        self.workers_endpoint = workers_endpoint or self.settings.workers
+        self.clients_endpoint = clients_endpoint or self.settings.clients
+        manifest = load_manifest(config.manifest_path)
+        task = manifest.tasks.get(config.models.task)
+        if task is None:
+            raise EdgecollabError(f"task {config.models.task!r} is not in the manifest {manifest.path}")
+        self.input_shape = task.input_shape
+        self.input_dtype = np.dtype(task.input_dtype)
+        self.table = ExplorationTable({v.name: v.accuracy for v in manifest.for_task(task.name)})
+        self.rm = ResourceManager([n.name for n in config.nodes], self.table)
+        self.cache = ProfileCache(config.resolve(self.settings.profile_cache))
+        self.counters: Counter[str] = Counter()  # protocol errors, late replies, lost nodes, ...
+        self.workers: dict[bytes, WorkerConn] = {}
+        self.by_name: dict[str, WorkerConn] = {}
+        self.requests: dict[str, RequestRun] = {}
+        self._state_changed = asyncio.Event()
+        self._run_changed: dict[str, asyncio.Event] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stop = asyncio.Event()
+        self.rm.on_state_change(lambda state: self._pulse(self._state_changed))
+
+    # --- life cycle ------------------------------------------------------------------------
+    async def serve(self, started: asyncio.Event | None = None) -> None:
+        """Run until SIGTERM/SIGINT or ``stop()``."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        context = zmq.asyncio.Context()
+        self._workers_sock = transport.router(context, self.workers_endpoint)
+        self._clients_sock = transport.router(context, self.clients_endpoint)
+        log.info("coordinator: workers on %s, clients on %s", self.workers_endpoint, self.clients_endpoint)
+        loops = [
+            asyncio.create_task(self._worker_loop()),
+            asyncio.create_task(self._client_loop()),
+            asyncio.create_task(self._liveness_loop()),
+            asyncio.create_task(self._startup_timer()),
+        ]
+        if started is not None:
+            started.set()
+        try:
+            await self._stop.wait()
+        finally:
+            for task in [*loops, *self._tasks]:
+                task.cancel()
+            await asyncio.gather(*loops, *self._tasks, return_exceptions=True)
+            self._workers_sock.close(linger=0)
+            self._clients_sock.close(linger=0)
+            context.term()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    def _pulse(event: asyncio.Event) -> None:
+        # Wakes every current waiter; later waiters wait for the next pulse.
+        event.set()
+        event.clear()
+
+    async def _startup_timer(self) -> None:
+        await asyncio.sleep(self.settings.startup_timeout_s)
+        if not self.rm.expected <= self.rm.registered:
+            missing = sorted(self.rm.expected - self.rm.registered)
+            log.warning("coordinator: start-up timeout; going on without %s", ", ".join(missing))
+        self.rm.expire_startup()
+
+    # --- workers ---------------------------------------------------------------------------
+    async def _worker_loop(self) -> None:
+        while True:
+            frames = await self._workers_sock.recv_multipart(copy=False)
+            identity, payload = frames[0].bytes, [f.buffer for f in frames[1:]]
+            try:
+                message = decode(payload)
+            except ProtocolError as exc:
+                self.counters["protocol_errors"] += 1
+                log.warning("coordinator: malformed message from a worker: %s", exc)
+                await self._send_worker(identity, Error("protocol", str(exc)))
+                continue
+            await self._on_worker_message(identity, message)
+
+    async def _on_worker_message(self, identity: bytes, message: Message) -> None:
+        if isinstance(message, Hello):
+            await self._register(identity, message)
+            return
+        conn = self.workers.get(identity)
+        if conn is None:
+            await self._send_worker(identity, Error("protocol", "unknown worker: register with a hello first"))
+            return
+        conn.last_seen = time.monotonic()
+        if isinstance(message, ShardResult | Error) and isinstance(getattr(message, "request_id", None), str):
+            future = conn.pending.pop((message.request_id, message.shard_id, message.attempt), None)
+            if future is not None and not future.done():
+                future.set_result(message)
+            else:
+                self.counters["late_replies"] += 1
+        elif isinstance(message, Goodbye):
+            self._lose(conn, f"left: {message.reason}")
+        elif not isinstance(message, Heartbeat):
+            self.counters["protocol_errors"] += 1
+            await self._send_worker(identity, Error("protocol", f"a worker may not send {message.kind}"))
+
+    async def _register(self, identity: bytes, hello: Hello) -> None:
+        configured = [n.name for n in self.config.nodes]
+        if hello.node not in configured:
+            await self._refuse(identity, f"node {hello.node!r} is not in the coordinator's config ({', '.join(configured)})")
+            return
+        existing = self.by_name.get(hello.node)
+        if existing is not None and existing.identity != identity:
+            if time.monotonic() - existing.last_seen < self.settings.heartbeat_s * self.settings.heartbeat_misses:
+                await self._refuse(identity, f"node name {hello.node!r} is already registered by another live worker")
+                return
+            self._lose(existing, "replaced by a new worker of the same name")
+        elif existing is not None:
+            self._lose(existing, "registered again")
+        conn = WorkerConn(
+            hello.node, identity, hello.providers, hello.variants, hello.fingerprint,
+            asyncio.Semaphore(self.settings.window),
+        )  # fmt: skip
+        self.workers[identity] = conn
+        self.by_name[conn.name] = conn
+        await self._send_worker(identity, Welcome(conn.name, self.settings.heartbeat_s))
+        cached = self.cache.load(conn.name, conn.fingerprint)
+        log.info("coordinator: node %s registered (%s)", conn.name, "profile cached" if cached else "profiling")
+        if self.rm.node_joined(conn.name, cached):
+            self._spawn(self._profile(conn))
+
+    async def _refuse(self, identity: bytes, reason: str) -> None:
+        self.counters["refused_workers"] += 1
+        log.warning("coordinator: refused a worker: %s", reason)
+        await self._send_worker(identity, Error("refused", reason))
+
+    def _lose(self, conn: WorkerConn, reason: str) -> None:
+        if not conn.alive:
+            return
+        conn.alive = False
+        self.counters["nodes_lost"] += 1
+        log.warning("coordinator: node %s lost (%s)", conn.name, reason)
+        self.workers.pop(conn.identity, None)
+        if self.by_name.get(conn.name) is conn:
+            del self.by_name[conn.name]
+            self.rm.node_left(conn.name)
+        for future in conn.pending.values():
+            if not future.done():
+                future.set_exception(NodeLost(f"node {conn.name} lost ({reason})"))
+        conn.pending.clear()
+        for event in self._run_changed.values():
+            self._pulse(event)
+
+    async def _liveness_loop(self) -> None:
+        limit = self.settings.heartbeat_s * self.settings.heartbeat_misses
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_s)
+            now = time.monotonic()
+            for conn in list(self.workers.values()):
+                if now - conn.last_seen > limit:
+                    self._lose(conn, f"no heartbeat for {now - conn.last_seen:.1f} s")
+                else:
+                    await self._send_worker(conn.identity, Heartbeat("coordinator"))
+
+    async def _send_worker(self, identity: bytes, message: Message) -> bool:
+        try:
+            await self._workers_sock.send_multipart([identity, *encode(message)], copy=False)
+            return True
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            conn = self.workers.get(identity)
+            if conn is not None:
+                self._lose(conn, "unreachable")
+            return False
+
+    async def _run_shard(self, conn: WorkerConn, request_id: str, shard: ShardTask, inputs: np.ndarray) -> Message:
+        key = (request_id, shard.shard_id, shard.attempt)
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        conn.pending[key] = future
+        message = Shard(request_id, shard.shard_id, shard.attempt, shard.variant, inputs[shard.start : shard.stop])
+        if not conn.alive or not await self._send_worker(conn.identity, message):
+            conn.pending.pop(key, None)
+            raise NodeLost(f"node {conn.name} is unreachable")
+        return await future
+
+    async def _profile(self, conn: WorkerConn) -> None:
+        """Time ``profile_shards`` real shards per variant (after one warm-up) and record ips and latency."""
+        size = self.settings.shard_size
+        sample = np.random.default_rng(0).integers(0, 256, (size, *self.input_shape), dtype=np.uint8)
+        sample = sample.astype(self.input_dtype)
+        measurements: dict[str, Measurement] = {}
+        try:
+            for variant in [v for v in conn.variants if v in self.table.accuracy]:
+                seconds = []
+                for i in range(1 + self.settings.profile_shards):
+                    started = time.perf_counter()
+                    reply = await self._run_shard(conn, f"profile:{variant}", ShardTask(i, 0, size, variant, conn.name), sample)
+                    if isinstance(reply, Error):
+                        log.warning("coordinator: profiling %s on %s failed: %s", variant, conn.name, reply.message)
+                        break
+                    if i > 0:  # the first run is a warm-up
+                        seconds.append(time.perf_counter() - started)
+                if seconds:
+                    latency = statistics.median(seconds)
+                    measurements[variant] = Measurement(ips=size / latency, latency_ms=latency * 1e3)
+        except NodeLost:
+            return
+        if conn.alive:
+            self.cache.store(conn.name, conn.fingerprint, measurements)
+            self.rm.node_profiled(conn.name, measurements)
+            log.info("coordinator: node %s profiled (%d variants)", conn.name, len(measurements))
+
+    # --- clients ---------------------------------------------------------------------------
+    async def _client_loop(self) -> None:
+        while True:
+            frames = await self._clients_sock.recv_multipart(copy=False)
+            identity, payload = frames[0].bytes, [f.buffer for f in frames[1:]]
+            try:
+                message = decode(payload)
+            except ProtocolError as exc:
+                self.counters["protocol_errors"] += 1
+                log.warning("coordinator: malformed message from a client: %s", exc)
+                await self._send_client(identity, Error("protocol", str(exc)))
+                continue
+            if isinstance(message, Submit):
+                self._spawn(self._serve_request(identity, message))
+            else:
+                self.counters["protocol_errors"] += 1
+                await self._send_client(identity, Error("protocol", f"a client may not send {message.kind}"))
+
+    async def _send_client(self, identity: bytes, message: Message) -> None:
+        try:
+            await self._clients_sock.send_multipart([identity, *encode(message)], copy=False)
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            log.warning("coordinator: client gone before its %s could be sent", message.kind)
+
+    def _check_submit(self, submit: Submit) -> str | None:
+        """Why a request is invalid, or None."""
+        expected = f"{self.input_dtype} inputs of shape (N, {', '.join(map(str, self.input_shape))}) with N >= 1"
+        x = submit.inputs
+        if x.dtype != self.input_dtype or x.ndim != 1 + len(self.input_shape) or tuple(x.shape[1:]) != self.input_shape:
+            return f"expected {expected}; got {x.dtype} of shape {tuple(x.shape)}"
+        if len(x) == 0:
+            return f"expected {expected}; got no inputs"
+        if submit.target_ips is not None and not submit.target_ips > 0:
+            return f"target_ips must be a positive number of inferences per second, got {submit.target_ips}"
+        if submit.min_accuracy is not None and not 0 < submit.min_accuracy <= 1:
+            return f"min_accuracy must be a fraction in (0, 1], got {submit.min_accuracy}"
+        if submit.policy is not None and submit.policy not in POLICIES:
+            return f"unknown policy {submit.policy!r}; expected one of {', '.join(POLICIES)}"
+        if not submit.request_id or submit.request_id in self.requests:
+            return f"request id {submit.request_id!r} is empty or already running"
+        return None
+
+    async def _serve_request(self, identity: bytes, submit: Submit) -> None:
+        arrived = time.monotonic()
+        rid = submit.request_id
+        problem = self._check_submit(submit)
+        if problem:
+            await self._send_client(identity, Error("invalid_input", problem, rid))
+            return
+        deadline = arrived + self.settings.startup_timeout_s
+        while not self.rm.accepts_requests() and time.monotonic() < deadline:
+            try:
+                await asyncio.wait_for(self._state_changed.wait(), timeout=min(0.5, deadline - time.monotonic()))
+            except TimeoutError:
+                pass
+        policy = submit.policy or self.settings.policy
+        request = PlanRequest(len(submit.inputs), submit.target_ips, submit.min_accuracy)
+        try:
+            plan = self.rm.plan_request(rid, request, policy)
+        except (NotReady, PlanningError) as exc:
+            await self._send_client(identity, Error("busy" if isinstance(exc, NotReady) else "invalid_input", str(exc), rid))
+            return
+        run = RequestRun.cut(rid, plan, self.settings.shard_size, arrived)
+        self.requests[rid] = run
+        self._run_changed[rid] = asyncio.Event()
+        failure: list[Error] = []
+        try:
+            nodes = self.rm.usable_nodes()
+            lanes = [self._lane(run, node, submit.inputs, failure) for node in nodes for _ in range(self.settings.window)]
+            await asyncio.gather(*lanes)
+            if not run.finished and not failure:
+                failure.append(Error("node_lost", "every node running this request was lost", rid))
+        finally:
+            self.rm.finish_request(rid)
+            del self.requests[rid]
+            del self._run_changed[rid]
+        if failure:
+            await self._send_client(identity, failure[0])
+            return
+        await self._send_client(identity, Result(rid, run.predictions, self._report(run, policy, request, nodes)))
+
+    async def _lane(self, run: RequestRun, node: str, inputs: np.ndarray, failure: list[Error]) -> None:
+        changed = self._run_changed[run.request_id]
+        while not run.finished and not failure:
+            conn = self.by_name.get(node)
+            if conn is None or not conn.alive:
+                run.orphan_queue_of(node)
+                self._pulse(changed)
+                return
+            shard = run.next_shard(node)
+            if shard is None:
+                # Nothing to send now; an orphaned shard may appear if another node is lost.
+                try:
+                    await asyncio.wait_for(changed.wait(), timeout=0.25)
+                except TimeoutError:
+                    pass
+                continue
+            async with conn.window:
+                try:
+                    reply = await self._run_shard(conn, run.request_id, shard, inputs)
+                except NodeLost:
+                    reply = None
+            if isinstance(reply, ShardResult):
+                run.complete(shard.shard_id, shard.attempt, reply.predictions, node, reply.busy_s)
+                if run.finished:
+                    self._pulse(changed)
+                continue
+            if isinstance(reply, Error) and reply.code in NON_RETRYABLE:
+                failure.append(Error(reply.code, f"node {node}: {reply.message}", run.request_id))
+                self._pulse(changed)
+                return
+            try:
+                run.requeue(shard)
+            except ShardFailed as exc:
+                failure.append(Error("node_lost", str(exc), run.request_id))
+            self._pulse(changed)
+            if reply is None:
+                return  # this node is gone
+
+    def _report(self, run: RequestRun, policy: str, request: PlanRequest, nodes: list[str]) -> dict[str, Any]:
+        wall = run.wall_seconds()
+        notes = list(run.plan.notes)
+        missing = sorted(self.rm.expected - set(nodes))
+        if missing:
+            notes.append(f"ran without {', '.join(missing)} (not registered or not profiled in time)")
+        return {
+            "request_id": run.request_id,
+            "policy": policy,
+            "inputs": run.total_inputs,
+            "target_ips": request.target_ips,
+            "min_accuracy": request.min_accuracy,
+            "wall_s": wall,
+            "achieved_ips": run.total_inputs / wall,
+            "expected_ips": run.plan.expected_ips,
+            "expected_accuracy": run.plan.expected_accuracy,
+            "feasible": run.plan.feasible,
+            "retries": run.retries,
+            "notes": notes,
+            "assignment": [
+                {
+                    "node": node,
+                    "variant": tally.variant,
+                    "planned_inputs": tally.planned_inputs,
+                    "inputs": tally.inputs,
+                    "shards": tally.shards,
+                    "busy_s": tally.busy_s,
+                }
+                for node, tally in run.tallies.items()
+            ],
+        }

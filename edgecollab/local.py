@@ -1,0 +1,115 @@
+"""Start a coordinator and one worker process per node of a config on this machine.
+
+This is what ``edgecollab run`` and the tests use. Each process is real and talks over
+real loopback TCP sockets on free ports; children die with their parent.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+from .config import load_config
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # Linux: the child gets SIGTERM when the process that started it dies, even by SIGKILL.
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def free_tcp_endpoint(host: str = "127.0.0.1") -> str:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return f"tcp://{host}:{s.getsockname()[1]}"
+
+
+class LocalCluster:
+    """Coordinator + workers as child processes. Use as a context manager."""
+
+    def __init__(
+        self,
+        config_path: Path | str = "cluster.toml",
+        *,
+        nodes: list[str] | None = None,
+        log_dir: Path | None = None,
+        verbose: bool = False,
+    ) -> None:
+        self.config_path = Path(config_path).resolve()
+        self.config = load_config(self.config_path)  # fail early, in this process, on a bad config
+        self.node_names = nodes if nodes is not None else [n.name for n in self.config.nodes]
+        self.workers_endpoint = free_tcp_endpoint()
+        self.clients_endpoint = free_tcp_endpoint()
+        self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="edgecollab-"))
+        self.verbose = verbose
+        self.coordinator: subprocess.Popen[bytes] | None = None
+        self.workers: dict[str, subprocess.Popen[bytes]] = {}
+
+    def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+        command = [sys.executable, "-m", "edgecollab", *(["-v"] if self.verbose else []), *args]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        try:
+            return subprocess.Popen(command, stdout=log, stderr=log, preexec_fn=_die_with_parent, env=env)
+        finally:
+            log.close()
+
+    def start(self) -> LocalCluster:
+        config = str(self.config_path)
+        self.coordinator = self._spawn(
+            "coordinator", "coordinator", "--config", config,
+            "--workers", self.workers_endpoint, "--clients", self.clients_endpoint,
+        )  # fmt: skip
+        for name in self.node_names:
+            self.start_worker(name)
+        return self
+
+    def start_worker(self, name: str) -> subprocess.Popen[bytes]:
+        process = self._spawn(
+            name, "worker", "--config", str(self.config_path), "--node", name, "--coordinator", self.workers_endpoint
+        )
+        self.workers[name] = process
+        return process
+
+    def signal_worker(self, name: str, sig: signal.Signals) -> None:
+        self.workers[name].send_signal(sig)
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        processes = [p for p in [*self.workers.values(), self.coordinator] if p is not None]
+        for p in processes:
+            if p.poll() is None:
+                p.send_signal(signal.SIGCONT)  # a stopped process cannot handle SIGTERM
+                p.terminate()
+        deadline = time.monotonic() + timeout_s
+        for p in processes:
+            try:
+                p.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {f.name}\n{f.read_text(errors='replace')}" for f in sorted(self.log_dir.glob("*.log")))
+
+    def __enter__(self) -> LocalCluster:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()

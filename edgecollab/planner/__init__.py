@@ -1,0 +1,20 @@
+"""Planning: exploration table and policies. Pure: no sockets, no asyncio."""
+
+from __future__ import annotations
+
+from .policies import POLICIES, Assignment, Plan, PlanningError, PlanRequest, evaluate, make_plan, split_by_weight
+from .table import ExplorationTable, Measurement, ProfileCache
+
+__all__ = [
+    "POLICIES",
+    "Assignment",
+    "ExplorationTable",
+    "Measurement",
+    "Plan",
+    "PlanRequest",
+    "PlanningError",
+    "ProfileCache",
+    "evaluate",
+    "make_plan",
+    "split_by_weight",
+]

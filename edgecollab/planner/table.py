@@ -1,0 +1,80 @@
+"""The exploration table: measured throughput of every (node, variant) pair, and each variant's accuracy."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Measurement:
+    ips: float  # inputs per second at the profiling shard size
+    latency_ms: float  # time for one shard, send to reply
+
+
+class ExplorationTable:
+    """Node × variant → measurement, plus variant → accuracy. Pure data; no I/O but save/load."""
+
+    def __init__(self, accuracy: dict[str, float]) -> None:
+        self.accuracy = dict(accuracy)  # variant -> test-set accuracy from the manifest
+        self._rows: dict[tuple[str, str], Measurement] = {}
+
+    def record(self, node: str, variant: str, measurement: Measurement) -> None:
+        self._rows[(node, variant)] = measurement
+
+    def forget(self, node: str) -> None:
+        for key in [k for k in self._rows if k[0] == node]:
+            del self._rows[key]
+
+    def get(self, node: str, variant: str) -> Measurement | None:
+        return self._rows.get((node, variant))
+
+    def ips(self, node: str, variant: str) -> float:
+        m = self._rows.get((node, variant))
+        return m.ips if m else 0.0
+
+    def nodes(self) -> list[str]:
+        return sorted({n for n, _ in self._rows})
+
+    def variants_of(self, node: str) -> list[str]:
+        return [v for (n, v) in self._rows if n == node]
+
+    def rows(self) -> list[dict[str, object]]:
+        return [
+            {"node": n, "variant": v, "ips": m.ips, "latency_ms": m.latency_ms, "accuracy": self.accuracy.get(v)}
+            for (n, v), m in sorted(self._rows.items())
+        ]
+
+
+class ProfileCache:
+    """Per-node measurements on disk, keyed by the node's fingerprint, so a restart skips profiling."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _load_all(self) -> dict[str, dict[str, object]]:
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def load(self, node: str, fingerprint: str) -> dict[str, Measurement] | None:
+        entry = self._load_all().get(node)
+        if not isinstance(entry, dict) or entry.get("fingerprint") != fingerprint:
+            return None
+        try:
+            rows = entry["variants"]
+            assert isinstance(rows, dict)
+            return {variant: Measurement(**m) for variant, m in rows.items()}
+        except (KeyError, TypeError, AssertionError):
+            return None
+
+    def store(self, node: str, fingerprint: str, measurements: dict[str, Measurement]) -> None:
+        data = self._load_all()
+        data[node] = {"fingerprint": fingerprint, "variants": {v: asdict(m) for v, m in measurements.items()}}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        tmp.replace(self.path)  # atomic: a crash never leaves half a cache

@@ -1,0 +1,38 @@
+"""Messages and their wire codec. No sockets here."""
+
+from __future__ import annotations
+
+from .codec import MAX_ARRAY_BYTES, ProtocolError, decode, encode
+from .messages import (
+    ERROR_CODES,
+    PROTOCOL_VERSION,
+    Error,
+    Goodbye,
+    Heartbeat,
+    Hello,
+    Message,
+    Result,
+    Shard,
+    ShardResult,
+    Submit,
+    Welcome,
+)
+
+__all__ = [
+    "ERROR_CODES",
+    "MAX_ARRAY_BYTES",
+    "PROTOCOL_VERSION",
+    "Error",
+    "Goodbye",
+    "Heartbeat",
+    "Hello",
+    "Message",
+    "ProtocolError",
+    "Result",
+    "Shard",
+    "ShardResult",
+    "Submit",
+    "Welcome",
+    "decode",
+    "encode",
+]

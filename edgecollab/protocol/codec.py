@@ -1,0 +1,166 @@
+"""Wire codec: one msgpack header frame, then one raw frame per ndarray field.
+
+Header: ``{"v": version, "k": kind, "f": {scalar fields}, "a": [[field, dtype, shape], ...]}``.
+Everything malformed — wrong frame count, not msgpack, trailing bytes, unknown kind or
+version, wrong field types, an array header that lies about its size, a dtype outside
+the allow-list — raises one ``ProtocolError``. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Sequence
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from ..errors import EdgecollabError
+from .messages import MESSAGE_TYPES, PROTOCOL_VERSION, Message
+
+MAX_HEADER_BYTES = 64 * 1024
+MAX_ARRAY_BYTES = 256 * 1024 * 1024
+MAX_NDIM = 8
+ALLOWED_DTYPES = frozenset({"uint8", "int8", "int16", "int32", "int64", "float16", "float32", "float64", "bool"})
+# Reports carry nested JSON-like data; deeper nesting is refused.
+MAX_DEPTH = 8
+
+
+class ProtocolError(EdgecollabError):
+    """A message could not be decoded; the sender is at fault."""
+
+
+Frame = bytes | memoryview
+
+
+def _array_fields(cls: type[Message]) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls) if f.type in ("np.ndarray", np.ndarray)]
+
+
+def encode(message: Message) -> list[Frame]:
+    """Frames for ``message``: the header, then each array's buffer (not copied)."""
+    scalars: dict[str, Any] = {}
+    arrays: list[list[Any]] = []
+    buffers: list[Frame] = []
+    for f in dataclasses.fields(message):
+        value = getattr(message, f.name)
+        if isinstance(value, np.ndarray):
+            # The wire is little-endian, like every board we target.
+            contiguous = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<"))
+            arrays.append([f.name, contiguous.dtype.name, list(contiguous.shape)])
+            buffers.append(memoryview(contiguous).cast("B"))
+        else:
+            scalars[f.name] = value
+    header = msgpack.packb({"v": PROTOCOL_VERSION, "k": message.kind, "f": scalars, "a": arrays}, use_bin_type=True)
+    return [header, *buffers]
+
+
+def decode(frames: Sequence[Frame]) -> Message:
+    """The message in ``frames``, or ``ProtocolError`` saying what was wrong."""
+    if not frames:
+        raise ProtocolError("empty message: expected a header frame")
+    header_bytes = bytes(frames[0])
+    if len(header_bytes) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header of {len(header_bytes)} bytes exceeds the limit of {MAX_HEADER_BYTES}")
+    try:
+        header = msgpack.unpackb(header_bytes, raw=False, strict_map_key=True, use_list=True)
+    except Exception as exc:  # msgpack raises several types (ExtraData, ValueError, ...)
+        raise ProtocolError(f"header is not a single msgpack object: {type(exc).__name__}: {exc}") from None
+    if not isinstance(header, dict) or set(header) != {"v", "k", "f", "a"}:
+        raise ProtocolError("header must be a map with exactly the keys v, k, f, a")
+    if header["v"] != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {header['v']!r} is not supported; this peer speaks {PROTOCOL_VERSION}")
+    cls = MESSAGE_TYPES.get(header["k"]) if isinstance(header["k"], str) else None
+    if cls is None:
+        raise ProtocolError(f"unknown message kind {header['k']!r}; expected one of {', '.join(MESSAGE_TYPES)}")
+    scalars, array_specs = header["f"], header["a"]
+    if not isinstance(scalars, dict) or not isinstance(array_specs, list):
+        raise ProtocolError("header fields 'f' must be a map and 'a' a list")
+    expected_arrays = _array_fields(cls)
+    if len(frames) != 1 + len(expected_arrays) or len(array_specs) != len(expected_arrays):
+        raise ProtocolError(
+            f"{cls.kind} carries {len(expected_arrays)} array frame(s); got {len(frames) - 1} frame(s) "
+            f"and {len(array_specs)} array header(s)"
+        )
+    values: dict[str, Any] = {}
+    for spec, frame, name in zip(array_specs, frames[1:], expected_arrays, strict=True):
+        values[name] = _array(spec, frame, name)
+    hints = typing.get_type_hints(cls)
+    allowed = {f.name for f in dataclasses.fields(cls)} - set(expected_arrays)
+    required = {
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.name in allowed and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
+    if not set(scalars) <= allowed or not required <= set(scalars):
+        raise ProtocolError(
+            f"{cls.kind} fields must be {sorted(allowed)} (required {sorted(required)}); got {sorted(map(str, scalars))}"
+        )
+    for name, value in scalars.items():
+        if not _fits(value, hints[name], 0):
+            raise ProtocolError(f"{cls.kind}.{name}: {type(value).__name__} does not fit {hints[name]}")
+        values[name] = value
+    return cls(**values)
+
+
+def _array(spec: Any, frame: Frame, name: str) -> np.ndarray:
+    if not (isinstance(spec, list) and len(spec) == 3 and spec[0] == name and isinstance(spec[1], str)):
+        raise ProtocolError(f"array header for {name!r} must be [name, dtype, shape]")
+    dtype_name, shape = spec[1], spec[2]
+    if dtype_name not in ALLOWED_DTYPES:
+        raise ProtocolError(f"array {name!r}: dtype {dtype_name!r} is not allowed; expected one of {sorted(ALLOWED_DTYPES)}")
+    if (
+        not isinstance(shape, list)
+        or len(shape) > MAX_NDIM
+        or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d for d in shape)
+    ):
+        raise ProtocolError(f"array {name!r}: shape must be a list of at most {MAX_NDIM} non-negative ints")
+    dtype = np.dtype(dtype_name)
+    expected = math.prod(shape) * dtype.itemsize
+    if expected > MAX_ARRAY_BYTES:
+        raise ProtocolError(f"array {name!r}: {expected} bytes exceeds the limit of {MAX_ARRAY_BYTES}")
+    buffer = memoryview(frame)
+    if buffer.nbytes != expected:
+        raise ProtocolError(f"array {name!r}: header promises {expected} bytes, frame holds {buffer.nbytes}")
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape)
+
+
+def _fits(value: Any, hint: Any, depth: int) -> bool:
+    """Whether a decoded msgpack value fits a field's type hint (the subset messages use)."""
+    if depth > MAX_DEPTH:
+        return False
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return _plain_data(value, depth)
+    if origin in (types.UnionType, typing.Union):
+        return any(_fits(value, option, depth) for option in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, float | int) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint in (str, bool):
+        return isinstance(value, hint)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_fits(v, item, depth + 1) for v in value)
+    if origin is dict:
+        _, item = typing.get_args(hint)
+        return isinstance(value, dict) and all(isinstance(k, str) and _fits(v, item, depth + 1) for k, v in value.items())
+    return False
+
+
+def _plain_data(value: Any, depth: int) -> bool:
+    if depth > MAX_DEPTH:
+        return False
+    if value is None or isinstance(value, str | int | float | bool):
+        return True
+    if isinstance(value, list):
+        return all(_plain_data(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain_data(v, depth + 1) for k, v in value.items())
+    return False

@@ -1,0 +1,134 @@
+"""Typed messages between clients, the coordinator and workers.
+
+Each message is a frozen dataclass; its ``kind`` names it on the wire. Fields typed
+``np.ndarray`` travel as raw frames after the msgpack header (see ``codec.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+PROTOCOL_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Message:
+    kind: ClassVar[str]
+
+
+# --- worker <-> coordinator -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hello(Message):
+    """A worker registers: its node name, execution providers and loaded variants."""
+
+    kind: ClassVar[str] = "hello"
+    node: str
+    providers: list[str]
+    variants: list[str]
+    fingerprint: str  # changes when the node's hardware, settings or models change: keys the profile cache
+
+
+@dataclass(frozen=True)
+class Welcome(Message):
+    """The coordinator accepts a worker and tells it the heartbeat interval."""
+
+    kind: ClassVar[str] = "welcome"
+    node: str
+    heartbeat_s: float
+
+
+@dataclass(frozen=True)
+class Heartbeat(Message):
+    kind: ClassVar[str] = "heartbeat"
+    node: str
+
+
+@dataclass(frozen=True)
+class Goodbye(Message):
+    """A worker leaves on purpose (or the coordinator tells a worker to stop)."""
+
+    kind: ClassVar[str] = "goodbye"
+    node: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Shard(Message):
+    """A micro-batch of one request for one node, with the variant to run it on."""
+
+    kind: ClassVar[str] = "shard"
+    request_id: str
+    shard_id: int
+    attempt: int
+    variant: str
+    inputs: np.ndarray
+
+
+@dataclass(frozen=True)
+class ShardResult(Message):
+    kind: ClassVar[str] = "shard_result"
+    request_id: str
+    shard_id: int
+    attempt: int
+    predictions: np.ndarray  # int64 class per input
+    busy_s: float  # time the node spent on the shard, emulated hold included
+
+
+# --- client <-> coordinator -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Submit(Message):
+    """A client's inference request: N inputs and what it wants of them."""
+
+    kind: ClassVar[str] = "submit"
+    request_id: str
+    inputs: np.ndarray
+    target_ips: float | None = None
+    min_accuracy: float | None = None
+    policy: str | None = None
+
+
+@dataclass(frozen=True)
+class Result(Message):
+    """Predictions in input order, and a report of how the request was served."""
+
+    kind: ClassVar[str] = "result"
+    request_id: str
+    predictions: np.ndarray
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+# --- either direction --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Error(Message):
+    """Something a peer sent could not be served. ``code`` is one of ``ERROR_CODES``."""
+
+    kind: ClassVar[str] = "error"
+    code: str
+    message: str
+    request_id: str = ""
+    shard_id: int = -1
+    attempt: int = 0
+
+
+ERROR_CODES = (
+    "protocol",  # malformed or unknown message
+    "invalid_input",  # inputs do not fit the model: not retryable
+    "unknown_variant",  # the node has no such variant: not retryable on that node
+    "refused",  # registration refused (e.g. duplicate node name)
+    "node_lost",  # a shard failed too often on dying nodes
+    "busy",  # over capacity
+    "internal",
+)
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.kind: cls for cls in (Hello, Welcome, Heartbeat, Goodbye, Shard, ShardResult, Submit, Result, Error)
+}

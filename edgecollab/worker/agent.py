@@ -1,0 +1,150 @@
+"""The worker's I/O shell: a DEALER that registers with the coordinator, heartbeats and runs shards."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+
+import zmq
+import zmq.asyncio
+
+from .. import transport
+from ..protocol import Error, Goodbye, Heartbeat, Hello, ProtocolError, Shard, ShardResult, Welcome, decode, encode
+from ..protocol.messages import Message
+from .runner import ShardRejected, ShardRunner
+
+log = logging.getLogger(__name__)
+
+EXIT_REFUSED = 3  # the coordinator refused this node (e.g. its name is taken)
+MAX_BACKOFF_S = 10.0
+
+
+class WorkerAgent:
+    """Connects one node to the coordinator. Shards run one at a time, as on a real board."""
+
+    def __init__(self, runner: ShardRunner, endpoint: str, heartbeat_s: float = 1.0, misses: int = 3) -> None:
+        self.runner = runner
+        self.endpoint = endpoint
+        self.heartbeat_s = heartbeat_s
+        self.misses = misses
+        self._context = zmq.asyncio.Context()
+        self._sock: zmq.asyncio.Socket | None = None
+        self._queue: asyncio.Queue[Shard] = asyncio.Queue()
+        self._last_heard = 0.0  # monotonic time of the coordinator's last message
+        self._registered = False
+        self._stop = asyncio.Event()
+        self._exit_code = 0
+
+    @property
+    def name(self) -> str:
+        return self.runner.node.name
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        tasks = [asyncio.create_task(self._connection()), asyncio.create_task(self._execute())]
+        try:
+            await self._stop.wait()
+        finally:
+            if self._sock is not None and self._registered:
+                await self._send(Goodbye(node=self.name, reason="worker stopping"))
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self._sock is not None:
+                self._sock.close(linger=0)
+            self._context.term()
+        return self._exit_code
+
+    async def _connection(self) -> None:
+        """Register, then receive and heartbeat; start over (with back-off) when the coordinator goes silent."""
+        backoff = 0.5
+        while not self._stop.is_set():
+            if self._sock is not None:
+                self._sock.close(linger=0)
+            self._sock = transport.dealer(self._context, self.endpoint)
+            self._registered = False
+            self._drop_queued_shards()
+            await self._send(
+                Hello(self.name, self.runner.providers, list(self.runner.variants), self.runner.fingerprint())
+            )
+            self._last_heard = time.monotonic()
+            await self._serve_connection()
+            if not self._stop.is_set():
+                log.warning("node %s: coordinator silent; registering again in %.1f s", self.name, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+    async def _serve_connection(self) -> None:
+        assert self._sock is not None
+        deadline = self.heartbeat_s * self.misses
+        next_beat = time.monotonic()
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now - self._last_heard > (deadline if self._registered else max(deadline, 5.0)):
+                return
+            if self._registered and now >= next_beat:
+                await self._send(Heartbeat(node=self.name))
+                next_beat = now + self.heartbeat_s
+            if not await self._sock.poll(timeout=int(self.heartbeat_s * 250)):
+                continue
+            frames = await self._sock.recv_multipart(copy=False)
+            try:
+                message = decode([f.buffer for f in frames])
+            except ProtocolError as exc:
+                log.error("node %s: dropped a malformed message from the coordinator: %s", self.name, exc)
+                continue
+            self._last_heard = time.monotonic()
+            self._handle(message)
+
+    def _handle(self, message: Message) -> None:
+        if isinstance(message, Welcome):
+            self._registered = True
+            self.heartbeat_s = message.heartbeat_s
+            log.info("node %s: registered with %s", self.name, self.endpoint)
+        elif isinstance(message, Shard):
+            self._queue.put_nowait(message)
+        elif isinstance(message, Goodbye):
+            log.info("node %s: coordinator says goodbye: %s", self.name, message.reason)
+            self._stop.set()
+        elif isinstance(message, Error) and message.code == "refused":
+            log.error("node %s: refused by the coordinator: %s", self.name, message.message)
+            self._exit_code = EXIT_REFUSED
+            self._stop.set()
+        elif isinstance(message, Error):
+            log.warning("node %s: coordinator error %s: %s", self.name, message.code, message.message)
+        # Heartbeats only refresh _last_heard.
+
+    async def _execute(self) -> None:
+        while True:
+            shard = await self._queue.get()
+            started = time.perf_counter()
+            try:
+                predictions, board_seconds = await asyncio.to_thread(self.runner.run, shard.variant, shard.inputs)
+            except ShardRejected as exc:
+                await self._send(Error(exc.code, str(exc), shard.request_id, shard.shard_id, shard.attempt))
+                continue
+            except Exception as exc:  # an ORT failure must not kill the node
+                log.exception("node %s: shard %s/%s failed", self.name, shard.request_id, shard.shard_id)
+                await self._send(Error("internal", f"{type(exc).__name__}: {exc}", shard.request_id, shard.shard_id, shard.attempt))
+                continue
+            # Hold the reply until the emulated board would have finished.
+            await asyncio.sleep(max(0.0, started + board_seconds - time.perf_counter()))
+            busy = time.perf_counter() - started
+            await self._send(ShardResult(shard.request_id, shard.shard_id, shard.attempt, predictions, busy))
+
+    def _drop_queued_shards(self) -> None:
+        # After a reconnect the coordinator has given these shards to others.
+        while not self._queue.empty():
+            self._queue.get_nowait()
+
+    async def _send(self, message: Message) -> None:
+        if self._sock is None:
+            return
+        try:
+            await self._sock.send_multipart(encode(message), copy=False)
+        except zmq.ZMQError as exc:
+            log.warning("node %s: could not send %s: %s", self.name, message.kind, exc)

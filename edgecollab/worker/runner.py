@@ -1,0 +1,105 @@
+"""Runs shards on ONNX Runtime sessions, with board emulation. No sockets here."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import platform
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+from ..config import ClusterConfig, NodeConfig
+from ..errors import EdgecollabError
+from ..zoo import Manifest, Variant, load_manifest, open_session, select_providers
+from .emulation import BOARD_PROFILES, BoardProfile
+
+log = logging.getLogger(__name__)
+
+
+class ShardRejected(EdgecollabError):
+    """A shard cannot be run on this node; ``code`` is the protocol error code to answer with."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class LoadedVariant:
+    variant: Variant
+    session: ort.InferenceSession
+    input_name: str
+    input_shape: tuple[int, ...]  # one input, without the batch dimension
+    input_dtype: np.dtype
+
+
+class ShardRunner:
+    """The node's loaded variants and, when emulating, the board's cost model."""
+
+    def __init__(self, config: ClusterConfig, node: NodeConfig) -> None:
+        self.node = node
+        self.manifest: Manifest = load_manifest(config.manifest_path)
+        task = self.manifest.tasks.get(config.models.task)
+        if task is None:
+            raise EdgecollabError(f"task {config.models.task!r} is not in the manifest {self.manifest.path}")
+        names = node.variants or tuple(v.name for v in self.manifest.for_task(task.name))
+        self.providers, missing = select_providers(node.providers)
+        if missing:
+            log.warning("node %s: provider(s) %s not available; falling back to %s", node.name, missing, self.providers)
+        self.board: BoardProfile | None = BOARD_PROFILES[node.emulate] if node.emulate else None
+        self.variants: dict[str, LoadedVariant] = {}
+        for name in names:
+            variant = self.manifest.variant(name)
+            session = open_session(
+                self.manifest.resolve(variant.file), task, providers=self.providers, threads=node.threads
+            )
+            spec = session.get_inputs()[0]
+            self.variants[name] = LoadedVariant(
+                variant, session, spec.name, task.input_shape, np.dtype(task.input_dtype)
+            )
+
+    def fingerprint(self) -> str:
+        """Changes whenever measurements of this node could: hardware, settings, or model files."""
+        parts = [
+            self.node.name,
+            str(self.node.emulate),
+            ",".join(self.providers),
+            str(self.node.threads),
+            platform.machine(),
+            platform.processor(),
+            *sorted(f"{v.variant.name}={v.variant.sha256}" for v in self.variants.values()),
+        ]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+
+    def check(self, variant: str, inputs: np.ndarray) -> LoadedVariant:
+        loaded = self.variants.get(variant)
+        if loaded is None:
+            raise ShardRejected(
+                "unknown_variant", f"node {self.node.name} has no variant {variant!r}; it has {', '.join(self.variants)}"
+            )
+        if inputs.dtype != loaded.input_dtype or inputs.ndim != 1 + len(loaded.input_shape) or (
+            tuple(inputs.shape[1:]) != loaded.input_shape
+        ):
+            expected = f"{loaded.input_dtype} of shape (N, {', '.join(map(str, loaded.input_shape))})"
+            raise ShardRejected(
+                "invalid_input",
+                f"variant {variant!r} expects {expected}; got {inputs.dtype} of shape {tuple(inputs.shape)}",
+            )
+        return loaded
+
+    def run(self, variant: str, inputs: np.ndarray) -> tuple[np.ndarray, float]:
+        """Predicted classes, and the seconds the (emulated) board would need. Runs in a worker thread."""
+        loaded = self.check(variant, inputs)
+        started = time.perf_counter()
+        logits = loaded.session.run(None, {loaded.input_name: inputs})[0]
+        predictions = np.asarray(logits).argmax(axis=1).astype(np.int64)
+        real = time.perf_counter() - started
+        if self.board is None:
+            return predictions, real
+        emulated = self.board.seconds(len(inputs), loaded.variant.macs, loaded.variant.quantized)
+        if real > emulated:
+            log.debug("node %s: host took %.1f ms, longer than the emulated %.1f ms", self.node.name, real * 1e3, emulated * 1e3)
+        return predictions, max(real, emulated)

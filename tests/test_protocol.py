@@ -1,0 +1,140 @@
+"""The codec round-trips every message and turns anything malformed into one ProtocolError."""
+
+from __future__ import annotations
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edgecollab.protocol import (
+    PROTOCOL_VERSION,
+    Error,
+    Goodbye,
+    Heartbeat,
+    Hello,
+    ProtocolError,
+    Result,
+    Shard,
+    ShardResult,
+    Submit,
+    Welcome,
+    decode,
+    encode,
+)
+from edgecollab.protocol.codec import MAX_ARRAY_BYTES, MAX_HEADER_BYTES
+from edgecollab.protocol.messages import Message
+
+IMAGES = np.arange(3 * 28 * 28, dtype=np.uint8).reshape(3, 1, 28, 28)
+MESSAGES: list[Message] = [
+    Hello("rpi4", ["CPUExecutionProvider"], ["cnn-8", "mlp-64"], "f" * 32),
+    Welcome("rpi4", 1.0),
+    Heartbeat("rpi4"),
+    Goodbye("rpi4", "stopping"),
+    Shard("req", 7, 1, "cnn-8", IMAGES),
+    ShardResult("req", 7, 1, np.array([3, 1, 4], dtype=np.int64), 0.012),
+    Submit("req", IMAGES, 300.0, None, "equal"),
+    Submit("req", IMAGES),
+    Result("req", np.array([1, 2, 3]), {"plan": [{"node": "rpi4", "inputs": 3}], "feasible": True, "x": None}),
+    Error("invalid_input", "expected uint8", "req", 2, 0),
+]
+
+
+def header(kind: str, fields: dict[str, object], arrays: list[object], version: int = PROTOCOL_VERSION) -> bytes:
+    return msgpack.packb({"v": version, "k": kind, "f": fields, "a": arrays})
+
+
+def wire(message: Message) -> list[bytes]:
+    return [bytes(f) for f in encode(message)]
+
+
+@pytest.mark.parametrize("message", MESSAGES, ids=lambda m: m.kind)
+def test_every_message_round_trips(message: Message) -> None:
+    decoded = decode(wire(message))
+    assert type(decoded) is type(message)
+    for name, value in vars(message).items():
+        got = getattr(decoded, name)
+        if isinstance(value, np.ndarray):
+            assert got.dtype == value.dtype and np.array_equal(got, value)
+        else:
+            assert got == value
+
+
+def test_arrays_travel_as_raw_frames_not_copies_in_the_header() -> None:
+    frames = wire(Shard("r", 0, 0, "v", IMAGES))
+    assert len(frames) == 2 and frames[1] == IMAGES.tobytes()
+    assert len(frames[0]) < 200
+
+
+GOOD_SHARD = wire(Shard("r", 0, 0, "v", IMAGES))
+MALFORMED = {
+    "no frames": [],
+    "missing array frame": GOOD_SHARD[:1],
+    "extra frame": [*GOOD_SHARD, b"x"],
+    "not msgpack": [b"\xc1\xc1\xc1", GOOD_SHARD[1]],
+    "trailing bytes after header": [GOOD_SHARD[0] + b"\x00", GOOD_SHARD[1]],
+    "header not a map": [msgpack.packb([1, 2, 3])],
+    "unknown kind": [header("launch_missiles", {}, [])],
+    "kind not a string": [header(7, {}, [])],  # type: ignore[arg-type]
+    "future version": [header("heartbeat", {"node": "a"}, [], version=PROTOCOL_VERSION + 1)],
+    "int map keys": [msgpack.packb({"v": 1, "k": "heartbeat", "f": {1: "a"}, "a": []})],
+    "missing field": [header("heartbeat", {}, [])],
+    "unknown field": [header("heartbeat", {"node": "a", "evil": 1}, [])],
+    "wrong field type": [header("heartbeat", {"node": 5}, [])],
+    "bool for int": [header("error", {"code": "x", "message": "y", "shard_id": True}, [])],
+    "deep nesting": [header("result", {"request_id": "r", "report": {"a": [[[[[[[[[[1]]]]]]]]]]}}, [["predictions", "int64", [0]]]), b""],
+    "array header lies about size": [header("shard", {"request_id": "r", "shard_id": 0, "attempt": 0, "variant": "v"}, [["inputs", "uint8", [3, 1, 28, 28]]]), b"\x00" * 100],
+    "object dtype": [header("shard", {"request_id": "r", "shard_id": 0, "attempt": 0, "variant": "v"}, [["inputs", "object", [1]]]), b"\x00" * 8],
+    "negative dimension": [header("shard", {"request_id": "r", "shard_id": 0, "attempt": 0, "variant": "v"}, [["inputs", "uint8", [-1]]]), b""],
+    "too many dimensions": [header("shard", {"request_id": "r", "shard_id": 0, "attempt": 0, "variant": "v"}, [["inputs", "uint8", [1] * 9]]), b"\x00"],
+    "array named wrong": [header("shard", {"request_id": "r", "shard_id": 0, "attempt": 0, "variant": "v"}, [["other", "uint8", [1]]]), b"\x00"],
+    "array above the size limit": [header("shard", {"request_id": "r", "shard_id": 0, "attempt": 0, "variant": "v"}, [["inputs", "uint8", [MAX_ARRAY_BYTES + 1]]]), b""],
+    "oversized header": [header("heartbeat", {"node": "a" * (MAX_HEADER_BYTES + 1)}, [])],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("frames", MALFORMED.values(), ids=MALFORMED.keys())
+def test_malformed_messages_raise_one_protocol_error(frames: list[bytes]) -> None:
+    with pytest.raises(ProtocolError):
+        decode(frames)
+
+
+def test_errors_say_what_was_expected() -> None:
+    with pytest.raises(ProtocolError, match=r"header promises 2352 bytes, frame holds 100"):
+        decode(MALFORMED["array header lies about size"])
+    with pytest.raises(ProtocolError, match=r"protocol version 2 is not supported; this peer speaks 1"):
+        decode(MALFORMED["future version"])
+    with pytest.raises(ProtocolError, match=r"dtype 'object' is not allowed"):
+        decode(MALFORMED["object dtype"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=64), min_size=0, max_size=4))
+def test_fuzzed_frames_never_raise_anything_but_protocol_error(frames: list[bytes]) -> None:
+    try:
+        decode(frames)
+    except ProtocolError:
+        pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    kind=st.sampled_from(["shard", "submit", "result", "hello", "error", "heartbeat"]),
+    fields=st.dictionaries(
+        st.sampled_from(["request_id", "shard_id", "attempt", "variant", "node", "report", "code", "message"]),
+        st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8), lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=4), c, max_size=3), max_leaves=10),
+    ),
+    payload=st.binary(max_size=32),
+    shape=st.lists(st.integers(min_value=-2, max_value=40), max_size=4),
+    dtype=st.sampled_from(["uint8", "int64", "float32", "object", "V8", "<U4"]),
+)  # fmt: skip
+def test_fuzzed_headers_never_raise_anything_but_protocol_error(
+    kind: str, fields: dict[str, object], payload: bytes, shape: list[int], dtype: str
+) -> None:
+    array_name = {"shard": "inputs", "submit": "inputs", "result": "predictions"}.get(kind, "x")
+    try:
+        message = decode([header(kind, fields, [[array_name, dtype, shape]]), payload])
+    except ProtocolError:
+        return
+    assert isinstance(message, Message)

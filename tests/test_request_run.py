@@ -1,0 +1,78 @@
+"""Shards cover every input once, in order; results are accepted exactly once per attempt."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgecollab.coordinator import MAX_ATTEMPTS, RequestRun, ShardFailed
+from edgecollab.planner import Assignment, Plan
+
+
+def plan(*shares: tuple[str, str, int]) -> Plan:
+    return Plan("test", tuple(Assignment(n, v, k) for n, v, k in shares), 1.0, 0.9)
+
+
+def test_shards_are_contiguous_and_cover_every_input() -> None:
+    run = RequestRun.cut("r", plan(("a", "big", 70), ("b", "small", 33)), shard_size=32)
+    assert [(s.start, s.stop, s.planned_node) for s in run.shards] == [
+        (0, 32, "a"), (32, 64, "a"), (64, 70, "a"), (70, 102, "b"), (102, 103, "b"),
+    ]  # fmt: skip
+    assert run.total_inputs == 103
+
+
+def drain(run: RequestRun, node: str) -> None:
+    while (shard := run.next_shard(node)) is not None:
+        assert run.complete(shard.shard_id, shard.attempt, np.arange(shard.start, shard.stop), node, 0.01)
+
+
+def test_predictions_land_in_input_order() -> None:
+    run = RequestRun.cut("r", plan(("a", "big", 50), ("b", "small", 50)), shard_size=16)
+    drain(run, "b")
+    drain(run, "a")
+    assert run.finished
+    assert np.array_equal(run.predictions, np.arange(100))
+    assert run.tallies["a"].inputs == 50 and run.tallies["b"].shards == 4
+
+
+def test_duplicates_and_stale_attempts_are_refused() -> None:
+    run = RequestRun.cut("r", plan(("a", "big", 10)), shard_size=10)
+    shard = run.next_shard("a")
+    assert shard is not None
+    run.requeue(shard)  # node lost: attempt 1 goes to someone else
+    assert not run.complete(0, 0, np.zeros(10), "a", 0.1), "a reply for attempt 0 is late"
+    again = run.next_shard("b")
+    assert again is not None and again.attempt == 1
+    assert run.complete(0, 1, np.ones(10), "b", 0.1)
+    assert not run.complete(0, 1, np.full(10, 7), "b", 0.1), "a second reply is a duplicate"
+    assert not run.complete(5, 0, np.ones(10), "b", 0.1), "no such shard"
+    assert np.array_equal(run.predictions, np.ones(10)) and run.finished
+
+
+def test_wrong_length_result_is_refused() -> None:
+    run = RequestRun.cut("r", plan(("a", "big", 10)), shard_size=10)
+    run.next_shard("a")
+    assert not run.complete(0, 0, np.zeros(3), "a", 0.1)
+
+
+def test_orphans_go_to_other_nodes_on_their_own_variant() -> None:
+    run = RequestRun.cut("r", plan(("a", "big", 64), ("b", "small", 32)), shard_size=32)
+    first = run.next_shard("a")
+    assert first is not None
+    run.requeue(first)
+    run.orphan_queue_of("a")  # a is gone: its unsent shard becomes an orphan too
+    drain(run, "b")
+    assert run.finished and run.tallies["b"].inputs == 96
+    assert {s.variant for s in run.shards} == {"small"}
+
+
+def test_a_shard_lost_too_often_fails_the_request() -> None:
+    run = RequestRun.cut("r", plan(("a", "big", 4)), shard_size=4)
+    shard = run.next_shard("a")
+    assert shard is not None
+    for _ in range(MAX_ATTEMPTS - 1):
+        run.requeue(shard)
+        shard = run.next_shard("a")
+        assert shard is not None
+    with pytest.raises(ShardFailed, match=f"lost on {MAX_ATTEMPTS} nodes"):
+        run.requeue(shard)

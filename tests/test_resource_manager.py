@@ -1,0 +1,76 @@
+"""The resource manager's state machine follows the cluster's facts, with no sockets involved."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgecollab.coordinator import NotReady, ResourceManager
+from edgecollab.planner import ExplorationTable, Measurement, PlanRequest
+
+PROFILE = {"small": Measurement(1000.0, 32.0), "large": Measurement(250.0, 128.0)}
+
+
+@pytest.fixture
+def rm() -> ResourceManager:
+    return ResourceManager(["a", "b"], ExplorationTable({"small": 0.85, "large": 0.92}))
+
+
+def test_life_cycle_from_waiting_to_dispatching_and_back(rm: ResourceManager) -> None:
+    seen: list[str] = []
+    rm.on_state_change(seen.append)
+    assert rm.state == "waiting"
+    assert rm.node_joined("a") is True  # needs profiling
+    assert rm.state == "profiling"
+    rm.node_profiled("a", PROFILE)
+    assert rm.state == "waiting"  # b is configured but has not registered
+    rm.node_joined("b")
+    rm.node_profiled("b", PROFILE)
+    assert rm.state == "ready"
+    plan = rm.plan_request("r1", PlanRequest(100), "equal")
+    assert rm.state == "dispatching" and {a.node for a in plan.assignments} == {"a", "b"}
+    rm.finish_request("r1")
+    assert rm.state == "ready"
+    assert seen == ["profiling", "waiting", "profiling", "ready", "planning", "dispatching", "ready"]
+
+
+def test_cached_profile_skips_profiling(rm: ResourceManager) -> None:
+    assert rm.node_joined("a", cached=PROFILE) is False
+    assert rm.node_joined("b", cached=PROFILE) is False
+    assert rm.state == "ready" and rm.table.ips("b", "large") == 250.0
+
+
+def test_request_before_any_profile_is_not_ready(rm: ResourceManager) -> None:
+    rm.node_joined("a")
+    with pytest.raises(NotReady, match="no profiled node"):
+        rm.plan_request("r1", PlanRequest(10), "equal")
+    assert rm.state == "profiling" and not rm.running
+
+
+def test_startup_timeout_lets_the_ready_nodes_serve(rm: ResourceManager) -> None:
+    rm.node_joined("a", cached=PROFILE)
+    assert rm.state == "waiting" and not rm.accepts_requests()
+    rm.expire_startup()
+    assert rm.state == "ready"
+    plan = rm.plan_request("r1", PlanRequest(10), "proportional")
+    assert [a.node for a in plan.assignments] == ["a"]
+
+
+def test_a_node_leaving_drops_its_measurements(rm: ResourceManager) -> None:
+    rm.node_joined("a", cached=PROFILE)
+    rm.node_joined("b", cached=PROFILE)
+    rm.node_left("b")
+    assert rm.usable_nodes() == ["a"] and rm.table.get("b", "small") is None
+    assert rm.state == "waiting"  # b is expected again until the start-up timeout
+
+
+def test_a_node_joining_while_requests_run_keeps_dispatching(rm: ResourceManager) -> None:
+    rm.node_joined("a", cached=PROFILE)
+    rm.expire_startup()
+    rm.plan_request("r1", PlanRequest(10), "equal")
+    rm.node_joined("b")
+    assert rm.state == "dispatching"
+    plan = rm.plan_request("r2", PlanRequest(10), "equal")  # b is not profiled yet: a alone
+    assert [a.node for a in plan.assignments] == ["a"]
+    rm.finish_request("r1")
+    rm.finish_request("r2")
+    assert rm.state == "profiling"
