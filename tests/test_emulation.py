@@ -21,7 +21,7 @@ def test_the_gpu_gains_more_from_batching_than_the_cpus() -> None:
         return ips(board, 32, HEAVY_MACS) / ips(board, 1, HEAVY_MACS)
 
     assert gain("jetson-nano") > 5 * gain("rpi4")
-    assert gain("rpi4") < 1.2 and gain("odroid-xu4") < 1.2
+    assert gain("rpi4") < 1.5 and gain("odroid-xu4") < 1.5
 
 
 def test_per_call_overhead_dominates_tiny_models_on_the_gpu() -> None:
