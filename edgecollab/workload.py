@@ -52,7 +52,12 @@ async def serve_workload(
 
 
 def request_row(
-    number: int, spec: RequestSpec, indices: np.ndarray, predictions: np.ndarray, report: dict[str, Any], test_set: LabelledSet
+    number: int,
+    spec: RequestSpec,
+    indices: np.ndarray,
+    predictions: np.ndarray,
+    report: dict[str, Any],
+    test_set: LabelledSet,
 ) -> dict[str, Any]:
     accuracy = float((predictions == test_set.labels[indices]).mean())
     achieved = float(report["achieved_ips"])
@@ -72,7 +77,9 @@ def request_row(
         "wall_s": report["wall_s"],
         "retries": report["retries"],
         "notes": report["notes"],
-        "assignment": [{"node": a["node"], "variant": a["variant"], "inputs": a["inputs"]} for a in report["assignment"]],
+        "assignment": [
+            {"node": a["node"], "variant": a["variant"], "inputs": a["inputs"]} for a in report["assignment"]
+        ],
         # Kept out of the JSON output; used for --save-predictions.
         "_indices": indices,
         "_predictions": predictions,

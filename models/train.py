@@ -131,6 +131,7 @@ LADDER = [
     Recipe("resnet-20", lambda: resnet(20), epochs=5, lr=4e-3, augment=True, quantize=True),
 ]
 BATCH = 128
+QUANTIZATION = "static QDQ, per-channel int8 weights, uint8 activations"
 SEED = 20240122  # ASP-DAC 2024 opened on 22 January
 
 
@@ -261,7 +262,7 @@ def main() -> int:
             q_path = model_dir / f"{recipe.name}-int8.onnx"
             quantize(path, q_path, calibration)
             q_training = {
-                "epochs": epochs, "seed": SEED, "quantization": "static QDQ, per-channel int8 weights, uint8 activations",
+                "epochs": epochs, "seed": SEED, "quantization": QUANTIZATION,
                 "calibration_images": len(calibration), "onnxruntime": ort.__version__,
             }  # fmt: skip
             variants.append(describe(f"{recipe.name}-int8", q_path, True, recipe.name, q_training))

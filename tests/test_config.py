@@ -38,10 +38,19 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ('[[nodes]]\nname = "a"\nemulate = "pi5"\n', r"nodes\[0\] \(a\)\.emulate: unknown board profile 'pi5'; expected one of"),
-        ('[[nodes]]\nname = "a"\nthreads = 0\n', r"nodes\[0\] \(a\)\.threads: Input should be greater than or equal to 1"),
+        (
+            '[[nodes]]\nname = "a"\nemulate = "pi5"\n',
+            r"nodes\[0\] \(a\)\.emulate: unknown board profile 'pi5'; expected one of",
+        ),
+        (
+            '[[nodes]]\nname = "a"\nthreads = 0\n',
+            r"nodes\[0\] \(a\)\.threads: Input should be greater than or equal to 1",
+        ),
         ('[[nodes]]\nname = "a"\n[[nodes]]\nname = "a"\n', r"node names must be unique; repeated: a"),
-        ('[coordinator]\nworkers = "5555"\n[[nodes]]\nname = "a"\n', r"coordinator\.workers: expected a ZeroMQ endpoint"),
+        (
+            '[coordinator]\nworkers = "5555"\n[[nodes]]\nname = "a"\n',
+            r"coordinator\.workers: expected a ZeroMQ endpoint",
+        ),
         ('[[nodes]]\nname = "a"\ncolour = "red"\n', r"nodes\[0\] \(a\)\.colour: Extra inputs are not permitted"),
         ("[coordinator]\n", r"nodes: Field required"),
         ("nodes = 3\n", r"nodes: Input should be a valid tuple"),

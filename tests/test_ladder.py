@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 
@@ -60,7 +61,7 @@ def test_several_variants_are_on_the_pareto_front(zoo: Manifest) -> None:
     assert front[0].macs == min(v.macs for v in variants)
     assert front[-1].accuracy == max(v.accuracy for v in variants)
     # Along the front, paying more MACs always buys accuracy.
-    assert all(a.accuracy < b.accuracy for a, b in zip(front, front[1:], strict=False))
+    assert all(a.accuracy < b.accuracy for a, b in itertools.pairwise(front))
 
 
 @pytest.mark.parametrize("name", sorted(ZOO.variants))

@@ -6,4 +6,13 @@ from .request_run import MAX_ATTEMPTS, RequestRun, ShardFailed, ShardTask
 from .resource_manager import STATES, NotReady, ResourceManager
 from .server import Coordinator
 
-__all__ = ["MAX_ATTEMPTS", "STATES", "Coordinator", "NotReady", "RequestRun", "ResourceManager", "ShardFailed", "ShardTask"]
+__all__ = [
+    "MAX_ATTEMPTS",
+    "STATES",
+    "Coordinator",
+    "NotReady",
+    "RequestRun",
+    "ResourceManager",
+    "ShardFailed",
+    "ShardTask",
+]

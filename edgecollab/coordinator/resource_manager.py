@@ -33,7 +33,10 @@ class NotReady(EdgecollabError):
 
 
 class ResourceManager:
-    state: str  # set by the machine
+    # Set on the instance by the ``transitions`` machine.
+    state: str
+    settle: Callable[[], bool]
+    begin_planning: Callable[[], bool]
 
     def __init__(self, expected_nodes: Iterable[str], table: ExplorationTable) -> None:
         self.expected = set(expected_nodes)  # node names from the config

@@ -9,6 +9,7 @@ so at most ``window`` shards are in flight per node and transfer overlaps comput
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import statistics
@@ -181,7 +182,9 @@ class Coordinator:
     async def _register(self, identity: bytes, hello: Hello) -> None:
         configured = [n.name for n in self.config.nodes]
         if hello.node not in configured:
-            await self._refuse(identity, f"node {hello.node!r} is not in the coordinator's config ({', '.join(configured)})")
+            await self._refuse(
+                identity, f"node {hello.node!r} is not in the coordinator's config ({', '.join(configured)})"
+            )
             return
         existing = self.by_name.get(hello.node)
         if existing is not None and existing.identity != identity:
@@ -269,7 +272,9 @@ class Coordinator:
                 seconds = []
                 for i in range(1 + self.settings.profile_shards):
                     started = time.perf_counter()
-                    reply = await self._run_shard(conn, f"profile:{variant}", ShardTask(i, 0, size, variant, conn.name), sample)
+                    reply = await self._run_shard(
+                        conn, f"profile:{variant}", ShardTask(i, 0, size, variant, conn.name), sample
+                    )
                     if isinstance(reply, Error):
                         log.warning("coordinator: profiling %s on %s failed: %s", variant, conn.name, reply.message)
                         break
@@ -338,16 +343,16 @@ class Coordinator:
             return
         deadline = arrived + self.settings.startup_timeout_s
         while not self.rm.accepts_requests() and time.monotonic() < deadline:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._state_changed.wait(), timeout=min(0.5, deadline - time.monotonic()))
-            except TimeoutError:
-                pass
         policy = submit.policy or self.settings.policy
         request = PlanRequest(len(submit.inputs), submit.target_ips, submit.min_accuracy)
         try:
             plan = self.rm.plan_request(rid, request, policy)
         except (NotReady, PlanningError) as exc:
-            await self._send_client(identity, Error("busy" if isinstance(exc, NotReady) else "invalid_input", str(exc), rid))
+            await self._send_client(
+                identity, Error("busy" if isinstance(exc, NotReady) else "invalid_input", str(exc), rid)
+            )
             return
         run = RequestRun.cut(rid, plan, self.settings.shard_size, arrived)
         self.requests[rid] = run
@@ -355,7 +360,9 @@ class Coordinator:
         failure: list[Error] = []
         try:
             nodes = self.rm.usable_nodes()
-            lanes = [self._lane(run, node, submit.inputs, failure) for node in nodes for _ in range(self.settings.window)]
+            lanes = [
+                self._lane(run, node, submit.inputs, failure) for node in nodes for _ in range(self.settings.window)
+            ]
             await asyncio.gather(*lanes)
             if not run.finished and not failure:
                 failure.append(Error("node_lost", "every node running this request was lost", rid))
@@ -379,10 +386,8 @@ class Coordinator:
             shard = run.next_shard(node)
             if shard is None:
                 # Nothing to send now; an orphaned shard may appear if another node is lost.
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), timeout=0.25)
-                except TimeoutError:
-                    pass
                 continue
             async with conn.window:
                 try:

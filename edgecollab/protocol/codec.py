@@ -51,7 +51,7 @@ def encode(message: Message) -> list[Frame]:
             # The wire is little-endian, like every board we target.
             contiguous = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<"))
             arrays.append([f.name, contiguous.dtype.name, list(contiguous.shape)])
-            buffers.append(memoryview(contiguous).cast("B"))
+            buffers.append(contiguous.reshape(-1).view(np.uint8).data)
         else:
             scalars[f.name] = value
     header = msgpack.packb({"v": PROTOCOL_VERSION, "k": message.kind, "f": scalars, "a": arrays}, use_bin_type=True)
@@ -97,7 +97,8 @@ def decode(frames: Sequence[Frame]) -> Message:
     }
     if not set(scalars) <= allowed or not required <= set(scalars):
         raise ProtocolError(
-            f"{cls.kind} fields must be {sorted(allowed)} (required {sorted(required)}); got {sorted(map(str, scalars))}"
+            f"{cls.kind} fields must be {sorted(allowed)} (required {sorted(required)}); "
+            f"got {sorted(map(str, scalars))}"
         )
     for name, value in scalars.items():
         if not _fits(value, hints[name], 0):
@@ -111,11 +112,13 @@ def _array(spec: Any, frame: Frame, name: str) -> np.ndarray:
         raise ProtocolError(f"array header for {name!r} must be [name, dtype, shape]")
     dtype_name, shape = spec[1], spec[2]
     if dtype_name not in ALLOWED_DTYPES:
-        raise ProtocolError(f"array {name!r}: dtype {dtype_name!r} is not allowed; expected one of {sorted(ALLOWED_DTYPES)}")
+        raise ProtocolError(
+            f"array {name!r}: dtype {dtype_name!r} is not allowed; expected one of {sorted(ALLOWED_DTYPES)}"
+        )
     if (
         not isinstance(shape, list)
         or len(shape) > MAX_NDIM
-        or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d for d in shape)
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
     ):
         raise ProtocolError(f"array {name!r}: shape must be a list of at most {MAX_NDIM} non-negative ints")
     dtype = np.dtype(dtype_name)
@@ -150,7 +153,9 @@ def _fits(value: Any, hint: Any, depth: int) -> bool:
         return isinstance(value, list) and all(_fits(v, item, depth + 1) for v in value)
     if origin is dict:
         _, item = typing.get_args(hint)
-        return isinstance(value, dict) and all(isinstance(k, str) and _fits(v, item, depth + 1) for k, v in value.items())
+        return isinstance(value, dict) and all(
+            isinstance(k, str) and _fits(v, item, depth + 1) for k, v in value.items()
+        )
     return False
 
 

@@ -129,7 +129,9 @@ class WorkerAgent:
                 continue
             except Exception as exc:  # an ORT failure must not kill the node
                 log.exception("node %s: shard %s/%s failed", self.name, shard.request_id, shard.shard_id)
-                await self._send(Error("internal", f"{type(exc).__name__}: {exc}", shard.request_id, shard.shard_id, shard.attempt))
+                await self._send(
+                    Error("internal", f"{type(exc).__name__}: {exc}", shard.request_id, shard.shard_id, shard.attempt)
+                )
                 continue
             # Hold the reply until the emulated board would have finished.
             await asyncio.sleep(max(0.0, started + board_seconds - time.perf_counter()))

@@ -33,7 +33,11 @@ class BoardProfile:
 
 # See docs/emulation.md for the measurements these are derived from.
 BOARD_PROFILES: dict[str, BoardProfile] = {
-    "jetson-nano": BoardProfile("jetson-nano", overhead_s=2.0e-3, peak_macs_per_s=60e9, half_batch=16, int8_speedup=1.0),
+    "jetson-nano": BoardProfile(
+        "jetson-nano", overhead_s=2.0e-3, peak_macs_per_s=60e9, half_batch=16, int8_speedup=1.0
+    ),
     "rpi4": BoardProfile("rpi4", overhead_s=0.3e-3, peak_macs_per_s=6.0e9, half_batch=0.2, int8_speedup=1.8),
-    "odroid-xu4": BoardProfile("odroid-xu4", overhead_s=0.5e-3, peak_macs_per_s=3.0e9, half_batch=0.2, int8_speedup=1.4),
+    "odroid-xu4": BoardProfile(
+        "odroid-xu4", overhead_s=0.5e-3, peak_macs_per_s=3.0e9, half_batch=0.2, int8_speedup=1.4
+    ),
 }

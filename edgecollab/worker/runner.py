@@ -78,10 +78,13 @@ class ShardRunner:
         loaded = self.variants.get(variant)
         if loaded is None:
             raise ShardRejected(
-                "unknown_variant", f"node {self.node.name} has no variant {variant!r}; it has {', '.join(self.variants)}"
+                "unknown_variant",
+                f"node {self.node.name} has no variant {variant!r}; it has {', '.join(self.variants)}",
             )
-        if inputs.dtype != loaded.input_dtype or inputs.ndim != 1 + len(loaded.input_shape) or (
-            tuple(inputs.shape[1:]) != loaded.input_shape
+        if (
+            inputs.dtype != loaded.input_dtype
+            or inputs.ndim != 1 + len(loaded.input_shape)
+            or (tuple(inputs.shape[1:]) != loaded.input_shape)
         ):
             expected = f"{loaded.input_dtype} of shape (N, {', '.join(map(str, loaded.input_shape))})"
             raise ShardRejected(
@@ -101,5 +104,10 @@ class ShardRunner:
             return predictions, real
         emulated = self.board.seconds(len(inputs), loaded.variant.macs, loaded.variant.quantized)
         if real > emulated:
-            log.debug("node %s: host took %.1f ms, longer than the emulated %.1f ms", self.node.name, real * 1e3, emulated * 1e3)
+            log.debug(
+                "node %s: host took %.1f ms, longer than the emulated %.1f ms",
+                self.node.name,
+                real * 1e3,
+                emulated * 1e3,
+            )
         return predictions, max(real, emulated)

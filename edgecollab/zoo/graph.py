@@ -54,8 +54,8 @@ def graph_cost(path: Path) -> GraphCost:
     for name, array in initializers.items():
         shapes[name] = array.shape
     # A quantized weight reaches its op through DequantizeLinear: follow it back.
-    produced_by_dequantize = {
-        node.output[0]: node.input[0] for node in graph.node if node.op_type == "DequantizeLinear"
+    produced_by_dequantize: dict[str, str] = {
+        str(node.output[0]): str(node.input[0]) for node in graph.node if node.op_type == "DequantizeLinear"
     }
 
     def weight_source(name: str) -> str:

@@ -74,7 +74,9 @@ def check_session_spec(session: ort.InferenceSession, task: TaskSpec, path: Path
         )
     if len(outputs) != 1 or list(outputs[0].shape[1:]) != [task.classes]:
         got = ", ".join(f"{o.name} {tuple(o.shape)}" for o in outputs)
-        raise ModelError(f"{path}: outputs are [{got}]; task {task.name!r} expects one output of shape (N, {task.classes})")
+        raise ModelError(
+            f"{path}: outputs are [{got}]; task {task.name!r} expects one output of shape (N, {task.classes})"
+        )
 
 
 def predict(session: ort.InferenceSession, inputs: np.ndarray, batch: int = 256) -> np.ndarray:
@@ -84,7 +86,9 @@ def predict(session: ort.InferenceSession, inputs: np.ndarray, batch: int = 256)
     return np.concatenate(out) if out else np.empty(0, dtype=np.int64)
 
 
-def measure_throughput(session: ort.InferenceSession, sample: np.ndarray, batch: int, min_seconds: float = 0.5) -> float:
+def measure_throughput(
+    session: ort.InferenceSession, sample: np.ndarray, batch: int, min_seconds: float = 0.5
+) -> float:
     """Inputs per second at a fixed batch size, timed over at least ``min_seconds``."""
     name = session.get_inputs()[0].name
     x = np.ascontiguousarray(np.resize(sample, (batch, *sample.shape[1:])))

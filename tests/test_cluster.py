@@ -1,0 +1,170 @@
+"""A real coordinator and four emulated boards on loopback serve requests end to end."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgecollab.errors import RequestFailed
+from edgecollab.local import LocalCluster
+from edgecollab.planner import split_by_weight
+from edgecollab.zoo import LabelledSet, load_manifest, load_test_set, open_session, predict
+
+from .cluster_helpers import PAPER_TESTBED, edgecollab, infer, processes_mentioning, write_cluster_config
+from .conftest import SHIPPED_MANIFEST
+
+NODES = [name for name, _ in PAPER_TESTBED]
+
+
+@pytest.fixture(scope="module")
+def config_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_cluster_config(tmp_path_factory.mktemp("cluster"))
+
+
+@pytest.fixture(scope="module")
+def cluster(config_path: Path) -> Iterator[LocalCluster]:
+    with LocalCluster(config_path, log_dir=config_path.parent / "logs") as local:
+        yield local
+
+
+@pytest.fixture(scope="module")
+def test_set() -> LabelledSet:
+    manifest = load_manifest(SHIPPED_MANIFEST, check_files=False)
+    return load_test_set(manifest, manifest.tasks["fashion-mnist"])
+
+
+def local_predictions(variant: str, inputs: np.ndarray) -> np.ndarray:
+    manifest = load_manifest(SHIPPED_MANIFEST, check_files=False)
+    v = manifest.variant(variant)
+    return predict(open_session(manifest.resolve(v.file), manifest.task_of(v)), inputs)
+
+
+def profiled_ips(config_path: Path) -> dict[str, dict[str, float]]:
+    cache = json.loads((config_path.parent / ".edgecollab" / "exploration.json").read_text())
+    return {node: {v: m["ips"] for v, m in entry["variants"].items()} for node, entry in cache.items()}
+
+
+def test_a_request_is_split_over_all_boards_and_returns_every_prediction_in_order(
+    cluster: LocalCluster, test_set: LabelledSet
+) -> None:
+    # Sent as soon as the processes start: the request waits for registration and profiling.
+    indices = np.random.default_rng(1).choice(len(test_set), 1000, replace=False)
+    result = infer(cluster.clients_endpoint, test_set.inputs[indices], policy="proportional")
+    report = result.report
+    assert sorted(a["node"] for a in report["assignment"]) == sorted(NODES)
+    assert sum(a["inputs"] for a in report["assignment"]) == 1000
+    assert {a["variant"] for a in report["assignment"]} == {"cnn-16"}  # the most accurate loaded variant
+    # Exactly the predictions the model makes locally, in input order.
+    assert np.array_equal(result.predictions, local_predictions("cnn-16", test_set.inputs[indices]))
+    accuracy = float((result.predictions == test_set.labels[indices]).mean())
+    assert abs(accuracy - load_manifest(SHIPPED_MANIFEST, check_files=False).variant("cnn-16").accuracy) < 0.03
+    assert report["achieved_ips"] > 0 and report["retries"] == 0
+
+
+def test_equal_policy_gives_every_board_the_same_share(cluster: LocalCluster, test_set: LabelledSet) -> None:
+    result = infer(cluster.clients_endpoint, test_set.inputs[:1001], policy="equal")
+    shares = {a["node"]: a["inputs"] for a in result.report["assignment"]}
+    assert sorted(shares.values()) == [250, 250, 250, 251]
+
+
+def test_proportional_policy_follows_the_profiled_throughput(
+    cluster: LocalCluster, config_path: Path, test_set: LabelledSet
+) -> None:
+    result = infer(cluster.clients_endpoint, test_set.inputs[:2000], policy="proportional")
+    ips = profiled_ips(config_path)
+    nodes = sorted(ips)
+    expected = dict(zip(nodes, split_by_weight(2000, [ips[n]["cnn-16"] for n in nodes]), strict=True))
+    assert {a["node"]: a["planned_inputs"] for a in result.report["assignment"]} == expected
+
+
+def test_emulated_odroid_is_slower_than_the_jetson_on_a_heavy_variant(cluster: LocalCluster, config_path: Path) -> None:
+    infer(cluster.clients_endpoint, np.zeros((10, 1, 28, 28), np.uint8))  # make sure profiling is done
+    ips = profiled_ips(config_path)
+    for odroid in ("odroid-xu4-a", "odroid-xu4-b"):
+        assert ips[odroid]["cnn-16"] * 1.5 < ips["jetson-nano"]["cnn-16"]
+        assert ips[odroid]["cnn-16"] < ips["rpi4"]["cnn-16"]
+
+
+def test_bad_requests_get_a_clear_error_and_others_are_still_served(
+    cluster: LocalCluster, test_set: LabelledSet
+) -> None:
+    with pytest.raises(RequestFailed, match=r"invalid_input: expected uint8 inputs of shape \(N, 1, 28, 28\)"):
+        infer(cluster.clients_endpoint, test_set.inputs[:10].astype(np.float32))
+    with pytest.raises(
+        RequestFailed,
+        match=r"expected uint8 inputs of shape \(N, 1, 28, 28\) with N >= 1; got uint8 of shape \(5, 28, 28\)",
+    ):
+        infer(cluster.clients_endpoint, test_set.inputs[:5, 0])
+    with pytest.raises(RequestFailed, match=r"unknown policy 'fastest'; expected one of"):
+        infer(cluster.clients_endpoint, test_set.inputs[:5], policy="fastest")
+    with pytest.raises(RequestFailed, match=r"target_ips must be a positive number"):
+        infer(cluster.clients_endpoint, test_set.inputs[:5], target_ips=-3.0)
+    result = infer(cluster.clients_endpoint, test_set.inputs[:64])
+    assert len(result.predictions) == 64
+
+
+def test_submit_prints_json_and_saves_predictions(
+    cluster: LocalCluster, config_path: Path, test_set: LabelledSet, tmp_path: Path
+) -> None:
+    saved = tmp_path / "predictions.npz"
+    done = edgecollab(
+        "submit", "--config", str(config_path), "--coordinator", cluster.clients_endpoint, "--inputs", "300",
+        "--target-ips", "100", "--seed", "3", "--json", "--save-predictions", str(saved),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert set(out) == {"policy", "nodes", "requests", "summary"}
+    assert [n["name"] for n in out["nodes"]] == NODES
+    (request,) = out["requests"]
+    assert {"id", "inputs", "target_ips", "achieved_ips", "accuracy", "met", "assignment"} <= set(request)
+    assert request["inputs"] == 300 and request["target_ips"] == 100
+    assert sum(a["inputs"] for a in request["assignment"]) == 300
+    assert out["summary"]["requests"] == 1 and out["summary"]["inputs"] == 300
+    with np.load(saved) as arrays:
+        indices, predictions = arrays["indices"], arrays["predictions"]
+    assert len(indices) == len(predictions) == 300 and len(set(indices.tolist())) == 300
+    assert float((predictions == test_set.labels[indices]).mean()) == pytest.approx(request["accuracy"])
+
+
+def test_a_second_worker_with_a_taken_name_is_refused(cluster: LocalCluster, config_path: Path) -> None:
+    infer(cluster.clients_endpoint, np.zeros((4, 1, 28, 28), np.uint8))  # rpi4 is registered
+    done = subprocess.run(
+        [sys.executable, "-m", "edgecollab", "worker", "--config", str(config_path), "--node", "rpi4",
+         "--coordinator", cluster.workers_endpoint],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 3
+    assert "node name 'rpi4' is already registered by another live worker" in done.stderr
+    assert infer(cluster.clients_endpoint, np.zeros((4, 1, 28, 28), np.uint8)).report["inputs"] == 4
+
+
+def test_run_command_serves_a_workload_and_leaves_no_process_behind(
+    cluster: LocalCluster, config_path: Path, tmp_path: Path
+) -> None:
+    infer(cluster.clients_endpoint, np.zeros((4, 1, 28, 28), np.uint8))  # the module's cluster has profiled
+    own_config = write_cluster_config(tmp_path)
+    # Reuse the module cluster's profile so this run skips profiling (same nodes, same models).
+    (tmp_path / ".edgecollab").mkdir()
+    shutil.copy(config_path.parent / ".edgecollab" / "exploration.json", tmp_path / ".edgecollab")
+    done = edgecollab("run", "--config", str(own_config), "--requests", "2", "--inputs", "200", "--json")
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert [r["inputs"] for r in out["requests"]] == [200, 200]
+    assert all(sum(a["inputs"] for a in r["assignment"]) == 200 for r in out["requests"])
+    assert out["summary"]["inputs"] == 400 and 0.5 < out["summary"]["accuracy"] <= 1.0
+    assert processes_mentioning(str(own_config)) == []
+
+
+def test_run_with_a_bad_config_exits_2_with_one_clear_line(tmp_path: Path) -> None:
+    bad = tmp_path / "cluster.toml"
+    bad.write_text('[[nodes]]\nname = "x"\nemulate = "pi5"\n')
+    done = edgecollab("run", "--config", str(bad))
+    assert done.returncode == 2
+    assert "unknown board profile 'pi5'" in done.stderr and "Traceback" not in done.stderr
