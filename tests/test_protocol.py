@@ -128,7 +128,7 @@ def test_fuzzed_frames_never_raise_anything_but_protocol_error(frames: list[byte
     fields=st.dictionaries(
         st.sampled_from(["request_id", "shard_id", "attempt", "variant", "node", "report", "code", "message"]),
         st.recursive(
-            st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+            st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=8),
             lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
             max_leaves=10,
         ),
