@@ -5,11 +5,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from onnx import TensorProto
 
 from edgecollab.errors import ManifestError, ModelError
-from edgecollab.zoo import TaskSpec, load_labelled_set, load_manifest, open_session, sha256_of
+from edgecollab.zoo import TaskSpec, load_labelled_set, load_manifest, open_session, read_idx, sha256_of, write_idx
 from edgecollab.zoo.graph import graph_cost
 
 from .conftest import SHIPPED_MANIFEST
@@ -150,3 +151,19 @@ def test_shipped_test_set_is_in_the_repo(tmp_path: Path) -> None:
     )
     assert test_set.inputs.shape == (10_000, 1, 28, 28) and test_set.inputs.dtype.name == "uint8"
     assert sorted(set(test_set.labels.tolist())) == list(range(10))
+
+
+@pytest.mark.parametrize("suffix", [".gz", ""])
+@pytest.mark.parametrize("dtype", ["uint8", "int8", "int16", "int32", "float32", "float64"])
+def test_idx_files_round_trip(tmp_path: Path, suffix: str, dtype: str) -> None:
+    array = (np.arange(2 * 3 * 4 * 5) - 7).astype(dtype).reshape(2, 3, 4, 5)
+    write_idx(tmp_path / f"a.idx{suffix}", array)
+    back = read_idx(tmp_path / f"a.idx{suffix}")
+    assert back.shape == array.shape and np.array_equal(back, array)
+
+
+def test_idx_reader_refuses_truncated_files(tmp_path: Path) -> None:
+    write_idx(tmp_path / "a.idx", np.zeros((4, 4), np.uint8))
+    (tmp_path / "a.idx").write_bytes((tmp_path / "a.idx").read_bytes()[:-3])
+    with pytest.raises(ModelError, match="header promises 16 bytes of data, file holds 13"):
+        read_idx(tmp_path / "a.idx")

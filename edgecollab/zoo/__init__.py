@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .dataset import LabelledSet, load_labelled_set, read_idx
+from .dataset import LabelledSet, load_labelled_set, read_idx, write_idx
 from .manifest import Manifest, TaskSpec, Variant, default_manifest_path, load_manifest, pareto_front, sha256_of
 from .session import (
     ACCURACY_TOLERANCE,
@@ -34,4 +34,5 @@ __all__ = [
     "select_providers",
     "sha256_of",
     "verify_variant",
+    "write_idx",
 ]

@@ -34,6 +34,20 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype, offset=header_end).reshape(shape)
 
 
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write an array as an IDX file (gzip-compressed when ``path`` ends in .gz), e.g. a user's own test set."""
+    codes = {
+        np.dtype(v).newbyteorder(">") if np.dtype(v).itemsize > 1 else np.dtype(v): k for k, v in _IDX_DTYPES.items()
+    }
+    dtype = array.dtype.newbyteorder(">") if array.dtype.itemsize > 1 else array.dtype
+    if dtype not in codes or array.ndim > 255:
+        raise ModelError(f"IDX cannot hold {array.dtype} arrays of {array.ndim} dimensions")
+    header = bytes([0, 0, codes[dtype], array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wb") as f:
+        f.write(header + np.ascontiguousarray(array, dtype=dtype).tobytes())
+
+
 @dataclass(frozen=True)
 class LabelledSet:
     """Inputs (shaped as the model takes them) and their integer labels."""
