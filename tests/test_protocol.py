@@ -89,7 +89,7 @@ MALFORMED = {
     "unknown field": [header("heartbeat", {"node": "a", "evil": 1}, [])],
     "wrong field type": [header("heartbeat", {"node": 5}, [])],
     "bool for int": [header("error", {"code": "x", "message": "y", "shard_id": True}, [])],
-    "deep nesting": [header("result", {"request_id": "r", "report": {"a": [[[[[[[[[[1]]]]]]]]]]}}, [["predictions", "int64", [0]]]), b""],  # noqa: E501
+    "deep nesting": [header("result", {"request_id": "r", "report": {"a": [[[[[[[[[[1]]]]]]]]]]}}, [["predictions", "int64", [0]]]), b""],
     "array header lies about size": [shard_header([["inputs", "uint8", [3, 1, 28, 28]]]), b"\x00" * 100],
     "object dtype": [shard_header([["inputs", "object", [1]]]), b"\x00" * 8],
     "negative dimension": [shard_header([["inputs", "uint8", [-1]]]), b""],

@@ -1,0 +1,65 @@
+"""A worker checks every shard against its session's input spec before running it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgecollab.config import load_config
+from edgecollab.worker import ShardRejected, ShardRunner
+
+from .conftest import SHIPPED_MANIFEST
+
+
+@pytest.fixture(scope="module")
+def runner(tmp_path_factory: pytest.TempPathFactory) -> ShardRunner:
+    folder = tmp_path_factory.mktemp("runner")
+    (folder / "cluster.toml").write_text(
+        f'[models]\nmanifest = "{SHIPPED_MANIFEST}"\n'
+        '[[nodes]]\nname = "pi"\nemulate = "rpi4"\nvariants = ["linear", "cnn-8"]\n'
+        'providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]\n'
+    )
+    config = load_config(folder / "cluster.toml")
+    return ShardRunner(config, config.node("pi"))
+
+
+def test_missing_provider_falls_back_to_cpu(runner: ShardRunner) -> None:
+    assert runner.providers[-1] == "CPUExecutionProvider"
+    assert set(runner.variants) == {"linear", "cnn-8"}
+
+
+def test_a_valid_shard_runs_and_takes_at_least_the_emulated_time(runner: ShardRunner) -> None:
+    images = np.zeros((8, 1, 28, 28), np.uint8)
+    predictions, seconds = runner.run("cnn-8", images)
+    assert predictions.shape == (8,) and predictions.dtype == np.int64
+    assert runner.board is not None
+    assert seconds >= runner.board.seconds(8, runner.variants["cnn-8"].variant.macs, False)
+
+
+@pytest.mark.parametrize(
+    ("variant", "inputs", "code", "message"),
+    [
+        ("cnn-8", np.zeros((2, 1, 28, 28), np.float32), "invalid_input", r"expects uint8 of shape \(N, 1, 28, 28\); got float32"),
+        ("cnn-8", np.zeros((2, 28, 28), np.uint8), "invalid_input", r"got uint8 of shape \(2, 28, 28\)"),
+        ("cnn-8", np.zeros((2, 3, 28, 28), np.uint8), "invalid_input", r"got uint8 of shape \(2, 3, 28, 28\)"),
+        ("resnet-20", np.zeros((2, 1, 28, 28), np.uint8), "unknown_variant", r"node pi has no variant 'resnet-20'; it has linear, cnn-8"),
+    ],
+)  # fmt: skip
+def test_bad_shards_are_rejected_with_what_was_expected(
+    runner: ShardRunner, variant: str, inputs: np.ndarray, code: str, message: str
+) -> None:
+    with pytest.raises(ShardRejected, match=message) as caught:
+        runner.run(variant, inputs)
+    assert caught.value.code == code
+    # The node stays healthy: the next good shard runs.
+    assert runner.run("linear", np.zeros((1, 1, 28, 28), np.uint8))[0].shape == (1,)
+
+
+def test_fingerprint_changes_with_the_models(runner: ShardRunner, tmp_path: Path) -> None:
+    (tmp_path / "cluster.toml").write_text(
+        f'[models]\nmanifest = "{SHIPPED_MANIFEST}"\n[[nodes]]\nname = "pi"\nemulate = "rpi4"\nvariants = ["linear"]\n'
+    )
+    config = load_config(tmp_path / "cluster.toml")
+    assert ShardRunner(config, config.node("pi")).fingerprint() != runner.fingerprint()
