@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+import numpy as np
 
 from ..errors import EdgecollabError
+from .optimizer import Option, maximise_accuracy, minimise_makespan
 from .table import ExplorationTable
 
 
@@ -50,7 +53,10 @@ def evaluate(
     """Expected throughput and accuracy of an assignment; every node starts at once, the slowest finishes last."""
     used = [a for a in assignments if a.inputs > 0]
     total = sum(a.inputs for a in used)
-    makespan = max((a.inputs / table.ips(a.node, a.variant) for a in used), default=0.0)
+    busy: dict[str, float] = {}
+    for a in used:  # a node with two variants (mixed plans) runs them one after the other
+        busy[a.node] = busy.get(a.node, 0.0) + a.inputs * table.seconds_per_input(a.node, a.variant)
+    makespan = max(busy.values(), default=0.0)
     expected_ips = total / makespan if makespan > 0 else 0.0
     accuracy = sum(a.inputs * table.accuracy[a.variant] for a in used) / total if total else 0.0
     feasible = request.target_ips is None or expected_ips >= request.target_ips
@@ -90,15 +96,107 @@ def plan_equal(table: ExplorationTable, request: PlanRequest, nodes: Sequence[st
 def plan_proportional(table: ExplorationTable, request: PlanRequest, nodes: Sequence[str]) -> Plan:
     """Shares proportional to each node's measured throughput, all on the most accurate variant."""
     variant = _most_accurate_common(table, nodes)
-    shares = split_by_weight(request.inputs, [table.ips(n, variant) for n in nodes])
+    shares = split_by_weight(request.inputs, [1.0 / table.seconds_per_input(n, variant) for n in nodes])
     return evaluate(
         "proportional", table, [Assignment(n, variant, s) for n, s in zip(nodes, shares, strict=True)], request
     )
 
 
+def plan_uniform(table: ExplorationTable, request: PlanRequest, nodes: Sequence[str]) -> Plan:
+    """One variant for the whole cluster: the most accurate whose proportional split meets the request.
+
+    Approximation without per-node choice. When no variant meets it, the fastest one.
+    """
+    common = set.intersection(*(set(table.variants_of(n)) for n in nodes))
+    if not common:
+        raise PlanningError(f"no variant is profiled on every node of {', '.join(nodes)}")
+    candidates = []
+    for variant in sorted(common, key=lambda v: (-table.accuracy[v], v)):
+        shares = split_by_weight(request.inputs, [1.0 / table.seconds_per_input(n, variant) for n in nodes])
+        plan = evaluate(
+            "uniform", table, [Assignment(n, variant, k) for n, k in zip(nodes, shares, strict=True)], request
+        )
+        if plan.feasible:
+            return plan
+        candidates.append(plan)
+    fastest = max(candidates, key=lambda p: p.expected_ips)
+    return replace(fastest, notes=(_infeasible_note(request, fastest.expected_ips),))
+
+
+# Plan for a little more than the target: start-up and the last shard cost time the table does not see.
+TARGET_HEADROOM = 0.05
+
+
+def _adaptive(table: ExplorationTable, request: PlanRequest, nodes: Sequence[str], mixed: bool) -> Plan:
+    options = [
+        Option(n, v, table.seconds_per_input(n, v), table.accuracy[v])
+        for n in nodes
+        for v in sorted(table.variants_of(n))
+        if table.ips(n, v) > 0
+    ]
+    if not options:
+        raise PlanningError("no profiled node is available to plan on")
+    total = request.inputs
+    best_accuracy = max(o.accuracy for o in options)
+    notes: list[str] = []
+    allocation = None
+    if request.target_ips is not None:
+        deadline = total / (request.target_ips * (1 + TARGET_HEADROOM))
+        allocation = maximise_accuracy(options, total, deadline, request.min_accuracy, mixed)
+        if allocation is None:
+            allocation = minimise_makespan(options, total, request.min_accuracy, mixed)
+            if allocation is None:
+                allocation = minimise_makespan(options, total, None, mixed)
+                notes.append(_unreachable_accuracy_note(request, best_accuracy))
+            notes.insert(0, _infeasible_note(request, total / allocation.makespan_s if allocation else 0.0))
+    else:
+        wanted = request.min_accuracy if request.min_accuracy is not None else best_accuracy
+        allocation = minimise_makespan(options, total, min(wanted, best_accuracy), mixed)
+        if request.min_accuracy is not None and request.min_accuracy > best_accuracy:
+            notes.append(_unreachable_accuracy_note(request, best_accuracy))
+    if allocation is None:
+        raise PlanningError("the optimiser found no allocation (no node can take inputs)")
+    shares = _round_shares(allocation.inputs, total)
+    assignments = [Assignment(o.node, o.variant, k) for o, k in zip(options, shares, strict=True) if k > 0]
+    return evaluate("mixed" if mixed else "adaptive", table, assignments, request, notes)
+
+
+def plan_adaptive(table: ExplorationTable, request: PlanRequest, nodes: Sequence[str]) -> Plan:
+    """Per node, its share and its variant, jointly: the most accurate plan that meets the target."""
+    return _adaptive(table, request, nodes, mixed=False)
+
+
+def plan_mixed(table: ExplorationTable, request: PlanRequest, nodes: Sequence[str]) -> Plan:
+    """Like ``adaptive``, but a node may time-share several variants within one request."""
+    return _adaptive(table, request, nodes, mixed=True)
+
+
+def _round_shares(shares: Sequence[float], total: int) -> list[int]:
+    """Whole inputs per option, summing to ``total``, each within one of its continuous share."""
+    floors = [int(np.floor(s + 1e-9)) for s in shares]
+    order = sorted(range(len(shares)), key=lambda i: (-(shares[i] - floors[i]), i))
+    for i in order[: total - sum(floors)]:
+        floors[i] += 1
+    return floors
+
+
+def _infeasible_note(request: PlanRequest, best_ips: float) -> str:
+    return f"target of {request.target_ips:g} inf/s is infeasible: the fastest plan reaches {best_ips:.0f} inf/s"
+
+
+def _unreachable_accuracy_note(request: PlanRequest, best_accuracy: float) -> str:
+    return f"minimum accuracy {request.min_accuracy:g} is unreachable: the best variant scores {best_accuracy:.4f}"
+
+
 # A policy maps (table, request, usable nodes) to a plan. Register new ones here.
 Policy = Callable[[ExplorationTable, PlanRequest, Sequence[str]], Plan]
-POLICIES: dict[str, Policy] = {"equal": plan_equal, "proportional": plan_proportional}
+POLICIES: dict[str, Policy] = {
+    "adaptive": plan_adaptive,
+    "mixed": plan_mixed,
+    "uniform": plan_uniform,
+    "proportional": plan_proportional,
+    "equal": plan_equal,
+}
 
 
 def make_plan(policy: str, table: ExplorationTable, request: PlanRequest, nodes: Sequence[str]) -> Plan:

@@ -19,6 +19,8 @@ class ExplorationTable:
     def __init__(self, accuracy: dict[str, float]) -> None:
         self.accuracy = dict(accuracy)  # variant -> test-set accuracy from the manifest
         self._rows: dict[tuple[str, str], Measurement] = {}
+        # node -> seconds to ship one input over its link (bytes per input ÷ bandwidth); 0 when unknown
+        self.link_seconds: dict[str, float] = {}
 
     def record(self, node: str, variant: str, measurement: Measurement) -> None:
         self._rows[(node, variant)] = measurement
@@ -33,6 +35,16 @@ class ExplorationTable:
     def ips(self, node: str, variant: str) -> float:
         m = self._rows.get((node, variant))
         return m.ips if m else 0.0
+
+    def seconds_per_input(self, node: str, variant: str) -> float:
+        """What one input costs a node: compute, or shipping it when the link is the bottleneck.
+
+        Shards are pipelined (the next one travels while the current one computes), so
+        the slower of the two sets the pace.
+        """
+        ips = self.ips(node, variant)
+        compute = 1.0 / ips if ips > 0 else float("inf")
+        return max(compute, self.link_seconds.get(node, 0.0))
 
     def nodes(self) -> list[str]:
         return sorted({n for n, _ in self._rows})
