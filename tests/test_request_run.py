@@ -14,11 +14,11 @@ def plan(*shares: tuple[str, str, int]) -> Plan:
 
 
 def test_shards_are_contiguous_and_cover_every_input() -> None:
-    run = RequestRun.cut("r", plan(("a", "big", 70), ("b", "small", 33)), shard_size=32)
+    run = RequestRun("r", plan(("a", "big", 70), ("b", "small", 33)), shard_size=32)
     assert [(s.start, s.stop, s.planned_node) for s in run.shards] == [
         (0, 32, "a"), (32, 64, "a"), (64, 70, "a"), (70, 102, "b"), (102, 103, "b"),
     ]  # fmt: skip
-    assert run.total_inputs == 103
+    assert run.total_inputs == 103 and run.unsent_inputs == 103
 
 
 def drain(run: RequestRun, node: str) -> None:
@@ -27,16 +27,16 @@ def drain(run: RequestRun, node: str) -> None:
 
 
 def test_predictions_land_in_input_order() -> None:
-    run = RequestRun.cut("r", plan(("a", "big", 50), ("b", "small", 50)), shard_size=16)
+    run = RequestRun("r", plan(("a", "big", 50), ("b", "small", 50)), shard_size=16)
     drain(run, "b")
     drain(run, "a")
     assert run.finished
     assert np.array_equal(run.predictions, np.arange(100))
-    assert run.tallies["a"].inputs == 50 and run.tallies["b"].shards == 4
+    assert run.tallies[("a", "big")].inputs == 50 and run.tallies[("b", "small")].shards == 4
 
 
 def test_duplicates_and_stale_attempts_are_refused() -> None:
-    run = RequestRun.cut("r", plan(("a", "big", 10)), shard_size=10)
+    run = RequestRun("r", plan(("a", "big", 10)), shard_size=10)
     shard = run.next_shard("a")
     assert shard is not None
     run.requeue(shard)  # node lost: attempt 1 goes to someone else
@@ -50,24 +50,33 @@ def test_duplicates_and_stale_attempts_are_refused() -> None:
 
 
 def test_wrong_length_result_is_refused() -> None:
-    run = RequestRun.cut("r", plan(("a", "big", 10)), shard_size=10)
+    run = RequestRun("r", plan(("a", "big", 10)), shard_size=10)
     run.next_shard("a")
     assert not run.complete(0, 0, np.zeros(3), "a", 0.1)
 
 
 def test_orphans_go_to_other_nodes_on_their_own_variant() -> None:
-    run = RequestRun.cut("r", plan(("a", "big", 64), ("b", "small", 32)), shard_size=32)
+    run = RequestRun("r", plan(("a", "big", 64), ("b", "small", 32)), shard_size=32)
     first = run.next_shard("a")
     assert first is not None
     run.requeue(first)
     run.orphan_queue_of("a")  # a is gone: its unsent shard becomes an orphan too
     drain(run, "b")
-    assert run.finished and run.tallies["b"].inputs == 96
-    assert {s.variant for s in run.shards} == {"small"}
+    assert run.finished and run.tallies[("b", "small")].inputs == 96
+
+
+def test_an_unplanned_node_takes_only_orphans_of_variants_it_has() -> None:
+    run = RequestRun("r", plan(("a", "big", 32)), shard_size=32)
+    shard = run.next_shard("a")
+    assert shard is not None
+    run.requeue(shard)
+    assert run.next_shard("c", loaded={"small"}) is None
+    taken = run.next_shard("c", loaded={"big", "small"})
+    assert taken is not None and taken.variant == "big"
 
 
 def test_a_shard_lost_too_often_fails_the_request() -> None:
-    run = RequestRun.cut("r", plan(("a", "big", 4)), shard_size=4)
+    run = RequestRun("r", plan(("a", "big", 4)), shard_size=4)
     shard = run.next_shard("a")
     assert shard is not None
     for _ in range(MAX_ATTEMPTS - 1):
@@ -76,3 +85,40 @@ def test_a_shard_lost_too_often_fails_the_request() -> None:
         assert shard is not None
     with pytest.raises(ShardFailed, match=f"lost on {MAX_ATTEMPTS} nodes"):
         run.requeue(shard)
+
+
+def cost(node: str, variant: str) -> float:
+    return {"fast": 0.001, "slow": 0.01}[node]
+
+
+def test_an_idle_node_steals_the_tail_of_the_slowest_queue() -> None:
+    run = RequestRun("r", plan(("fast", "big", 32), ("slow", "small", 128)), shard_size=32)
+    drain(run, "fast")
+    stolen = run.steal("fast", cost)
+    assert stolen is not None and (stolen.start, stolen.stop) == (128, 160)  # the last shard of slow's queue
+    assert stolen.variant == "big"  # run on the thief's own variant
+    assert run.complete(stolen.shard_id, stolen.attempt, np.zeros(32), "fast", 0.03)
+    assert run.steals == 1
+    drain(run, "slow")
+    assert run.finished and run.tallies[("slow", "small")].inputs == 96
+
+
+def test_no_steal_when_the_thief_would_be_slower() -> None:
+    run = RequestRun("r", plan(("slow", "small", 32), ("fast", "big", 32)), shard_size=32)
+    drain(run, "slow")
+    assert run.steal("slow", cost) is None  # fast needs 32 ms for its shard, slow would need 320 ms
+
+
+def test_replan_moves_only_unsent_inputs_and_never_duplicates() -> None:
+    run = RequestRun("r", plan(("a", "big", 64), ("b", "small", 64)), shard_size=16)
+    in_flight = run.next_shard("a")
+    assert in_flight is not None and run.unsent_inputs == 112
+    run.replan(plan(("b", "small", 80), ("c", "tiny", 32)))
+    assert run.unsent_inputs == 112 and run.replans == 1
+    assert run.complete(in_flight.shard_id, 0, np.arange(16), "a", 0.1)  # the sent shard still counts
+    for node in ("a", "b", "c"):
+        drain(run, node)
+    assert run.finished and np.array_equal(run.predictions, np.arange(128))
+    assert run.tallies[("a", "big")].inputs == 16 and run.tallies[("c", "tiny")].inputs == 32
+    with pytest.raises(ValueError, match="must cover the 0 unsent inputs"):
+        run.replan(plan(("a", "big", 1)))

@@ -1,14 +1,17 @@
 """Book-keeping of one request while it runs: its shards, their attempts, and the gathered predictions.
 
-Pure: no sockets, no asyncio. Exactly-once lives here: a result is accepted only for
-the shard's current attempt and only once; everything else is a late duplicate.
+Pure: no sockets, no asyncio. Exactly-once lives here: a shard is handed out to one node
+at a time, a result is accepted only for the shard's current attempt and only once, and
+everything else is a late duplicate. Re-planning and work-stealing move only shards
+that have not been sent, so neither can produce a second prediction for an input.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -38,78 +41,91 @@ class ShardTask:
 
 @dataclass
 class NodeTally:
+    """What one node did for the request with one variant."""
+
+    node: str
     variant: str
-    planned_inputs: int
-    inputs: int = 0  # inputs this node actually predicted
+    planned_inputs: int  # its share in the request's first plan
+    inputs: int = 0  # inputs it actually predicted
     shards: int = 0
-    busy_s: float = 0.0  # time the node reported busy on this request's shards
+    busy_s: float = 0.0  # time it reported busy on this request's shards
 
 
-@dataclass
 class RequestRun:
-    request_id: str
-    plan: Plan
-    total_inputs: int
-    shards: list[ShardTask]
-    arrived: float = field(default_factory=time.monotonic)
-    predictions: np.ndarray = field(init=False)
-    tallies: dict[str, NodeTally] = field(init=False)
-    _queues: dict[str, deque[int]] = field(init=False)  # per planned node: shard ids not yet sent
-    _orphans: deque[int] = field(init=False, default_factory=deque)  # shards whose node was lost
-    _done: set[int] = field(init=False, default_factory=set)
-    retries: int = 0
-    finished_at: float | None = None
-
-    def __post_init__(self) -> None:
+    def __init__(self, request_id: str, plan: Plan, shard_size: int, arrived: float | None = None) -> None:
+        self.request_id = request_id
+        self.shard_size = shard_size
+        self.arrived = time.monotonic() if arrived is None else arrived
+        self.plan = plan  # the latest plan
+        self.total_inputs = sum(a.inputs for a in plan.assignments)
         self.predictions = np.full(self.total_inputs, -1, dtype=np.int64)
-        self.tallies = {a.node: NodeTally(a.variant, a.inputs) for a in self.plan.assignments}
-        self._queues = {a.node: deque() for a in self.plan.assignments}
-        for shard in self.shards:
-            self._queues[shard.planned_node].append(shard.shard_id)
+        self.shards: list[ShardTask] = []  # every shard ever cut, indexed by shard id
+        self.tallies: dict[tuple[str, str], NodeTally] = {
+            (a.node, a.variant): NodeTally(a.node, a.variant, a.inputs) for a in plan.assignments
+        }
+        self._queues: dict[str, deque[int]] = {}  # per node: ids of shards planned for it and not yet sent
+        self._orphans: deque[int] = deque()  # ids of shards whose node was lost, for anyone
+        self._owed: set[int] = set()  # ids of shards whose predictions are still owed (not done, not superseded)
+        self.retries = 0  # shards re-sent after a node was lost
+        self.steals = 0  # shards an idle node took from a slower one's queue
+        self.replans = 0
+        self.finished_at: float | None = None
+        self._cut(plan, [(0, self.total_inputs)])
 
-    @classmethod
-    def cut(cls, request_id: str, plan: Plan, shard_size: int, arrived: float | None = None) -> RequestRun:
-        """Cut the plan's shares into shards of at most ``shard_size`` contiguous inputs."""
-        shards: list[ShardTask] = []
-        start = 0
-        for a in plan.assignments:
-            end = start + a.inputs
-            for s in range(start, end, shard_size):
-                shards.append(ShardTask(len(shards), s, min(s + shard_size, end), a.variant, a.node))
-            start = end
-        total = sum(a.inputs for a in plan.assignments)
-        run = cls(request_id, plan, total, shards)
-        if arrived is not None:
-            run.arrived = arrived
-        return run
-
-    @property
-    def finished(self) -> bool:
-        return len(self._done) == len(self.shards)
-
-    def next_shard(self, node: str) -> ShardTask | None:
-        """The next shard for ``node``: its own first, then any orphaned by a lost node."""
+    # --- handing out shards ----------------------------------------------------------------
+    def next_shard(self, node: str, loaded: Collection[str] | None = None) -> ShardTask | None:
+        """The next shard for ``node``: its own first, then one orphaned by a lost node."""
         queue = self._queues.get(node)
         if queue:
             return self.shards[queue.popleft()]
         if self._orphans:
-            shard = self.shards[self._orphans.popleft()]
-            if node in self.tallies:
-                # A planned node runs the variant the plan chose for its speed.
-                shard.variant = self.tallies[node].variant
-            return shard
+            shard = self.shards[self._orphans[0]]
+            variant = self._variant_for(node, shard, loaded)
+            if variant is not None:
+                self._orphans.popleft()
+                shard.variant = variant
+                return shard
         return None
 
+    def steal(
+        self, node: str, seconds_per_input: Callable[[str, str], float], loaded: Collection[str] | None = None
+    ) -> ShardTask | None:
+        """Take the last queued shard of the node that will finish last, if ``node`` would finish it sooner."""
+        backlog = {
+            victim: sum(self.shards[i].size * seconds_per_input(victim, self.shards[i].variant) for i in queue)
+            for victim, queue in self._queues.items()
+            if victim != node and queue
+        }
+        if not backlog:
+            return None
+        victim = max(backlog, key=lambda v: backlog[v])
+        shard = self.shards[self._queues[victim][-1]]
+        variant = self._variant_for(node, shard, loaded)
+        if variant is None or shard.size * seconds_per_input(node, variant) >= backlog[victim]:
+            return None
+        self._queues[victim].pop()
+        shard.variant = variant
+        self.steals += 1
+        return shard
+
+    def _variant_for(self, node: str, shard: ShardTask, loaded: Collection[str] | None) -> str | None:
+        # A planned node runs the variant the plan chose for its speed; others keep the shard's, if loaded.
+        for a in self.plan.assignments:
+            if a.node == node:
+                return a.variant
+        return shard.variant if loaded is None or shard.variant in loaded else None
+
+    # --- results -----------------------------------------------------------------------------
     def complete(self, shard_id: int, attempt: int, predictions: np.ndarray, node: str, busy_s: float) -> bool:
         """Accept a shard's predictions once, for its current attempt; False for a late or duplicate reply."""
-        if not 0 <= shard_id < len(self.shards):
+        if shard_id not in self._owed:
             return False
         shard = self.shards[shard_id]
-        if shard_id in self._done or attempt != shard.attempt or len(predictions) != shard.size:
+        if attempt != shard.attempt or len(predictions) != shard.size:
             return False
         self.predictions[shard.start : shard.stop] = predictions
-        self._done.add(shard_id)
-        tally = self.tallies.setdefault(node, NodeTally(shard.variant, 0))
+        self._owed.discard(shard_id)
+        tally = self.tallies.setdefault((node, shard.variant), NodeTally(node, shard.variant, 0))
         tally.inputs += shard.size
         tally.shards += 1
         tally.busy_s += busy_s
@@ -119,7 +135,7 @@ class RequestRun:
 
     def requeue(self, shard: ShardTask) -> None:
         """Give a lost shard a new attempt for any node; ``ShardFailed`` after ``MAX_ATTEMPTS``."""
-        if shard.shard_id in self._done:
+        if shard.shard_id not in self._owed:
             return
         if shard.attempt + 1 >= MAX_ATTEMPTS:
             raise ShardFailed(
@@ -136,10 +152,65 @@ class RequestRun:
         while queue:
             self._orphans.append(queue.popleft())
 
+    # --- re-planning -------------------------------------------------------------------------
+    @property
+    def unsent_inputs(self) -> int:
+        return sum(self.shards[i].size for i in self._unsent_ids())
+
+    def replan(self, plan: Plan) -> None:
+        """Replace the plan for every unsent input; shards already sent stay where they are."""
+        unsent = sorted(self._unsent_ids(), key=lambda i: self.shards[i].start)
+        wanted = sum(a.inputs for a in plan.assignments)
+        if wanted != sum(self.shards[i].size for i in unsent):
+            raise ValueError(f"a re-plan must cover the {self.unsent_inputs} unsent inputs, not {wanted}")
+        for i in unsent:
+            self._owed.discard(i)  # superseded by the shards cut below
+        for queue in self._queues.values():
+            queue.clear()
+        self._orphans.clear()
+        self.plan = plan
+        self.replans += 1
+        self._cut(plan, _merge((self.shards[i].start, self.shards[i].stop) for i in unsent))
+
+    def _unsent_ids(self) -> list[int]:
+        return [*self._orphans, *(i for queue in self._queues.values() for i in queue)]
+
+    def _cut(self, plan: Plan, ranges: list[tuple[int, int]]) -> None:
+        """Cut input ranges into shards of at most ``shard_size``, following the plan's shares in order."""
+        pool = deque(ranges)
+        for a in plan.assignments:
+            need = a.inputs
+            queue = self._queues.setdefault(a.node, deque())
+            while need > 0:
+                start, stop = pool.popleft()
+                take = min(need, stop - start, self.shard_size)
+                shard = ShardTask(len(self.shards), start, start + take, a.variant, a.node)
+                self.shards.append(shard)
+                self._owed.add(shard.shard_id)
+                queue.append(shard.shard_id)
+                if start + take < stop:
+                    pool.appendleft((start + take, stop))
+                need -= take
+
+    # --- state -------------------------------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        return not self._owed
+
     @property
     def has_unsent(self) -> bool:
-        return bool(self._orphans) or any(self._queues.values())
+        return bool(self._unsent_ids())
 
     def wall_seconds(self) -> float:
         end = self.finished_at if self.finished_at is not None else time.monotonic()
         return max(end - self.arrived, 1e-9)
+
+
+def _merge(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for start, stop in sorted(ranges):
+        if merged and merged[-1][1] == start:
+            merged[-1] = (merged[-1][0], stop)
+        else:
+            merged.append((start, stop))
+    return merged

@@ -354,7 +354,7 @@ class Coordinator:
                 identity, Error("busy" if isinstance(exc, NotReady) else "invalid_input", str(exc), rid)
             )
             return
-        run = RequestRun.cut(rid, plan, self.settings.shard_size, arrived)
+        run = RequestRun(rid, plan, self.settings.shard_size, arrived)
         self.requests[rid] = run
         self._run_changed[rid] = asyncio.Event()
         failure: list[Error] = []
@@ -383,7 +383,7 @@ class Coordinator:
                 run.orphan_queue_of(node)
                 self._pulse(changed)
                 return
-            shard = run.next_shard(node)
+            shard = run.next_shard(node, conn.variants)
             if shard is None:
                 # Nothing to send now; an orphaned shard may appear if another node is lost.
                 with contextlib.suppress(TimeoutError):
@@ -432,13 +432,13 @@ class Coordinator:
             "notes": notes,
             "assignment": [
                 {
-                    "node": node,
+                    "node": tally.node,
                     "variant": tally.variant,
                     "planned_inputs": tally.planned_inputs,
                     "inputs": tally.inputs,
                     "shards": tally.shards,
                     "busy_s": tally.busy_s,
                 }
-                for node, tally in run.tallies.items()
+                for tally in run.tallies.values()
             ],
         }
