@@ -107,7 +107,7 @@ def models_list(manifest: ManifestOption = None, json_output: JsonOption = False
             f"{r['bytes'] / 1024:,.0f} KiB",
             "*" if r["pareto"] else "",
         )
-    Console().print(table)
+    _console().print(table)
 
 
 @models_app.command("verify")
@@ -155,7 +155,7 @@ def models_verify(
                 f"{c.ips_b1:,.0f}",
                 f"{c.ips_b32:,.0f}",
             )
-        Console().print(table)
+        _console().print(table)
     if failed:
         print(f"verification failed for: {', '.join(failed)}", file=sys.stderr)
         raise typer.Exit(EXIT_CHECK_FAILED)
@@ -296,12 +296,17 @@ def _print_outcome(
             "yes" if r["met"] else "no",
             "\n".join(f"{a['node']}: {a['variant']} x {a['inputs']}" for a in r["assignment"]),
         )
-    Console().print(table)
+    _console().print(table)
     s = outcome["summary"]
     print(
         f"{s['inputs']:,} inputs in {s['requests']} requests: {s['achieved_ips']:,.0f} inf/s, "
         f"accuracy {s['accuracy'] * 100:.2f} %, targets met {s['targets_met']}/{s['requests']}"
     )
+
+
+def _console() -> Console:
+    # Rich wraps at 80 columns when not on a terminal; tables read better a little wider.
+    return Console() if sys.stdout.isatty() else Console(width=140)
 
 
 def main() -> None:

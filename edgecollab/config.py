@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -32,7 +32,8 @@ class CoordinatorConfig(_Strict):
     startup_timeout_s: float = Field(60.0, gt=0, description="how long a request waits for configured nodes")
     heartbeat_s: float = Field(1.0, gt=0, description="heartbeat interval, both ways")
     heartbeat_misses: int = Field(3, ge=1, description="missed heartbeats after which a peer is dead")
-    policy: str = Field("proportional", description="default policy when a request names none")
+    policy: str = Field("adaptive", description="default policy when a request names none")
+    work_stealing: bool = Field(True, description="idle nodes take queued shards of slower ones near the end")
 
     @field_validator("workers", "clients")
     @classmethod
@@ -42,12 +43,27 @@ class CoordinatorConfig(_Strict):
         return value
 
 
+class EmulationEvent(_Strict):
+    """A scheduled change of an emulated board: a new speed, a hang, or vanishing."""
+
+    at_s: float = Field(ge=0, description="seconds after the worker process started")
+    speed: float | None = Field(None, gt=0, le=100, description="speed factor from then on (1 = the profile's)")
+    action: Literal["hang", "vanish"] | None = Field(None, description="hang: stop responding; vanish: exit at once")
+
+    @model_validator(mode="after")
+    def _one_change(self) -> EmulationEvent:
+        if (self.speed is None) == (self.action is None):
+            raise ValueError("an event sets exactly one of speed or action")
+        return self
+
+
 class NodeConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     emulate: str | None = Field(None, description=f"board profile to emulate: one of {', '.join(EMULATION_PROFILES)}")
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     threads: int = Field(1, ge=1, le=64, description="ONNX Runtime intra-op threads")
     variants: tuple[str, ...] | None = Field(None, description="variants to load (default: all of the task)")
+    events: tuple[EmulationEvent, ...] = Field((), description="scheduled speed changes and faults (emulated only)")
 
     @field_validator("emulate")
     @classmethod
@@ -55,6 +71,12 @@ class NodeConfig(_Strict):
         if value is not None and value not in EMULATION_PROFILES:
             raise ValueError(f"unknown board profile {value!r}; expected one of {', '.join(EMULATION_PROFILES)}")
         return value
+
+    @model_validator(mode="after")
+    def _events_need_emulation(self) -> NodeConfig:
+        if self.events and self.emulate is None:
+            raise ValueError("events can only be scheduled on an emulated node (set emulate)")
+        return self
 
 
 class ModelsConfig(_Strict):

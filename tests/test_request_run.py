@@ -18,7 +18,7 @@ def test_shards_are_contiguous_and_cover_every_input() -> None:
     assert [(s.start, s.stop, s.planned_node) for s in run.shards] == [
         (0, 32, "a"), (32, 64, "a"), (64, 70, "a"), (70, 102, "b"), (102, 103, "b"),
     ]  # fmt: skip
-    assert run.total_inputs == 103 and run.unsent_inputs == 103
+    assert run.total_inputs == 103 and run.queued_inputs == 103
 
 
 def drain(run: RequestRun, node: str) -> None:
@@ -112,13 +112,13 @@ def test_no_steal_when_the_thief_would_be_slower() -> None:
 def test_replan_moves_only_unsent_inputs_and_never_duplicates() -> None:
     run = RequestRun("r", plan(("a", "big", 64), ("b", "small", 64)), shard_size=16)
     in_flight = run.next_shard("a")
-    assert in_flight is not None and run.unsent_inputs == 112
+    assert in_flight is not None and run.queued_inputs == 112
     run.replan(plan(("b", "small", 80), ("c", "tiny", 32)))
-    assert run.unsent_inputs == 112 and run.replans == 1
+    assert run.queued_inputs == 112 and run.replans == 1
     assert run.complete(in_flight.shard_id, 0, np.arange(16), "a", 0.1)  # the sent shard still counts
     for node in ("a", "b", "c"):
         drain(run, node)
     assert run.finished and np.array_equal(run.predictions, np.arange(128))
     assert run.tallies[("a", "big")].inputs == 16 and run.tallies[("c", "tiny")].inputs == 32
-    with pytest.raises(ValueError, match="must cover the 0 unsent inputs"):
+    with pytest.raises(ValueError, match="must cover the 0 queued inputs"):
         run.replan(plan(("a", "big", 1)))

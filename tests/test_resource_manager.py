@@ -19,7 +19,7 @@ def test_life_cycle_from_waiting_to_dispatching_and_back(rm: ResourceManager) ->
     seen: list[str] = []
     rm.on_state_change(seen.append)
     assert rm.state == "waiting"
-    assert rm.node_joined("a") is True  # needs profiling
+    rm.node_joined("a")
     assert rm.state == "profiling"
     rm.node_profiled("a", PROFILE)
     assert rm.state == "waiting"  # b is configured but has not registered
@@ -33,9 +33,14 @@ def test_life_cycle_from_waiting_to_dispatching_and_back(rm: ResourceManager) ->
     assert seen == ["profiling", "waiting", "profiling", "ready", "planning", "dispatching", "ready"]
 
 
-def test_cached_profile_skips_profiling(rm: ResourceManager) -> None:
-    assert rm.node_joined("a", cached=PROFILE) is False
-    assert rm.node_joined("b", cached=PROFILE) is False
+def join(rm: ResourceManager, node: str) -> None:
+    rm.node_joined(node)
+    rm.node_profiled(node, PROFILE)
+
+
+def test_profiled_nodes_make_the_cluster_ready(rm: ResourceManager) -> None:
+    join(rm, "a")
+    join(rm, "b")
     assert rm.state == "ready" and rm.table.ips("b", "large") == 250.0
 
 
@@ -47,7 +52,7 @@ def test_request_before_any_profile_is_not_ready(rm: ResourceManager) -> None:
 
 
 def test_startup_timeout_lets_the_ready_nodes_serve(rm: ResourceManager) -> None:
-    rm.node_joined("a", cached=PROFILE)
+    join(rm, "a")
     assert rm.state == "waiting" and not rm.accepts_requests()
     rm.expire_startup()
     assert rm.state == "ready"
@@ -56,15 +61,15 @@ def test_startup_timeout_lets_the_ready_nodes_serve(rm: ResourceManager) -> None
 
 
 def test_a_node_leaving_drops_its_measurements(rm: ResourceManager) -> None:
-    rm.node_joined("a", cached=PROFILE)
-    rm.node_joined("b", cached=PROFILE)
+    join(rm, "a")
+    join(rm, "b")
     rm.node_left("b")
     assert rm.usable_nodes() == ["a"] and rm.table.get("b", "small") is None
     assert rm.state == "waiting"  # b is expected again until the start-up timeout
 
 
 def test_a_node_joining_while_requests_run_keeps_dispatching(rm: ResourceManager) -> None:
-    rm.node_joined("a", cached=PROFILE)
+    join(rm, "a")
     rm.expire_startup()
     rm.plan_request("r1", PlanRequest(10), "equal")
     rm.node_joined("b")
@@ -74,3 +79,22 @@ def test_a_node_joining_while_requests_run_keeps_dispatching(rm: ResourceManager
     rm.finish_request("r1")
     rm.finish_request("r2")
     assert rm.state == "profiling"
+
+
+def test_drift_is_reported_once_observations_move_the_estimate_far_enough(rm: ResourceManager) -> None:
+    join(rm, "a")
+    rm.expire_startup()
+    rm.plan_request("r1", PlanRequest(100), "adaptive")
+    assert not rm.observe("a", "large", 240.0)  # within the noise
+    drifted = [rm.observe("a", "large", 80.0) for _ in range(5)]  # the node slowed to a third
+    assert drifted[-1] and not drifted[0]
+    assert rm.table.ips("a", "large") < 150
+
+
+def test_concurrent_requests_plan_on_their_share_of_the_cluster(rm: ResourceManager) -> None:
+    join(rm, "a")
+    join(rm, "b")
+    alone = rm.plan_request("r1", PlanRequest(1000), "proportional")
+    shared = rm.plan_request("r2", PlanRequest(1000), "proportional")
+    assert shared.expected_ips == pytest.approx(alone.expected_ips / 2)
+    assert rm.replan(PlanRequest(1000), "proportional").expected_ips == pytest.approx(alone.expected_ips / 2)

@@ -154,26 +154,23 @@ class RequestRun:
 
     # --- re-planning -------------------------------------------------------------------------
     @property
-    def unsent_inputs(self) -> int:
-        return sum(self.shards[i].size for i in self._unsent_ids())
+    def queued_inputs(self) -> int:
+        """Inputs in shards that no node has been sent yet (orphans excluded: they keep their attempts)."""
+        return sum(self.shards[i].size for queue in self._queues.values() for i in queue)
 
     def replan(self, plan: Plan) -> None:
-        """Replace the plan for every unsent input; shards already sent stay where they are."""
-        unsent = sorted(self._unsent_ids(), key=lambda i: self.shards[i].start)
+        """Replace the plan for every queued input; shards already sent, and orphans, stay as they are."""
+        unsent = sorted((i for queue in self._queues.values() for i in queue), key=lambda i: self.shards[i].start)
         wanted = sum(a.inputs for a in plan.assignments)
         if wanted != sum(self.shards[i].size for i in unsent):
-            raise ValueError(f"a re-plan must cover the {self.unsent_inputs} unsent inputs, not {wanted}")
+            raise ValueError(f"a re-plan must cover the {self.queued_inputs} queued inputs, not {wanted}")
         for i in unsent:
             self._owed.discard(i)  # superseded by the shards cut below
         for queue in self._queues.values():
             queue.clear()
-        self._orphans.clear()
         self.plan = plan
         self.replans += 1
         self._cut(plan, _merge((self.shards[i].start, self.shards[i].stop) for i in unsent))
-
-    def _unsent_ids(self) -> list[int]:
-        return [*self._orphans, *(i for queue in self._queues.values() for i in queue)]
 
     def _cut(self, plan: Plan, ranges: list[tuple[int, int]]) -> None:
         """Cut input ranges into shards of at most ``shard_size``, following the plan's shares in order."""
@@ -199,7 +196,7 @@ class RequestRun:
 
     @property
     def has_unsent(self) -> bool:
-        return bool(self._unsent_ids())
+        return bool(self._orphans) or any(self._queues.values())
 
     def wall_seconds(self) -> float:
         end = self.finished_at if self.finished_at is not None else time.monotonic()

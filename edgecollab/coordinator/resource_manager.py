@@ -26,6 +26,10 @@ from ..planner import ExplorationTable, Measurement, Plan, PlanRequest, make_pla
 log = logging.getLogger(__name__)
 
 STATES = ["waiting", "profiling", "ready", "planning", "dispatching"]
+# Observed throughput is folded into the table with this weight (exponentially weighted average).
+OBSERVATION_WEIGHT = 0.3
+# A node whose estimate moves this far (relative) from what the running plans assumed triggers a re-plan.
+DRIFT_THRESHOLD = 0.3
 
 
 class NotReady(EdgecollabError):
@@ -45,6 +49,7 @@ class ResourceManager:
         self.profiled: set[str] = set()  # registered nodes whose table rows are complete
         self.running: set[str] = set()  # ids of requests being dispatched
         self.startup_expired = False  # once true, missing nodes no longer hold the cluster in "waiting"
+        self.planned_ips: dict[tuple[str, str], float] = {}  # (node, variant) -> ips the running plans assumed
         self._listeners: list[Callable[[str], None]] = []
         self.machine = Machine(
             model=self,
@@ -79,19 +84,19 @@ class ResourceManager:
     def on_state_change(self, listener: Callable[[str], None]) -> None:
         self._listeners.append(listener)
 
-    def node_joined(self, node: str, cached: dict[str, Measurement] | None = None) -> bool:
-        """Register a node; returns True when it still needs profiling."""
+    def node_joined(self, node: str) -> None:
+        """Register a node; it is usable once ``node_profiled`` gives its measurements."""
         self.registered.add(node)
         self.profiled.discard(node)
         self.table.forget(node)
-        if cached is not None:
-            self._record(node, cached)
         self.settle()
-        return cached is None
 
     def node_profiled(self, node: str, measurements: dict[str, Measurement]) -> None:
         if node in self.registered:
-            self._record(node, measurements)
+            for variant, measurement in measurements.items():
+                if variant in self.table.accuracy:
+                    self.table.record(node, variant, measurement)
+            self.profiled.add(node)
         self.settle()
 
     def node_left(self, node: str) -> None:
@@ -110,9 +115,22 @@ class ResourceManager:
     def accepts_requests(self) -> bool:
         return self.state in ("ready", "dispatching")
 
+    def observe(self, node: str, variant: str, ips: float) -> bool:
+        """Fold an observed throughput into the table; True when the node drifted from what plans assumed."""
+        estimate = self.table.observe(node, variant, ips, OBSERVATION_WEIGHT)
+        assumed = self.planned_ips.get((node, variant))
+        if assumed is None or abs(estimate / assumed - 1) <= DRIFT_THRESHOLD:
+            return False
+        log.info("resource manager: %s on %s drifted from %.0f to %.0f inf/s", node, variant, assumed, estimate)
+        return True
+
     # --- requests ---------------------------------------------------------------------------
     def plan_request(self, request_id: str, request: PlanRequest, policy: str) -> Plan:
-        """Plan a request on the usable nodes and count it as running until ``finish_request``."""
+        """Plan a request on the capacity left and count it as running until ``finish_request``.
+
+        Running requests share every node equally, so a new one plans on ``1 / (running + 1)``
+        of each node's throughput; the caller then re-plans the others with ``replan``.
+        """
         try:
             self.begin_planning()
         except MachineError:
@@ -121,10 +139,21 @@ class ResourceManager:
             self.settle()
             raise NotReady(f"no profiled node is available (cluster is {self.state})")
         try:
-            plan = make_plan(policy, self.table, request, self.usable_nodes())
+            plan = self._plan(request, policy, 1.0 / (len(self.running) + 1))
             self.running.add(request_id)
         finally:
             self.settle()
+        return plan
+
+    def replan(self, request: PlanRequest, policy: str) -> Plan:
+        """A new plan for a running request's remaining inputs on its share of the current cluster."""
+        return self._plan(request, policy, 1.0 / max(len(self.running), 1))
+
+    def _plan(self, request: PlanRequest, policy: str, share: float) -> Plan:
+        plan = make_plan(policy, self.table.scaled(share), request, self.usable_nodes())
+        self.planned_ips = {
+            (n, v): self.table.ips(n, v) for n in self.usable_nodes() for v in self.table.variants_of(n)
+        }
         return plan
 
     def finish_request(self, request_id: str) -> None:
@@ -132,12 +161,6 @@ class ResourceManager:
         self.settle()
 
     # --- internals --------------------------------------------------------------------------
-    def _record(self, node: str, measurements: dict[str, Measurement]) -> None:
-        for variant, measurement in measurements.items():
-            if variant in self.table.accuracy:
-                self.table.record(node, variant, measurement)
-        self.profiled.add(node)
-
     def _notify(self) -> None:
         for listener in self._listeners:
             listener(self.state)

@@ -25,7 +25,7 @@ import zmq.asyncio
 from .. import transport
 from ..config import ClusterConfig
 from ..errors import EdgecollabError
-from ..planner import POLICIES, ExplorationTable, Measurement, PlanningError, PlanRequest, ProfileCache
+from ..planner import POLICIES, ExplorationTable, Measurement, Plan, PlanningError, PlanRequest, ProfileCache
 from ..protocol import (
     Error,
     Goodbye,
@@ -68,6 +68,24 @@ class WorkerConn:
     pending: dict[tuple[str, int, int], asyncio.Future[Message]] = field(default_factory=dict)
 
 
+@dataclass
+class ActiveRequest:
+    """A request being dispatched: its book-keeping and the lanes feeding it."""
+
+    run: RequestRun
+    request: PlanRequest
+    policy: str
+    inputs: np.ndarray
+    lanes: dict[str, list[asyncio.Task[None]]] = field(default_factory=dict)  # node -> its lanes for this request
+    changed: asyncio.Event = field(default_factory=asyncio.Event)  # pulsed when shards become available
+    done: asyncio.Event = field(default_factory=asyncio.Event)  # set when finished or failed
+    failure: Error | None = None
+    first_plan: Plan = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.first_plan = self.run.plan
+
+
 class Coordinator:
     def __init__(
         self, config: ClusterConfig, *, workers_endpoint: str | None = None, clients_endpoint: str | None = None
@@ -88,9 +106,8 @@ class Coordinator:
         self.counters: Counter[str] = Counter()  # protocol errors, late replies, lost nodes, ...
         self.workers: dict[bytes, WorkerConn] = {}
         self.by_name: dict[str, WorkerConn] = {}
-        self.requests: dict[str, RequestRun] = {}
+        self.active: dict[str, ActiveRequest] = {}  # running requests by id
         self._state_changed = asyncio.Event()
-        self._run_changed: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stop = asyncio.Event()
         self.rm.on_state_change(lambda state: self._pulse(self._state_changed))
@@ -203,8 +220,11 @@ class Coordinator:
         await self._send_worker(identity, Welcome(conn.name, self.settings.heartbeat_s))
         cached = self.cache.load(conn.name, conn.fingerprint)
         log.info("coordinator: node %s registered (%s)", conn.name, "profile cached" if cached else "profiling")
-        if self.rm.node_joined(conn.name, cached):
+        self.rm.node_joined(conn.name)
+        if cached is None:
             self._spawn(self._profile(conn))
+        else:
+            self._node_usable(conn.name, cached)
 
     async def _refuse(self, identity: bytes, reason: str) -> None:
         self.counters["refused_workers"] += 1
@@ -225,8 +245,9 @@ class Coordinator:
             if not future.done():
                 future.set_exception(NodeLost(f"node {conn.name} lost ({reason})"))
         conn.pending.clear()
-        for event in self._run_changed.values():
-            self._pulse(event)
+        self._replan_all(f"{conn.name} lost")
+        for active in self.active.values():
+            self._pulse(active.changed)
 
     async def _liveness_loop(self) -> None:
         limit = self.settings.heartbeat_s * self.settings.heartbeat_misses
@@ -262,33 +283,45 @@ class Coordinator:
         return await future
 
     async def _profile(self, conn: WorkerConn) -> None:
-        """Time ``profile_shards`` real shards per variant (after one warm-up) and record ips and latency."""
+        """Run ``profile_shards`` real shards per variant (after one warm-up); record throughput and latency.
+
+        Throughput is the shard size over the time the node reports busy: with several shards in
+        flight the next one travels while the current one computes, so compute sets the pace.
+        Latency is the median round trip of a shard, send to reply.
+        """
         size = self.settings.shard_size
-        sample = np.random.default_rng(0).integers(0, 256, (size, *self.input_shape), dtype=np.uint8)
-        sample = sample.astype(self.input_dtype)
+        sample = np.random.default_rng(0).integers(0, 256, (size, *self.input_shape)).astype(self.input_dtype)
         measurements: dict[str, Measurement] = {}
         try:
             for variant in [v for v in conn.variants if v in self.table.accuracy]:
-                seconds = []
+                busy, round_trips = [], []
                 for i in range(1 + self.settings.profile_shards):
                     started = time.perf_counter()
-                    reply = await self._run_shard(
-                        conn, f"profile:{variant}", ShardTask(i, 0, size, variant, conn.name), sample
-                    )
-                    if isinstance(reply, Error):
-                        log.warning("coordinator: profiling %s on %s failed: %s", variant, conn.name, reply.message)
+                    task = ShardTask(i, 0, size, variant, conn.name)
+                    reply = await self._run_shard(conn, f"profile:{variant}", task, sample)
+                    if not isinstance(reply, ShardResult):
+                        log.warning("coordinator: profiling %s on %s failed: %s", variant, conn.name, reply)
                         break
                     if i > 0:  # the first run is a warm-up
-                        seconds.append(time.perf_counter() - started)
-                if seconds:
-                    latency = statistics.median(seconds)
-                    measurements[variant] = Measurement(ips=size / latency, latency_ms=latency * 1e3)
+                        busy.append(reply.busy_s)
+                        round_trips.append(time.perf_counter() - started)
+                if busy:
+                    measurements[variant] = Measurement(
+                        ips=size / statistics.median(busy), latency_ms=statistics.median(round_trips) * 1e3
+                    )
         except NodeLost:
             return
         if conn.alive:
             self.cache.store(conn.name, conn.fingerprint, measurements)
-            self.rm.node_profiled(conn.name, measurements)
+            self._node_usable(conn.name, measurements)
             log.info("coordinator: node %s profiled (%d variants)", conn.name, len(measurements))
+
+    def _node_usable(self, node: str, measurements: dict[str, Measurement]) -> None:
+        """A node has a profile: it joins the running requests, which are re-planned to use it."""
+        self.rm.node_profiled(node, measurements)
+        for active in self.active.values():
+            self._start_lanes(active, node)
+        self._replan_all(f"{node} joined")
 
     # --- clients ---------------------------------------------------------------------------
     async def _client_loop(self) -> None:
@@ -330,7 +363,7 @@ class Coordinator:
             return f"min_accuracy must be a fraction in (0, 1], got {submit.min_accuracy}"
         if submit.policy is not None and submit.policy not in POLICIES:
             return f"unknown policy {submit.policy!r}; expected one of {', '.join(POLICIES)}"
-        if not submit.request_id or submit.request_id in self.requests:
+        if not submit.request_id or submit.request_id in self.active:
             return f"request id {submit.request_id!r} is empty or already running"
         return None
 
@@ -354,81 +387,132 @@ class Coordinator:
                 identity, Error("busy" if isinstance(exc, NotReady) else "invalid_input", str(exc), rid)
             )
             return
-        run = RequestRun(rid, plan, self.settings.shard_size, arrived)
-        self.requests[rid] = run
-        self._run_changed[rid] = asyncio.Event()
-        failure: list[Error] = []
+        active = ActiveRequest(RequestRun(rid, plan, self.settings.shard_size, arrived), request, policy, submit.inputs)
+        self.active[rid] = active
+        self._replan_all(f"request {rid[:8]} arrived", skip=rid)
         try:
-            nodes = self.rm.usable_nodes()
-            lanes = [
-                self._lane(run, node, submit.inputs, failure) for node in nodes for _ in range(self.settings.window)
-            ]
-            await asyncio.gather(*lanes)
-            if not run.finished and not failure:
-                failure.append(Error("node_lost", "every node running this request was lost", rid))
+            for node in self.rm.usable_nodes():
+                self._start_lanes(active, node)
+            await active.done.wait()
         finally:
+            for lane in [t for tasks in active.lanes.values() for t in tasks]:
+                lane.cancel()
             self.rm.finish_request(rid)
-            del self.requests[rid]
-            del self._run_changed[rid]
-        if failure:
-            await self._send_client(identity, failure[0])
+            del self.active[rid]
+            self._replan_all(f"request {rid[:8]} finished")
+        if active.failure is not None:
+            await self._send_client(identity, active.failure)
             return
-        await self._send_client(identity, Result(rid, run.predictions, self._report(run, policy, request, nodes)))
+        nodes = sorted({t.node for t in active.run.tallies.values()})
+        await self._send_client(identity, Result(rid, active.run.predictions, self._report(active, nodes)))
 
-    async def _lane(self, run: RequestRun, node: str, inputs: np.ndarray, failure: list[Error]) -> None:
-        changed = self._run_changed[run.request_id]
-        while not run.finished and not failure:
-            conn = self.by_name.get(node)
-            if conn is None or not conn.alive:
-                run.orphan_queue_of(node)
-                self._pulse(changed)
-                return
-            shard = run.next_shard(node, conn.variants)
-            if shard is None:
-                # Nothing to send now; an orphaned shard may appear if another node is lost.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), timeout=0.25)
+    def _start_lanes(self, active: ActiveRequest, node: str) -> None:
+        if node in active.lanes or active.done.is_set():
+            return
+        active.lanes[node] = [asyncio.create_task(self._lane(active, node)) for _ in range(self.settings.window)]
+
+    def _replan_all(self, reason: str, skip: str | None = None) -> None:
+        """Re-plan the queued inputs of every running request on the cluster as it is now."""
+        now = time.monotonic()
+        for rid, active in self.active.items():
+            run = active.run
+            remaining = run.queued_inputs
+            if rid == skip or remaining == 0 or not self.rm.usable_nodes():
                 continue
-            async with conn.window:
-                try:
-                    reply = await self._run_shard(conn, run.request_id, shard, inputs)
-                except NodeLost:
-                    reply = None
-            if isinstance(reply, ShardResult):
-                run.complete(shard.shard_id, shard.attempt, reply.predictions, node, reply.busy_s)
-                if run.finished:
-                    self._pulse(changed)
-                continue
-            if isinstance(reply, Error) and reply.code in NON_RETRYABLE:
-                failure.append(Error(reply.code, f"node {node}: {reply.message}", run.request_id))
-                self._pulse(changed)
-                return
+            target = None
+            if active.request.target_ips is not None:
+                # What the rest must reach to finish by the request's own deadline.
+                time_left = run.arrived + active.request.inputs / active.request.target_ips - now
+                target = remaining / max(time_left, 1e-3)
             try:
-                run.requeue(shard)
-            except ShardFailed as exc:
-                failure.append(Error("node_lost", str(exc), run.request_id))
-            self._pulse(changed)
-            if reply is None:
-                return  # this node is gone
+                plan = self.rm.replan(PlanRequest(remaining, target, active.request.min_accuracy), active.policy)
+            except PlanningError as exc:
+                log.warning("coordinator: could not re-plan request %s: %s", rid[:8], exc)
+                continue
+            run.replan(plan)
+            for node in {a.node for a in plan.assignments}:
+                self._start_lanes(active, node)
+            self._pulse(active.changed)
+            log.info("coordinator: re-planned %d inputs of request %s (%s)", remaining, rid[:8], reason)
 
-    def _report(self, run: RequestRun, policy: str, request: PlanRequest, nodes: list[str]) -> dict[str, Any]:
+    async def _lane(self, active: ActiveRequest, node: str) -> None:
+        run = active.run
+        try:
+            while not active.done.is_set():
+                conn = self.by_name.get(node)
+                if conn is None or not conn.alive:
+                    run.orphan_queue_of(node)
+                    return
+                shard = run.next_shard(node, conn.variants)
+                if shard is None and self.settings.work_stealing:
+                    shard = run.steal(node, self.table.seconds_per_input, conn.variants)
+                if shard is None:
+                    # Nothing to send now: a re-plan, an orphan or a steal may give this node work later.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(active.changed.wait(), timeout=0.25)
+                    continue
+                async with conn.window:
+                    try:
+                        reply = await self._run_shard(conn, run.request_id, shard, active.inputs)
+                    except NodeLost:
+                        reply = None
+                self._settle_shard(active, node, shard, reply)
+                if reply is None:
+                    return  # this node is gone
+        finally:
+            self._lane_ended(active, node)
+
+    def _settle_shard(self, active: ActiveRequest, node: str, shard: ShardTask, reply: Message | None) -> None:
+        run = active.run
+        if isinstance(reply, ShardResult):
+            accepted = run.complete(shard.shard_id, shard.attempt, reply.predictions, node, reply.busy_s)
+            if accepted and reply.busy_s > 0 and self.rm.observe(node, shard.variant, shard.size / reply.busy_s):
+                self._replan_all(f"{node} drifted")
+            if run.finished:
+                active.done.set()
+            return
+        if isinstance(reply, Error) and reply.code in NON_RETRYABLE:
+            self._fail(active, Error(reply.code, f"node {node}: {reply.message}", run.request_id))
+            return
+        try:
+            run.requeue(shard)
+        except ShardFailed as exc:
+            self._fail(active, Error("node_lost", str(exc), run.request_id))
+        self._pulse(active.changed)
+
+    def _fail(self, active: ActiveRequest, error: Error) -> None:
+        if active.failure is None:
+            active.failure = error
+        active.done.set()
+
+    def _lane_ended(self, active: ActiveRequest, node: str) -> None:
+        tasks = active.lanes.get(node, [])
+        if all(t.done() or t is asyncio.current_task() for t in tasks):
+            active.lanes.pop(node, None)
+        if not active.done.is_set() and not active.lanes and not active.run.finished:
+            self._fail(active, Error("node_lost", "every node running this request was lost", active.run.request_id))
+
+    def _report(self, active: ActiveRequest, nodes: list[str]) -> dict[str, Any]:
+        run, request = active.run, active.request
         wall = run.wall_seconds()
         notes = list(run.plan.notes)
         missing = sorted(self.rm.expected - set(nodes))
         if missing:
-            notes.append(f"ran without {', '.join(missing)} (not registered or not profiled in time)")
+            notes.append(f"ran without {', '.join(missing)} (not registered, not profiled in time, or not needed)")
         return {
             "request_id": run.request_id,
-            "policy": policy,
+            "policy": active.policy,
             "inputs": run.total_inputs,
             "target_ips": request.target_ips,
             "min_accuracy": request.min_accuracy,
             "wall_s": wall,
             "achieved_ips": run.total_inputs / wall,
-            "expected_ips": run.plan.expected_ips,
-            "expected_accuracy": run.plan.expected_accuracy,
-            "feasible": run.plan.feasible,
+            "expected_ips": active.first_plan.expected_ips,
+            "expected_accuracy": active.first_plan.expected_accuracy,
+            "feasible": active.first_plan.feasible,
             "retries": run.retries,
+            "steals": run.steals,
+            "replans": run.replans,
             "notes": notes,
             "assignment": [
                 {
@@ -440,5 +524,6 @@ class Coordinator:
                     "busy_s": tally.busy_s,
                 }
                 for tally in run.tallies.values()
+                if tally.inputs or tally.planned_inputs
             ],
         }

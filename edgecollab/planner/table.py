@@ -25,6 +25,23 @@ class ExplorationTable:
     def record(self, node: str, variant: str, measurement: Measurement) -> None:
         self._rows[(node, variant)] = measurement
 
+    def observe(self, node: str, variant: str, ips: float, weight: float) -> float:
+        """Fold an observed throughput into the row (exponentially weighted); returns the new estimate."""
+        old = self._rows.get((node, variant))
+        if old is None:
+            self._rows[(node, variant)] = Measurement(ips, 0.0)
+            return ips
+        updated = Measurement(weight * ips + (1 - weight) * old.ips, old.latency_ms)
+        self._rows[(node, variant)] = updated
+        return updated.ips
+
+    def scaled(self, share: float) -> ExplorationTable:
+        """A copy in which every node offers only ``share`` of its throughput (capacity left for one request)."""
+        copy = ExplorationTable(self.accuracy)
+        copy._rows = {k: Measurement(m.ips * share, m.latency_ms) for k, m in self._rows.items()}
+        copy.link_seconds = {n: s / share for n, s in self.link_seconds.items()}
+        return copy
+
     def forget(self, node: str) -> None:
         for key in [k for k in self._rows if k[0] == node]:
             del self._rows[key]

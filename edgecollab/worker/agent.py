@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
 
@@ -18,6 +19,7 @@ from .runner import ShardRejected, ShardRunner
 log = logging.getLogger(__name__)
 
 EXIT_REFUSED = 3  # the coordinator refused this node (e.g. its name is taken)
+EXIT_VANISHED = 4  # an emulated board vanished on schedule
 MAX_BACKOFF_S = 10.0
 
 
@@ -45,7 +47,11 @@ class WorkerAgent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
-        tasks = [asyncio.create_task(self._connection()), asyncio.create_task(self._execute())]
+        tasks = [
+            asyncio.create_task(self._connection()),
+            asyncio.create_task(self._execute()),
+            asyncio.create_task(self._scheduled_events()),
+        ]
         try:
             await self._stop.wait()
         finally:
@@ -117,6 +123,21 @@ class WorkerAgent:
         elif isinstance(message, Error):
             log.warning("node %s: coordinator error %s: %s", self.name, message.code, message.message)
         # Heartbeats only refresh _last_heard.
+
+    async def _scheduled_events(self) -> None:
+        """Apply the node's emulation schedule: speed changes, a hang, or vanishing."""
+        started = time.monotonic()
+        for event in sorted(self.runner.node.events, key=lambda e: e.at_s):
+            await asyncio.sleep(max(0.0, started + event.at_s - time.monotonic()))
+            if event.speed is not None:
+                log.warning("node %s: emulated speed now %.2f of the profile's", self.name, event.speed)
+                self.runner.speed = event.speed
+            elif event.action == "hang":
+                log.warning("node %s: emulating a hang", self.name)
+                os.kill(os.getpid(), signal.SIGSTOP)  # frozen, as a board that stopped responding
+            elif event.action == "vanish":
+                log.warning("node %s: emulating a board that vanishes", self.name)
+                os._exit(EXIT_VANISHED)  # no goodbye, no clean-up: as if the power went
 
     async def _execute(self) -> None:
         while True:

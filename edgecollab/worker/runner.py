@@ -50,6 +50,7 @@ class ShardRunner:
         if missing:
             log.warning("node %s: provider(s) %s not available; falling back to %s", node.name, missing, self.providers)
         self.board: BoardProfile | None = BOARD_PROFILES[node.emulate] if node.emulate else None
+        self.speed = 1.0  # emulated speed factor; scheduled events change it
         self.variants: dict[str, LoadedVariant] = {}
         for name in names:
             variant = self.manifest.variant(name)
