@@ -266,6 +266,151 @@ def run(
     _print_outcome(policy or cluster.coordinator.policy, cluster, rows, json_output, save_predictions)
 
 
+@app.command()
+@_reports_errors
+def profile(
+    config: ConfigOption = DEFAULT_CONFIG,
+    coordinator: Annotated[str | None, typer.Option("--coordinator", help="ask this running coordinator")] = None,
+    refresh: Annotated[bool, typer.Option("--refresh", help="profile again, ignoring the cache")] = False,
+    json_output: JsonOption = False,
+) -> None:
+    """The exploration table: measured throughput and latency of every (node, variant).
+
+    From a running coordinator with --coordinator; otherwise from the profile cached beside the
+    config, profiling the config's cluster on this machine first when there is none (or --refresh).
+    """
+    from .inspection import ask, cached_table, profile_here
+
+    cluster = load_config(config)
+    if coordinator:
+        rows = ask(coordinator, "table")["rows"]
+    else:
+        try:
+            rows = [] if refresh else cached_table(cluster).rows()
+        except EdgecollabError:
+            rows = []
+        if not rows:
+            rows = profile_here(config, refresh)
+    if json_output:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"exploration table: {len(rows)} (node, variant) pairs")
+    for column in ("node", "variant", "inf/s", "latency ms", "accuracy"):
+        table.add_column(column, justify="left" if column in ("node", "variant") else "right")
+    for r in rows:
+        table.add_row(
+            r["node"], r["variant"], f"{r['ips']:,.0f}", f"{r['latency_ms']:.1f}", f"{r['accuracy'] * 100:.2f} %"
+        )
+    _console().print(table)
+
+
+@app.command()
+@_reports_errors
+def plan(
+    inputs: Annotated[int, typer.Option("--inputs", min=1, help="number of inputs")],
+    target_ips: TargetOption = None,
+    min_accuracy: MinAccuracyOption = None,
+    policy: PolicyOption = None,
+    config: ConfigOption = DEFAULT_CONFIG,
+    coordinator: Annotated[str | None, typer.Option("--coordinator", help="ask this running coordinator")] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """The plan a request would get, without running it (from a running coordinator or the cached table)."""
+    from .inspection import ask, cached_table
+    from .planner import PlanRequest, make_plan
+
+    cluster = load_config(config)
+    chosen = policy or cluster.coordinator.policy
+    if coordinator:
+        outcome = ask(
+            coordinator, "plan", inputs=inputs, target_ips=target_ips, min_accuracy=min_accuracy, policy=chosen
+        )
+    else:
+        table = cached_table(cluster)
+        outcome = make_plan(chosen, table, PlanRequest(inputs, target_ips, min_accuracy), table.nodes()).as_dict()
+    if json_output:
+        print(json.dumps(outcome, indent=2))
+        return
+    print(
+        f"policy {outcome['policy']}: expected {outcome['expected_ips']:,.0f} inf/s at "
+        f"{outcome['expected_accuracy'] * 100:.2f} % accuracy ({'feasible' if outcome['feasible'] else 'INFEASIBLE'})"
+    )
+    for a in outcome["assignment"]:
+        print(f"  {a['node']:<16} {a['variant']:<14} {a['inputs']:>8,} inputs")
+    for note in outcome["notes"]:
+        print(f"  note: {note}")
+
+
+@app.command()
+@_reports_errors
+def pareto(
+    config: ConfigOption = DEFAULT_CONFIG,
+    coordinator: Annotated[str | None, typer.Option("--coordinator", help="ask this running coordinator")] = None,
+    inputs: Annotated[int, typer.Option("--inputs", min=1, help="request size to plan for")] = 10_000,
+    json_output: JsonOption = False,
+    plot: Annotated[Path | None, typer.Option("--plot", help="draw the curves to this PNG (needs matplotlib)")] = None,
+) -> None:
+    """The cluster's (throughput, accuracy) trade-off under each policy, and the Pareto front."""
+    from .inspection import ask, cached_table, table_from_rows
+    from .planner import front, sweep
+
+    cluster = load_config(config)
+    table = table_from_rows(ask(coordinator, "table")["rows"]) if coordinator else cached_table(cluster)
+    curves = sweep(table, table.nodes(), inputs)
+    best = front([p for points in curves.values() for p in points])
+    outcome = {
+        "inputs": inputs,
+        "policies": {name: [vars(p) for p in points] for name, points in curves.items()},
+        "front": [vars(p) for p in best],
+    }
+    if plot is not None:
+        from .plots import plot_pareto
+
+        plot_pareto(curves, best, plot)
+    if json_output:
+        print(json.dumps(outcome, indent=2))
+        return
+    table_out = Table(title=f"Pareto front of {inputs:,}-input requests on {len(table.nodes())} nodes")
+    for column in ("policy", "target inf/s", "expected inf/s", "expected accuracy"):
+        table_out.add_column(column, justify="left" if column == "policy" else "right")
+    for p in best:
+        table_out.add_row(
+            p.policy, f"{p.target_ips:,.0f}", f"{p.expected_ips:,.0f}", f"{p.expected_accuracy * 100:.2f} %"
+        )
+    _console().print(table_out)
+
+
+@app.command()
+@_reports_errors
+def status(
+    config: ConfigOption = DEFAULT_CONFIG,
+    coordinator: CoordinatorOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """A running coordinator's nodes, state, running requests and error counters."""
+    from .inspection import ask
+
+    cluster = load_config(config)
+    outcome = ask(coordinator or _client_endpoint(cluster), "status")
+    if json_output:
+        print(json.dumps(outcome, indent=2))
+        return
+    print(f"state: {outcome['state']}; {len(outcome['nodes'])} of {len(outcome['expected_nodes'])} nodes registered")
+    table = Table()
+    for column in ("node", "alive", "profiled", "providers", "variants", "in flight"):
+        table.add_column(column)
+    for n in outcome["nodes"]:
+        table.add_row(
+            n["name"], str(n["alive"]), str(n["profiled"]), ",".join(n["providers"]), str(len(n["variants"])),
+            str(n["in_flight"]),
+        )  # fmt: skip
+    _console().print(table)
+    for r in outcome["requests"]:
+        print(f"request {r['id'][:8]}: {r['done']:,}/{r['inputs']:,} inputs, policy {r['policy']}")
+    if outcome["counters"]:
+        print("counters: " + ", ".join(f"{k}={v}" for k, v in sorted(outcome["counters"].items())))
+
+
 def _client_endpoint(cluster: ClusterConfig) -> str:
     # A coordinator bound to every interface is reached on loopback from this machine.
     return cluster.coordinator.clients.replace("0.0.0.0", "127.0.0.1").replace("*", "127.0.0.1")

@@ -13,7 +13,7 @@ import zmq.asyncio
 
 from . import transport
 from .errors import RequestFailed
-from .protocol import Error, ProtocolError, Result, Submit, decode, encode
+from .protocol import Answer, Error, ProtocolError, Query, Result, Submit, decode, encode
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class Client:
         self.timeout_s = timeout_s
         self._context: zmq.asyncio.Context | None = None
         self._sock: zmq.asyncio.Socket | None = None
-        self._waiting: dict[str, asyncio.Future[Result]] = {}
+        self._waiting: dict[str, asyncio.Future[Result | Answer]] = {}
         self._reader: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Client:
@@ -60,20 +60,31 @@ class Client:
         policy: str | None = None,
     ) -> InferenceResult:
         """Send one request and wait for all its predictions; ``RequestFailed`` if the coordinator refuses it."""
+        request_id = uuid.uuid4().hex
+        submit = Submit(request_id, np.ascontiguousarray(inputs), target_ips, min_accuracy, policy)
+        result = await self._exchange(request_id, submit)
+        assert isinstance(result, Result)
+        return InferenceResult(result.predictions.copy(), result.report)
+
+    async def query(self, topic: str, **params: Any) -> dict[str, Any]:
+        """Ask the coordinator about the cluster: ``status``, ``table`` or ``plan`` (see ``Query``)."""
+        request_id = uuid.uuid4().hex
+        answer = await self._exchange(request_id, Query(request_id, topic, params))
+        assert isinstance(answer, Answer)
+        return answer.data
+
+    async def _exchange(self, request_id: str, message: Submit | Query) -> Result | Answer:
         if self._sock is None:
             raise RuntimeError("use the client as 'async with Client(...) as client'")
-        request_id = uuid.uuid4().hex
-        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Result | Answer] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = future
         try:
-            submit = Submit(request_id, np.ascontiguousarray(inputs), target_ips, min_accuracy, policy)
-            await self._sock.send_multipart(encode(submit), copy=False)
-            result = await asyncio.wait_for(future, self.timeout_s)
+            await self._sock.send_multipart(encode(message), copy=False)
+            return await asyncio.wait_for(future, self.timeout_s)
         except TimeoutError:
             raise RequestFailed("timeout", f"no answer from {self.endpoint} within {self.timeout_s:.0f} s") from None
         finally:
             self._waiting.pop(request_id, None)
-        return InferenceResult(result.predictions.copy(), result.report)
 
     async def _read(self) -> None:
         assert self._sock is not None
@@ -87,7 +98,7 @@ class Client:
             future = self._waiting.get(request_id)
             if future is None or future.done():
                 continue
-            if isinstance(message, Result):
+            if isinstance(message, Result | Answer):
                 future.set_result(message)
             elif isinstance(message, Error):
                 future.set_exception(RequestFailed(message.code, message.message))

@@ -168,3 +168,35 @@ def test_run_with_a_bad_config_exits_2_with_one_clear_line(tmp_path: Path) -> No
     done = edgecollab("run", "--config", str(bad))
     assert done.returncode == 2
     assert "unknown board profile 'pi5'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_status_lists_every_node_and_the_state(cluster: LocalCluster, config_path: Path) -> None:
+    infer(cluster.clients_endpoint, np.zeros((4, 1, 28, 28), np.uint8))
+    done = edgecollab("status", "--config", str(config_path), "--coordinator", cluster.clients_endpoint, "--json")
+    assert done.returncode == 0, done.stderr
+    status = json.loads(done.stdout)
+    assert status["state"] in ("ready", "dispatching")
+    assert sorted(n["name"] for n in status["nodes"]) == sorted(NODES)
+    assert all(n["alive"] and n["profiled"] and len(n["variants"]) == 3 for n in status["nodes"])
+
+
+def test_profile_and_plan_from_a_running_coordinator_and_from_the_cache(
+    cluster: LocalCluster, config_path: Path
+) -> None:
+    infer(cluster.clients_endpoint, np.zeros((4, 1, 28, 28), np.uint8))
+    done = edgecollab("profile", "--config", str(config_path), "--coordinator", cluster.clients_endpoint, "--json")
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    assert len(rows) == 4 * 3
+    assert all({"node", "variant", "ips", "latency_ms", "accuracy"} <= set(r) and r["ips"] > 0 for r in rows)
+    live = edgecollab(
+        "plan", "--config", str(config_path), "--coordinator", cluster.clients_endpoint,
+        "--inputs", "1000", "--target-ips", "500", "--json",
+    )  # fmt: skip
+    cached = edgecollab("plan", "--config", str(config_path), "--inputs", "1000", "--target-ips", "500", "--json")
+    for done in (live, cached):
+        assert done.returncode == 0, done.stderr
+        plan = json.loads(done.stdout)
+        assert {"policy", "feasible", "expected_ips", "expected_accuracy", "assignment"} <= set(plan)
+        assert plan["policy"] == "adaptive" and plan["feasible"] is True
+        assert sum(a["inputs"] for a in plan["assignment"]) == 1000

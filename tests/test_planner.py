@@ -58,7 +58,9 @@ def test_nodes_without_measurements_are_left_out() -> None:
 
 
 def test_policy_errors_are_clear() -> None:
-    with pytest.raises(PlanningError, match=r"unknown policy 'fastest'; expected one of adaptive, mixed, uniform, proportional, equal"):
+    with pytest.raises(
+        PlanningError, match=r"unknown policy 'fastest'; expected one of adaptive, mixed, uniform, proportional, equal"
+    ):
         make_plan("fastest", table(), PlanRequest(10), ["fast"])
     with pytest.raises(PlanningError, match="no profiled node"):
         make_plan("equal", table(), PlanRequest(10), ["unprofiled"])

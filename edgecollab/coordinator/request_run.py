@@ -191,6 +191,10 @@ class RequestRun:
 
     # --- state -------------------------------------------------------------------------------
     @property
+    def predicted_inputs(self) -> int:
+        return sum(t.inputs for t in self.tallies.values())
+
+    @property
     def finished(self) -> bool:
         return not self._owed
 

@@ -25,13 +25,25 @@ import zmq.asyncio
 from .. import transport
 from ..config import ClusterConfig
 from ..errors import EdgecollabError
-from ..planner import POLICIES, ExplorationTable, Measurement, Plan, PlanningError, PlanRequest, ProfileCache
+from ..planner import (
+    POLICIES,
+    ExplorationTable,
+    Measurement,
+    Plan,
+    PlanningError,
+    PlanRequest,
+    ProfileCache,
+    make_plan,
+)
 from ..protocol import (
+    QUERY_TOPICS,
+    Answer,
     Error,
     Goodbye,
     Heartbeat,
     Hello,
     ProtocolError,
+    Query,
     Result,
     Shard,
     ShardResult,
@@ -337,6 +349,8 @@ class Coordinator:
                 continue
             if isinstance(message, Submit):
                 self._spawn(self._serve_request(identity, message))
+            elif isinstance(message, Query):
+                await self._send_client(identity, self._answer(message))
             else:
                 self.counters["protocol_errors"] += 1
                 await self._send_client(identity, Error("protocol", f"a client may not send {message.kind}"))
@@ -348,6 +362,60 @@ class Coordinator:
             if exc.errno != zmq.EHOSTUNREACH:
                 raise
             log.warning("coordinator: client gone before its %s could be sent", message.kind)
+
+    def _answer(self, query: Query) -> Answer | Error:
+        """Answer a query from the coordinator's current state; nothing is dispatched."""
+        if query.topic == "status":
+            return Answer(query.request_id, self.status())
+        if query.topic == "table":
+            return Answer(query.request_id, {"rows": self.table.rows()})
+        if query.topic == "plan":
+            params = query.params
+            try:
+                request = PlanRequest(int(params["inputs"]), params.get("target_ips"), params.get("min_accuracy"))
+                policy = str(params.get("policy") or self.settings.policy)
+                share = 1.0 / (len(self.active) + 1)
+                plan = make_plan(policy, self.table.scaled(share), request, self.rm.usable_nodes())
+            except (KeyError, TypeError, ValueError, PlanningError) as exc:
+                return Error("invalid_input", f"cannot plan {params}: {exc}", query.request_id)
+            return Answer(query.request_id, plan.as_dict())
+        return Error(
+            "invalid_input", f"unknown query topic {query.topic!r}; expected one of {', '.join(QUERY_TOPICS)}",
+            query.request_id,
+        )  # fmt: skip
+
+    def status(self) -> dict[str, Any]:
+        """Nodes, the resource manager's state, running requests and error counters."""
+        usable = set(self.rm.usable_nodes())
+        return {
+            "state": self.rm.state,
+            "expected_nodes": sorted(self.rm.expected),
+            "nodes": [
+                {
+                    "name": conn.name,
+                    "alive": conn.alive,
+                    "profiled": conn.name in usable,
+                    "providers": conn.providers,
+                    "variants": conn.variants,
+                    "in_flight": len(conn.pending),
+                    "ips": {v: self.table.ips(conn.name, v) for v in self.table.variants_of(conn.name)},
+                    "seconds_since_heard": time.monotonic() - conn.last_seen,
+                }
+                for conn in sorted(self.by_name.values(), key=lambda c: c.name)
+            ],
+            "requests": [
+                {
+                    "id": rid,
+                    "policy": active.policy,
+                    "inputs": active.run.total_inputs,
+                    "done": active.run.predicted_inputs,
+                    "target_ips": active.request.target_ips,
+                    "elapsed_s": time.monotonic() - active.run.arrived,
+                }
+                for rid, active in self.active.items()
+            ],
+            "counters": dict(self.counters),
+        }
 
     def _check_submit(self, submit: Submit) -> str | None:
         """Why a request is invalid, or None."""

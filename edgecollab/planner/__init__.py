@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .pareto import TradeOff, front, sweep
 from .policies import POLICIES, Assignment, Plan, PlanningError, PlanRequest, evaluate, make_plan, split_by_weight
 from .table import ExplorationTable, Measurement, ProfileCache
 
@@ -14,7 +15,10 @@ __all__ = [
     "PlanRequest",
     "PlanningError",
     "ProfileCache",
+    "TradeOff",
     "evaluate",
+    "front",
     "make_plan",
     "split_by_weight",
+    "sweep",
 ]

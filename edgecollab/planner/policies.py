@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -37,6 +38,17 @@ class Plan:
 
     def share_of(self, node: str) -> int:
         return sum(a.inputs for a in self.assignments if a.node == node)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The plan as ``edgecollab plan --json`` prints it."""
+        return {
+            "policy": self.policy,
+            "feasible": self.feasible,
+            "expected_ips": self.expected_ips,
+            "expected_accuracy": self.expected_accuracy,
+            "assignment": [{"node": a.node, "variant": a.variant, "inputs": a.inputs} for a in self.assignments],
+            "notes": list(self.notes),
+        }
 
 
 class PlanningError(EdgecollabError):

@@ -100,6 +100,11 @@ class ProfileCache:
         except (KeyError, TypeError, AssertionError):
             return None
 
+    def load_any(self, node: str) -> dict[str, Measurement] | None:
+        """The node's cached measurements whatever their fingerprint (for planning offline)."""
+        entry = self._load_all().get(node)
+        return self.load(node, str(entry.get("fingerprint"))) if isinstance(entry, dict) else None
+
     def store(self, node: str, fingerprint: str, measurements: dict[str, Measurement]) -> None:
         data = self._load_all()
         data[node] = {"fingerprint": fingerprint, "variants": {v: asdict(m) for v, m in measurements.items()}}

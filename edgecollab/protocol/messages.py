@@ -104,6 +104,30 @@ class Result(Message):
     report: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Query(Message):
+    """A client asks the coordinator about the cluster without running anything.
+
+    Topics: ``status`` (nodes, state, running requests, counters), ``table`` (the exploration
+    table), ``plan`` (params ``inputs``, ``target_ips``, ``min_accuracy``, ``policy``).
+    """
+
+    kind: ClassVar[str] = "query"
+    request_id: str
+    topic: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Answer(Message):
+    kind: ClassVar[str] = "answer"
+    request_id: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+QUERY_TOPICS = ("status", "table", "plan")
+
+
 # --- either direction --------------------------------------------------------------------
 
 
@@ -130,5 +154,6 @@ ERROR_CODES = (
 )
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
-    cls.kind: cls for cls in (Hello, Welcome, Heartbeat, Goodbye, Shard, ShardResult, Submit, Result, Error)
+    cls.kind: cls
+    for cls in (Hello, Welcome, Heartbeat, Goodbye, Shard, ShardResult, Submit, Result, Query, Answer, Error)
 }

@@ -1,0 +1,84 @@
+"""Where ``profile``, ``plan``, ``pareto`` and ``status`` get the cluster's state from.
+
+Either a running coordinator (asked with a ``Query``), or the profile cached beside the
+config; ``profile_here`` fills that cache by starting the config's cluster on this machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from .client import Client
+from .config import ClusterConfig, load_config
+from .errors import EdgecollabError, RequestFailed
+from .local import LocalCluster
+from .planner import ExplorationTable, ProfileCache
+from .zoo import load_manifest
+
+
+def ask(endpoint: str, topic: str, timeout_s: float = 10.0, **params: Any) -> dict[str, Any]:
+    """Query a running coordinator; a clear error when none answers."""
+
+    async def go() -> dict[str, Any]:
+        async with Client(endpoint, timeout_s=timeout_s) as client:
+            return await client.query(topic, **params)
+
+    try:
+        return asyncio.run(go())
+    except RequestFailed as exc:
+        if exc.code == "timeout":
+            raise EdgecollabError(f"no coordinator answered at {endpoint} within {timeout_s:.0f} s") from None
+        raise
+
+
+def cached_table(config: ClusterConfig) -> ExplorationTable:
+    """The exploration table from the profile cache, for every node of the config."""
+    manifest = load_manifest(config.manifest_path, check_files=False)
+    table = ExplorationTable({v.name: v.accuracy for v in manifest.for_task(config.models.task)})
+    cache_path = config.resolve(config.coordinator.profile_cache)
+    cache = ProfileCache(cache_path)
+    missing = []
+    for node in config.nodes:
+        measurements = cache.load_any(node.name)
+        if not measurements:
+            missing.append(node.name)
+            continue
+        for variant, measurement in measurements.items():
+            if variant in table.accuracy:
+                table.record(node.name, variant, measurement)
+    if missing:
+        raise EdgecollabError(
+            f"no cached profile for {', '.join(missing)} in {cache_path}; run 'edgecollab profile' "
+            "to profile the cluster here, or pass --coordinator to ask a running one"
+        )
+    return table
+
+
+def table_from_rows(rows: list[dict[str, Any]]) -> ExplorationTable:
+    from .planner import Measurement
+
+    table = ExplorationTable({str(r["variant"]): float(r["accuracy"]) for r in rows})
+    for r in rows:
+        table.record(str(r["node"]), str(r["variant"]), Measurement(float(r["ips"]), float(r["latency_ms"])))
+    return table
+
+
+def profile_here(config_path: Path, refresh: bool, timeout_s: float = 300.0) -> list[dict[str, Any]]:
+    """Start the config's cluster on this machine until every node is profiled; return the table's rows."""
+    config = load_config(config_path)
+    cache = config.resolve(config.coordinator.profile_cache)
+    if refresh:
+        cache.unlink(missing_ok=True)
+    log_dir = config.resolve(".edgecollab/logs")
+    with LocalCluster(config_path, log_dir=log_dir) as local:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status = ask(local.clients_endpoint, "status", timeout_s=30)
+            if status["state"] in ("ready", "dispatching"):
+                return ask(local.clients_endpoint, "table")["rows"]  # type: ignore[no-any-return]
+            if time.monotonic() > deadline:
+                raise EdgecollabError(f"the cluster was not profiled within {timeout_s:.0f} s; logs in {log_dir}")
+            time.sleep(0.5)
