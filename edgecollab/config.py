@@ -64,6 +64,7 @@ class NodeConfig(_Strict):
     threads: int = Field(1, ge=1, le=64, description="ONNX Runtime intra-op threads")
     variants: tuple[str, ...] | None = Field(None, description="variants to load (default: all of the task)")
     events: tuple[EmulationEvent, ...] = Field((), description="scheduled speed changes and faults (emulated only)")
+    link_mbps: float | None = Field(None, gt=0, description="bandwidth of the node's link, for link-aware planning")
 
     @field_validator("emulate")
     @classmethod
@@ -109,6 +110,10 @@ class ClusterConfig(_Strict):
 
     def resolve(self, path: str) -> Path:
         return (self.base_dir / path).resolve()
+
+    def link_seconds_per_input(self, bytes_per_input: int) -> dict[str, float]:
+        """Seconds each node's link needs to carry one input, for nodes whose bandwidth is configured."""
+        return {n.name: bytes_per_input * 8 / (n.link_mbps * 1e6) for n in self.nodes if n.link_mbps is not None}
 
     @property
     def manifest_path(self) -> Path | None:

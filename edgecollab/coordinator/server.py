@@ -113,6 +113,7 @@ class Coordinator:
         self.input_shape = task.input_shape
         self.input_dtype = np.dtype(task.input_dtype)
         self.table = ExplorationTable({v.name: v.accuracy for v in manifest.for_task(task.name)})
+        self.table.link_seconds.update(config.link_seconds_per_input(task.bytes_per_input))
         self.rm = ResourceManager([n.name for n in config.nodes], self.table)
         self.cache = ProfileCache(config.resolve(self.settings.profile_cache))
         self.counters: Counter[str] = Counter()  # protocol errors, late replies, lost nodes, ...

@@ -14,6 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import ManifestError
@@ -32,6 +33,13 @@ class TaskSpec(BaseModel):
     classes: int = Field(gt=1)
     test_images: str = Field(description="IDX file of test inputs, relative to the manifest")
     test_labels: str = Field(description="IDX file of test labels, relative to the manifest")
+
+    @property
+    def bytes_per_input(self) -> int:
+        size = 1
+        for dim in self.input_shape:
+            size *= dim
+        return size * np.dtype(self.input_dtype).itemsize
 
 
 class TrainingInfo(BaseModel):
