@@ -34,6 +34,7 @@ class CoordinatorConfig(_Strict):
     heartbeat_misses: int = Field(3, ge=1, description="missed heartbeats after which a peer is dead")
     policy: str = Field("adaptive", description="default policy when a request names none")
     work_stealing: bool = Field(True, description="idle nodes take queued shards of slower ones near the end")
+    replan_on_drift: bool = Field(True, description="re-plan running requests when a node's speed drifts")
 
     @field_validator("workers", "clients")
     @classmethod

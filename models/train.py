@@ -16,6 +16,7 @@ import shutil
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,8 +60,11 @@ class RawImages(nn.Module):
         return self.net(x)
 
 
-def linear() -> nn.Module:
-    return nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+def linear(pool: int = 1) -> nn.Module:
+    """A linear classifier, optionally on an image average-pooled ``pool``×``pool`` (the cheapest rung)."""
+    side = 28 // pool
+    head: list[nn.Module] = [nn.AvgPool2d(pool)] if pool > 1 else []
+    return nn.Sequential(*head, nn.Flatten(), nn.Linear(side * side, 10))
 
 
 def mlp(*hidden: int) -> nn.Module:
@@ -120,6 +124,7 @@ class Recipe:
 
 
 LADDER = [
+    Recipe("linear-7x7", lambda: linear(pool=4), epochs=5, lr=3e-3, augment=False),
     Recipe("linear", linear, epochs=5, lr=3e-3, augment=False),
     Recipe("mlp-64", lambda: mlp(64), epochs=8, lr=3e-3, augment=False),
     Recipe("mlp-256", lambda: mlp(256, 128), epochs=10, lr=2e-3, augment=False, quantize=True),
@@ -205,7 +210,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("/usr/share/datasets/fashion-mnist"))
     parser.add_argument("--out", type=Path, default=MODELS_DIR, help="folder for zoo.toml and the ONNX files")
-    parser.add_argument("--only", nargs="*", help="train only these variants (for trying a recipe)")
+    parser.add_argument(
+        "--only", nargs="*", help="train only these variants, keeping the manifest's entries for the others"
+    )
     parser.add_argument("--epochs", type=int, help="override every recipe's epochs (for a quick smoke run)")
     parser.add_argument("--limit", type=int, help="train on the first N training images only")
     args = parser.parse_args()
@@ -267,6 +274,12 @@ def main() -> int:
             }  # fmt: skip
             variants.append(describe(f"{recipe.name}-int8", q_path, True, recipe.name, q_training))
 
+    if args.only and (out_dir / "zoo.toml").is_file():
+        # Keep the other variants as they are, in ladder order.
+        kept = {v["name"]: v for v in tomllib.loads((out_dir / "zoo.toml").read_text())["variant"]}
+        kept.update({v["name"]: v for v in variants})
+        order = [name for r in LADDER for name in (r.name, f"{r.name}-int8")]
+        variants = sorted(kept.values(), key=lambda v: order.index(v["name"]) if v["name"] in order else len(order))
     manifest = {"task": [TASK.model_dump()], "variant": variants}
     header = "# Written by models/train.py (make models). Do not edit by hand: every figure is measured.\n\n"
     (out_dir / "zoo.toml").write_text(header + tomli_w.dumps(manifest))

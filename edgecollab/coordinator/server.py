@@ -535,7 +535,8 @@ class Coordinator:
         run = active.run
         if isinstance(reply, ShardResult):
             accepted = run.complete(shard.shard_id, shard.attempt, reply.predictions, node, reply.busy_s)
-            if accepted and reply.busy_s > 0 and self.rm.observe(node, shard.variant, shard.size / reply.busy_s):
+            drifted = accepted and reply.busy_s > 0 and self.rm.observe(node, shard.variant, shard.size / reply.busy_s)
+            if drifted and self.settings.replan_on_drift:
                 self._replan_all(f"{node} drifted")
             if run.finished:
                 active.done.set()
