@@ -16,7 +16,7 @@ from .cluster_helpers import infer
 from .conftest import SHIPPED_MANIFEST
 
 NODES = [("jetson-nano", "jetson-nano"), ("rpi4", "rpi4"), ("odroid-xu4-a", "odroid-xu4")]
-SLOWDOWN_AT_S = 5.0
+SLOWDOWN_AT_S = 1.5  # after the worker starts; the request runs ~4 s at full speed
 
 
 def write_config(folder: Path, *, adapt: bool, slow_rpi4: bool) -> Path:
@@ -31,7 +31,7 @@ def write_config(folder: Path, *, adapt: bool, slow_rpi4: bool) -> Path:
     for name, board in NODES:
         lines += ["[[nodes]]", f'name = "{name}"', f'emulate = "{board}"', 'variants = ["mlp-64", "cnn-8", "cnn-16"]']
         if name == "rpi4" and slow_rpi4:
-            lines += ["[[nodes.events]]", f"at_s = {SLOWDOWN_AT_S}", "speed = 0.2"]
+            lines += ["[[nodes.events]]", f"at_s = {SLOWDOWN_AT_S}", "speed = 0.33"]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "cluster.toml").write_text("\n".join(lines) + "\n")
     return folder / "cluster.toml"
@@ -58,9 +58,9 @@ def run_slowed_request(folder: Path, cache: Path, test_set: LabelledSet, adapt: 
     shutil.copy(cache, folder / ".edgecollab" / "exploration.json")
     profile = json.loads(cache.read_text())
     capacity = sum(entry["variants"]["cnn-16"]["ips"] for entry in profile.values())
-    # Long enough that the slow-down lands mid-request; the target leaves the plan room to spare.
-    inputs = int(capacity * 6)
-    target = capacity / 2
+    # Four seconds of work at full speed, so the slow-down lands mid-request; the target leaves room.
+    inputs = int(capacity * 4)
+    target = capacity * 0.6
     indices = np.random.default_rng(7).choice(len(test_set), inputs, replace=True)
     with LocalCluster(config, log_dir=folder / "logs") as local:
         result = infer(local.clients_endpoint, test_set.inputs[indices], target_ips=target, policy="adaptive")

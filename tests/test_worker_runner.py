@@ -63,3 +63,15 @@ def test_fingerprint_changes_with_the_models(runner: ShardRunner, tmp_path: Path
     )
     config = load_config(tmp_path / "cluster.toml")
     assert ShardRunner(config, config.node("pi")).fingerprint() != runner.fingerprint()
+
+
+def test_a_scheduled_speed_change_stretches_the_emulated_time(runner: ShardRunner) -> None:
+    images = np.zeros((32, 1, 28, 28), np.uint8)
+    assert runner.board is not None
+    normal = runner.board.seconds(32, runner.variants["cnn-8"].variant.macs, False)
+    runner.speed = 0.25
+    try:
+        _, seconds = runner.run("cnn-8", images)
+    finally:
+        runner.speed = 1.0
+    assert seconds >= 4 * normal * 0.999
