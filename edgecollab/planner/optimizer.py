@@ -2,17 +2,21 @@
 
 For each usable (node, variant) option ``k`` let ``c_k`` be the seconds one input costs
 there: ``max(1 / ips, link seconds per input)``, since shipping the next shard overlaps
-computing the current one. With ``s_k`` the inputs given to option ``k``:
+computing the current one. With ``s_k`` the inputs given to option ``k`` and ``T`` the
+makespan (every node finishes within it):
 
-* **accuracy** (a deadline ``D = N / target``): maximise ``Σ acc_k s_k`` subject to
-  ``Σ s_k = N`` and each node finishing within ``D``;
-* **performance** (no target): minimise the makespan ``T`` subject to ``Σ s_k = N`` and
-  the mean accuracy ``Σ acc_k s_k / N ≥ A``; then, at that makespan, maximise accuracy.
+* **accuracy** (a deadline ``D``): maximise ``Σ acc_k s_k`` subject to ``Σ s_k = N`` and
+  ``T ≤ D``; among equally accurate allocations, the smallest ``T``;
+* **performance** (no deadline): minimise ``T`` subject to ``Σ s_k = N`` and the mean
+  accuracy ``Σ acc_k s_k / N ≥ A``; among equally fast allocations, the most accurate.
 
-One variant per node (the paper's setting) adds a binary ``x_k`` per option with
-``Σ_k∈node x_k ≤ 1``; the ``mixed`` form lets a node time-share its variants within the
-request (its times add up), which is a pure LP and can only raise accuracy.
-Solved with HiGHS through ``scipy.optimize.milp``. Pure: no I/O.
+Both are one program with a lexicographic objective: the secondary term is weighted so
+that it can never outweigh a millionth of the primary. One variant per node (the paper's
+setting) adds a binary ``x_k`` per option with ``Σ_k∈node x_k ≤ 1`` and
+``s_k ≤ (D / c_k) · x_k``; the ``mixed`` form lets a node time-share its variants within
+the request (its times add up), which is a pure LP and can only raise accuracy. Options a
+node can always replace by a faster and at least as accurate one are dropped first: an
+optimum never needs them. Solved with HiGHS through ``scipy.optimize.milp``. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -22,6 +26,11 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
+
+# Weight of the tie-breaking objective relative to the primary one.
+_TIE_BREAK = 1e-6
+# The objective is scaled so the tie-break stays far above HiGHS's absolute MIP gap (1e-6).
+_SCALE = 1e4
 
 
 @dataclass(frozen=True)
@@ -34,7 +43,7 @@ class Option:
 
 @dataclass(frozen=True)
 class Allocation:
-    inputs: tuple[float, ...]  # continuous share per option, same order as the options
+    inputs: tuple[float, ...]  # continuous share per option, same order as the options given
     makespan_s: float
     accuracy: float  # input-weighted mean
 
@@ -42,133 +51,121 @@ class Allocation:
 def maximise_accuracy(
     options: Sequence[Option], total: int, deadline_s: float, min_accuracy: float | None, mixed: bool
 ) -> Allocation | None:
-    """Most accurate allocation finishing every node within ``deadline_s``; None if there is none.
-
-    Among equally accurate allocations it returns the fastest, so spare nodes are used, not idled.
-    """
-    best = _most_accurate_within(options, total, deadline_s, min_accuracy, mixed)
-    if best is None:
-        return None
-    fastest = _fastest(options, total, best.accuracy * (1 - 1e-9), mixed)
-    return fastest if fastest is not None and fastest.makespan_s <= best.makespan_s else best
-
-
-def _most_accurate_within(
-    options: Sequence[Option], total: int, deadline_s: float, min_accuracy: float | None, mixed: bool
-) -> Allocation | None:
-    k = len(options)
-    cost = np.array([o.seconds_per_input for o in options])
-    acc = np.array([o.accuracy for o in options])
-    nodes = sorted({o.node for o in options})
-    n_vars = k if mixed else 2 * k
-    rows: list[tuple[np.ndarray, float, float]] = [(_pad(np.ones(k), n_vars), total, total)]
-    if min_accuracy is not None:
-        rows.append((_pad(acc - min_accuracy, n_vars), 0.0, np.inf))
-    for node in nodes:
-        members = np.array([o.node == node for o in options])
-        if mixed:
-            rows.append((_pad(np.where(members, cost, 0.0), n_vars), -np.inf, deadline_s))
-        else:
-            rows.append((np.concatenate([np.zeros(k), members.astype(float)]), -np.inf, 1.0))
-    if not mixed:
-        # s_k ≤ (D / c_k) · x_k: an option takes inputs only if chosen, and only what fits in D.
-        for i in range(k):
-            row = np.zeros(n_vars)
-            row[i], row[k + i] = 1.0, -deadline_s / cost[i]
-            rows.append((row, -np.inf, 0.0))
-    objective = _pad(-acc, n_vars)
-    integrality = np.concatenate([np.zeros(k), np.ones(n_vars - k)])
-    upper = np.concatenate([np.full(k, float(total)), np.ones(n_vars - k)])
-    solution = _solve(objective, rows, integrality, upper)
-    if solution is None:
-        return None
-    return _allocation(options, solution[:k], total)
+    """Most accurate allocation finishing every node within ``deadline_s`` (then the fastest); None if none."""
+    return _solve(options, total, deadline_s, min_accuracy, mixed, accuracy_first=True)
 
 
 def minimise_makespan(
     options: Sequence[Option], total: int, min_accuracy: float | None, mixed: bool
 ) -> Allocation | None:
-    """Fastest allocation whose mean accuracy is at least ``min_accuracy``; None if there is none.
-
-    Among equally fast allocations it returns the most accurate.
-    """
-    fastest = _fastest(options, total, min_accuracy, mixed)
-    if fastest is None:
+    """Fastest allocation whose mean accuracy is at least ``min_accuracy`` (then the most accurate); None if none."""
+    fastest_eligible: dict[str, float] = {}
+    for o in options:
+        if min_accuracy is None or o.accuracy >= min_accuracy:
+            fastest_eligible[o.node] = min(fastest_eligible.get(o.node, np.inf), o.seconds_per_input)
+    if not fastest_eligible:
         return None
-    deadline = fastest.makespan_s * (1 + 1e-6) + 1e-9
-    return _most_accurate_within(options, total, deadline, min_accuracy, mixed) or fastest
+    # Every node on its fastest variant that meets the accuracy, split so all finish together,
+    # is feasible: its makespan bounds T (and keeps the one-variant form's constraints tight).
+    upper = total / sum(1.0 / c for c in fastest_eligible.values())
+    return _solve(options, total, upper * (1 + 1e-9), min_accuracy, mixed, accuracy_first=False)
 
 
-def _fastest(options: Sequence[Option], total: int, min_accuracy: float | None, mixed: bool) -> Allocation | None:
-    k = len(options)
-    cost = np.array([o.seconds_per_input for o in options])
-    acc = np.array([o.accuracy for o in options])
-    nodes = sorted({o.node for o in options})
-    # Variables: s (k), x (k, single-variant only), T.
-    n_vars = k + 1 if mixed else 2 * k + 1
-    t = n_vars - 1
-    rows: list[tuple[np.ndarray, float, float]] = []
-    row = np.zeros(n_vars)
-    row[:k] = 1.0
-    rows.append((row, total, total))
-    if min_accuracy is not None:
-        row = np.zeros(n_vars)
-        row[:k] = acc - min_accuracy
-        rows.append((row, 0.0, np.inf))
-    if mixed:
-        for node in nodes:
-            row = np.zeros(n_vars)
-            row[:k] = [c if o.node == node else 0.0 for o, c in zip(options, cost, strict=True)]
-            row[t] = -1.0
-            rows.append((row, -np.inf, 0.0))
-    else:
-        for i in range(k):
-            finish = np.zeros(n_vars)
-            finish[i], finish[t] = cost[i], -1.0  # c_k s_k ≤ T
-            chosen = np.zeros(n_vars)
-            chosen[i], chosen[k + i] = 1.0, -float(total)  # s_k ≤ N x_k
-            rows += [(finish, -np.inf, 0.0), (chosen, -np.inf, 0.0)]
-        for node in nodes:
-            row = np.zeros(n_vars)
-            row[k : 2 * k] = [1.0 if o.node == node else 0.0 for o in options]
-            rows.append((row, -np.inf, 1.0))
-    objective = np.zeros(n_vars)
-    objective[t] = 1.0
-    integrality = np.zeros(n_vars)
-    integrality[k:t] = 1
-    upper = np.full(n_vars, np.inf)
-    upper[:k] = total
-    upper[k:t] = 1.0
-    solution = _solve(objective, rows, integrality, upper)
-    return None if solution is None else _allocation(options, solution[:k], total)
-
-
-def _pad(values: np.ndarray, length: int) -> np.ndarray:
-    out = np.zeros(length)
-    out[: len(values)] = values
+def dominated(options: Sequence[Option]) -> set[int]:
+    """Indices of options their own node can replace by one that is no slower and no less accurate."""
+    out = set()
+    for i, o in enumerate(options):
+        for j, p in enumerate(options):
+            if i != j and p.node == o.node and p.accuracy >= o.accuracy and p.seconds_per_input <= o.seconds_per_input:
+                # Of two identical options keep the first.
+                if p.accuracy > o.accuracy or p.seconds_per_input < o.seconds_per_input or j < i:
+                    out.add(i)
+                    break
     return out
 
 
 def _solve(
-    objective: np.ndarray, rows: list[tuple[np.ndarray, float, float]], integrality: np.ndarray, upper: np.ndarray
-) -> np.ndarray | None:
-    matrix = np.vstack([r for r, _, _ in rows])
-    lower_bounds = np.array([lo for _, lo, _ in rows])
-    upper_bounds = np.array([hi for _, _, hi in rows])
+    all_options: Sequence[Option],
+    total: int,
+    deadline_s: float,
+    min_accuracy: float | None,
+    mixed: bool,
+    accuracy_first: bool,
+) -> Allocation | None:
+    dropped = dominated(all_options)
+    keep = [i for i in range(len(all_options)) if i not in dropped]
+    options = [all_options[i] for i in keep]
+    k = len(options)
+    if k == 0 or deadline_s <= 0:
+        return None
+    cost = np.array([o.seconds_per_input for o in options])
+    acc = np.array([o.accuracy for o in options])
+    nodes = sorted({o.node for o in options})
+    # Variables: s (k), x (k, one-variant form only), T.
+    n_vars = k + 1 if mixed else 2 * k + 1
+    t = n_vars - 1
+    rows: list[np.ndarray] = []
+    lower: list[float] = []
+    upper: list[float] = []
+
+    def add(row: np.ndarray, lo: float, hi: float) -> None:
+        rows.append(row)
+        lower.append(lo)
+        upper.append(hi)
+
+    row = np.zeros(n_vars)
+    row[:k] = 1.0
+    add(row, total, total)  # every input is planned, once
+    if min_accuracy is not None:
+        row = np.zeros(n_vars)
+        row[:k] = acc - min_accuracy
+        add(row, 0.0, np.inf)
+    for node in nodes:
+        members = np.array([o.node == node for o in options])
+        if mixed:  # a node's variants run one after the other
+            row = np.zeros(n_vars)
+            row[:k] = np.where(members, cost, 0.0)
+            row[t] = -1.0
+            add(row, -np.inf, 0.0)
+        else:
+            row = np.zeros(n_vars)
+            row[k : 2 * k] = members
+            add(row, -np.inf, 1.0)  # at most one variant per node
+    if not mixed:
+        for i in range(k):
+            finish = np.zeros(n_vars)
+            finish[i], finish[t] = cost[i], -1.0
+            add(finish, -np.inf, 0.0)  # c_k s_k ≤ T
+            chosen = np.zeros(n_vars)
+            chosen[i], chosen[k + i] = 1.0, -deadline_s / cost[i]
+            add(chosen, -np.inf, 0.0)  # s_k ≤ (D / c_k) x_k: inputs only on a chosen option
+    objective = np.zeros(n_vars)
+    if accuracy_first:
+        objective[:k] = -_SCALE * acc / total
+        objective[t] = _SCALE * _TIE_BREAK / deadline_s
+    else:
+        objective[t] = _SCALE / deadline_s
+        objective[:k] = -_SCALE * _TIE_BREAK * acc / total
+    integrality = np.zeros(n_vars)
+    integrality[k:t] = 1
+    bounds_upper = np.full(n_vars, float(total))
+    bounds_upper[k:t] = 1.0
+    bounds_upper[t] = deadline_s
     result = milp(
         objective,
         integrality=integrality,
-        bounds=Bounds(np.zeros(len(objective)), upper),
-        constraints=LinearConstraint(matrix, lower_bounds, upper_bounds),
+        bounds=Bounds(np.zeros(n_vars), bounds_upper),
+        constraints=LinearConstraint(np.vstack(rows), np.array(lower), np.array(upper)),
         options={"presolve": True, "mip_rel_gap": 1e-9},
     )
     if not result.success or result.x is None:
         return None
-    return np.asarray(result.x)
+    shares = np.zeros(len(all_options))
+    shares[keep] = np.clip(np.asarray(result.x)[:k], 0.0, None)
+    return _allocation(all_options, shares, total)
 
 
 def _allocation(options: Sequence[Option], shares: np.ndarray, total: int) -> Allocation:
-    shares = np.clip(shares, 0.0, None)
     times: dict[str, float] = {}
     for option, share in zip(options, shares, strict=True):
         times[option.node] = times.get(option.node, 0.0) + share * option.seconds_per_input
