@@ -49,6 +49,7 @@ class NodeTally:
     inputs: int = 0  # inputs it actually predicted
     shards: int = 0
     busy_s: float = 0.0  # time it reported busy on this request's shards
+    last_result_s: float = 0.0  # when its last result arrived, in seconds after the request arrived
 
 
 class RequestRun:
@@ -129,6 +130,7 @@ class RequestRun:
         tally.inputs += shard.size
         tally.shards += 1
         tally.busy_s += busy_s
+        tally.last_result_s = time.monotonic() - self.arrived
         if self.finished:
             self.finished_at = time.monotonic()
         return True

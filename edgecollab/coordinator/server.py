@@ -93,6 +93,7 @@ class ActiveRequest:
     done: asyncio.Event = field(default_factory=asyncio.Event)  # set when finished or failed
     failure: Error | None = None
     first_plan: Plan = field(init=False)
+    dispatch_started: float = field(default_factory=time.monotonic)  # after waiting for the cluster and planning
 
     def __post_init__(self) -> None:
         self.first_plan = self.run.plan
@@ -583,6 +584,7 @@ class Coordinator:
             "retries": run.retries,
             "steals": run.steals,
             "replans": run.replans,
+            "dispatch_started_s": active.dispatch_started - run.arrived,
             "notes": notes,
             "assignment": [
                 {
@@ -592,6 +594,7 @@ class Coordinator:
                     "inputs": tally.inputs,
                     "shards": tally.shards,
                     "busy_s": tally.busy_s,
+                    "last_result_s": tally.last_result_s,
                 }
                 for tally in run.tallies.values()
                 if tally.inputs or tally.planned_inputs
