@@ -27,7 +27,7 @@ class CoordinatorConfig(_Strict):
     clients: str = Field("tcp://127.0.0.1:5556", description="ROUTER endpoint the clients connect to")
     shard_size: int = Field(32, ge=1, le=4096, description="inputs per shard (micro-batch)")
     window: int = Field(2, ge=1, le=64, description="shards in flight per node, so transfer and compute overlap")
-    profile_shards: int = Field(3, ge=1, le=50, description="timed shards per (node, variant) when profiling")
+    profile_shards: int = Field(6, ge=1, le=100, description="timed shards per (node, variant) when profiling")
     profile_cache: str = Field(".edgecollab/exploration.json", description="exploration table cache file")
     startup_timeout_s: float = Field(60.0, gt=0, description="how long a request waits for configured nodes")
     heartbeat_s: float = Field(1.0, gt=0, description="heartbeat interval, both ways")

@@ -14,7 +14,7 @@ from .config import ClusterConfig
 from .zoo import LabelledSet, load_manifest, load_test_set
 
 # (inputs, target inferences/s) of the default ``edgecollab run``: varied sizes, from easy to demanding.
-DEFAULT_WORKLOAD: tuple[tuple[int, float], ...] = ((2000, 1000.0), (4000, 3000.0), (3000, 6000.0), (5000, 12000.0))
+DEFAULT_WORKLOAD: tuple[tuple[int, float], ...] = ((2000, 1000.0), (6000, 3000.0), (9000, 6000.0), (12000, 9000.0))
 
 
 @dataclass(frozen=True)

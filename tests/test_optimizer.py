@@ -81,8 +81,8 @@ def test_accuracy_objective_equals_the_exhaustive_oracle(seed: int) -> None:
             assert got is None
             continue
         assert got is not None
-        # Optimal to HiGHS's gap, and never better than the optimum (no budget violated).
-        assert expected - 1e-5 <= got.accuracy <= expected + 1e-9
+        # Optimal up to the solver gap and the makespan tie-break (< 0.002 points), never better (no budget violated).
+        assert expected - 2e-5 <= got.accuracy <= expected + 1e-9
         assert sum(got.inputs) == pytest.approx(total)
         assert got.makespan_s <= deadline * (1 + 1e-6)
         # At most one variant per node.

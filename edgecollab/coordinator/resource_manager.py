@@ -28,8 +28,13 @@ log = logging.getLogger(__name__)
 STATES = ["waiting", "profiling", "ready", "planning", "dispatching"]
 # Observed throughput is folded into the table with this weight (exponentially weighted average).
 OBSERVATION_WEIGHT = 0.3
-# A node whose estimate moves this far (relative) from what the running plans assumed triggers a re-plan.
+# A node whose estimate moves this far (relative) from what the running plans assumed triggers a re-plan,
+# once that many shards of a (node, variant) in use have been observed since the last plan.
 DRIFT_THRESHOLD = 0.3
+DRIFT_MIN_OBSERVATIONS = 3
+# Requests planned to take at least this long teach the table the cluster's efficiency; shorter
+# ones are dominated by fixed costs and would skew it.
+EFFICIENCY_MIN_MAKESPAN_S = 0.3
 
 
 class NotReady(EdgecollabError):
@@ -49,7 +54,9 @@ class ResourceManager:
         self.profiled: set[str] = set()  # registered nodes whose table rows are complete
         self.running: set[str] = set()  # ids of requests being dispatched
         self.startup_expired = False  # once true, missing nodes no longer hold the cluster in "waiting"
-        self.planned_ips: dict[tuple[str, str], float] = {}  # (node, variant) -> ips the running plans assumed
+        # (node, variant) pairs the latest plans use -> the throughput they assumed
+        self.planned_ips: dict[tuple[str, str], float] = {}
+        self._observed_since_plan: dict[tuple[str, str], int] = {}
         self._listeners: list[Callable[[str], None]] = []
         self.machine = Machine(
             model=self,
@@ -118,8 +125,12 @@ class ResourceManager:
     def observe(self, node: str, variant: str, ips: float) -> bool:
         """Fold an observed throughput into the table; True when the node drifted from what plans assumed."""
         estimate = self.table.observe(node, variant, ips, OBSERVATION_WEIGHT)
-        assumed = self.planned_ips.get((node, variant))
-        if assumed is None or abs(estimate / assumed - 1) <= DRIFT_THRESHOLD:
+        key = (node, variant)
+        assumed = self.planned_ips.get(key)
+        if assumed is None:
+            return False  # not something a running plan relies on
+        seen = self._observed_since_plan[key] = self._observed_since_plan.get(key, 0) + 1
+        if seen < DRIFT_MIN_OBSERVATIONS or abs(estimate / assumed - 1) <= DRIFT_THRESHOLD:
             return False
         log.info("resource manager: %s on %s drifted from %.0f to %.0f inf/s", node, variant, assumed, estimate)
         return True
@@ -156,8 +167,17 @@ class ResourceManager:
         }
         return plan
 
+    def request_outcome(self, plan: Plan, achieved_ips: float) -> None:
+        """Learn from a finished request how much of its expected throughput the cluster delivered."""
+        total = sum(a.inputs for a in plan.assignments)
+        if plan.expected_ips > 0 and total / plan.expected_ips >= EFFICIENCY_MIN_MAKESPAN_S:
+            self.table.observe_efficiency(achieved_ips / plan.expected_ips, OBSERVATION_WEIGHT)
+
     def finish_request(self, request_id: str) -> None:
         self.running.discard(request_id)
+        if not self.running:
+            self.planned_ips.clear()  # nothing relies on the old assumptions any more
+            self._observed_since_plan.clear()
         self.settle()
 
     # --- internals --------------------------------------------------------------------------

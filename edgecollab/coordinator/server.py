@@ -26,6 +26,7 @@ from .. import transport
 from ..config import ClusterConfig
 from ..errors import EdgecollabError
 from ..planner import (
+    ADAPTS_AT_RUN_TIME,
     POLICIES,
     ExplorationTable,
     Measurement,
@@ -60,6 +61,8 @@ from .resource_manager import NotReady, ResourceManager
 log = logging.getLogger(__name__)
 
 NON_RETRYABLE = ("invalid_input", "unknown_variant")
+# Drift re-plans are at most this frequent: each re-plan solves a program on the event loop.
+DRIFT_REPLAN_INTERVAL_S = 0.5
 
 
 class NodeLost(EdgecollabError):
@@ -121,6 +124,7 @@ class Coordinator:
         self.workers: dict[bytes, WorkerConn] = {}
         self.by_name: dict[str, WorkerConn] = {}
         self.active: dict[str, ActiveRequest] = {}  # running requests by id
+        self._last_drift_replan = 0.0  # monotonic time of the last re-plan caused by drift
         self._state_changed = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stop = asyncio.Event()
@@ -297,31 +301,40 @@ class Coordinator:
         return await future
 
     async def _profile(self, conn: WorkerConn) -> None:
-        """Run ``profile_shards`` real shards per variant (after one warm-up); record throughput and latency.
+        """Time real shards of every variant the node loaded; record throughput and latency.
 
-        Throughput is the shard size over the time the node reports busy: with several shards in
-        flight the next one travels while the current one computes, so compute sets the pace.
-        Latency is the median round trip of a shard, send to reply.
+        Shards go out as dispatch sends them, ``window`` at a time, so the throughput
+        (inputs ÷ elapsed time) includes the coordinator's per-shard cost and the load
+        of the other nodes profiling at the same time. Latency is the median round trip.
         """
         size = self.settings.shard_size
         sample = np.random.default_rng(0).integers(0, 256, (size, *self.input_shape)).astype(self.input_dtype)
+        window = asyncio.Semaphore(self.settings.window)
         measurements: dict[str, Measurement] = {}
+
+        async def timed(variant: str, shard_id: int) -> float | None:
+            async with window:
+                started = time.perf_counter()
+                task = ShardTask(shard_id, 0, size, variant, conn.name)
+                reply = await self._run_shard(conn, f"profile:{variant}", task, sample)
+                if not isinstance(reply, ShardResult):
+                    log.warning("coordinator: profiling %s on %s failed: %s", variant, conn.name, reply)
+                    return None
+                return time.perf_counter() - started
+
         try:
             for variant in [v for v in conn.variants if v in self.table.accuracy]:
-                busy, round_trips = [], []
-                for i in range(1 + self.settings.profile_shards):
-                    started = time.perf_counter()
-                    task = ShardTask(i, 0, size, variant, conn.name)
-                    reply = await self._run_shard(conn, f"profile:{variant}", task, sample)
-                    if not isinstance(reply, ShardResult):
-                        log.warning("coordinator: profiling %s on %s failed: %s", variant, conn.name, reply)
-                        break
-                    if i > 0:  # the first run is a warm-up
-                        busy.append(reply.busy_s)
-                        round_trips.append(time.perf_counter() - started)
-                if busy:
+                if await timed(variant, 0) is None:  # warm-up: first runs allocate
+                    continue
+                started = time.perf_counter()
+                round_trips = await asyncio.gather(
+                    *(timed(variant, i) for i in range(1, 1 + self.settings.profile_shards))
+                )
+                elapsed = time.perf_counter() - started
+                done = [t for t in round_trips if t is not None]
+                if len(done) == len(round_trips):
                     measurements[variant] = Measurement(
-                        ips=size / statistics.median(busy), latency_ms=statistics.median(round_trips) * 1e3
+                        ips=size * len(done) / elapsed, latency_ms=statistics.median(done) * 1e3
                     )
         except NodeLost:
             return
@@ -370,7 +383,7 @@ class Coordinator:
         if query.topic == "status":
             return Answer(query.request_id, self.status())
         if query.topic == "table":
-            return Answer(query.request_id, {"rows": self.table.rows()})
+            return Answer(query.request_id, {"rows": self.table.rows(), "efficiency": self.table.efficiency})
         if query.topic == "plan":
             params = query.params
             try:
@@ -392,6 +405,7 @@ class Coordinator:
         return {
             "state": self.rm.state,
             "expected_nodes": sorted(self.rm.expected),
+            "efficiency": self.table.efficiency,
             "nodes": [
                 {
                     "name": conn.name,
@@ -473,6 +487,8 @@ class Coordinator:
         if active.failure is not None:
             await self._send_client(identity, active.failure)
             return
+        if active.run.replans == 0:  # a re-planned request's first plan no longer says what to expect
+            self.rm.request_outcome(active.first_plan, active.run.total_inputs / active.run.wall_seconds())
         nodes = sorted({t.node for t in active.run.tallies.values()})
         await self._send_client(identity, Result(rid, active.run.predictions, self._report(active, nodes)))
 
@@ -487,7 +503,7 @@ class Coordinator:
         for rid, active in self.active.items():
             run = active.run
             remaining = run.queued_inputs
-            if rid == skip or remaining == 0 or not self.rm.usable_nodes():
+            if rid == skip or remaining == 0 or active.policy not in ADAPTS_AT_RUN_TIME or not self.rm.usable_nodes():
                 continue
             target = None
             if active.request.target_ips is not None:
@@ -514,7 +530,7 @@ class Coordinator:
                     run.orphan_queue_of(node)
                     return
                 shard = run.next_shard(node, conn.variants)
-                if shard is None and self.settings.work_stealing:
+                if shard is None and self.settings.work_stealing and active.policy in ADAPTS_AT_RUN_TIME:
                     shard = run.steal(node, self.table.seconds_per_input, conn.variants)
                 if shard is None:
                     # Nothing to send now: a re-plan, an orphan or a steal may give this node work later.
@@ -537,7 +553,9 @@ class Coordinator:
         if isinstance(reply, ShardResult):
             accepted = run.complete(shard.shard_id, shard.attempt, reply.predictions, node, reply.busy_s)
             drifted = accepted and reply.busy_s > 0 and self.rm.observe(node, shard.variant, shard.size / reply.busy_s)
-            if drifted and self.settings.replan_on_drift:
+            now = time.monotonic()
+            if drifted and self.settings.replan_on_drift and now - self._last_drift_replan >= DRIFT_REPLAN_INTERVAL_S:
+                self._last_drift_replan = now
                 self._replan_all(f"{node} drifted")
             if run.finished:
                 active.done.set()

@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 from .pareto import TradeOff, front, sweep
-from .policies import POLICIES, Assignment, Plan, PlanningError, PlanRequest, evaluate, make_plan, split_by_weight
+from .policies import (
+    ADAPTS_AT_RUN_TIME,
+    POLICIES,
+    Assignment,
+    Plan,
+    PlanningError,
+    PlanRequest,
+    evaluate,
+    make_plan,
+    split_by_weight,
+)
 from .table import ExplorationTable, Measurement, ProfileCache
 
 __all__ = [
+    "ADAPTS_AT_RUN_TIME",
     "POLICIES",
     "Assignment",
     "ExplorationTable",

@@ -11,7 +11,7 @@ makespan (every node finishes within it):
   accuracy ``Σ acc_k s_k / N ≥ A``; among equally fast allocations, the most accurate.
 
 Both are one program with a lexicographic objective: the secondary term is weighted so
-that it can never outweigh a millionth of the primary. One variant per node (the paper's
+that it can never outweigh 1e-5 of the primary. One variant per node (the paper's
 setting) adds a binary ``x_k`` per option with ``Σ_k∈node x_k ≤ 1`` and
 ``s_k ≤ (D / c_k) · x_k``; the ``mixed`` form lets a node time-share its variants within
 the request (its times add up), which is a pure LP and can only raise accuracy. Options a
@@ -30,7 +30,7 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 # Weight of the tie-breaking objective relative to the primary one.
-_TIE_BREAK = 1e-6
+_TIE_BREAK = 1e-5
 # The objective is scaled so the tie-break stays far above HiGHS's absolute MIP gap (1e-6).
 _SCALE = 1e4
 # HiGHS stops at this relative gap to its bound, or after this long with the best plan found.

@@ -62,14 +62,18 @@ def evaluate(
     request: PlanRequest,
     notes: Sequence[str] = (),
 ) -> Plan:
-    """Expected throughput and accuracy of an assignment; every node starts at once, the slowest finishes last."""
+    """Expected throughput and accuracy of an assignment.
+
+    Every node starts at once and the slowest finishes last; the table's learned efficiency
+    accounts for what per-node measurements miss (start-up, tail, contention).
+    """
     used = [a for a in assignments if a.inputs > 0]
     total = sum(a.inputs for a in used)
     busy: dict[str, float] = {}
     for a in used:  # a node with two variants (mixed plans) runs them one after the other
         busy[a.node] = busy.get(a.node, 0.0) + a.inputs * table.seconds_per_input(a.node, a.variant)
     makespan = max(busy.values(), default=0.0)
-    expected_ips = total / makespan if makespan > 0 else 0.0
+    expected_ips = total / makespan * table.efficiency if makespan > 0 else 0.0
     accuracy = sum(a.inputs * table.accuracy[a.variant] for a in used) / total if total else 0.0
     feasible = request.target_ips is None or expected_ips >= request.target_ips
     # Whole inputs: rounding a plan may move its mean accuracy by up to one input's worth.
@@ -136,8 +140,9 @@ def plan_uniform(table: ExplorationTable, request: PlanRequest, nodes: Sequence[
     return replace(fastest, notes=(_infeasible_note(request, fastest.expected_ips),))
 
 
-# Plan for a little more than the target: start-up and the last shard cost time the table does not see.
-TARGET_HEADROOM = 0.05
+# Plan for a little more than the target: the learned efficiency covers what past requests lost,
+# this covers the noise around it.
+TARGET_HEADROOM = 0.08
 
 
 def _adaptive(table: ExplorationTable, request: PlanRequest, nodes: Sequence[str], mixed: bool) -> Plan:
@@ -154,14 +159,15 @@ def _adaptive(table: ExplorationTable, request: PlanRequest, nodes: Sequence[str
     notes: list[str] = []
     allocation = None
     if request.target_ips is not None:
-        deadline = total / (request.target_ips * (1 + TARGET_HEADROOM))
+        deadline = total * table.efficiency / (request.target_ips * (1 + TARGET_HEADROOM))
         allocation = maximise_accuracy(options, total, deadline, request.min_accuracy, mixed)
         if allocation is None:
             allocation = minimise_makespan(options, total, request.min_accuracy, mixed)
             if allocation is None:
                 allocation = minimise_makespan(options, total, None, mixed)
                 notes.append(_unreachable_accuracy_note(request, best_accuracy))
-            notes.insert(0, _infeasible_note(request, total / allocation.makespan_s if allocation else 0.0))
+            best_ips = total / allocation.makespan_s * table.efficiency if allocation else 0.0
+            notes.insert(0, _infeasible_note(request, best_ips))
     else:
         wanted = request.min_accuracy if request.min_accuracy is not None else best_accuracy
         allocation = minimise_makespan(options, total, min(wanted, best_accuracy), mixed)
@@ -210,6 +216,12 @@ POLICIES: dict[str, Policy] = {
     "proportional": plan_proportional,
     "equal": plan_equal,
 }
+
+
+# Policies whose plans the coordinator keeps right at run time (re-plans, tail work-stealing). The
+# baselines follow their first plan, as the strategies they stand for do; every policy gets a lost
+# node's shards re-sent.
+ADAPTS_AT_RUN_TIME = frozenset({"adaptive", "mixed"})
 
 
 def make_plan(policy: str, table: ExplorationTable, request: PlanRequest, nodes: Sequence[str]) -> Plan:

@@ -21,6 +21,9 @@ class ExplorationTable:
         self._rows: dict[tuple[str, str], Measurement] = {}
         # node -> seconds to ship one input over its link (bytes per input ÷ bandwidth); 0 when unknown
         self.link_seconds: dict[str, float] = {}
+        # achieved ÷ expected throughput of recent requests, in (0, 1]: start-up, the tail and contention
+        # between nodes that the per-node rows do not see
+        self.efficiency = 1.0
 
     def record(self, node: str, variant: str, measurement: Measurement) -> None:
         self._rows[(node, variant)] = measurement
@@ -35,11 +38,18 @@ class ExplorationTable:
         self._rows[(node, variant)] = updated
         return updated.ips
 
+    def observe_efficiency(self, achieved_over_expected: float, weight: float) -> float:
+        """Fold one request's achieved ÷ expected throughput into ``efficiency`` (kept within [0.5, 1])."""
+        observed = self.efficiency * achieved_over_expected
+        self.efficiency = min(1.0, max(0.5, weight * observed + (1 - weight) * self.efficiency))
+        return self.efficiency
+
     def scaled(self, share: float) -> ExplorationTable:
         """A copy in which every node offers only ``share`` of its throughput (capacity left for one request)."""
         copy = ExplorationTable(self.accuracy)
         copy._rows = {k: Measurement(m.ips * share, m.latency_ms) for k, m in self._rows.items()}
         copy.link_seconds = {n: s / share for n, s in self.link_seconds.items()}
+        copy.efficiency = self.efficiency
         return copy
 
     def forget(self, node: str) -> None:
