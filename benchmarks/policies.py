@@ -28,7 +28,7 @@ from edgecollab.workload import RequestSpec, run_sync, workload_source
 RESULTS = Path(__file__).resolve().parent / "results"
 # (inputs, target as a multiple of what the most accurate variant on every node reaches): from
 # easy to needing approximation; then one request no plan can meet (1.5 x the fastest plan).
-SHAPE = [(2000, 0.6), (4000, 1.5), (3000, 2.5), (5000, 4.0), (2000, 1.2)]
+SHAPE = [(4000, 0.6), (8000, 1.5), (6000, 2.5), (10000, 4.0), (4000, 1.2)]
 INFEASIBLE = (3000, 1.5)
 # Compared as in the paper: performance against heterogeneity-unaware splitting, accuracy against
 # uniform approximation; every other pair is in the JSON too.

@@ -142,7 +142,7 @@ def plan_uniform(table: ExplorationTable, request: PlanRequest, nodes: Sequence[
 
 # Plan for a little more than the target: the learned efficiency covers what past requests lost,
 # this covers the noise around it.
-TARGET_HEADROOM = 0.08
+TARGET_HEADROOM = 0.12
 
 
 def _adaptive(table: ExplorationTable, request: PlanRequest, nodes: Sequence[str], mixed: bool) -> Plan:
