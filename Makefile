@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-test
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: test run lint models clean
+.PHONY: test run lint models bench clean
 
 $(STAMP): pyproject.toml
 	@$(BIN)/python -c '' 2>/dev/null || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
@@ -31,6 +31,12 @@ models: $(STAMP)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[train]'
 	$(BIN)/python models/train.py --data $(FASHION_MNIST)
 	$(BIN)/edgecollab models verify
+
+# Benchmarks write JSON and plots to benchmarks/results/ (see docs/benchmarks.md).
+bench: $(STAMP)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[plot]'
+	$(BIN)/python benchmarks/planner_scaling.py
+	$(BIN)/python benchmarks/policies.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
