@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import shutil
 import subprocess
@@ -12,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgecollab.client import Client, InferenceResult
 from edgecollab.errors import RequestFailed
 from edgecollab.inspection import ask
 from edgecollab.local import LocalCluster
@@ -204,3 +207,32 @@ def test_profile_and_plan_from_a_running_coordinator_and_from_the_cache(
         assert {"policy", "feasible", "expected_ips", "expected_accuracy", "assignment"} <= set(plan)
         assert plan["policy"] == "adaptive" and plan["feasible"] is True
         assert sum(a["inputs"] for a in plan["assignment"]) == 1000
+
+
+def test_concurrent_requests_share_the_cluster_and_each_input_is_predicted_once(
+    cluster: LocalCluster, test_set: LabelledSet
+) -> None:
+    # No target: adaptive puts every board on the most accurate variant, so each input's prediction is
+    # exactly what cnn-16 predicts locally, whichever board (or thief) ran it.
+    batches = [test_set.inputs[i * 1500 : (i + 1) * 1500] for i in range(3)]
+
+    async def together() -> list[InferenceResult]:
+        async with Client(cluster.clients_endpoint, timeout_s=120) as client:
+            return list(await asyncio.gather(*(client.infer(b, policy="adaptive") for b in batches)))
+
+    results = asyncio.run(together())
+    for batch, result in zip(batches, results, strict=True):
+        assert np.array_equal(result.predictions, local_predictions("cnn-16", batch))
+        assert sum(a["inputs"] for a in result.report["assignment"]) == len(batch)
+    assert any(r.report["replans"] > 0 for r in results), "arrivals and finishes re-plan the others"
+
+
+def test_pareto_from_the_cached_table(cluster: LocalCluster, config_path: Path) -> None:
+    infer(cluster.clients_endpoint, np.zeros((4, 1, 28, 28), np.uint8))
+    done = edgecollab("pareto", "--config", str(config_path), "--inputs", "5000", "--json")
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert set(out["policies"]) == {"adaptive", "mixed", "uniform", "proportional", "equal"}
+    front = out["front"]
+    assert front and all(a["expected_ips"] < b["expected_ips"] for a, b in itertools.pairwise(front))
+    assert all(a["expected_accuracy"] > b["expected_accuracy"] for a, b in itertools.pairwise(front))

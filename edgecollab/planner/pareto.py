@@ -41,17 +41,15 @@ def sweep(
 
 
 def front(points: Sequence[TradeOff]) -> list[TradeOff]:
-    """Points no other point beats on both throughput and accuracy, slowest first."""
-    return sorted(
-        (
-            p
-            for p in points
-            if not any(
-                q.expected_ips >= p.expected_ips
-                and q.expected_accuracy >= p.expected_accuracy
-                and (q.expected_ips > p.expected_ips or q.expected_accuracy > p.expected_accuracy)
-                for q in points
-            )
-        ),
-        key=lambda p: p.expected_ips,
-    )
+    """Points no other point beats on both throughput and accuracy, slowest first; one per trade-off."""
+    kept: dict[tuple[float, float], TradeOff] = {}
+    for p in points:
+        dominated = any(
+            q.expected_ips >= p.expected_ips
+            and q.expected_accuracy >= p.expected_accuracy
+            and (q.expected_ips > p.expected_ips or q.expected_accuracy > p.expected_accuracy)
+            for q in points
+        )
+        if not dominated:
+            kept.setdefault((p.expected_ips, p.expected_accuracy), p)  # the first policy to reach it
+    return sorted(kept.values(), key=lambda p: p.expected_ips)
