@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecollab.config import load_config
-from edgecollab.inspection import ask, table_from_rows
+from edgecollab.inspection import ask, table_from_rows, wait_until_ready
 from edgecollab.local import LocalCluster
 from edgecollab.planner import POLICIES, PlanRequest, make_plan
 from edgecollab.workload import RequestSpec, run_sync, workload_source
@@ -33,15 +33,6 @@ INFEASIBLE = (3000, 1.5)
 # Compared as in the paper: performance against heterogeneity-unaware splitting, accuracy against
 # uniform approximation; every other pair is in the JSON too.
 HEADLINE = {"performance_vs": "equal", "accuracy_vs": "uniform"}
-
-
-def wait_until_profiled(endpoint: str, timeout_s: float = 600) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if ask(endpoint, "status", timeout_s=30)["state"] in ("ready", "dispatching"):
-            return ask(endpoint, "table")["rows"]  # type: ignore[no-any-return]
-        time.sleep(0.5)
-    raise SystemExit("the cluster was not profiled in time")
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -74,7 +65,8 @@ def main() -> int:
     config = load_config(args.config)
     test_set = workload_source(config)
     with LocalCluster(args.config, log_dir=config.resolve(".edgecollab/logs")) as local:
-        table = table_from_rows(wait_until_profiled(local.clients_endpoint))
+        wait_until_ready(local.clients_endpoint, timeout_s=600)
+        table = table_from_rows(ask(local.clients_endpoint, "table")["rows"])
         nodes = table.nodes()
         accurate_ips = make_plan("proportional", table, PlanRequest(10_000), nodes).expected_ips
         fastest_ips = make_plan("adaptive", table, PlanRequest(10_000, target_ips=1e12), nodes).expected_ips

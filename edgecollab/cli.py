@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .config import DEFAULT_CONFIG, ClusterConfig, load_config
-from .errors import EdgecollabError, RequestFailed
+from .errors import EdgecollabError
 from .zoo import load_manifest, load_test_set, pareto_front, sha256_of, verify_variant
 from .zoo.graph import graph_cost
 
@@ -245,6 +245,7 @@ def run(
 
     With no flags it runs a default workload of several requests of varied sizes and targets.
     """
+    from .inspection import wait_until_ready
     from .local import LocalCluster
     from .workload import DEFAULT_WORKLOAD, RequestSpec, run_sync, workload_source
 
@@ -259,8 +260,10 @@ def run(
         if not json_output:
             print(f"started a coordinator and {len(local.workers)} workers; logs in {log_dir}", file=sys.stderr)
         try:
+            # Requests would wait for the cluster anyway; waiting here keeps start-up out of their figures.
+            wait_until_ready(local.clients_endpoint, cluster.coordinator.startup_timeout_s + 300)
             rows = run_sync(local.clients_endpoint, test_set, specs, seed)
-        except RequestFailed:
+        except EdgecollabError:
             print(f"the cluster's logs are in {log_dir}", file=sys.stderr)
             raise
     _print_outcome(policy or cluster.coordinator.policy, cluster, rows, json_output, save_predictions)

@@ -67,19 +67,24 @@ def table_from_rows(rows: list[dict[str, Any]]) -> ExplorationTable:
     return table
 
 
+def wait_until_ready(endpoint: str, timeout_s: float = 300.0) -> dict[str, Any]:
+    """Poll a coordinator until every configured node is registered and profiled; its status."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = ask(endpoint, "status", timeout_s=30)
+        if status["state"] in ("ready", "dispatching"):
+            return status
+        if time.monotonic() > deadline:
+            raise EdgecollabError(f"the cluster at {endpoint} was not ready within {timeout_s:.0f} s")
+        time.sleep(0.5)
+
+
 def profile_here(config_path: Path, refresh: bool, timeout_s: float = 300.0) -> list[dict[str, Any]]:
     """Start the config's cluster on this machine until every node is profiled; return the table's rows."""
     config = load_config(config_path)
     cache = config.resolve(config.coordinator.profile_cache)
     if refresh:
         cache.unlink(missing_ok=True)
-    log_dir = config.resolve(".edgecollab/logs")
-    with LocalCluster(config_path, log_dir=log_dir) as local:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            status = ask(local.clients_endpoint, "status", timeout_s=30)
-            if status["state"] in ("ready", "dispatching"):
-                return ask(local.clients_endpoint, "table")["rows"]  # type: ignore[no-any-return]
-            if time.monotonic() > deadline:
-                raise EdgecollabError(f"the cluster was not profiled within {timeout_s:.0f} s; logs in {log_dir}")
-            time.sleep(0.5)
+    with LocalCluster(config_path, log_dir=config.resolve(".edgecollab/logs")) as local:
+        wait_until_ready(local.clients_endpoint, timeout_s)
+        return ask(local.clients_endpoint, "table")["rows"]  # type: ignore[no-any-return]
