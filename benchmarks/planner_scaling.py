@@ -22,7 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from edgecollab.errors import EdgecollabError
 from edgecollab.planner import ExplorationTable, Measurement, PlanRequest, make_plan
+from edgecollab.plots import pyplot, save
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NODES = (4, 8, 16, 32, 64)
@@ -117,12 +119,9 @@ def main() -> int:
 
 def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot", file=sys.stderr)
+        plt = pyplot()
+    except EdgecollabError as exc:
+        print(f"no plot: {exc}", file=sys.stderr)
         return
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for variants in VARIANTS:
@@ -145,9 +144,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax.set_ylabel("seconds to plan")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
     print(f"wrote {path}", file=sys.stderr)
 
 

@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from edgecollab.config import load_config
+from edgecollab.errors import EdgecollabError
 from edgecollab.inspection import ask, table_from_rows, wait_until_ready
 from edgecollab.local import LocalCluster
 from edgecollab.planner import POLICIES, PlanRequest, make_plan
+from edgecollab.plots import pyplot, save
 from edgecollab.workload import RequestSpec, run_sync, workload_source
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -138,12 +140,9 @@ def main() -> int:
 
 def _plot(report: dict[str, Any], path: Path) -> None:
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot (pip install 'edgecollab[plot]')", file=sys.stderr)
+        plt = pyplot()
+    except EdgecollabError as exc:
+        print(f"no plot: {exc}", file=sys.stderr)
         return
     policies = list(report["policies"])
     summaries = [report["policies"][p]["summary"] for p in policies]
@@ -159,9 +158,7 @@ def _plot(report: dict[str, Any], path: Path) -> None:
         ax.tick_params(axis="x", rotation=30)
     if panels[2][1]:
         axes[2].set_ylim(min(panels[2][1]) - 2, max(panels[2][1]) + 1)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
     print(f"wrote {path}", file=sys.stderr)
 
 

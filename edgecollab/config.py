@@ -6,12 +6,12 @@ file and the field that was wrong and says what was expected.
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ._toml import read_toml
 from .errors import ConfigError
 
 EMULATION_PROFILES = ("jetson-nano", "rpi4", "odroid-xu4")
@@ -141,11 +141,4 @@ def parse_config(data: dict[str, Any], source: Path) -> ClusterConfig:
 
 def load_config(path: Path | str | None = None) -> ClusterConfig:
     source = Path(path) if path is not None else DEFAULT_CONFIG
-    try:
-        with open(source, "rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {source}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config {source} is not valid TOML: {exc}") from None
-    return parse_config(data, source)
+    return parse_config(read_toml(source, "config file", ConfigError), source)

@@ -9,7 +9,8 @@ from .errors import EdgecollabError
 from .planner import TradeOff
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib's pyplot on a file-only backend, or a clear error naming the extra to install."""
     try:
         import matplotlib
 
@@ -20,8 +21,14 @@ def _pyplot() -> Any:
     return plt
 
 
+def save(fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    pyplot().close(fig)
+
+
 def plot_pareto(curves: dict[str, list[TradeOff]], front: list[TradeOff], path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for policy, points in curves.items():
         ax.plot([p.expected_ips for p in points], [p.expected_accuracy * 100 for p in points], marker="o", label=policy)
@@ -32,6 +39,4 @@ def plot_pareto(curves: dict[str, list[TradeOff]], front: list[TradeOff], path: 
     ax.set_ylabel("expected accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)

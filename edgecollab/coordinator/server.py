@@ -15,6 +15,7 @@ import signal
 import statistics
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,8 +142,12 @@ class Coordinator:
         self._clients_sock = transport.router(context, self.clients_endpoint)
         log.info("coordinator: workers on %s, clients on %s", self.workers_endpoint, self.clients_endpoint)
         loops = [
-            asyncio.create_task(self._worker_loop()),
-            asyncio.create_task(self._client_loop()),
+            asyncio.create_task(
+                self._receive_loop(self._workers_sock, "worker", self._send_worker, self._on_worker_message)
+            ),
+            asyncio.create_task(
+                self._receive_loop(self._clients_sock, "client", self._send_client, self._on_client_message)
+            ),
             asyncio.create_task(self._liveness_loop()),
             asyncio.create_task(self._startup_timer()),
         ]
@@ -180,18 +185,25 @@ class Coordinator:
         self.rm.expire_startup()
 
     # --- workers ---------------------------------------------------------------------------
-    async def _worker_loop(self) -> None:
+    async def _receive_loop(
+        self,
+        sock: zmq.asyncio.Socket,
+        peer: str,
+        reply: Callable[[bytes, Message], Awaitable[object]],
+        handle: Callable[[bytes, Message], Awaitable[None]],
+    ) -> None:
+        """Decode every message on a ROUTER; a malformed one is answered, counted and dropped."""
         while True:
-            frames = await self._workers_sock.recv_multipart(copy=False)
+            frames = await sock.recv_multipart(copy=False)
             identity, payload = frames[0].bytes, [f.buffer for f in frames[1:]]
             try:
                 message = decode(payload)
             except ProtocolError as exc:
                 self.counters["protocol_errors"] += 1
-                log.warning("coordinator: malformed message from a worker: %s", exc)
-                await self._send_worker(identity, Error("protocol", str(exc)))
+                log.warning("coordinator: malformed message from a %s: %s", peer, exc)
+                await reply(identity, Error("protocol", str(exc)))
                 continue
-            await self._on_worker_message(identity, message)
+            await handle(identity, message)
 
     async def _on_worker_message(self, identity: bytes, message: Message) -> None:
         if isinstance(message, Hello):
@@ -351,24 +363,14 @@ class Coordinator:
         self._replan_all(f"{node} joined")
 
     # --- clients ---------------------------------------------------------------------------
-    async def _client_loop(self) -> None:
-        while True:
-            frames = await self._clients_sock.recv_multipart(copy=False)
-            identity, payload = frames[0].bytes, [f.buffer for f in frames[1:]]
-            try:
-                message = decode(payload)
-            except ProtocolError as exc:
-                self.counters["protocol_errors"] += 1
-                log.warning("coordinator: malformed message from a client: %s", exc)
-                await self._send_client(identity, Error("protocol", str(exc)))
-                continue
-            if isinstance(message, Submit):
-                self._spawn(self._serve_request(identity, message))
-            elif isinstance(message, Query):
-                await self._send_client(identity, self._answer(message))
-            else:
-                self.counters["protocol_errors"] += 1
-                await self._send_client(identity, Error("protocol", f"a client may not send {message.kind}"))
+    async def _on_client_message(self, identity: bytes, message: Message) -> None:
+        if isinstance(message, Submit):
+            self._spawn(self._serve_request(identity, message))
+        elif isinstance(message, Query):
+            await self._send_client(identity, self._answer(message))
+        else:
+            self.counters["protocol_errors"] += 1
+            await self._send_client(identity, Error("protocol", f"a client may not send {message.kind}"))
 
     async def _send_client(self, identity: bytes, message: Message) -> None:
         try:

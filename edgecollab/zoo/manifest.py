@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .._toml import read_toml
 from ..errors import ManifestError
 
 DEFAULT_MANIFEST_ENV = "EDGECOLLAB_MANIFEST"
@@ -126,13 +126,7 @@ def _describe_validation_error(path: Path, data: dict[str, Any], exc: Validation
 def load_manifest(path: Path | str | None = None, *, check_files: bool = True) -> Manifest:
     """Load and validate a manifest; with ``check_files`` also verify every file's sha256."""
     manifest_path = Path(path) if path is not None else default_manifest_path()
-    try:
-        with open(manifest_path, "rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        raise ManifestError(f"model manifest not found: {manifest_path}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ManifestError(f"model manifest {manifest_path} is not valid TOML: {exc}") from None
+    data = read_toml(manifest_path, "model manifest", ManifestError)
     try:
         parsed = _ManifestFile.model_validate(data)
     except ValidationError as exc:
