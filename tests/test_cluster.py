@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -236,3 +237,15 @@ def test_pareto_from_the_cached_table(cluster: LocalCluster, config_path: Path) 
     front = out["front"]
     assert front and all(a["expected_ips"] < b["expected_ips"] for a, b in itertools.pairwise(front))
     assert all(a["expected_accuracy"] > b["expected_accuracy"] for a, b in itertools.pairwise(front))
+
+
+def test_after_the_startup_timeout_a_request_runs_on_the_ready_nodes_and_says_so(tmp_path: Path) -> None:
+    config = write_cluster_config(tmp_path)
+    config.write_text(config.read_text().replace("startup_timeout_s = 60", "startup_timeout_s = 4"))
+    started = time.monotonic()
+    with LocalCluster(config, nodes=["rpi4", "jetson-nano"], log_dir=tmp_path / "logs") as local:
+        result = infer(local.clients_endpoint, np.zeros((300, 1, 28, 28), np.uint8))
+    assert time.monotonic() - started >= 4, "the request should have waited for the missing boards"
+    assert {a["node"] for a in result.report["assignment"]} == {"rpi4", "jetson-nano"}
+    assert any("ran without odroid-xu4-a, odroid-xu4-b" in note for note in result.report["notes"])
+    assert len(result.predictions) == 300
