@@ -55,6 +55,8 @@ def _options(
     """Collaborative, accuracy-aware DNN inference on heterogeneous edge boards."""
     level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The state machine logs every callback at INFO; its transitions are logged by the resource manager.
+    logging.getLogger("transitions").setLevel(max(level, logging.WARNING))
 
 
 def _reports_errors(command: Callable[P, R]) -> Callable[P, R]:

@@ -2,7 +2,8 @@
 
 States (``transitions`` machine, no I/O in any callback):
 
-    waiting      fewer nodes registered than configured, start-up timeout not reached
+    waiting      fewer nodes registered than configured, before the cluster was first ready
+                 or the start-up timeout
     profiling    a registered node has not been profiled yet
     ready        every registered node is profiled; no request running
     planning     a plan is being made for a new request
@@ -53,7 +54,9 @@ class ResourceManager:
         self.registered: set[str] = set()  # alive nodes that said hello; superset of profiled
         self.profiled: set[str] = set()  # registered nodes whose table rows are complete
         self.running: set[str] = set()  # ids of requests being dispatched
-        self.startup_expired = False  # once true, missing nodes no longer hold the cluster in "waiting"
+        # True after the start-up timeout or once the cluster was first ready: from then on a missing
+        # node no longer holds requests back
+        self.startup_expired = False
         # (node, variant) pairs the latest plans use -> the throughput they assumed
         self.planned_ips: dict[tuple[str, str], float] = {}
         self._observed_since_plan: dict[tuple[str, str], int] = {}
@@ -73,6 +76,7 @@ class ResourceManager:
         add("settle", "*", "waiting", conditions="awaiting_nodes")
         add("settle", "*", "ready")
         add("begin_planning", ["ready", "dispatching", "waiting", "profiling"], "planning", conditions="can_plan")
+        self.machine.on_enter_ready("_started")
 
     # --- conditions -----------------------------------------------------------------------
     def has_running(self) -> bool:
@@ -181,7 +185,11 @@ class ResourceManager:
         self.settle()
 
     # --- internals --------------------------------------------------------------------------
+    def _started(self) -> None:
+        self.startup_expired = True
+
     def _notify(self) -> None:
+        log.debug("resource manager: now %s", self.state)
         for listener in self._listeners:
             listener(self.state)
 

@@ -275,9 +275,10 @@ class Coordinator:
             if not future.done():
                 future.set_exception(NodeLost(f"node {conn.name} lost ({reason})"))
         conn.pending.clear()
-        self._replan_all(f"{conn.name} lost")
         for active in self.active.values():
+            active.run.orphan_queue_of(conn.name)  # its unsent shards are now anyone's
             self._pulse(active.changed)
+        self._replan_all(f"{conn.name} lost")
 
     async def _liveness_loop(self) -> None:
         limit = self.settings.heartbeat_s * self.settings.heartbeat_misses
@@ -529,7 +530,6 @@ class Coordinator:
             while not active.done.is_set():
                 conn = self.by_name.get(node)
                 if conn is None or not conn.alive:
-                    run.orphan_queue_of(node)
                     return
                 shard = run.next_shard(node, conn.variants)
                 if shard is None and self.settings.work_stealing and active.policy in ADAPTS_AT_RUN_TIME:

@@ -1,0 +1,151 @@
+"""Boards fail mid-request; peers send garbage: every input still ends exactly once, the coordinator keeps serving."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+import zmq.asyncio
+
+from edgecollab.client import Client, InferenceResult
+from edgecollab.local import LocalCluster
+from edgecollab.protocol import Error, decode
+from edgecollab.zoo import LabelledSet, load_manifest, load_test_set, open_session, predict
+
+from .cluster_helpers import infer, write_cluster_config
+from .conftest import SHIPPED_MANIFEST
+
+
+@pytest.fixture(scope="module")
+def profile(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("faults-profile")
+    with LocalCluster(write_cluster_config(folder, heartbeat_s=0.3), log_dir=folder / "logs") as local:
+        infer(local.clients_endpoint, np.zeros((8, 1, 28, 28), np.uint8))
+    return folder / ".edgecollab" / "exploration.json"
+
+
+@pytest.fixture
+def cluster(profile: Path, tmp_path: Path) -> Iterator[LocalCluster]:
+    """A fresh cluster (faults leave it damaged) that starts from the cached profile."""
+    config = write_cluster_config(tmp_path, heartbeat_s=0.3)
+    (tmp_path / ".edgecollab").mkdir()
+    shutil.copy(profile, tmp_path / ".edgecollab" / "exploration.json")
+    with LocalCluster(config, log_dir=tmp_path / "logs") as local:
+        infer(local.clients_endpoint, np.zeros((8, 1, 28, 28), np.uint8))  # every board registered
+        yield local
+
+
+@pytest.fixture(scope="module")
+def test_set() -> LabelledSet:
+    manifest = load_manifest(SHIPPED_MANIFEST, check_files=False)
+    return load_test_set(manifest, manifest.tasks["fashion-mnist"])
+
+
+def cnn16_predictions(inputs: np.ndarray) -> np.ndarray:
+    manifest = load_manifest(SHIPPED_MANIFEST, check_files=False)
+    variant = manifest.variant("cnn-16")
+    return predict(open_session(manifest.resolve(variant.file), manifest.task_of(variant)), inputs)
+
+
+def infer_while(cluster: LocalCluster, inputs: np.ndarray, fault_after_s: float, fault: object) -> InferenceResult:
+    """Run one request (all boards on cnn-16) and inject ``fault`` (a callable) part-way through."""
+
+    async def go() -> InferenceResult:
+        async with Client(cluster.clients_endpoint, timeout_s=120) as client:
+            request = asyncio.create_task(client.infer(inputs, policy="proportional"))
+            await asyncio.sleep(fault_after_s)
+            assert not request.done(), "the fault should land mid-request"
+            fault()  # type: ignore[operator]
+            return await request
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("board", ["rpi4", "jetson-nano"])
+def test_a_board_killed_mid_request_loses_no_input(cluster: LocalCluster, test_set: LabelledSet, board: str) -> None:
+    indices = np.random.default_rng(3).choice(len(test_set), 30000, replace=True)
+    inputs = test_set.inputs[indices]
+    result = infer_while(cluster, inputs, 0.5, lambda: cluster.signal_worker(board, signal.SIGKILL))
+    # Every input exactly once, in order: the same predictions the model gives locally.
+    assert np.array_equal(result.predictions, cnn16_predictions(inputs))
+    done_by_board = sum(a["inputs"] for a in result.report["assignment"] if a["node"] == board)
+    planned = sum(a["planned_inputs"] for a in result.report["assignment"] if a["node"] == board)
+    assert done_by_board < planned
+    assert sum(a["inputs"] for a in result.report["assignment"]) == len(inputs)
+
+
+def test_a_hung_board_is_declared_dead_and_its_late_replies_are_ignored(
+    cluster: LocalCluster, test_set: LabelledSet
+) -> None:
+    inputs = test_set.inputs[np.random.default_rng(4).choice(len(test_set), 30000, replace=True)]
+    result = infer_while(cluster, inputs, 0.5, lambda: cluster.signal_worker("rpi4", signal.SIGSTOP))
+    assert np.array_equal(result.predictions, cnn16_predictions(inputs))
+    assert result.report["retries"] > 0
+    cluster.signal_worker("rpi4", signal.SIGCONT)  # its stale replies now arrive, and must change nothing
+    again = infer(cluster.clients_endpoint, inputs[:500], policy="proportional")
+    assert np.array_equal(again.predictions, cnn16_predictions(inputs[:500]))
+
+
+GARBAGE: list[list[bytes]] = [
+    [b"\xc1not msgpack"],
+    [msgpack.packb({"v": 1, "k": "submit", "f": {"request_id": "x"}, "a": []})],  # missing array frame
+    [
+        msgpack.packb(
+            {"v": 1, "k": "submit", "f": {"request_id": "x"}, "a": [["inputs", "uint8", [10**9, 1, 28, 28]]]}
+        ),
+        b"",
+    ],
+    [msgpack.packb({"v": 1, "k": "shard_result", "f": {1: 2}, "a": []})],  # int keys
+    [msgpack.packb({"v": 9, "k": "heartbeat", "f": {"node": "x"}, "a": []})],
+    [msgpack.packb({"v": 1, "k": "submit", "f": {"request_id": "x"}, "a": [["inputs", "object", [1]]]}), b"\x00" * 8],
+    [msgpack.packb({"v": 1, "k": "heartbeat", "f": {"node": "x"}, "a": []}) + b"trailing"],
+    [],
+]
+
+
+async def send_garbage(endpoint: str) -> list[Error]:
+    context = zmq.asyncio.Context()
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    replies = []
+    try:
+        for frames in GARBAGE:
+            await sock.send_multipart(frames or [b""])
+            if await sock.poll(5000):
+                message = decode(await sock.recv_multipart())
+                assert isinstance(message, Error)
+                replies.append(message)
+    finally:
+        sock.close(linger=0)
+        context.term()
+    return replies
+
+
+@pytest.mark.parametrize("socket_name", ["clients", "workers"])
+def test_garbage_on_either_socket_gets_protocol_errors_and_others_are_still_served(
+    cluster: LocalCluster, test_set: LabelledSet, socket_name: str
+) -> None:
+    endpoint = cluster.clients_endpoint if socket_name == "clients" else cluster.workers_endpoint
+    replies = asyncio.run(send_garbage(endpoint))
+    assert len(replies) == len(GARBAGE)
+    assert all(r.code == "protocol" for r in replies)
+    result = infer(cluster.clients_endpoint, test_set.inputs[:256], policy="proportional")
+    assert np.array_equal(result.predictions, cnn16_predictions(test_set.inputs[:256]))
+    status = asyncio.run(_status(cluster.clients_endpoint))
+    assert status["counters"]["protocol_errors"] >= len(GARBAGE)
+    assert sorted(n["name"] for n in status["nodes"]) == ["jetson-nano", "odroid-xu4-a", "odroid-xu4-b", "rpi4"]
+    json.dumps(status)  # the status stays plain data
+
+
+async def _status(endpoint: str) -> dict:
+    async with Client(endpoint, timeout_s=30) as client:
+        return await client.query("status")
