@@ -33,6 +33,7 @@ class CoordinatorConfig(_Strict):
     heartbeat_s: float = Field(1.0, gt=0, description="heartbeat interval, both ways")
     heartbeat_misses: int = Field(3, ge=1, description="missed heartbeats after which a peer is dead")
     policy: str = Field("adaptive", description="default policy when a request names none")
+    max_requests: int = Field(32, ge=1, description="requests admitted at once (waiting or running); more get 'busy'")
     work_stealing: bool = Field(True, description="idle nodes take queued shards of slower ones near the end")
     replan_on_drift: bool = Field(True, description="re-plan running requests when a node's speed drifts")
 

@@ -16,6 +16,7 @@ import zmq
 import zmq.asyncio
 
 from edgecollab.client import Client, InferenceResult
+from edgecollab.errors import RequestFailed
 from edgecollab.local import LocalCluster
 from edgecollab.protocol import Error, decode
 from edgecollab.zoo import LabelledSet, load_manifest, load_test_set, open_session, predict
@@ -149,3 +150,29 @@ def test_garbage_on_either_socket_gets_protocol_errors_and_others_are_still_serv
 async def _status(endpoint: str) -> dict:
     async with Client(endpoint, timeout_s=30) as client:
         return await client.query("status")
+
+
+def test_past_the_request_cap_a_client_gets_busy_and_the_others_are_served(
+    profile: Path, tmp_path: Path, test_set: LabelledSet
+) -> None:
+    config = write_cluster_config(tmp_path, heartbeat_s=0.3)
+    config.write_text(config.read_text().replace("[coordinator]\n", "[coordinator]\nmax_requests = 2\n"))
+    (tmp_path / ".edgecollab").mkdir()
+    shutil.copy(profile, tmp_path / ".edgecollab" / "exploration.json")
+    inputs = test_set.inputs[np.random.default_rng(5).choice(len(test_set), 20000, replace=True)]
+
+    async def three_at_once(endpoint: str) -> list[object]:
+        async with Client(endpoint, timeout_s=120) as client:
+            return await asyncio.gather(
+                *(client.infer(inputs, policy="proportional") for _ in range(3)), return_exceptions=True
+            )
+
+    with LocalCluster(config, log_dir=tmp_path / "logs") as local:
+        infer(local.clients_endpoint, np.zeros((8, 1, 28, 28), np.uint8))
+        outcomes = asyncio.run(three_at_once(local.clients_endpoint))
+    busy = [o for o in outcomes if isinstance(o, RequestFailed)]
+    served = [o for o in outcomes if isinstance(o, InferenceResult)]
+    assert len(busy) == 1 and busy[0].code == "busy" and "limit of 2 requests" in busy[0].reason
+    assert len(served) == 2
+    expected = cnn16_predictions(inputs)
+    assert all(np.array_equal(r.predictions, expected) for r in served)

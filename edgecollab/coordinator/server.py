@@ -125,6 +125,7 @@ class Coordinator:
         self.workers: dict[bytes, WorkerConn] = {}
         self.by_name: dict[str, WorkerConn] = {}
         self.active: dict[str, ActiveRequest] = {}  # running requests by id
+        self.admitted: set[str] = set()  # ids of requests waiting for the cluster or running; bounded
         self._last_drift_replan = 0.0  # monotonic time of the last re-plan caused by drift
         self._state_changed = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -450,7 +451,7 @@ class Coordinator:
             return f"min_accuracy must be a fraction in (0, 1], got {submit.min_accuracy}"
         if submit.policy is not None and submit.policy not in POLICIES:
             return f"unknown policy {submit.policy!r}; expected one of {', '.join(POLICIES)}"
-        if not submit.request_id or submit.request_id in self.active:
+        if not submit.request_id or submit.request_id in self.admitted:
             return f"request id {submit.request_id!r} is empty or already running"
         return None
 
@@ -461,6 +462,21 @@ class Coordinator:
         if problem:
             await self._send_client(identity, Error("invalid_input", problem, rid))
             return
+        if len(self.admitted) >= self.settings.max_requests:
+            self.counters["busy"] += 1
+            limit = self.settings.max_requests
+            await self._send_client(
+                identity, Error("busy", f"the coordinator is serving its limit of {limit} requests; retry later", rid)
+            )
+            return
+        self.admitted.add(rid)
+        try:
+            await self._admitted_request(identity, submit, arrived)
+        finally:
+            self.admitted.discard(rid)
+
+    async def _admitted_request(self, identity: bytes, submit: Submit, arrived: float) -> None:
+        rid = submit.request_id
         deadline = arrived + self.settings.startup_timeout_s
         while not self.rm.accepts_requests() and time.monotonic() < deadline:
             with contextlib.suppress(TimeoutError):
