@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .config import DEFAULT_CONFIG, ClusterConfig, load_config
+from .config import DEFAULT_CONFIG, ClusterConfig, load_config, with_faults
 from .errors import EdgecollabError
 from .zoo import load_manifest, load_test_set, pareto_front, sha256_of, verify_variant
 from .zoo.graph import graph_cost
@@ -182,12 +182,16 @@ def worker(
     node: Annotated[str, typer.Option("--node", help="this board's node name in the config")],
     config: ConfigOption = DEFAULT_CONFIG,
     coordinator: CoordinatorOption = None,
+    fault: Annotated[
+        list[str] | None,
+        typer.Option("--fault", help="emulated only: slow=FACTOR@S, hang@S or vanish@S after start (repeatable)"),
+    ] = None,
 ) -> None:
     """Run one board's worker: connect to the coordinator, register, and serve shards."""
     from .worker import ShardRunner, WorkerAgent
 
     cluster = load_config(config)
-    runner = ShardRunner(cluster, cluster.node(node))
+    runner = ShardRunner(cluster, with_faults(cluster.node(node), fault or []))
     endpoint = coordinator or cluster.coordinator.workers
     settings = cluster.coordinator
     code = asyncio.run(WorkerAgent(runner, endpoint, settings.heartbeat_s, settings.heartbeat_misses).run())
@@ -242,6 +246,10 @@ def run(
     seed: SeedOption = 0,
     json_output: JsonOption = False,
     save_predictions: SavePredictionsOption = None,
+    fault: Annotated[
+        list[str] | None,
+        typer.Option("--fault", help="NODE:slow=FACTOR@S, NODE:hang@S or NODE:vanish@S after start (repeatable)"),
+    ] = None,
 ) -> None:
     """Start a coordinator and a worker per node of the config here, run a workload, and stop them.
 
@@ -258,7 +266,12 @@ def run(
         specs = [RequestSpec(inputs or 1000, target_ips, min_accuracy, policy)] * (requests or 1)
     test_set = workload_source(cluster)
     log_dir = cluster.resolve(".edgecollab/logs")
-    with LocalCluster(config, log_dir=log_dir) as local:
+    faults: dict[str, list[str]] = {}
+    for item in fault or []:
+        name, _, change = item.partition(":")
+        with_faults(cluster.node(name), [change])  # refuse a bad fault before starting anything
+        faults.setdefault(name, []).append(change)
+    with LocalCluster(config, log_dir=log_dir, faults=faults) as local:
         if not json_output:
             print(f"started a coordinator and {len(local.workers)} workers; logs in {log_dir}", file=sys.stderr)
         try:

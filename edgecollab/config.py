@@ -122,6 +122,31 @@ class ClusterConfig(_Strict):
         return self.resolve(self.models.manifest) if self.models.manifest else None
 
 
+def parse_fault(text: str) -> EmulationEvent:
+    """``slow=FACTOR@SECONDS``, ``hang@SECONDS`` or ``vanish@SECONDS`` as an emulation event."""
+    change, _, at = text.partition("@")
+    try:
+        at_s = float(at)
+        if change.startswith("slow="):
+            return EmulationEvent(at_s=at_s, speed=float(change.removeprefix("slow=")))
+        if change in ("hang", "vanish"):
+            return EmulationEvent(at_s=at_s, action=change)
+    except (ValueError, ValidationError):
+        pass
+    raise ConfigError(f"fault {text!r} is not one of slow=FACTOR@SECONDS, hang@SECONDS, vanish@SECONDS")
+
+
+def with_faults(node: NodeConfig, faults: list[str]) -> NodeConfig:
+    """The node with extra scheduled events (validated like the config's own)."""
+    if not faults:
+        return node
+    events = (*node.events, *(parse_fault(f) for f in faults))
+    try:
+        return NodeConfig.model_validate({**node.model_dump(), "events": events})
+    except ValidationError as exc:
+        raise ConfigError(f"node {node.name}: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+
+
 def parse_config(data: dict[str, Any], source: Path) -> ClusterConfig:
     """Validate already-parsed TOML data; ``source`` is named in errors and anchors relative paths."""
     try:

@@ -45,6 +45,7 @@ class LocalCluster:
         nodes: list[str] | None = None,
         log_dir: Path | None = None,
         verbose: bool = False,
+        faults: dict[str, list[str]] | None = None,
     ) -> None:
         self.config_path = Path(config_path).resolve()
         self.config = load_config(self.config_path)  # fail early, in this process, on a bad config
@@ -53,6 +54,7 @@ class LocalCluster:
         self.clients_endpoint = free_tcp_endpoint()
         self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="edgecollab-"))
         self.verbose = verbose
+        self.faults = faults or {}  # node -> worker --fault arguments, e.g. ["slow=0.33@5"]
         self.coordinator: subprocess.Popen[bytes] | None = None
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -77,9 +79,11 @@ class LocalCluster:
         return self
 
     def start_worker(self, name: str) -> subprocess.Popen[bytes]:
+        faults = [arg for fault in self.faults.get(name, []) for arg in ("--fault", fault)]
         process = self._spawn(
-            name, "worker", "--config", str(self.config_path), "--node", name, "--coordinator", self.workers_endpoint
-        )
+            name, "worker", "--config", str(self.config_path), "--node", name,
+            "--coordinator", self.workers_endpoint, *faults,
+        )  # fmt: skip
         self.workers[name] = process
         return process
 

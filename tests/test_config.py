@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edgecollab.config import load_config
+from edgecollab.config import load_config, parse_fault, with_faults
 from edgecollab.errors import ConfigError
 
 from .conftest import REPO
@@ -72,3 +72,16 @@ def test_unknown_node_is_named(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, '[[nodes]]\nname = "a"\n'))
     with pytest.raises(ConfigError, match=r"no node named 'b' in the config; nodes: a"):
         config.node("b")
+
+
+def test_faults_from_the_command_line_become_validated_events(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, '[[nodes]]\nname = "a"\nemulate = "rpi4"\n[[nodes]]\nname = "b"\n'))
+    node = with_faults(config.node("a"), ["slow=0.33@5", "hang@9.5"])
+    assert [(e.at_s, e.speed, e.action) for e in node.events] == [(5.0, 0.33, None), (9.5, None, "hang")]
+    assert with_faults(config.node("a"), []) is config.node("a")
+    with pytest.raises(ConfigError, match=r"fault 'slow=fast@5' is not one of slow=FACTOR@SECONDS, hang@SECONDS"):
+        parse_fault("slow=fast@5")
+    with pytest.raises(ConfigError, match=r"fault 'explode@1' is not one of"):
+        parse_fault("explode@1")
+    with pytest.raises(ConfigError, match=r"node b: events can only be scheduled on an emulated node"):
+        with_faults(config.node("b"), ["vanish@1"])
