@@ -306,11 +306,14 @@ class Coordinator:
 
     async def _run_shard(self, conn: WorkerConn, request_id: str, shard: ShardTask, inputs: np.ndarray) -> Message:
         key = (request_id, shard.shard_id, shard.attempt)
+        # Registered before sending: the reply may be handled before the send call returns.
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         conn.pending[key] = future
         message = Shard(request_id, shard.shard_id, shard.attempt, shard.variant, inputs[shard.start : shard.stop])
         if not conn.alive or not await self._send_worker(conn.identity, message):
             conn.pending.pop(key, None)
+            if future.done():
+                future.exception()  # failed by _lose: mark it seen so asyncio does not complain
             raise NodeLost(f"node {conn.name} is unreachable")
         return await future
 
