@@ -69,14 +69,17 @@ class LocalCluster:
             log.close()
 
     def start(self) -> LocalCluster:
-        config = str(self.config_path)
-        self.coordinator = self._spawn(
-            "coordinator", "coordinator", "--config", config,
-            "--workers", self.workers_endpoint, "--clients", self.clients_endpoint,
-        )  # fmt: skip
+        self.start_coordinator()
         for name in self.node_names:
             self.start_worker(name)
         return self
+
+    def start_coordinator(self) -> subprocess.Popen[bytes]:
+        self.coordinator = self._spawn(
+            "coordinator", "coordinator", "--config", str(self.config_path),
+            "--workers", self.workers_endpoint, "--clients", self.clients_endpoint,
+        )  # fmt: skip
+        return self.coordinator
 
     def start_worker(self, name: str) -> subprocess.Popen[bytes]:
         faults = [arg for fault in self.faults.get(name, []) for arg in ("--fault", fault)]

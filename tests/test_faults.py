@@ -176,3 +176,23 @@ def test_past_the_request_cap_a_client_gets_busy_and_the_others_are_served(
     assert len(served) == 2
     expected = cnn16_predictions(inputs)
     assert all(np.array_equal(r.predictions, expected) for r in served)
+
+
+def test_workers_register_again_with_a_restarted_coordinator(
+    profile: Path, tmp_path: Path, test_set: LabelledSet
+) -> None:
+    # Heartbeats slow enough that the new coordinator is up before any worker notices the silence:
+    # the workers must learn from the coordinator itself that it no longer knows them.
+    config = write_cluster_config(tmp_path, heartbeat_s=3.0)
+    (tmp_path / ".edgecollab").mkdir()
+    shutil.copy(profile, tmp_path / ".edgecollab" / "exploration.json")
+    with LocalCluster(config, log_dir=tmp_path / "logs") as local:
+        infer(local.clients_endpoint, np.zeros((8, 1, 28, 28), np.uint8))
+        assert local.coordinator is not None
+        local.coordinator.kill()
+        local.coordinator.wait()
+        local.start_coordinator()  # same endpoints, no memory of the workers
+        result = infer(local.clients_endpoint, test_set.inputs[:512], policy="proportional")
+    nodes = {a["node"] for a in result.report["assignment"]}
+    assert nodes == {"jetson-nano", "odroid-xu4-a", "odroid-xu4-b", "rpi4"}, result.report["notes"]
+    assert np.array_equal(result.predictions, cnn16_predictions(test_set.inputs[:512]))

@@ -212,7 +212,7 @@ class Coordinator:
             return
         conn = self.workers.get(identity)
         if conn is None:
-            await self._send_worker(identity, Error("protocol", "unknown worker: register with a hello first"))
+            await self._send_worker(identity, Error("unregistered", "unknown worker: register with a hello first"))
             return
         conn.last_seen = time.monotonic()
         if isinstance(message, ShardResult | Error) and isinstance(getattr(message, "request_id", None), str):

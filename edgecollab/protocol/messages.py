@@ -148,6 +148,7 @@ ERROR_CODES = (
     "invalid_input",  # inputs do not fit the model: not retryable
     "unknown_variant",  # the node has no such variant: not retryable on that node
     "refused",  # registration refused (e.g. duplicate node name)
+    "unregistered",  # the coordinator does not know this worker (it restarted): register again
     "node_lost",  # a shard failed too often on dying nodes
     "busy",  # over capacity
     "internal",

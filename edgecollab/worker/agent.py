@@ -36,6 +36,7 @@ class WorkerAgent:
         self._queue: asyncio.Queue[Shard] = asyncio.Queue()
         self._last_heard = 0.0  # monotonic time of the coordinator's last message
         self._registered = False
+        self._register_again = False  # the coordinator said it does not know us (it restarted)
         self._stop = asyncio.Event()
         self._exit_code = 0
 
@@ -73,22 +74,26 @@ class WorkerAgent:
                 self._sock.close(linger=0)
             self._sock = transport.dealer(self._context, self.endpoint)
             self._registered = False
+            self._register_again = False
             self._drop_queued_shards()
             await self._send(
                 Hello(self.name, self.runner.providers, list(self.runner.variants), self.runner.fingerprint())
             )
             self._last_heard = time.monotonic()
             await self._serve_connection()
-            if not self._stop.is_set():
-                log.warning("node %s: coordinator silent; registering again in %.1f s", self.name, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_S)
+            if self._registered or self._register_again:
+                backoff = 0.5  # it was connected: back off afresh
+            if self._register_again or self._stop.is_set():
+                continue  # the coordinator answers: register again at once
+            log.warning("node %s: coordinator silent; registering again in %.1f s", self.name, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF_S)
 
     async def _serve_connection(self) -> None:
         assert self._sock is not None
         deadline = self.heartbeat_s * self.misses
         next_beat = time.monotonic()
-        while not self._stop.is_set():
+        while not self._stop.is_set() and not self._register_again:
             now = time.monotonic()
             if now - self._last_heard > (deadline if self._registered else max(deadline, 5.0)):
                 return
@@ -116,6 +121,9 @@ class WorkerAgent:
         elif isinstance(message, Goodbye):
             log.info("node %s: coordinator says goodbye: %s", self.name, message.reason)
             self._stop.set()
+        elif isinstance(message, Error) and message.code == "unregistered":
+            log.warning("node %s: the coordinator does not know this worker; registering again", self.name)
+            self._register_again = True
         elif isinstance(message, Error) and message.code == "refused":
             log.error("node %s: refused by the coordinator: %s", self.name, message.message)
             self._exit_code = EXIT_REFUSED
