@@ -17,12 +17,15 @@ from rich.table import Table
 
 from .config import DEFAULT_CONFIG, ClusterConfig, load_config, with_faults
 from .errors import EdgecollabError
+from .security import client_curve, node_curve
 from .zoo import load_manifest, load_test_set, pareto_front, sha256_of, verify_variant
 from .zoo.graph import graph_cost
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 models_app = typer.Typer(no_args_is_help=True, help="List, verify and inspect model variants.")
 app.add_typer(models_app, name="models")
+keys_app = typer.Typer(no_args_is_help=True, help="CURVE key pairs for a secured cluster.")
+app.add_typer(keys_app, name="keys")
 
 # Exit codes scripts can rely on.
 EXIT_CHECK_FAILED = 1  # the command ran, and what it checked did not hold
@@ -191,10 +194,14 @@ def worker(
     from .worker import ShardRunner, WorkerAgent
 
     cluster = load_config(config)
-    runner = ShardRunner(cluster, with_faults(cluster.node(node), fault or []))
+    node_config = with_faults(cluster.node(node), fault or [])
+    runner = ShardRunner(cluster, node_config)
     endpoint = coordinator or cluster.coordinator.workers
     settings = cluster.coordinator
-    code = asyncio.run(WorkerAgent(runner, endpoint, settings.heartbeat_s, settings.heartbeat_misses).run())
+    agent = WorkerAgent(
+        runner, endpoint, settings.heartbeat_s, settings.heartbeat_misses, node_curve(cluster, node_config)
+    )
+    code = asyncio.run(agent.run())
     raise typer.Exit(code)
 
 
@@ -230,7 +237,7 @@ def submit(
     cluster = load_config(config)
     endpoint = coordinator or _client_endpoint(cluster)
     spec = RequestSpec(inputs, target_ips, min_accuracy, policy)
-    rows = run_sync(endpoint, workload_source(cluster), [spec], seed)
+    rows = run_sync(endpoint, workload_source(cluster), [spec], seed, client_curve(cluster))
     _print_outcome(policy or cluster.coordinator.policy, cluster, rows, json_output, save_predictions)
 
 
@@ -276,8 +283,9 @@ def run(
             print(f"started a coordinator and {len(local.workers)} workers; logs in {log_dir}", file=sys.stderr)
         try:
             # Requests would wait for the cluster anyway; waiting here keeps start-up out of their figures.
-            wait_until_ready(local.clients_endpoint, cluster.coordinator.startup_timeout_s + 300)
-            rows = run_sync(local.clients_endpoint, test_set, specs, seed)
+            curve = client_curve(cluster)
+            wait_until_ready(local.clients_endpoint, cluster.coordinator.startup_timeout_s + 300, curve)
+            rows = run_sync(local.clients_endpoint, test_set, specs, seed, curve)
         except EdgecollabError:
             print(f"the cluster's logs are in {log_dir}", file=sys.stderr)
             raise
@@ -301,7 +309,7 @@ def profile(
 
     cluster = load_config(config)
     if coordinator:
-        rows = ask(coordinator, "table")["rows"]
+        rows = ask(coordinator, "table", curve=client_curve(cluster))["rows"]
     else:
         try:
             rows = [] if refresh else cached_table(cluster).rows()
@@ -341,8 +349,9 @@ def plan(
     chosen = policy or cluster.coordinator.policy
     if coordinator:
         outcome = ask(
-            coordinator, "plan", inputs=inputs, target_ips=target_ips, min_accuracy=min_accuracy, policy=chosen
-        )
+            coordinator, "plan", curve=client_curve(cluster),
+            inputs=inputs, target_ips=target_ips, min_accuracy=min_accuracy, policy=chosen,
+        )  # fmt: skip
     else:
         table = cached_table(cluster)
         outcome = make_plan(chosen, table, PlanRequest(inputs, target_ips, min_accuracy), table.nodes()).as_dict()
@@ -373,7 +382,10 @@ def pareto(
     from .planner import front, sweep
 
     cluster = load_config(config)
-    table = table_from_rows(ask(coordinator, "table")["rows"]) if coordinator else cached_table(cluster)
+    if coordinator:
+        table = table_from_rows(ask(coordinator, "table", curve=client_curve(cluster))["rows"])
+    else:
+        table = cached_table(cluster)
     curves = sweep(table, table.nodes(), inputs)
     best = front([p for points in curves.values() for p in points])
     outcome = {
@@ -409,7 +421,7 @@ def status(
     from .inspection import ask
 
     cluster = load_config(config)
-    outcome = ask(coordinator or _client_endpoint(cluster), "status")
+    outcome = ask(coordinator or _client_endpoint(cluster), "status", curve=client_curve(cluster))
     if json_output:
         print(json.dumps(outcome, indent=2))
         return
@@ -427,6 +439,30 @@ def status(
         print(f"request {r['id'][:8]}: {r['done']:,}/{r['inputs']:,} inputs, policy {r['policy']}")
     if outcome["counters"]:
         print("counters: " + ", ".join(f"{k}={v}" for k, v in sorted(outcome["counters"].items())))
+
+
+@keys_app.command("generate")
+@_reports_errors
+def keys_generate(
+    folder: Annotated[Path, typer.Argument(help="where to write the certificates")],
+    config: ConfigOption = DEFAULT_CONFIG,
+    client: Annotated[list[str] | None, typer.Option("--client", help="client names (default: client)")] = None,
+) -> None:
+    """Key pairs for the coordinator, every node of the config and the clients, plus their allow-list."""
+    from .security import generate_keys
+
+    cluster = load_config(config)
+    clients = client or ["client"]
+    written = generate_keys(folder, [n.name for n in cluster.nodes], clients)
+    for path in written:
+        print(path)
+    print(
+        f"\n# add to {config} (secret certificates: copy each only to the machine that uses it)\n"
+        f'[security]\ncurve = true\ncoordinator_key = "{folder}/coordinator.key_secret"\n'
+        f'coordinator_public_key = "{folder}/coordinator.key"\nauthorized_keys = "{folder}/authorized"\n'
+        f'client_key = "{folder}/{clients[0]}.key_secret"\n# and in each [[nodes]]: key = "{folder}/NODE.key_secret"',
+        file=sys.stderr,
+    )
 
 
 def _client_endpoint(cluster: ClusterConfig) -> str:

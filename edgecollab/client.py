@@ -14,6 +14,7 @@ import zmq.asyncio
 from . import transport
 from .errors import RequestFailed
 from .protocol import Answer, Error, ProtocolError, Query, Result, Submit, decode, encode
+from .security import ClientCurve
 
 
 @dataclass(frozen=True)
@@ -28,8 +29,9 @@ class Client:
     ``async with Client("tcp://127.0.0.1:5556") as c: result = await c.infer(images, target_ips=300)``
     """
 
-    def __init__(self, endpoint: str, *, timeout_s: float = 600.0) -> None:
+    def __init__(self, endpoint: str, *, timeout_s: float = 600.0, curve: ClientCurve | None = None) -> None:
         self.endpoint = endpoint
+        self.curve = curve  # CURVE keys when the coordinator requires them
         self.timeout_s = timeout_s
         self._context: zmq.asyncio.Context | None = None
         self._sock: zmq.asyncio.Socket | None = None
@@ -38,7 +40,7 @@ class Client:
 
     async def __aenter__(self) -> Client:
         self._context = zmq.asyncio.Context()
-        self._sock = transport.dealer(self._context, self.endpoint)
+        self._sock = transport.dealer(self._context, self.endpoint, self.curve)
         self._reader = asyncio.create_task(self._read())
         return self
 

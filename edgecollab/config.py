@@ -67,6 +67,7 @@ class NodeConfig(_Strict):
     variants: tuple[str, ...] | None = Field(None, description="variants to load (default: all of the task)")
     events: tuple[EmulationEvent, ...] = Field((), description="scheduled speed changes and faults (emulated only)")
     link_mbps: float | None = Field(None, gt=0, description="bandwidth of the node's link, for link-aware planning")
+    key: str | None = Field(None, description="the node's secret CURVE certificate (with [security] curve)")
 
     @field_validator("emulate")
     @classmethod
@@ -82,6 +83,24 @@ class NodeConfig(_Strict):
         return self
 
 
+class SecurityConfig(_Strict):
+    """CURVE encryption and authentication for both sockets (off for the local emulated cluster)."""
+
+    curve: bool = False
+    coordinator_key: str | None = Field(None, description="the coordinator's secret certificate (on the coordinator)")
+    coordinator_public_key: str | None = Field(None, description="the coordinator's public certificate (for peers)")
+    authorized_keys: str | None = Field(None, description="folder of public certificates allowed to connect")
+    client_key: str | None = Field(None, description="this client's secret certificate (submit, status, run, ...)")
+
+    @model_validator(mode="after")
+    def _complete(self) -> SecurityConfig:
+        if self.curve and not self.authorized_keys:
+            raise ValueError("curve = true needs authorized_keys, an allow-list of public certificates")
+        if self.curve and not self.coordinator_public_key:
+            raise ValueError("curve = true needs coordinator_public_key, so peers can authenticate the coordinator")
+        return self
+
+
 class ModelsConfig(_Strict):
     manifest: str | None = Field(None, description="model manifest (default: the repo's models/zoo.toml)")
     task: str = "fashion-mnist"
@@ -91,6 +110,7 @@ class ClusterConfig(_Strict):
     coordinator: CoordinatorConfig = CoordinatorConfig()
     nodes: tuple[NodeConfig, ...]
     models: ModelsConfig = ModelsConfig()
+    security: SecurityConfig = SecurityConfig()
     # Where the file was read from; relative paths resolve against its folder.
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
 
@@ -98,6 +118,10 @@ class ClusterConfig(_Strict):
     def _unique_names(self) -> ClusterConfig:
         if not self.nodes:
             raise ValueError("at least one [[nodes]] table is needed")
+        if self.security.curve:
+            keyless = [n.name for n in self.nodes if n.key is None]
+            if keyless:
+                raise ValueError(f"curve = true needs a key for every node; missing for {', '.join(keyless)}")
         names = [n.name for n in self.nodes]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:

@@ -16,14 +16,17 @@ from .config import ClusterConfig, load_config
 from .errors import EdgecollabError, RequestFailed
 from .local import LocalCluster
 from .planner import ExplorationTable, ProfileCache
+from .security import ClientCurve, client_curve
 from .zoo import load_manifest
 
 
-def ask(endpoint: str, topic: str, timeout_s: float = 10.0, **params: Any) -> dict[str, Any]:
+def ask(
+    endpoint: str, topic: str, timeout_s: float = 10.0, curve: ClientCurve | None = None, **params: Any
+) -> dict[str, Any]:
     """Query a running coordinator; a clear error when none answers."""
 
     async def go() -> dict[str, Any]:
-        async with Client(endpoint, timeout_s=timeout_s) as client:
+        async with Client(endpoint, timeout_s=timeout_s, curve=curve) as client:
             return await client.query(topic, **params)
 
     try:
@@ -67,11 +70,11 @@ def table_from_rows(rows: list[dict[str, Any]]) -> ExplorationTable:
     return table
 
 
-def wait_until_ready(endpoint: str, timeout_s: float = 300.0) -> dict[str, Any]:
+def wait_until_ready(endpoint: str, timeout_s: float = 300.0, curve: ClientCurve | None = None) -> dict[str, Any]:
     """Poll a coordinator until every configured node is registered and profiled; its status."""
     deadline = time.monotonic() + timeout_s
     while True:
-        status = ask(endpoint, "status", timeout_s=30)
+        status = ask(endpoint, "status", timeout_s=30, curve=curve)
         if status["state"] in ("ready", "dispatching"):
             return status
         if time.monotonic() > deadline:
@@ -85,6 +88,7 @@ def profile_here(config_path: Path, refresh: bool, timeout_s: float = 300.0) -> 
     cache = config.resolve(config.coordinator.profile_cache)
     if refresh:
         cache.unlink(missing_ok=True)
+    curve = client_curve(config)
     with LocalCluster(config_path, log_dir=config.resolve(".edgecollab/logs")) as local:
-        wait_until_ready(local.clients_endpoint, timeout_s)
-        return ask(local.clients_endpoint, "table")["rows"]  # type: ignore[no-any-return]
+        wait_until_ready(local.clients_endpoint, timeout_s, curve)
+        return ask(local.clients_endpoint, "table", curve=curve)["rows"]  # type: ignore[no-any-return]

@@ -11,6 +11,7 @@ import numpy as np
 
 from .client import Client
 from .config import ClusterConfig
+from .security import ClientCurve
 from .zoo import LabelledSet, load_manifest, load_test_set
 
 # (inputs, target inferences/s) of the default ``edgecollab run``: varied sizes, from easy to demanding.
@@ -36,12 +37,12 @@ def draw_indices(rng: np.random.Generator, available: int, count: int) -> np.nda
 
 
 async def serve_workload(
-    endpoint: str, test_set: LabelledSet, requests: list[RequestSpec], seed: int
+    endpoint: str, test_set: LabelledSet, requests: list[RequestSpec], seed: int, curve: ClientCurve | None = None
 ) -> list[dict[str, Any]]:
     """Send the requests one after another; return per-request rows with measured accuracy."""
     rng = np.random.default_rng(seed)
     rows = []
-    async with Client(endpoint) as client:
+    async with Client(endpoint, curve=curve) as client:
         for number, spec in enumerate(requests, start=1):
             indices = draw_indices(rng, len(test_set), spec.inputs)
             result = await client.infer(
@@ -112,5 +113,7 @@ def save_predictions(path: Path, rows: list[dict[str, Any]]) -> None:
     )
 
 
-def run_sync(endpoint: str, test_set: LabelledSet, requests: list[RequestSpec], seed: int) -> list[dict[str, Any]]:
-    return asyncio.run(serve_workload(endpoint, test_set, requests, seed))
+def run_sync(
+    endpoint: str, test_set: LabelledSet, requests: list[RequestSpec], seed: int, curve: ClientCurve | None = None
+) -> list[dict[str, Any]]:
+    return asyncio.run(serve_workload(endpoint, test_set, requests, seed, curve))

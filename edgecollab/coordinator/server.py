@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import zmq
 import zmq.asyncio
+from zmq.auth.asyncio import AsyncioAuthenticator
 
 from .. import transport
 from ..config import ClusterConfig
@@ -55,6 +56,7 @@ from ..protocol import (
     encode,
 )
 from ..protocol.messages import Message
+from ..security import authorized_keys, server_curve
 from ..zoo import load_manifest
 from .request_run import RequestRun, ShardFailed, ShardTask
 from .resource_manager import NotReady, ResourceManager
@@ -127,6 +129,7 @@ class Coordinator:
         self.active: dict[str, ActiveRequest] = {}  # running requests by id
         self.admitted: set[str] = set()  # ids of requests waiting for the cluster or running; bounded
         self._last_drift_replan = 0.0  # monotonic time of the last re-plan caused by drift
+        self._key_owner: dict[str, str] = {}  # with CURVE: z85 public key -> certificate name (node or client)
         self._state_changed = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stop = asyncio.Event()
@@ -139,8 +142,17 @@ class Coordinator:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         context = zmq.asyncio.Context()
-        self._workers_sock = transport.router(context, self.workers_endpoint)
-        self._clients_sock = transport.router(context, self.clients_endpoint)
+        authenticator = None
+        curve = server_curve(self.config)
+        keys = None
+        if curve is not None:
+            keys, allowed = curve
+            self._key_owner = {k.decode(): name for k, name in authorized_keys(allowed).items()}
+            authenticator = AsyncioAuthenticator(context)
+            authenticator.start()
+            authenticator.configure_curve(domain="*", location=str(allowed))
+        self._workers_sock = transport.router(context, self.workers_endpoint, keys)
+        self._clients_sock = transport.router(context, self.clients_endpoint, keys)
         log.info("coordinator: workers on %s, clients on %s", self.workers_endpoint, self.clients_endpoint)
         loops = [
             asyncio.create_task(
@@ -162,6 +174,8 @@ class Coordinator:
             await asyncio.gather(*loops, *self._tasks, return_exceptions=True)
             self._workers_sock.close(linger=0)
             self._clients_sock.close(linger=0)
+            if authenticator is not None:
+                authenticator.stop()
             context.term()
 
     def stop(self) -> None:
@@ -191,12 +205,16 @@ class Coordinator:
         sock: zmq.asyncio.Socket,
         peer: str,
         reply: Callable[[bytes, Message], Awaitable[object]],
-        handle: Callable[[bytes, Message], Awaitable[None]],
+        handle: Callable[[bytes, Message, str | None], Awaitable[None]],
     ) -> None:
-        """Decode every message on a ROUTER; a malformed one is answered, counted and dropped."""
+        """Decode every message on a ROUTER; a malformed one is answered, counted and dropped.
+
+        With CURVE on, the peer's public key (``User-Id``, set by the authenticator) goes with it.
+        """
         while True:
             frames = await sock.recv_multipart(copy=False)
             identity, payload = frames[0].bytes, [f.buffer for f in frames[1:]]
+            user_id = str(frames[-1].get("User-Id")) if self._key_owner and len(frames) > 1 else None
             try:
                 message = decode(payload)
             except ProtocolError as exc:
@@ -204,11 +222,11 @@ class Coordinator:
                 log.warning("coordinator: malformed message from a %s: %s", peer, exc)
                 await reply(identity, Error("protocol", str(exc)))
                 continue
-            await handle(identity, message)
+            await handle(identity, message, user_id)
 
-    async def _on_worker_message(self, identity: bytes, message: Message) -> None:
+    async def _on_worker_message(self, identity: bytes, message: Message, user_id: str | None) -> None:
         if isinstance(message, Hello):
-            await self._register(identity, message)
+            await self._register(identity, message, user_id)
             return
         conn = self.workers.get(identity)
         if conn is None:
@@ -227,12 +245,17 @@ class Coordinator:
             self.counters["protocol_errors"] += 1
             await self._send_worker(identity, Error("protocol", f"a worker may not send {message.kind}"))
 
-    async def _register(self, identity: bytes, hello: Hello) -> None:
+    async def _register(self, identity: bytes, hello: Hello, user_id: str | None) -> None:
         configured = [n.name for n in self.config.nodes]
         if hello.node not in configured:
             await self._refuse(
                 identity, f"node {hello.node!r} is not in the coordinator's config ({', '.join(configured)})"
             )
+            return
+        # With CURVE the key decides who a worker is: its certificate must be the node's own.
+        owner = self._key_owner.get(user_id or "")
+        if self._key_owner and owner != hello.node:
+            await self._refuse(identity, f"this key belongs to {owner or 'nobody'!r}, not to node {hello.node!r}")
             return
         existing = self.by_name.get(hello.node)
         if existing is not None and existing.identity != identity:
@@ -368,7 +391,7 @@ class Coordinator:
         self._replan_all(f"{node} joined")
 
     # --- clients ---------------------------------------------------------------------------
-    async def _on_client_message(self, identity: bytes, message: Message) -> None:
+    async def _on_client_message(self, identity: bytes, message: Message, user_id: str | None) -> None:
         if isinstance(message, Submit):
             self._spawn(self._serve_request(identity, message))
         elif isinstance(message, Query):

@@ -14,6 +14,7 @@ import zmq.asyncio
 from .. import transport
 from ..protocol import Error, Goodbye, Heartbeat, Hello, ProtocolError, Shard, ShardResult, Welcome, decode, encode
 from ..protocol.messages import Message
+from ..security import ClientCurve
 from .runner import ShardRejected, ShardRunner
 
 log = logging.getLogger(__name__)
@@ -26,8 +27,16 @@ MAX_BACKOFF_S = 10.0
 class WorkerAgent:
     """Connects one node to the coordinator. Shards run one at a time, as on a real board."""
 
-    def __init__(self, runner: ShardRunner, endpoint: str, heartbeat_s: float = 1.0, misses: int = 3) -> None:
+    def __init__(
+        self,
+        runner: ShardRunner,
+        endpoint: str,
+        heartbeat_s: float = 1.0,
+        misses: int = 3,
+        curve: ClientCurve | None = None,
+    ) -> None:
         self.runner = runner
+        self.curve = curve
         self.endpoint = endpoint
         self.heartbeat_s = heartbeat_s
         self.misses = misses
@@ -72,7 +81,7 @@ class WorkerAgent:
         while not self._stop.is_set():
             if self._sock is not None:
                 self._sock.close(linger=0)
-            self._sock = transport.dealer(self._context, self.endpoint)
+            self._sock = transport.dealer(self._context, self.endpoint, self.curve)
             self._registered = False
             self._register_again = False
             self._drop_queued_shards()
