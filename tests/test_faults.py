@@ -56,12 +56,14 @@ def cnn16_predictions(inputs: np.ndarray) -> np.ndarray:
     return predict(open_session(manifest.resolve(variant.file), manifest.task_of(variant)), inputs)
 
 
-def infer_while(cluster: LocalCluster, inputs: np.ndarray, fault_after_s: float, fault: object) -> InferenceResult:
-    """Run one request (all boards on cnn-16) and inject ``fault`` (a callable) part-way through."""
+def infer_while(
+    cluster: LocalCluster, inputs: np.ndarray, fault_after_s: float, fault: object, policy: str = "proportional"
+) -> InferenceResult:
+    """Run one request (every board on cnn-16) and call ``fault`` part-way through."""
 
     async def go() -> InferenceResult:
         async with Client(cluster.clients_endpoint, timeout_s=120) as client:
-            request = asyncio.create_task(client.infer(inputs, policy="proportional"))
+            request = asyncio.create_task(client.infer(inputs, policy=policy))
             await asyncio.sleep(fault_after_s)
             assert not request.done(), "the fault should land mid-request"
             fault()  # type: ignore[operator]
@@ -196,3 +198,42 @@ def test_workers_register_again_with_a_restarted_coordinator(
     nodes = {a["node"] for a in result.report["assignment"]}
     assert nodes == {"jetson-nano", "odroid-xu4-a", "odroid-xu4-b", "rpi4"}, result.report["notes"]
     assert np.array_equal(result.predictions, cnn16_predictions(test_set.inputs[:512]))
+
+
+def test_a_message_above_the_size_limit_cuts_off_only_its_sender(cluster: LocalCluster, test_set: LabelledSet) -> None:
+    from edgecollab.transport import MAX_MESSAGE_BYTES
+
+    async def oversized() -> list[bytes] | None:
+        context = zmq.asyncio.Context()
+        sock = context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(cluster.clients_endpoint)
+        try:
+            header = msgpack.packb({"v": 1, "k": "submit", "f": {"request_id": "big"}, "a": [["inputs", "uint8", [1]]]})
+            await sock.send_multipart([header, bytes(MAX_MESSAGE_BYTES + 1)])
+            return await sock.recv_multipart() if await sock.poll(3000) else None
+        finally:
+            sock.close(linger=0)
+            context.term()
+
+    assert asyncio.run(oversized()) is None  # libzmq drops the connection; nothing reaches the coordinator
+    result = infer(cluster.clients_endpoint, test_set.inputs[:256], policy="proportional")
+    assert np.array_equal(result.predictions, cnn16_predictions(test_set.inputs[:256]))
+    status = asyncio.run(_status(cluster.clients_endpoint))
+    assert "protocol_errors" not in status["counters"] and status["requests"] == []
+
+
+def test_a_board_joining_mid_request_takes_part_of_it(profile: Path, tmp_path: Path, test_set: LabelledSet) -> None:
+    config = write_cluster_config(tmp_path, heartbeat_s=0.3)
+    config.write_text(config.read_text().replace("startup_timeout_s = 60", "startup_timeout_s = 2"))
+    (tmp_path / ".edgecollab").mkdir()
+    shutil.copy(profile, tmp_path / ".edgecollab" / "exploration.json")
+    inputs = test_set.inputs[np.random.default_rng(6).choice(len(test_set), 12000, replace=True)]
+    with LocalCluster(config, nodes=["odroid-xu4-a", "odroid-xu4-b"], log_dir=tmp_path / "logs") as local:
+        infer(local.clients_endpoint, np.zeros((8, 1, 28, 28), np.uint8))  # the two odroids serve alone
+        # No target: adaptive keeps every board on the most accurate variant, so predictions are cnn-16's.
+        result = infer_while(local, inputs, 0.5, lambda: local.start_worker("jetson-nano"), policy="adaptive")
+    shares = {a["node"]: a["inputs"] for a in result.report["assignment"]}
+    assert shares.get("jetson-nano", 0) > 0, "the new board should have been planned into the running request"
+    assert result.report["replans"] >= 1
+    assert np.array_equal(result.predictions, cnn16_predictions(inputs))
