@@ -18,7 +18,7 @@ import zmq.asyncio
 from edgecollab.client import Client, InferenceResult
 from edgecollab.errors import RequestFailed
 from edgecollab.local import LocalCluster
-from edgecollab.protocol import Error, decode
+from edgecollab.protocol import Error, Submit, decode, encode
 from edgecollab.zoo import LabelledSet, load_manifest, load_test_set, open_session, predict
 
 from .cluster_helpers import infer, write_cluster_config
@@ -237,3 +237,33 @@ def test_a_board_joining_mid_request_takes_part_of_it(profile: Path, tmp_path: P
     assert shares.get("jetson-nano", 0) > 0, "the new board should have been planned into the running request"
     assert result.report["replans"] >= 1
     assert np.array_equal(result.predictions, cnn16_predictions(inputs))
+
+
+def test_a_peer_that_keeps_sending_garbage_is_cut_off(cluster: LocalCluster, test_set: LabelledSet) -> None:
+    from edgecollab.coordinator.server import MAX_PROTOCOL_STRIKES
+
+    async def offender() -> tuple[int, list[bytes] | None]:
+        context = zmq.asyncio.Context()
+        sock = context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(cluster.clients_endpoint)
+        answered = 0
+        try:
+            for _ in range(MAX_PROTOCOL_STRIKES + 3):
+                await sock.send(b"\xc1garbage")
+                if await sock.poll(1000):
+                    await sock.recv_multipart()
+                    answered += 1
+            # Even a well-formed request from the same peer is now dropped.
+            await sock.send_multipart(encode(Submit("late", np.zeros((2, 1, 28, 28), np.uint8))))
+            return answered, (await sock.recv_multipart() if await sock.poll(2000) else None)
+        finally:
+            sock.close(linger=0)
+            context.term()
+
+    answered, after = asyncio.run(offender())
+    assert answered == MAX_PROTOCOL_STRIKES and after is None
+    result = infer(cluster.clients_endpoint, test_set.inputs[:128], policy="proportional")  # others are served
+    assert np.array_equal(result.predictions, cnn16_predictions(test_set.inputs[:128]))
+    counters = asyncio.run(_status(cluster.clients_endpoint))["counters"]
+    assert counters["peers_cut_off"] == 1 and counters["dropped_from_cut_off_peers"] == 4

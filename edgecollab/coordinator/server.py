@@ -64,6 +64,8 @@ from .resource_manager import NotReady, ResourceManager
 log = logging.getLogger(__name__)
 
 NON_RETRYABLE = ("invalid_input", "unknown_variant")
+# A peer that sends this many malformed messages is cut off: its later messages are dropped unanswered.
+MAX_PROTOCOL_STRIKES = 10
 # Drift re-plans are at most this frequent: each re-plan solves a program on the event loop.
 DRIFT_REPLAN_INTERVAL_S = 0.5
 
@@ -130,6 +132,8 @@ class Coordinator:
         self.admitted: set[str] = set()  # ids of requests waiting for the cluster or running; bounded
         self._last_drift_replan = 0.0  # monotonic time of the last re-plan caused by drift
         self._key_owner: dict[str, str] = {}  # with CURVE: z85 public key -> certificate name (node or client)
+        self._strikes: Counter[bytes] = Counter()  # peer identity -> malformed messages it sent; offenders only
+        self._cut_off: set[bytes] = set()  # identities whose messages are dropped
         self._state_changed = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stop = asyncio.Event()
@@ -214,6 +218,9 @@ class Coordinator:
         while True:
             frames = await sock.recv_multipart(copy=False)
             identity, payload = frames[0].bytes, [f.buffer for f in frames[1:]]
+            if identity in self._cut_off:
+                self.counters["dropped_from_cut_off_peers"] += 1
+                continue
             user_id = str(frames[-1].get("User-Id")) if self._key_owner and len(frames) > 1 else None
             try:
                 message = decode(payload)
@@ -221,8 +228,23 @@ class Coordinator:
                 self.counters["protocol_errors"] += 1
                 log.warning("coordinator: malformed message from a %s: %s", peer, exc)
                 await reply(identity, Error("protocol", str(exc)))
+                self._strike(identity)
                 continue
             await handle(identity, message, user_id)
+
+    def _strike(self, identity: bytes) -> None:
+        """Count a malformed message; cut the peer off at ``MAX_PROTOCOL_STRIKES``."""
+        if len(self._strikes) > 10_000:  # many offenders: forget the old tallies rather than grow
+            self._strikes.clear()
+        self._strikes[identity] += 1
+        if self._strikes[identity] >= MAX_PROTOCOL_STRIKES:
+            del self._strikes[identity]
+            self._cut_off.add(identity)
+            self.counters["peers_cut_off"] += 1
+            log.warning("coordinator: cut off a peer after %d malformed messages", MAX_PROTOCOL_STRIKES)
+            conn = self.workers.get(identity)
+            if conn is not None:
+                self._lose(conn, "cut off for malformed messages")
 
     async def _on_worker_message(self, identity: bytes, message: Message, user_id: str | None) -> None:
         if isinstance(message, Hello):
