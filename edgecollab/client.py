@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,9 @@ from . import transport
 from .errors import RequestFailed
 from .protocol import Answer, Error, ProtocolError, Query, Result, Submit, decode, encode
 from .security import ClientCurve
+
+# While a request is outstanding, the client checks this often that the coordinator still knows it.
+WATCH_INTERVAL_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,7 @@ class Client:
         """Send one request and wait for all its predictions; ``RequestFailed`` if the coordinator refuses it."""
         request_id = uuid.uuid4().hex
         submit = Submit(request_id, np.ascontiguousarray(inputs), target_ips, min_accuracy, policy)
-        result = await self._exchange(request_id, submit)
+        result = await self._exchange(request_id, submit, watch=True)
         assert isinstance(result, Result)
         return InferenceResult(result.predictions.copy(), result.report)
 
@@ -75,18 +79,44 @@ class Client:
         assert isinstance(answer, Answer)
         return answer.data
 
-    async def _exchange(self, request_id: str, message: Submit | Query) -> Result | Answer:
+    async def _exchange(self, request_id: str, message: Submit | Query, watch: bool = False) -> Result | Answer:
+        """Send and await the answer; with ``watch``, fail early if the coordinator forgets the request."""
         if self._sock is None:
             raise RuntimeError("use the client as 'async with Client(...) as client'")
         future: asyncio.Future[Result | Answer] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = future
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
         try:
             await self._sock.send_multipart(encode(message), copy=False)
-            return await asyncio.wait_for(future, self.timeout_s)
-        except TimeoutError:
-            raise RequestFailed("timeout", f"no answer from {self.endpoint} within {self.timeout_s:.0f} s") from None
+            while True:
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    raise RequestFailed("timeout", f"no answer from {self.endpoint} within {self.timeout_s:.0f} s")
+                try:
+                    return await asyncio.wait_for(asyncio.shield(future), min(left, WATCH_INTERVAL_S))
+                except TimeoutError:
+                    if watch and not await self._coordinator_knows(request_id):
+                        with contextlib.suppress(TimeoutError):  # its answer may be on the way
+                            return await asyncio.wait_for(asyncio.shield(future), WATCH_INTERVAL_S)
+                        raise RequestFailed(
+                            "request_lost",
+                            f"the coordinator at {self.endpoint} no longer knows this request (it restarted?); "
+                            "submit it again",
+                        ) from None
         finally:
             self._waiting.pop(request_id, None)
+
+    async def _coordinator_knows(self, request_id: str) -> bool:
+        request = uuid.uuid4().hex
+        try:
+            answer = await asyncio.wait_for(self._exchange(request, Query(request, "status")), 3 * WATCH_INTERVAL_S)
+        except TimeoutError:
+            raise RequestFailed(
+                "coordinator_unreachable", f"the coordinator at {self.endpoint} stopped answering"
+            ) from None
+        assert isinstance(answer, Answer)
+        known = {r["id"] for r in answer.data.get("requests", [])} | set(answer.data.get("waiting", []))
+        return request_id in known
 
     async def _read(self) -> None:
         assert self._sock is not None

@@ -6,6 +6,7 @@ import asyncio
 import json
 import shutil
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -267,3 +268,23 @@ def test_a_peer_that_keeps_sending_garbage_is_cut_off(cluster: LocalCluster, tes
     assert np.array_equal(result.predictions, cnn16_predictions(test_set.inputs[:128]))
     counters = asyncio.run(_status(cluster.clients_endpoint))["counters"]
     assert counters["peers_cut_off"] == 1 and counters["dropped_from_cut_off_peers"] == 4
+
+
+def test_a_client_learns_at_once_that_a_restarted_coordinator_lost_its_request(
+    cluster: LocalCluster, test_set: LabelledSet
+) -> None:
+    inputs = test_set.inputs[np.random.default_rng(8).choice(len(test_set), 60000, replace=True)]
+
+    def restart() -> None:
+        assert cluster.coordinator is not None
+        cluster.coordinator.kill()
+        cluster.coordinator.wait()
+        cluster.start_coordinator()
+
+    started = time.monotonic()
+    with pytest.raises(RequestFailed) as failure:
+        infer_while(cluster, inputs, 0.5, restart)
+    assert failure.value.code in ("request_lost", "coordinator_unreachable")
+    assert time.monotonic() - started < 30, "well before the client's 120 s timeout"
+    again = infer(cluster.clients_endpoint, test_set.inputs[:128], policy="proportional")  # the new one serves
+    assert np.array_equal(again.predictions, cnn16_predictions(test_set.inputs[:128]))

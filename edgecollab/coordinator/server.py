@@ -482,6 +482,7 @@ class Coordinator:
                 }
                 for rid, active in self.active.items()
             ],
+            "waiting": sorted(self.admitted - set(self.active)),  # ids admitted but not yet planned
             "counters": dict(self.counters),
         }
 
