@@ -4,7 +4,8 @@
 
 Four emulated boards on loopback, all on `cnn-16` so that every prediction can be checked
 against the model run here. Before each request one fault is drawn: a board killed
-(SIGKILL, restarted 1 s later), a board hung (SIGSTOP, resumed 2 s later), or none. Reports
+(SIGKILL, restarted 1 s later), hung (SIGSTOP, resumed 2 s later), slowed (paused 0.1 s in
+every 0.3 s for 2.4 s: a third slower, never silent long enough to be declared dead), or none. Reports
 whether every input of every request came back exactly once and right, how long the
 coordinator took to notice a dead board and to take a restarted one back, and its memory.
 Writes benchmarks/results/chaos.json. Traffic stays on 127.0.0.1; the run stops by itself.
@@ -93,6 +94,13 @@ def main() -> int:
         def alive(name: str) -> bool:
             return any(n["name"] == name and n["profiled"] for n in ask(endpoint, "status")["nodes"])
 
+        async def slow_down(board: str) -> None:
+            for _ in range(8):
+                local.signal_worker(board, signal.SIGSTOP)
+                await asyncio.sleep(0.1)
+                local.signal_worker(board, signal.SIGCONT)
+                await asyncio.sleep(0.2)
+
         async def one_request(indices: np.ndarray, fault: str, board: str) -> dict[str, Any]:
             async with Client(endpoint, timeout_s=120) as client:
                 task = asyncio.create_task(client.infer(test_set.inputs[indices], policy="adaptive"))
@@ -102,8 +110,9 @@ def main() -> int:
                     local.signal_worker(board, signal.SIGKILL)
                 elif fault == "hang":
                     local.signal_worker(board, signal.SIGSTOP)
+                slowing = asyncio.create_task(slow_down(board)) if fault == "slow" else None
                 detected_s = None
-                while fault != "none" and time.monotonic() - fault_at < 30:
+                while fault in ("kill", "hang") and time.monotonic() - fault_at < 30:
                     # The same coordinator answers status while it serves the request.
                     if all(n["name"] != board for n in (await client.query("status"))["nodes"]):
                         detected_s = time.monotonic() - fault_at
@@ -113,6 +122,9 @@ def main() -> int:
                     result = await task
                 except RequestFailed as exc:
                     return {"fault": fault, "board": board, "error": str(exc), "fault_at": fault_at}
+                finally:
+                    if slowing is not None:
+                        await slowing
             right = bool(np.array_equal(result.predictions, reference[indices]))
             return {
                 "fault": fault,
@@ -125,18 +137,18 @@ def main() -> int:
             }
 
         for number in range(args.requests):
-            fault = rng.choice(["kill", "hang", "none"])
+            fault = rng.choice(["kill", "hang", "slow", "none"])
             board = rng.choice([name for name, _ in BOARDS])
             indices = np.random.default_rng(args.seed + number).choice(len(test_set), args.inputs)
             outcome = asyncio.run(one_request(indices, fault, board))
-            if fault != "none":
+            if fault in ("kill", "hang"):
                 if fault == "kill":
                     time.sleep(1.0)
                     local.start_worker(board)
                 else:
                     time.sleep(max(0.0, 2.0 - (time.monotonic() - outcome["fault_at"])))
                     local.signal_worker(board, signal.SIGCONT)
-                outcome["back_s"] = seconds_until(lambda board=board: alive(board))  # type: ignore[misc]
+                outcome["back_s"] = seconds_until(lambda board=board: alive(board))
             outcome.pop("fault_at")
             outcomes.append(outcome)
             print(f"request {number + 1}: {outcome}", file=sys.stderr)
@@ -148,7 +160,7 @@ def main() -> int:
         "command": "python benchmarks/chaos.py " + " ".join(sys.argv[1:]),
         "requests": args.requests,
         "inputs_per_request": args.inputs,
-        "faults": {k: sum(o["fault"] == k for o in outcomes) for k in ("kill", "hang", "none")},
+        "faults": {k: sum(o["fault"] == k for o in outcomes) for k in ("kill", "hang", "slow", "none")},
         "all_exactly_once_and_right": all(o.get("exactly_once_and_right") for o in outcomes),
         "failed_requests": [o for o in outcomes if "error" in o],
         "inputs_lost": sum(args.inputs for o in outcomes if not o.get("exactly_once_and_right")),
