@@ -150,6 +150,7 @@ def main() -> int:
                     local.signal_worker(board, signal.SIGCONT)
                 outcome["back_s"] = seconds_until(lambda board=board: alive(board))
             outcome.pop("fault_at")
+            outcome["coordinator_rss_kib"] = rss_kib(local.coordinator.pid)
             outcomes.append(outcome)
             print(f"request {number + 1}: {outcome}", file=sys.stderr)
         rss_end = rss_kib(local.coordinator.pid)
@@ -166,7 +167,12 @@ def main() -> int:
         "inputs_lost": sum(args.inputs for o in outcomes if not o.get("exactly_once_and_right")),
         "detection_s": {"median": statistics.median(detected), "max": max(detected)} if detected else None,
         "back_in_service_s": {"median": statistics.median(back), "max": max(back)} if back else None,
-        "coordinator_rss_kib": {"start": rss_start, "end": rss_end},
+        "coordinator_rss_kib": {
+            "start": rss_start,
+            "end": rss_end,
+            # After each quarter of the run: levelling off, or growing with the work?
+            "quarters": [outcomes[i * len(outcomes) // 4 - 1]["coordinator_rss_kib"] for i in range(1, 5)],
+        },
         "outcomes": outcomes,
     }
     out = RESULTS / "chaos.json"
