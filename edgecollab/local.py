@@ -107,9 +107,6 @@ class LocalCluster:
                 p.kill()
                 p.wait()
 
-    def logs(self) -> str:
-        return "\n".join(f"--- {f.name}\n{f.read_text(errors='replace')}" for f in sorted(self.log_dir.glob("*.log")))
-
     def __enter__(self) -> LocalCluster:
         try:
             return self.start()

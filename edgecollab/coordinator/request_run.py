@@ -200,10 +200,6 @@ class RequestRun:
     def finished(self) -> bool:
         return not self._owed
 
-    @property
-    def has_unsent(self) -> bool:
-        return bool(self._orphans) or any(self._queues.values())
-
     def wall_seconds(self) -> float:
         end = self.finished_at if self.finished_at is not None else time.monotonic()
         return max(end - self.arrived, 1e-9)
