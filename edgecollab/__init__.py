@@ -1,15 +1,42 @@
-"""edgecollab: accuracy-aware collaborative DNN inference on heterogeneous edge boards."""
+"""edgecollab: accuracy-aware collaborative DNN inference on heterogeneous edge boards.
+
+The public API; everything else is internal and may change.
+"""
 
 from __future__ import annotations
 
-from .errors import ConfigError, EdgecollabError, ManifestError, ModelError
+from .client import Client, InferenceResult, SyncClient
+from .config import ClusterConfig, load_config
+from .errors import (
+    BusyError,
+    ConfigError,
+    EdgecollabError,
+    InvalidInputError,
+    ManifestError,
+    ModelError,
+    NodeLostError,
+    RequestFailed,
+    RequestLostError,
+)
+from .local import LocalCluster
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BusyError",
+    "Client",
+    "ClusterConfig",
     "ConfigError",
     "EdgecollabError",
+    "InferenceResult",
+    "InvalidInputError",
+    "LocalCluster",
     "ManifestError",
     "ModelError",
+    "NodeLostError",
+    "RequestFailed",
+    "RequestLostError",
+    "SyncClient",
     "__version__",
+    "load_config",
 ]

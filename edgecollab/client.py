@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import zmq
 import zmq.asyncio
 
 from . import transport
-from .errors import RequestFailed
+from .errors import request_failed
 from .protocol import Answer, Error, ProtocolError, Query, Result, Submit, decode, encode
 from .security import ClientCurve
 
+T = TypeVar("T")
 # While a request is outstanding, the client checks this often that the coordinator still knows it.
 WATCH_INTERVAL_S = 2.0
 
@@ -91,14 +94,14 @@ class Client:
             while True:
                 left = deadline - asyncio.get_running_loop().time()
                 if left <= 0:
-                    raise RequestFailed("timeout", f"no answer from {self.endpoint} within {self.timeout_s:.0f} s")
+                    raise request_failed("timeout", f"no answer from {self.endpoint} within {self.timeout_s:.0f} s")
                 try:
                     return await asyncio.wait_for(asyncio.shield(future), min(left, WATCH_INTERVAL_S))
                 except TimeoutError:
                     if watch and not await self._coordinator_knows(request_id):
                         with contextlib.suppress(TimeoutError):  # its answer may be on the way
                             return await asyncio.wait_for(asyncio.shield(future), WATCH_INTERVAL_S)
-                        raise RequestFailed(
+                        raise request_failed(
                             "request_lost",
                             f"the coordinator at {self.endpoint} no longer knows this request (it restarted?); "
                             "submit it again",
@@ -111,7 +114,7 @@ class Client:
         try:
             answer = await asyncio.wait_for(self._exchange(request, Query(request, "status")), 3 * WATCH_INTERVAL_S)
         except TimeoutError:
-            raise RequestFailed(
+            raise request_failed(
                 "coordinator_unreachable", f"the coordinator at {self.endpoint} stopped answering"
             ) from None
         assert isinstance(answer, Answer)
@@ -133,4 +136,51 @@ class Client:
             if isinstance(message, Result | Answer):
                 future.set_result(message)
             elif isinstance(message, Error):
-                future.set_exception(RequestFailed(message.code, message.message))
+                future.set_exception(request_failed(message.code, message.message))
+
+
+class SyncClient:
+    """The client for scripts and notebooks: blocking calls, served by an event loop on its own thread.
+
+    ``with edgecollab.SyncClient("tcp://127.0.0.1:5556") as c: result = c.infer(images, target_ips=300)``
+    """
+
+    def __init__(self, endpoint: str, *, timeout_s: float = 600.0, curve: ClientCurve | None = None) -> None:
+        self._loop = asyncio.new_event_loop()
+        # A thread of its own, so it also works where an event loop already runs (Jupyter).
+        self._thread = threading.Thread(target=self._loop.run_forever, name="edgecollab-client", daemon=True)
+        self._thread.start()
+        self._client = Client(endpoint, timeout_s=timeout_s, curve=curve)
+        self._call(self._client.__aenter__())
+
+    def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def infer(
+        self,
+        inputs: np.ndarray,
+        *,
+        target_ips: float | None = None,
+        min_accuracy: float | None = None,
+        policy: str | None = None,
+    ) -> InferenceResult:
+        """Like ``Client.infer``, blocking."""
+        return self._call(self._client.infer(inputs, target_ips=target_ips, min_accuracy=min_accuracy, policy=policy))
+
+    def query(self, topic: str, **params: Any) -> dict[str, Any]:
+        """Like ``Client.query``, blocking."""
+        return self._call(self._client.query(topic, **params))
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        self._call(self._client.__aexit__(None, None, None))
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,12 +1,16 @@
 """The exception tree of edgecollab.
 
     EdgecollabError
-    ├── ConfigError          a cluster config that does not validate
-    ├── ModelError           a model that cannot be used as described
-    │   └── ManifestError    a model manifest (zoo.toml) that is broken
-    ├── RequestFailed        the coordinator answered a request with an error (``code`` says which)
-    ├── ProtocolError        a peer sent a malformed message  (edgecollab.protocol)
-    └── PlanningError        no plan can be made              (edgecollab.planner)
+    ├── ConfigError              a cluster config that does not validate
+    ├── ModelError               a model that cannot be used as described
+    │   └── ManifestError        a model manifest (zoo.toml) that is broken
+    ├── RequestFailed            a request did not complete (``code`` says why)
+    │   ├── BusyError            the coordinator is at its request limit, or no board is ready: retry later
+    │   ├── InvalidInputError    the inputs, policy or target do not fit: fix the request
+    │   ├── NodeLostError        boards were lost until a shard or the request could not go on
+    │   └── RequestLostError     the coordinator forgot the request, stopped answering, or timed out
+    ├── ProtocolError            a peer sent a malformed message  (edgecollab.protocol)
+    └── PlanningError            no plan can be made              (edgecollab.planner)
 
 Every error message names what was wrong and what was expected.
 """
@@ -31,9 +35,41 @@ class ManifestError(ModelError):
 
 
 class RequestFailed(EdgecollabError):
-    """The coordinator could not serve a request; ``code`` says why (see ``protocol.ERROR_CODES``)."""
+    """A request did not complete; ``code`` says why (see ``protocol.ERROR_CODES``)."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.reason = message
+
+
+class BusyError(RequestFailed):
+    """Retry later: the coordinator is at its request limit, or no board is ready."""
+
+
+class InvalidInputError(RequestFailed):
+    """The request itself is wrong (inputs, policy, target): retrying will not help."""
+
+
+class NodeLostError(RequestFailed):
+    """Boards were lost until the request could not go on."""
+
+
+class RequestLostError(RequestFailed):
+    """The coordinator forgot the request (it restarted), stopped answering, or did not answer in time."""
+
+
+_BY_CODE: dict[str, type[RequestFailed]] = {
+    "busy": BusyError,
+    "invalid_input": InvalidInputError,
+    "unknown_variant": InvalidInputError,
+    "node_lost": NodeLostError,
+    "request_lost": RequestLostError,
+    "coordinator_unreachable": RequestLostError,
+    "timeout": RequestLostError,
+}
+
+
+def request_failed(code: str, message: str) -> RequestFailed:
+    """The typed error for an error code (``RequestFailed`` itself for any other)."""
+    return _BY_CODE.get(code, RequestFailed)(code, message)
