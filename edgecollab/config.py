@@ -33,6 +33,8 @@ class CoordinatorConfig(_Strict):
     heartbeat_s: float = Field(1.0, gt=0, description="heartbeat interval, both ways")
     heartbeat_misses: int = Field(3, ge=1, description="missed heartbeats after which a peer is dead")
     policy: str = Field("adaptive", description="default policy when a request names none")
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="serve Prometheus metrics on this port")
+    metrics_host: str = Field("127.0.0.1", description="address the metrics endpoint listens on")
     max_requests: int = Field(32, ge=1, description="requests admitted at once (waiting or running); more get 'busy'")
     work_stealing: bool = Field(True, description="idle nodes take queued shards of slower ones near the end")
     replan_on_drift: bool = Field(True, description="re-plan running requests when a node's speed drifts")

@@ -22,11 +22,13 @@ from typing import Any
 import numpy as np
 import zmq
 import zmq.asyncio
+from prometheus_client import start_http_server
 from zmq.auth.asyncio import AsyncioAuthenticator
 
 from .. import transport
 from ..config import ClusterConfig
 from ..errors import EdgecollabError
+from ..metrics import registry_for
 from ..planner import (
     ADAPTS_AT_RUN_TIME,
     POLICIES,
@@ -132,6 +134,8 @@ class Coordinator:
         self.admitted: set[str] = set()  # ids of requests waiting for the cluster or running; bounded
         self._last_drift_replan = 0.0  # monotonic time of the last re-plan caused by drift
         self._key_owner: dict[str, str] = {}  # with CURVE: z85 public key -> certificate name (node or client)
+        self.outcomes: Counter[str] = Counter()  # requests answered, by outcome ("completed" or an error code)
+        self.last_request: dict[str, float] = {}  # expected and achieved figures of the last completed request
         self._strikes: Counter[bytes] = Counter()  # peer identity -> malformed messages it sent; offenders only
         self._cut_off: set[bytes] = set()  # identities whose messages are dropped
         self._state_changed = asyncio.Event()
@@ -168,6 +172,14 @@ class Coordinator:
             asyncio.create_task(self._liveness_loop()),
             asyncio.create_task(self._startup_timer()),
         ]
+        metrics_server = None
+        if self.settings.metrics_port is not None:
+            metrics_server, _ = start_http_server(
+                self.settings.metrics_port, addr=self.settings.metrics_host, registry=registry_for(self)
+            )
+            log.info(
+                "coordinator: metrics on http://%s:%d/metrics", self.settings.metrics_host, self.settings.metrics_port
+            )
         if started is not None:
             started.set()
         try:
@@ -180,6 +192,8 @@ class Coordinator:
             self._clients_sock.close(linger=0)
             if authenticator is not None:
                 authenticator.stop()
+            if metrics_server is not None:
+                metrics_server.shutdown()
             context.term()
 
     def stop(self) -> None:
@@ -509,12 +523,12 @@ class Coordinator:
         rid = submit.request_id
         problem = self._check_submit(submit)
         if problem:
-            await self._send_client(identity, Error("invalid_input", problem, rid))
+            await self._answer_request(identity, Error("invalid_input", problem, rid))
             return
         if len(self.admitted) >= self.settings.max_requests:
             self.counters["busy"] += 1
             limit = self.settings.max_requests
-            await self._send_client(
+            await self._answer_request(
                 identity, Error("busy", f"the coordinator is serving its limit of {limit} requests; retry later", rid)
             )
             return
@@ -535,7 +549,7 @@ class Coordinator:
         try:
             plan = self.rm.plan_request(rid, request, policy)
         except (NotReady, PlanningError) as exc:
-            await self._send_client(
+            await self._answer_request(
                 identity, Error("busy" if isinstance(exc, NotReady) else "invalid_input", str(exc), rid)
             )
             return
@@ -553,12 +567,19 @@ class Coordinator:
             del self.active[rid]
             self._replan_all(f"request {rid[:8]} finished")
         if active.failure is not None:
-            await self._send_client(identity, active.failure)
+            await self._answer_request(identity, active.failure)
             return
         if active.run.replans == 0:  # a re-planned request's first plan no longer says what to expect
             self.rm.request_outcome(active.first_plan, active.run.total_inputs / active.run.wall_seconds())
         nodes = sorted({t.node for t in active.run.tallies.values()})
-        await self._send_client(identity, Result(rid, active.run.predictions, self._report(active, nodes)))
+        report = self._report(active, nodes)
+        self.counters["inputs_served"] += active.run.total_inputs
+        self.last_request = {k: float(report[k]) for k in ("expected_ips", "achieved_ips", "expected_accuracy")}
+        await self._answer_request(identity, Result(rid, active.run.predictions, report))
+
+    async def _answer_request(self, identity: bytes, answer: Result | Error) -> None:
+        self.outcomes["completed" if isinstance(answer, Result) else answer.code] += 1
+        await self._send_client(identity, answer)
 
     def _start_lanes(self, active: ActiveRequest, node: str) -> None:
         if node in active.lanes or active.done.is_set():
@@ -584,6 +605,7 @@ class Coordinator:
                 log.warning("coordinator: could not re-plan request %s: %s", rid[:8], exc)
                 continue
             run.replan(plan)
+            self.counters["replans"] += 1
             for node in {a.node for a in plan.assignments}:
                 self._start_lanes(active, node)
             self._pulse(active.changed)

@@ -1,0 +1,74 @@
+"""Prometheus metrics of a running coordinator, read from its state when scraped.
+
+Nothing is updated on the request path: a collector turns the coordinator's counters,
+exploration table and connections into metric families at scrape time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from .coordinator.server import Coordinator
+
+# Coordinator counters exported as edgecollab_<name>_total.
+COUNTERS = {
+    "inputs_served": "Inputs predicted for completed requests",
+    "replans": "Times the queued rest of a running request was planned again",
+    "nodes_lost": "Boards declared dead or gone",
+    "protocol_errors": "Malformed messages received",
+    "late_replies": "Shard results dropped as late or duplicate",
+    "peers_cut_off": "Peers cut off for malformed messages",
+    "refused_workers": "Workers refused at registration",
+}
+
+
+class CoordinatorCollector(Collector):
+    def __init__(self, coordinator: Coordinator) -> None:
+        self.coordinator = coordinator
+
+    def collect(self) -> Iterator[Metric]:
+        c = self.coordinator
+        counters = dict(c.counters)
+        outcomes = CounterMetricFamily("edgecollab_requests", "Requests answered, by outcome", labels=["outcome"])
+        for outcome, count in sorted(dict(c.outcomes).items()):
+            outcomes.add_metric([outcome], count)
+        yield outcomes
+        for name, help_text in COUNTERS.items():
+            yield CounterMetricFamily(f"edgecollab_{name}", help_text, value=counters.get(name, 0))
+        throughput = GaugeMetricFamily(
+            "edgecollab_node_throughput_ips", "Estimated inferences/s per board and variant", labels=["node", "variant"]
+        )
+        for row in c.table.rows():
+            throughput.add_metric([str(row["node"]), str(row["variant"])], float(row["ips"]))  # type: ignore[arg-type]
+        yield throughput
+        in_flight = GaugeMetricFamily(
+            "edgecollab_node_in_flight_shards", "Shards sent and not answered", labels=["node"]
+        )
+        for conn in list(c.by_name.values()):
+            in_flight.add_metric([conn.name], len(conn.pending))
+        yield in_flight
+        yield GaugeMetricFamily("edgecollab_nodes_alive", "Registered boards", value=len(c.by_name))
+        yield GaugeMetricFamily("edgecollab_requests_running", "Requests being dispatched", value=len(c.active))
+        yield GaugeMetricFamily(
+            "edgecollab_efficiency", "Achieved / expected throughput, learned", value=c.table.efficiency
+        )
+        last = dict(c.last_request)
+        for key, help_text in (
+            ("expected_ips", "Throughput the last completed request's plan expected"),
+            ("achieved_ips", "Throughput the last completed request achieved"),
+            ("expected_accuracy", "Accuracy the last completed request's plan expected"),
+        ):
+            if key in last:
+                yield GaugeMetricFamily(f"edgecollab_last_request_{key}", help_text, value=last[key])
+
+
+def registry_for(coordinator: Coordinator) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(CoordinatorCollector(coordinator))
+    return registry
