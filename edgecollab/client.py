@@ -44,6 +44,7 @@ class Client:
         self._sock: zmq.asyncio.Socket | None = None
         self._waiting: dict[str, asyncio.Future[Result | Answer]] = {}
         self._reader: asyncio.Task[None] | None = None
+        self._heard = False  # whether the coordinator ever answered this client (it may still be starting)
 
     async def __aenter__(self) -> Client:
         self._context = zmq.asyncio.Context()
@@ -114,6 +115,8 @@ class Client:
         try:
             answer = await asyncio.wait_for(self._exchange(request, Query(request, "status")), 3 * WATCH_INTERVAL_S)
         except TimeoutError:
+            if not self._heard:
+                return True  # never answered yet: still starting, perhaps; the client's timeout decides
             raise request_failed(
                 "coordinator_unreachable", f"the coordinator at {self.endpoint} stopped answering"
             ) from None
@@ -125,6 +128,7 @@ class Client:
         assert self._sock is not None
         while True:
             frames = await self._sock.recv_multipart(copy=False)
+            self._heard = True
             try:
                 message = decode([f.buffer for f in frames])
             except ProtocolError:

@@ -132,6 +132,7 @@ class Coordinator:
         self.by_name: dict[str, WorkerConn] = {}
         self.active: dict[str, ActiveRequest] = {}  # running requests by id
         self.admitted: set[str] = set()  # ids of requests waiting for the cluster or running; bounded
+        self._received: set[str] = set()  # ids read off the socket whose task may not have started yet
         self._last_drift_replan = 0.0  # monotonic time of the last re-plan caused by drift
         self._key_owner: dict[str, str] = {}  # with CURVE: z85 public key -> certificate name (node or client)
         self.outcomes: Counter[str] = Counter()  # requests answered, by outcome ("completed" or an error code)
@@ -429,6 +430,8 @@ class Coordinator:
     # --- clients ---------------------------------------------------------------------------
     async def _on_client_message(self, identity: bytes, message: Message, user_id: str | None) -> None:
         if isinstance(message, Submit):
+            # Known from the moment it is read: a status query queued behind it must see it.
+            self._received.add(message.request_id)
             self._spawn(self._serve_request(identity, message))
         elif isinstance(message, Query):
             await self._send_client(identity, self._answer(message))
@@ -496,7 +499,7 @@ class Coordinator:
                 }
                 for rid, active in self.active.items()
             ],
-            "waiting": sorted(self.admitted - set(self.active)),  # ids admitted but not yet planned
+            "waiting": sorted((self.admitted | self._received) - set(self.active)),  # ids not yet planned
             "counters": dict(self.counters),
         }
 
@@ -519,6 +522,12 @@ class Coordinator:
         return None
 
     async def _serve_request(self, identity: bytes, submit: Submit) -> None:
+        try:
+            await self._serve_received_request(identity, submit)
+        finally:
+            self._received.discard(submit.request_id)
+
+    async def _serve_received_request(self, identity: bytes, submit: Submit) -> None:
         arrived = time.monotonic()
         rid = submit.request_id
         problem = self._check_submit(submit)
