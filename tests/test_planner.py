@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
-from edgecollab.planner import ExplorationTable, Measurement, PlanningError, PlanRequest, make_plan, split_by_weight
+from edgecollab.planner import (
+    ExplorationTable,
+    Measurement,
+    PlanningError,
+    PlanRequest,
+    ProfileCache,
+    make_plan,
+    split_by_weight,
+)
 
 ACCURACY = {"small": 0.85, "large": 0.92}
 IPS = {("fast", "small"): 4000.0, ("fast", "large"): 1000.0, ("slow", "small"): 1000.0, ("slow", "large"): 250.0}
@@ -67,3 +78,15 @@ def test_policy_errors_are_clear() -> None:
     disjoint = table({("fast", "small"): 10.0, ("slow", "large"): 10.0})
     with pytest.raises(PlanningError, match="no variant is profiled on every node"):
         make_plan("equal", disjoint, PlanRequest(10), ["fast", "slow"])
+
+
+def test_profile_cache_returns_only_matching_well_formed_entries(tmp_path: Path) -> None:
+    cache = ProfileCache(tmp_path / "exploration.json")
+    cache.store("a", "fingerprint-1", {"v": Measurement(10.0, 3.0)})
+    assert cache.load("a", "fingerprint-1") == {"v": Measurement(10.0, 3.0)}
+    assert cache.load("a", "fingerprint-2") is None  # hardware, settings or models changed
+    assert cache.load_any("a") == {"v": Measurement(10.0, 3.0)}
+    (tmp_path / "exploration.json").write_text(
+        json.dumps({"a": {"fingerprint": "f", "variants": {"v": {"ips": 1}}}, "b": {"fingerprint": "f", "variants": 3}})
+    )
+    assert cache.load("a", "f") is None and cache.load_any("b") is None and cache.load_any("c") is None

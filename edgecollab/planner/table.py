@@ -103,17 +103,12 @@ class ProfileCache:
         entry = self._load_all().get(node)
         if not isinstance(entry, dict) or entry.get("fingerprint") != fingerprint:
             return None
-        try:
-            rows = entry["variants"]
-            assert isinstance(rows, dict)
-            return {variant: Measurement(**m) for variant, m in rows.items()}
-        except (KeyError, TypeError, AssertionError):
-            return None
+        return _measurements(entry)
 
     def load_any(self, node: str) -> dict[str, Measurement] | None:
         """The node's cached measurements whatever their fingerprint (for planning offline)."""
         entry = self._load_all().get(node)
-        return self.load(node, str(entry.get("fingerprint"))) if isinstance(entry, dict) else None
+        return _measurements(entry) if isinstance(entry, dict) else None
 
     def store(self, node: str, fingerprint: str, measurements: dict[str, Measurement]) -> None:
         data = self._load_all()
@@ -122,3 +117,14 @@ class ProfileCache:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
         tmp.replace(self.path)  # atomic: a crash never leaves half a cache
+
+
+def _measurements(entry: dict[str, object]) -> dict[str, Measurement] | None:
+    """A cache entry's measurements, or None when it is not what ``store`` writes."""
+    rows = entry.get("variants")
+    if not isinstance(rows, dict):
+        return None
+    try:
+        return {str(variant): Measurement(**m) for variant, m in rows.items()}
+    except TypeError:
+        return None
