@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zmq.asyncio
 
+from edgecollab import transport
 from edgecollab.client import Client, InferenceResult
+from edgecollab.security import ClientCurve
+from edgecollab.zoo import load_manifest, open_session, predict
 
 from .conftest import SHIPPED_MANIFEST
 
@@ -64,3 +70,22 @@ def processes_mentioning(text: str) -> list[int]:
         except OSError:
             continue
     return pids
+
+
+def local_predictions(variant: str, inputs: np.ndarray) -> np.ndarray:
+    """What the variant predicts when run here, for checking a cluster's answers exactly."""
+    manifest = load_manifest(SHIPPED_MANIFEST, check_files=False)
+    v = manifest.variant(variant)
+    return predict(open_session(manifest.resolve(v.file), manifest.task_of(v)), inputs)
+
+
+@contextlib.asynccontextmanager
+async def raw_peer(endpoint: str, curve: ClientCurve | None = None) -> AsyncIterator[zmq.asyncio.Socket]:
+    """A bare DEALER (as the project configures them) for sending whatever a test wants."""
+    context = zmq.asyncio.Context()
+    sock = transport.dealer(context, endpoint, curve)
+    try:
+        yield sock
+    finally:
+        sock.close(linger=0)
+        context.term()

@@ -20,9 +20,16 @@ from edgecollab.errors import RequestFailed
 from edgecollab.inspection import ask
 from edgecollab.local import LocalCluster
 from edgecollab.planner import split_by_weight
-from edgecollab.zoo import LabelledSet, load_manifest, load_test_set, open_session, predict
+from edgecollab.zoo import LabelledSet, load_manifest, load_test_set
 
-from .cluster_helpers import PAPER_TESTBED, edgecollab, infer, processes_mentioning, write_cluster_config
+from .cluster_helpers import (
+    PAPER_TESTBED,
+    edgecollab,
+    infer,
+    local_predictions,
+    processes_mentioning,
+    write_cluster_config,
+)
 from .conftest import SHIPPED_MANIFEST
 
 NODES = [name for name, _ in PAPER_TESTBED]
@@ -43,12 +50,6 @@ def cluster(config_path: Path) -> Iterator[LocalCluster]:
 def test_set() -> LabelledSet:
     manifest = load_manifest(SHIPPED_MANIFEST, check_files=False)
     return load_test_set(manifest, manifest.tasks["fashion-mnist"])
-
-
-def local_predictions(variant: str, inputs: np.ndarray) -> np.ndarray:
-    manifest = load_manifest(SHIPPED_MANIFEST, check_files=False)
-    v = manifest.variant(variant)
-    return predict(open_session(manifest.resolve(v.file), manifest.task_of(v)), inputs)
 
 
 def profiled_ips(config_path: Path) -> dict[str, dict[str, float]]:

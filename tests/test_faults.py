@@ -13,16 +13,15 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import pytest
-import zmq
-import zmq.asyncio
 
 from edgecollab.client import Client, InferenceResult
 from edgecollab.errors import RequestFailed
+from edgecollab.inspection import ask
 from edgecollab.local import LocalCluster
 from edgecollab.protocol import Error, Submit, decode, encode
-from edgecollab.zoo import LabelledSet, load_manifest, load_test_set, open_session, predict
+from edgecollab.zoo import LabelledSet, load_manifest, load_test_set
 
-from .cluster_helpers import infer, write_cluster_config
+from .cluster_helpers import infer, local_predictions, raw_peer, write_cluster_config
 from .conftest import SHIPPED_MANIFEST
 
 
@@ -52,9 +51,7 @@ def test_set() -> LabelledSet:
 
 
 def cnn16_predictions(inputs: np.ndarray) -> np.ndarray:
-    manifest = load_manifest(SHIPPED_MANIFEST, check_files=False)
-    variant = manifest.variant("cnn-16")
-    return predict(open_session(manifest.resolve(variant.file), manifest.task_of(variant)), inputs)
+    return local_predictions("cnn-16", inputs)  # every board runs cnn-16 in these tests
 
 
 def infer_while(
@@ -116,21 +113,14 @@ GARBAGE: list[list[bytes]] = [
 
 
 async def send_garbage(endpoint: str) -> list[Error]:
-    context = zmq.asyncio.Context()
-    sock = context.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(endpoint)
     replies = []
-    try:
+    async with raw_peer(endpoint) as sock:
         for frames in GARBAGE:
             await sock.send_multipart(frames or [b""])
             if await sock.poll(5000):
                 message = decode(await sock.recv_multipart())
                 assert isinstance(message, Error)
                 replies.append(message)
-    finally:
-        sock.close(linger=0)
-        context.term()
     return replies
 
 
@@ -144,15 +134,10 @@ def test_garbage_on_either_socket_gets_protocol_errors_and_others_are_still_serv
     assert all(r.code == "protocol" for r in replies)
     result = infer(cluster.clients_endpoint, test_set.inputs[:256], policy="proportional")
     assert np.array_equal(result.predictions, cnn16_predictions(test_set.inputs[:256]))
-    status = asyncio.run(_status(cluster.clients_endpoint))
+    status = ask(cluster.clients_endpoint, "status", timeout_s=30)
     assert status["counters"]["protocol_errors"] >= len(GARBAGE)
     assert sorted(n["name"] for n in status["nodes"]) == ["jetson-nano", "odroid-xu4-a", "odroid-xu4-b", "rpi4"]
     json.dumps(status)  # the status stays plain data
-
-
-async def _status(endpoint: str) -> dict:
-    async with Client(endpoint, timeout_s=30) as client:
-        return await client.query("status")
 
 
 def test_past_the_request_cap_a_client_gets_busy_and_the_others_are_served(
@@ -205,22 +190,15 @@ def test_a_message_above_the_size_limit_cuts_off_only_its_sender(cluster: LocalC
     from edgecollab.transport import MAX_MESSAGE_BYTES
 
     async def oversized() -> list[bytes] | None:
-        context = zmq.asyncio.Context()
-        sock = context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(cluster.clients_endpoint)
-        try:
+        async with raw_peer(cluster.clients_endpoint) as sock:
             header = msgpack.packb({"v": 1, "k": "submit", "f": {"request_id": "big"}, "a": [["inputs", "uint8", [1]]]})
             await sock.send_multipart([header, bytes(MAX_MESSAGE_BYTES + 1)])
             return await sock.recv_multipart() if await sock.poll(3000) else None
-        finally:
-            sock.close(linger=0)
-            context.term()
 
     assert asyncio.run(oversized()) is None  # libzmq drops the connection; nothing reaches the coordinator
     result = infer(cluster.clients_endpoint, test_set.inputs[:256], policy="proportional")
     assert np.array_equal(result.predictions, cnn16_predictions(test_set.inputs[:256]))
-    status = asyncio.run(_status(cluster.clients_endpoint))
+    status = ask(cluster.clients_endpoint, "status", timeout_s=30)
     assert "protocol_errors" not in status["counters"] and status["requests"] == []
 
 
@@ -244,12 +222,8 @@ def test_a_peer_that_keeps_sending_garbage_is_cut_off(cluster: LocalCluster, tes
     from edgecollab.coordinator.server import MAX_PROTOCOL_STRIKES
 
     async def offender() -> tuple[int, list[bytes] | None]:
-        context = zmq.asyncio.Context()
-        sock = context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(cluster.clients_endpoint)
         answered = 0
-        try:
+        async with raw_peer(cluster.clients_endpoint) as sock:
             for _ in range(MAX_PROTOCOL_STRIKES + 3):
                 await sock.send(b"\xc1garbage")
                 if await sock.poll(1000):
@@ -258,15 +232,12 @@ def test_a_peer_that_keeps_sending_garbage_is_cut_off(cluster: LocalCluster, tes
             # Even a well-formed request from the same peer is now dropped.
             await sock.send_multipart(encode(Submit("late", np.zeros((2, 1, 28, 28), np.uint8))))
             return answered, (await sock.recv_multipart() if await sock.poll(2000) else None)
-        finally:
-            sock.close(linger=0)
-            context.term()
 
     answered, after = asyncio.run(offender())
     assert answered == MAX_PROTOCOL_STRIKES and after is None
     result = infer(cluster.clients_endpoint, test_set.inputs[:128], policy="proportional")  # others are served
     assert np.array_equal(result.predictions, cnn16_predictions(test_set.inputs[:128]))
-    counters = asyncio.run(_status(cluster.clients_endpoint))["counters"]
+    counters = ask(cluster.clients_endpoint, "status", timeout_s=30)["counters"]
     assert counters["peers_cut_off"] == 1 and counters["dropped_from_cut_off_peers"] == 4
 
 

@@ -10,17 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import zmq
-import zmq.asyncio
 
 from edgecollab.client import Client
 from edgecollab.config import load_config
 from edgecollab.errors import ConfigError
+from edgecollab.inspection import ask
 from edgecollab.local import LocalCluster
 from edgecollab.protocol import Error, Hello, Submit, decode, encode
 from edgecollab.security import ClientCurve, load_key_pair, load_public_key
 
-from .cluster_helpers import edgecollab
+from .cluster_helpers import edgecollab, raw_peer
 from .conftest import SHIPPED_MANIFEST
 
 NODES = ["rpi4", "jetson-nano"]
@@ -69,14 +68,6 @@ def client_keys(keys: Path, name: str, server: str = "coordinator") -> ClientCur
     return ClientCurve(load_key_pair(keys / f"{name}.key_secret"), load_public_key(keys / f"{server}.key"))
 
 
-def ask_status(endpoint: str, curve: ClientCurve | None, timeout_s: float) -> dict:
-    async def go() -> dict:
-        async with Client(endpoint, timeout_s=timeout_s, curve=curve) as client:
-            return await client.query("status")
-
-    return asyncio.run(go())
-
-
 def test_an_allowed_client_is_served_over_curve(secured: tuple[LocalCluster, Path]) -> None:
     local, keys = secured
 
@@ -90,19 +81,9 @@ def test_an_allowed_client_is_served_over_curve(secured: tuple[LocalCluster, Pat
 
 async def silent_peer(endpoint: str, curve: ClientCurve | None, message: object) -> list[bytes] | None:
     """Send one message as a peer with these keys (None: no CURVE); the reply, or None if nothing came back."""
-    context = zmq.asyncio.Context()
-    sock = context.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    if curve is not None:
-        sock.curve_secretkey, sock.curve_publickey = curve.keys.secret, curve.keys.public
-        sock.curve_serverkey = curve.server_public
-    sock.connect(endpoint)
-    try:
+    async with raw_peer(endpoint, curve) as sock:
         await sock.send_multipart(encode(message))  # type: ignore[arg-type]
         return await sock.recv_multipart() if await sock.poll(2000) else None
-    finally:
-        sock.close(linger=0)
-        context.term()
 
 
 @pytest.mark.parametrize("who", ["no CURVE", "unknown key", "wrong server key"])
@@ -113,12 +94,12 @@ def test_peers_without_an_allowed_key_get_nothing_through(secured: tuple[LocalCl
         "unknown key": client_keys(keys, "stranger"),
         "wrong server key": client_keys(keys, "client", server="stranger"),
     }[who]
-    before = ask_status(local.clients_endpoint, client_keys(keys, "client"), 30)["counters"]
+    before = ask(local.clients_endpoint, "status", 30, client_keys(keys, "client"))["counters"]
     submit = Submit("intruder", np.zeros((4, 1, 28, 28), np.uint8))
     assert asyncio.run(silent_peer(local.clients_endpoint, curve, submit)) is None
     hello = Hello("rpi4", ["CPUExecutionProvider"], ["cnn-8"], "x")
     assert asyncio.run(silent_peer(local.workers_endpoint, curve, hello)) is None
-    after = ask_status(local.clients_endpoint, client_keys(keys, "client"), 30)
+    after = ask(local.clients_endpoint, "status", 30, client_keys(keys, "client"))
     assert after["counters"] == before, "nothing may reach the application"
     assert after["requests"] == [] and sorted(n["name"] for n in after["nodes"]) == sorted(NODES)
 
