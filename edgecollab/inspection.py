@@ -15,7 +15,7 @@ from .client import Client
 from .config import ClusterConfig, load_config
 from .errors import EdgecollabError, RequestFailed
 from .local import LocalCluster
-from .planner import ExplorationTable, ProfileCache
+from .planner import ExplorationTable, Measurement, ProfileCache
 from .security import ClientCurve, client_curve
 from .zoo import load_manifest
 
@@ -62,8 +62,6 @@ def cached_table(config: ClusterConfig) -> ExplorationTable:
 
 
 def table_from_rows(rows: list[dict[str, Any]]) -> ExplorationTable:
-    from .planner import Measurement
-
     table = ExplorationTable({str(r["variant"]): float(r["accuracy"]) for r in rows})
     for r in rows:
         table.record(str(r["node"]), str(r["variant"]), Measurement(float(r["ips"]), float(r["latency_ms"])))
