@@ -11,6 +11,7 @@ from .errors import (
     BusyError,
     ConfigError,
     EdgecollabError,
+    InfeasibleTargetError,
     InvalidInputError,
     ManifestError,
     ModelError,
@@ -19,6 +20,7 @@ from .errors import (
     RequestLostError,
 )
 from .local import LocalCluster
+from .protocol import ProtocolError
 
 __version__ = "0.1.0"
 
@@ -28,12 +30,14 @@ __all__ = [
     "ClusterConfig",
     "ConfigError",
     "EdgecollabError",
+    "InfeasibleTargetError",
     "InferenceResult",
     "InvalidInputError",
     "LocalCluster",
     "ManifestError",
     "ModelError",
     "NodeLostError",
+    "ProtocolError",
     "RequestFailed",
     "RequestLostError",
     "SyncClient",

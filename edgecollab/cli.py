@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
-import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from . import logs
 from .config import DEFAULT_CONFIG, ClusterConfig, load_config, with_faults
-from .errors import EdgecollabError
+from .errors import EdgecollabError, InvalidInputError, RequestFailed
 from .security import client_curve, node_curve
 from .zoo import load_manifest, load_test_set, pareto_front, sha256_of, verify_variant
-from .zoo.graph import graph_cost
+
+if TYPE_CHECKING:
+    from .client import ProgressCallback
+    from .workload import ProgressFactory, RequestSpec
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 models_app = typer.Typer(no_args_is_help=True, help="List, verify and inspect model variants.")
@@ -27,9 +31,11 @@ app.add_typer(models_app, name="models")
 keys_app = typer.Typer(no_args_is_help=True, help="CURVE key pairs for a secured cluster.")
 app.add_typer(keys_app, name="keys")
 
-# Exit codes scripts can rely on.
+# Exit codes scripts can rely on (0: done).
 EXIT_CHECK_FAILED = 1  # the command ran, and what it checked did not hold
-EXIT_USAGE = 2  # bad input: config, manifest, arguments
+EXIT_USAGE = 2  # bad input: config, manifest, arguments, an invalid request
+EXIT_NOT_SERVED = 3  # the cluster could not serve it: busy, infeasible (strict), boards lost, coordinator gone
+# A worker refused by the coordinator also exits 3; Ctrl-C exits 130.
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -49,17 +55,23 @@ SeedOption = Annotated[int, typer.Option("--seed", help="seed for drawing inputs
 SavePredictionsOption = Annotated[
     Path | None, typer.Option("--save-predictions", help="write test-set indices and predictions to this .npz")
 ]
+StrictOption = Annotated[
+    bool, typer.Option("--strict", help="fail (exit 3) instead of serving the fastest plan if the target is infeasible")
+]
+
+
+# The global logging options, handed on to the processes ``run`` starts.
+_logging = {"verbose": 0, "json": False}
 
 
 @app.callback()
 def _options(
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="more logging (-v info, -vv debug)")] = 0,
+    log_json: Annotated[bool, typer.Option("--log-json", help="log one JSON object per line on stderr")] = False,
 ) -> None:
     """Collaborative, accuracy-aware DNN inference on heterogeneous edge boards."""
-    level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # The state machine logs every callback at INFO; its transitions are logged by the resource manager.
-    logging.getLogger("transitions").setLevel(max(level, logging.WARNING))
+    _logging.update(verbose=verbose, json=log_json)
+    logs.configure(verbose, log_json)
 
 
 def _reports_errors(command: Callable[P, R]) -> Callable[P, R]:
@@ -71,7 +83,8 @@ def _reports_errors(command: Callable[P, R]) -> Callable[P, R]:
             return command(*args, **kwargs)
         except EdgecollabError as exc:
             print(f"error: {exc}", file=sys.stderr)
-            raise typer.Exit(EXIT_USAGE) from None
+            served = isinstance(exc, RequestFailed) and not isinstance(exc, InvalidInputError)
+            raise typer.Exit(EXIT_NOT_SERVED if served else EXIT_USAGE) from None
 
     return wrapper
 
@@ -170,6 +183,8 @@ def models_verify(
 @_reports_errors
 def models_inspect(file: Annotated[Path, typer.Argument(help="an ONNX model file")]) -> None:
     """Print the sha256, MACs and parameters of an ONNX file, for writing its manifest entry."""
+    from .zoo.graph import graph_cost  # onnx: not needed (nor installed) on the boards
+
     if not file.is_file():
         raise EdgecollabError(f"no such model file: {file}")
     try:
@@ -230,14 +245,19 @@ def submit(
     seed: SeedOption = 0,
     json_output: JsonOption = False,
     save_predictions: SavePredictionsOption = None,
+    strict: StrictOption = False,
 ) -> None:
-    """Send one request of test-set images to a running coordinator and print what happened."""
+    """Send one request of test-set images to a running coordinator and print what happened.
+
+    Exits 3 if the cluster could not serve it (busy, infeasible with --strict, boards lost).
+    """
     from .workload import RequestSpec, run_sync, workload_source
 
     cluster = load_config(config)
     endpoint = coordinator or _client_endpoint(cluster)
-    spec = RequestSpec(inputs, target_ips, min_accuracy, policy)
-    rows = run_sync(endpoint, workload_source(cluster), [spec], seed, client_curve(cluster))
+    spec = RequestSpec(inputs, target_ips, min_accuracy, policy, strict)
+    with _progress_bars(not json_output) as progress:
+        rows = run_sync(endpoint, workload_source(cluster), [spec], seed, client_curve(cluster), progress)
     _print_outcome(policy or cluster.coordinator.policy, cluster, rows, json_output, save_predictions)
 
 
@@ -257,6 +277,10 @@ def run(
         list[str] | None,
         typer.Option("--fault", help="NODE:slow=FACTOR@S, NODE:hang@S or NODE:vanish@S after start (repeatable)"),
     ] = None,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="draw per-node throughput and variants over time to this PNG")
+    ] = None,
+    strict: StrictOption = False,
 ) -> None:
     """Start a coordinator and a worker per node of the config here, run a workload, and stop them.
 
@@ -267,10 +291,14 @@ def run(
     from .workload import DEFAULT_WORKLOAD, RequestSpec, run_sync, workload_source
 
     cluster = load_config(config)
+    if plot is not None:
+        from .plots import pyplot
+
+        pyplot()  # refuse before starting anything if matplotlib is missing
     if requests is None and inputs is None and target_ips is None:
-        specs = [RequestSpec(n, t, min_accuracy, policy) for n, t in DEFAULT_WORKLOAD]
+        specs = [RequestSpec(n, t, min_accuracy, policy, strict) for n, t in DEFAULT_WORKLOAD]
     else:
-        specs = [RequestSpec(inputs or 1000, target_ips, min_accuracy, policy)] * (requests or 1)
+        specs = [RequestSpec(inputs or 1000, target_ips, min_accuracy, policy, strict)] * (requests or 1)
     test_set = workload_source(cluster)
     log_dir = cluster.resolve(".edgecollab/logs")
     faults: dict[str, list[str]] = {}
@@ -278,17 +306,23 @@ def run(
         name, _, change = item.partition(":")
         with_faults(cluster.node(name), [change])  # refuse a bad fault before starting anything
         faults.setdefault(name, []).append(change)
-    with LocalCluster(config, log_dir=log_dir, faults=faults) as local:
+    verbosity, log_json = int(_logging["verbose"]), bool(_logging["json"])
+    with LocalCluster(config, log_dir=log_dir, faults=faults, verbose=verbosity, log_json=log_json) as local:
         if not json_output:
             print(f"started a coordinator and {len(local.workers)} workers; logs in {log_dir}", file=sys.stderr)
         try:
             # Requests would wait for the cluster anyway; waiting here keeps start-up out of their figures.
             curve = client_curve(cluster)
             wait_until_ready(local.clients_endpoint, cluster.coordinator.startup_timeout_s + 300, curve)
-            rows = run_sync(local.clients_endpoint, test_set, specs, seed, curve)
+            with _progress_bars(not json_output) as progress:
+                rows = run_sync(local.clients_endpoint, test_set, specs, seed, curve, progress)
         except EdgecollabError:
             print(f"the cluster's logs are in {log_dir}", file=sys.stderr)
             raise
+    if plot is not None:
+        from .plots import plot_run
+
+        plot_run(rows, [n.name for n in cluster.nodes], plot)
     _print_outcome(policy or cluster.coordinator.policy, cluster, rows, json_output, save_predictions)
 
 
@@ -427,12 +461,13 @@ def status(
         return
     print(f"state: {outcome['state']}; {len(outcome['nodes'])} of {len(outcome['expected_nodes'])} nodes registered")
     table = Table()
-    for column in ("node", "alive", "profiled", "providers", "variants", "in flight"):
+    for column in ("node", "alive", "profiled", "providers", "variants", "best inf/s", "in flight"):
         table.add_column(column)
     for n in outcome["nodes"]:
+        best = max(n["ips"].values(), default=0.0)
         table.add_row(
             n["name"], str(n["alive"]), str(n["profiled"]), ",".join(n["providers"]), str(len(n["variants"])),
-            str(n["in_flight"]),
+            f"{best:,.0f}", str(n["in_flight"]),
         )  # fmt: skip
     _console().print(table)
     for r in outcome["requests"]:
@@ -501,6 +536,25 @@ def _print_outcome(
         f"{s['inputs']:,} inputs in {s['requests']} requests: {s['achieved_ips']:,.0f} inf/s, "
         f"accuracy {s['accuracy'] * 100:.2f} %, targets met {s['targets_met']}/{s['requests']}"
     )
+
+
+@contextlib.contextmanager
+def _progress_bars(wanted: bool) -> Iterator[ProgressFactory | None]:
+    """One bar per request on stderr, when it is a terminal and the output is not JSON."""
+    if not (wanted and sys.stderr.isatty()):
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True)) as bars:
+
+        def for_request(number: int, spec: RequestSpec) -> ProgressCallback:
+            target = f", target {spec.target_ips:,.0f} inf/s" if spec.target_ips else ""
+            task = bars.add_task(f"request {number} ({spec.inputs:,} inputs{target})", total=spec.inputs)
+            return lambda done, total: bars.update(task, completed=done, total=total)
+
+        yield for_request
 
 
 def _console() -> Console:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import threading
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -15,13 +15,17 @@ import zmq
 import zmq.asyncio
 
 from . import transport
-from .errors import request_failed
+from .errors import RequestFailed, request_failed
 from .protocol import Answer, Error, ProtocolError, Query, Result, Submit, decode, encode
 from .security import ClientCurve
 
 T = TypeVar("T")
 # While a request is outstanding, the client checks this often that the coordinator still knows it.
 WATCH_INTERVAL_S = 2.0
+# With a progress callback, the client asks how far its request is this often.
+PROGRESS_INTERVAL_S = 0.25
+
+ProgressCallback = Callable[[int, int], None]  # (inputs predicted so far, inputs in the request)
 
 
 @dataclass(frozen=True)
@@ -68,13 +72,42 @@ class Client:
         target_ips: float | None = None,
         min_accuracy: float | None = None,
         policy: str | None = None,
+        strict: bool = False,
+        progress: ProgressCallback | None = None,
     ) -> InferenceResult:
-        """Send one request and wait for all its predictions; ``RequestFailed`` if the coordinator refuses it."""
+        """Send one request and wait for all its predictions, in input order.
+
+        The coordinator serves the most accurate plan that meets ``target_ips`` (inferences/s) and
+        ``min_accuracy``; when none does, it serves the fastest plan and says so in the report's
+        ``notes`` — or, with ``strict``, refuses with ``InfeasibleTargetError``. ``progress`` is
+        called with (inputs done, inputs) while the request runs. Raises a ``RequestFailed``.
+        """
         request_id = uuid.uuid4().hex
-        submit = Submit(request_id, np.ascontiguousarray(inputs), target_ips, min_accuracy, policy)
-        result = await self._exchange(request_id, submit, watch=True)
+        submit = Submit(request_id, np.ascontiguousarray(inputs), target_ips, min_accuracy, policy, strict)
+        reporter = None
+        if progress is not None:
+            reporter = asyncio.create_task(self._report_progress(request_id, len(inputs), progress))
+        try:
+            result = await self._exchange(request_id, submit, watch=True)
+        finally:
+            if reporter is not None:
+                reporter.cancel()
+                await asyncio.gather(reporter, return_exceptions=True)
         assert isinstance(result, Result)
+        if progress is not None:
+            progress(len(inputs), len(inputs))
         return InferenceResult(result.predictions.copy(), result.report)
+
+    async def _report_progress(self, request_id: str, total: int, progress: ProgressCallback) -> None:
+        while True:
+            await asyncio.sleep(PROGRESS_INTERVAL_S)
+            try:
+                status = await self.query("status")
+            except RequestFailed:
+                continue  # progress is best effort; the request itself reports failures
+            for running in status.get("requests", []):
+                if running.get("id") == request_id:
+                    progress(int(running["done"]), total)
 
     async def query(self, topic: str, **params: Any) -> dict[str, Any]:
         """Ask the coordinator about the cluster: ``status``, ``table`` or ``plan`` (see ``Query``)."""
@@ -167,9 +200,16 @@ class SyncClient:
         target_ips: float | None = None,
         min_accuracy: float | None = None,
         policy: str | None = None,
+        strict: bool = False,
+        progress: ProgressCallback | None = None,
     ) -> InferenceResult:
-        """Like ``Client.infer``, blocking."""
-        return self._call(self._client.infer(inputs, target_ips=target_ips, min_accuracy=min_accuracy, policy=policy))
+        """Like ``Client.infer``, blocking; ``progress`` is called on the client's own thread."""
+        return self._call(
+            self._client.infer(
+                inputs, target_ips=target_ips, min_accuracy=min_accuracy, policy=policy, strict=strict,
+                progress=progress,
+            )
+        )  # fmt: skip
 
     def query(self, topic: str, **params: Any) -> dict[str, Any]:
         """Like ``Client.query``, blocking."""

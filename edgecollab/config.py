@@ -38,6 +38,9 @@ class CoordinatorConfig(_Strict):
     max_requests: int = Field(32, ge=1, description="requests admitted at once (waiting or running); more get 'busy'")
     work_stealing: bool = Field(True, description="idle nodes take queued shards of slower ones near the end")
     replan_on_drift: bool = Field(True, description="re-plan running requests when a node's speed drifts")
+    shutdown_grace_s: float = Field(
+        10.0, ge=0, description="on SIGTERM, how long running requests may finish before they fail 'shutting_down'"
+    )
 
     @field_validator("workers", "clients")
     @classmethod

@@ -7,8 +7,9 @@
     ├── RequestFailed            a request did not complete (``code`` says why)
     │   ├── BusyError            the coordinator is at its request limit, or no board is ready: retry later
     │   ├── InvalidInputError    the inputs, policy or target do not fit: fix the request
+    │   ├── InfeasibleTargetError  a strict request whose target or minimum accuracy the cluster cannot meet
     │   ├── NodeLostError        boards were lost until a shard or the request could not go on
-    │   └── RequestLostError     the coordinator forgot the request, stopped answering, or timed out
+    │   └── RequestLostError     the coordinator shut down, forgot the request, stopped answering, or timed out
     ├── ProtocolError            a peer sent a malformed message  (edgecollab.protocol)
     └── PlanningError            no plan can be made              (edgecollab.planner)
 
@@ -51,19 +52,25 @@ class InvalidInputError(RequestFailed):
     """The request itself is wrong (inputs, policy, target): retrying will not help."""
 
 
+class InfeasibleTargetError(RequestFailed):
+    """A strict request asked for more than the cluster can plan: lower the target or the minimum accuracy."""
+
+
 class NodeLostError(RequestFailed):
     """Boards were lost until the request could not go on."""
 
 
 class RequestLostError(RequestFailed):
-    """The coordinator forgot the request (it restarted), stopped answering, or did not answer in time."""
+    """The coordinator shut down or restarted before answering, stopped answering, or did not answer in time."""
 
 
 _BY_CODE: dict[str, type[RequestFailed]] = {
     "busy": BusyError,
     "invalid_input": InvalidInputError,
     "unknown_variant": InvalidInputError,
+    "infeasible": InfeasibleTargetError,
     "node_lost": NodeLostError,
+    "shutting_down": RequestLostError,
     "request_lost": RequestLostError,
     "coordinator_unreachable": RequestLostError,
     "timeout": RequestLostError,

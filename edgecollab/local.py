@@ -44,7 +44,8 @@ class LocalCluster:
         *,
         nodes: list[str] | None = None,
         log_dir: Path | None = None,
-        verbose: bool = False,
+        verbose: int = 0,
+        log_json: bool = False,
         faults: dict[str, list[str]] | None = None,
     ) -> None:
         self.config_path = Path(config_path).resolve()
@@ -53,7 +54,8 @@ class LocalCluster:
         self.workers_endpoint = free_tcp_endpoint()
         self.clients_endpoint = free_tcp_endpoint()
         self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="edgecollab-"))
-        self.verbose = verbose
+        self.verbose = verbose  # -v count handed to every process
+        self.log_json = log_json
         self.faults = faults or {}  # node -> worker --fault arguments, e.g. ["slow=0.33@5"]
         self.coordinator: subprocess.Popen[bytes] | None = None
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
@@ -61,7 +63,8 @@ class LocalCluster:
     def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
-        command = [sys.executable, "-m", "edgecollab", *(["-v"] if self.verbose else []), *args]
+        options = ["-v"] * self.verbose + (["--log-json"] if self.log_json else [])
+        command = [sys.executable, "-m", "edgecollab", *options, *args]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         try:
             return subprocess.Popen(command, stdout=log, stderr=log, preexec_fn=_die_with_parent, env=env)

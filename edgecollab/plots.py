@@ -40,3 +40,56 @@ def plot_pareto(curves: dict[str, list[TradeOff]], front: list[TradeOff], path: 
     ax.grid(alpha=0.3)
     ax.legend()
     save(fig, path)
+
+
+def plot_run(rows: list[dict[str, Any]], nodes: list[str], path: Path) -> None:
+    """Per-node throughput (top) and the variants each node ran (bottom) over a workload's time.
+
+    Requests are laid end to end in the order they ran, each drawn from its report's timeline.
+    """
+    plt = pyplot()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6), sharex=True, height_ratios=(3, 2))
+    variants = sorted({s["variant"] for r in rows for s in r["_timeline"]["series"]})
+    colours = dict(zip(variants, plt.get_cmap("tab10").colors, strict=False))
+    row_of = {node: i for i, node in enumerate(nodes)}
+    times: list[float] = []
+    rate: dict[str, list[float]] = {node: [] for node in nodes}
+    offset = 0.0
+    for r in rows:
+        timeline = r["_timeline"]
+        width, bins = timeline["bin_s"], max((len(s["inputs"]) for s in timeline["series"]), default=0)
+        times += [offset + (b + 0.5) * width for b in range(bins)]
+        for node in nodes:
+            rate[node] += [0.0] * bins
+        for series in timeline["series"]:
+            node = series["node"]
+            if node not in row_of:
+                continue
+            for b, inputs in enumerate(series["inputs"]):
+                rate[node][len(rate[node]) - bins + b] += inputs / width
+                if inputs:
+                    left = offset + b * width
+                    bottom.barh(row_of[node], width, left=left, color=colours[series["variant"]], height=0.7)
+        if r["target_ips"]:
+            top.hlines(r["target_ips"], offset, offset + r["wall_s"], colors="k", linestyles="dashed", lw=1)
+        offset += r["wall_s"]
+        for ax in (top, bottom):
+            ax.axvline(offset, color="grey", lw=0.5)
+    for node in nodes:
+        top.plot(times, rate[node], lw=1.2, label=node)
+    top.plot(times, [sum(rate[n][i] for n in nodes) for i in range(len(times))], "k", lw=1.5, label="cluster")
+    top.set_ylabel("inferences/s")
+    top.set_title("throughput per node (dashed: each request's target)")
+    top.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    top.grid(alpha=0.3)
+    bottom.set_yticks(range(len(nodes)), nodes)
+    bottom.set_xlabel("seconds (requests end to end)")
+    bottom.set_title("variants each node ran")
+    bottom.legend(
+        handles=[plt.Rectangle((0, 0), 1, 1, color=colours[v]) for v in variants],
+        labels=variants,
+        fontsize=8,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1),
+    )
+    save(fig, path)

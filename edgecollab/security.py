@@ -69,6 +69,7 @@ def generate_keys(folder: Path, nodes: list[str], clients: list[str]) -> list[Pa
     written = []
     for name in ["coordinator", *nodes, *clients]:
         public, secret = zmq.auth.create_certificates(folder, name)
+        Path(secret).chmod(0o600)  # readable by its owner only
         written += [Path(public), Path(secret)]
         if name != "coordinator":
             shutil.copy(public, allowed / Path(public).name)

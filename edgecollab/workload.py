@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .client import Client
+from .client import Client, ProgressCallback
 from .config import ClusterConfig
 from .security import ClientCurve
 from .zoo import LabelledSet, load_manifest, load_test_set
@@ -24,6 +25,11 @@ class RequestSpec:
     target_ips: float | None
     min_accuracy: float | None
     policy: str | None
+    strict: bool = False
+
+
+# Given a request's number and spec, the callback that follows its progress (or None).
+ProgressFactory = Callable[[int, RequestSpec], ProgressCallback | None]
 
 
 def workload_source(config: ClusterConfig) -> LabelledSet:
@@ -37,7 +43,12 @@ def draw_indices(rng: np.random.Generator, available: int, count: int) -> np.nda
 
 
 async def serve_workload(
-    endpoint: str, test_set: LabelledSet, requests: list[RequestSpec], seed: int, curve: ClientCurve | None = None
+    endpoint: str,
+    test_set: LabelledSet,
+    requests: list[RequestSpec],
+    seed: int,
+    curve: ClientCurve | None = None,
+    progress: ProgressFactory | None = None,
 ) -> list[dict[str, Any]]:
     """Send the requests one after another; return per-request rows with measured accuracy."""
     rng = np.random.default_rng(seed)
@@ -46,7 +57,12 @@ async def serve_workload(
         for number, spec in enumerate(requests, start=1):
             indices = draw_indices(rng, len(test_set), spec.inputs)
             result = await client.infer(
-                test_set.inputs[indices], target_ips=spec.target_ips, min_accuracy=spec.min_accuracy, policy=spec.policy
+                test_set.inputs[indices],
+                target_ips=spec.target_ips,
+                min_accuracy=spec.min_accuracy,
+                policy=spec.policy,
+                strict=spec.strict,
+                progress=progress(number, spec) if progress else None,
             )
             rows.append(request_row(number, spec, indices, result.predictions, result.report, test_set))
     return rows
@@ -81,7 +97,8 @@ def request_row(
         "assignment": [
             {"node": a["node"], "variant": a["variant"], "inputs": a["inputs"]} for a in report["assignment"]
         ],
-        # Kept out of the JSON output; used for --save-predictions.
+        # Kept out of the JSON output; used for --save-predictions and --plot.
+        "_timeline": report.get("timeline", {"bin_s": 1.0, "series": []}),
         "_indices": indices,
         "_predictions": predictions,
     }
@@ -114,6 +131,11 @@ def save_predictions(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def run_sync(
-    endpoint: str, test_set: LabelledSet, requests: list[RequestSpec], seed: int, curve: ClientCurve | None = None
+    endpoint: str,
+    test_set: LabelledSet,
+    requests: list[RequestSpec],
+    seed: int,
+    curve: ClientCurve | None = None,
+    progress: ProgressFactory | None = None,
 ) -> list[dict[str, Any]]:
-    return asyncio.run(serve_workload(endpoint, test_set, requests, seed, curve))
+    return asyncio.run(serve_workload(endpoint, test_set, requests, seed, curve, progress))

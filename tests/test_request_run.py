@@ -7,6 +7,7 @@ import pytest
 
 from edgecollab.coordinator import MAX_ATTEMPTS, RequestRun, ShardFailed
 from edgecollab.planner import Assignment, Plan
+from edgecollab.protocol import Result, decode, encode
 
 
 def plan(*shares: tuple[str, str, int]) -> Plan:
@@ -122,3 +123,16 @@ def test_replan_moves_only_unsent_inputs_and_never_duplicates() -> None:
     assert run.tallies[("a", "big")].inputs == 16 and run.tallies[("c", "tiny")].inputs == 32
     with pytest.raises(ValueError, match="must cover the 0 queued inputs"):
         run.replan(plan(("a", "big", 1)))
+
+
+def test_the_timeline_of_a_long_request_stays_small_enough_for_the_report() -> None:
+    nodes = [f"n{i}" for i in range(64)]
+    run = RequestRun("r", plan(*((n, "v", 3200) for n in nodes)), shard_size=32)
+    for n in nodes:
+        drain(run, n)
+    timeline = run.timeline()
+    cells = [c for s in timeline["series"] for c in s["inputs"]]
+    assert len(timeline["series"]) == 64 and len(cells) <= 2000
+    assert sum(cells) == pytest.approx(run.total_inputs, rel=0.01)
+    report = {"timeline": timeline}
+    assert decode(encode(Result("r", run.predictions, report))).report == report  # under the header limit

@@ -59,6 +59,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalClu
         "keys", "generate", str(folder / "keys"), "--config", str(config), "--client", "client", "--client", "stranger"
     )
     assert done.returncode == 0, done.stderr
+    assert {path.stat().st_mode & 0o777 for path in (folder / "keys").glob("*.key_secret")} == {0o600}
     (folder / "keys" / "authorized" / "stranger.key").unlink()  # a valid key pair, not allowed in
     with LocalCluster(config, log_dir=folder / "logs") as local:
         yield local, folder / "keys"

@@ -12,6 +12,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -19,6 +20,9 @@ from ..errors import EdgecollabError
 from ..planner import Plan
 
 MAX_ATTEMPTS = 3
+# A request's timeline has at most this many bins, and this many numbers in all.
+TIMELINE_BINS = 50
+TIMELINE_CELLS = 2000
 
 
 class ShardFailed(EdgecollabError):
@@ -71,6 +75,8 @@ class RequestRun:
         self.steals = 0  # shards an idle node took from a slower one's queue
         self.replans = 0
         self.finished_at: float | None = None
+        # One entry per accepted shard: (seconds after arrival its result came, node, variant, inputs, busy s).
+        self._done: list[tuple[float, str, str, int, float]] = []
         self._cut(plan, [(0, self.total_inputs)])
 
     # --- handing out shards ----------------------------------------------------------------
@@ -131,6 +137,7 @@ class RequestRun:
         tally.shards += 1
         tally.busy_s += busy_s
         tally.last_result_s = time.monotonic() - self.arrived
+        self._done.append((tally.last_result_s, node, shard.variant, shard.size, busy_s))
         if self.finished:
             self.finished_at = time.monotonic()
         return True
@@ -199,6 +206,32 @@ class RequestRun:
     @property
     def finished(self) -> bool:
         return not self._owed
+
+    def timeline(self, max_cells: int = TIMELINE_CELLS) -> dict[str, Any]:
+        """Inputs each (node, variant) predicted per time bin since arrival, in at most ``max_cells`` numbers.
+
+        Each shard's inputs are spread over the time its node worked on it. Bounded so that the
+        report fits the protocol's header limit however long the request.
+        """
+        series = sorted({(node, variant) for _, node, variant, _, _ in self._done})
+        bins = max(1, min(TIMELINE_BINS, max_cells // max(len(series), 1)))
+        width = self.wall_seconds() / bins
+        counts = {key: [0.0] * bins for key in series}
+        for end, node, variant, inputs, busy in self._done:
+            start, row = max(end - busy, 0.0), counts[(node, variant)]
+            if end <= start:  # no measured duration: count it where its result arrived
+                row[min(int(end / width), bins - 1)] += inputs
+                continue
+            for b in range(min(int(start / width), bins - 1), min(int(end / width), bins - 1) + 1):
+                overlap = min(end, (b + 1) * width) - max(start, b * width)
+                row[b] += inputs * max(overlap, 0.0) / (end - start)
+        return {
+            "bin_s": width,
+            "series": [
+                {"node": node, "variant": variant, "inputs": [round(c) for c in counts[(node, variant)]]}
+                for node, variant in series
+            ],
+        }
 
     def wall_seconds(self) -> float:
         end = self.finished_at if self.finished_at is not None else time.monotonic()

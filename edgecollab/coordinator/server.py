@@ -142,6 +142,7 @@ class Coordinator:
         self._state_changed = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stop = asyncio.Event()
+        self._draining = False  # shutting down: new requests are refused
         self.rm.on_state_change(lambda state: self._pulse(self._state_changed))
 
     # --- life cycle ------------------------------------------------------------------------
@@ -183,14 +184,17 @@ class Coordinator:
             )
         if started is not None:
             started.set()
+        linger_ms = 0
         try:
             await self._stop.wait()
+            await self._shut_down()
+            linger_ms = 1000  # let the last answers and goodbyes leave
         finally:
             for task in [*loops, *self._tasks]:
                 task.cancel()
             await asyncio.gather(*loops, *self._tasks, return_exceptions=True)
-            self._workers_sock.close(linger=0)
-            self._clients_sock.close(linger=0)
+            self._workers_sock.close(linger=linger_ms)
+            self._clients_sock.close(linger=linger_ms)
             if authenticator is not None:
                 authenticator.stop()
             if metrics_server is not None:
@@ -199,6 +203,34 @@ class Coordinator:
 
     def stop(self) -> None:
         self._stop.set()
+
+    async def _shut_down(self) -> None:
+        """Refuse new requests, give running ones the grace period, fail the rest, and tell the workers."""
+        self._draining = True
+        grace = self.settings.shutdown_grace_s
+        log.warning("coordinator: shutting down; %d request(s) get up to %.1f s to finish", len(self.admitted), grace)
+        deadline = time.monotonic() + grace
+        while self.admitted and time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._state_changed.wait(), timeout=min(0.1, deadline - time.monotonic()))
+        for active in self.active.values():
+            run = active.run
+            self._fail(
+                active,
+                Error(
+                    "shutting_down",
+                    f"the coordinator shut down after {run.predicted_inputs:,} of {run.total_inputs:,} inputs; "
+                    "submit the request again when it is back",
+                    run.request_id,
+                ),
+            )
+        self._pulse(self._state_changed)  # requests still waiting for the cluster give up now
+        answering = time.monotonic() + 2.0
+        while self.admitted and time.monotonic() < answering:
+            await asyncio.sleep(0.01)
+        for conn in self.by_name.values():
+            if conn.alive:
+                await self._send_worker(conn.identity, Goodbye(conn.name, "coordinator shutting down"))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -534,6 +566,11 @@ class Coordinator:
         if problem:
             await self._answer_request(identity, Error("invalid_input", problem, rid))
             return
+        if self._draining:
+            await self._answer_request(
+                identity, Error("shutting_down", "the coordinator is shutting down; submit again when it is back", rid)
+            )
+            return
         if len(self.admitted) >= self.settings.max_requests:
             self.counters["busy"] += 1
             limit = self.settings.max_requests
@@ -550,9 +587,14 @@ class Coordinator:
     async def _admitted_request(self, identity: bytes, submit: Submit, arrived: float) -> None:
         rid = submit.request_id
         deadline = arrived + self.settings.startup_timeout_s
-        while not self.rm.accepts_requests() and time.monotonic() < deadline:
+        while not self.rm.accepts_requests() and time.monotonic() < deadline and not self._draining:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._state_changed.wait(), timeout=min(0.5, deadline - time.monotonic()))
+        if self._draining:
+            await self._answer_request(
+                identity, Error("shutting_down", "the coordinator shut down before this request started", rid)
+            )
+            return
         policy = submit.policy or self.settings.policy
         request = PlanRequest(len(submit.inputs), submit.target_ips, submit.min_accuracy)
         try:
@@ -560,6 +602,20 @@ class Coordinator:
         except (NotReady, PlanningError) as exc:
             await self._answer_request(
                 identity, Error("busy" if isinstance(exc, NotReady) else "invalid_input", str(exc), rid)
+            )
+            return
+        if submit.strict and not plan.feasible:
+            self.rm.finish_request(rid)
+            why = "; ".join(plan.notes) or "no plan meets it"
+            await self._answer_request(
+                identity,
+                Error(
+                    "infeasible",
+                    f"cannot meet target_ips={submit.target_ips} min_accuracy={submit.min_accuracy} on the cluster "
+                    f"as it is (the best plan gives {plan.expected_ips:,.0f} inf/s at "
+                    f"{plan.expected_accuracy * 100:.2f} %): {why}",
+                    rid,
+                ),
             )
             return
         active = ActiveRequest(RequestRun(rid, plan, self.settings.shard_size, arrived), request, policy, submit.inputs)
@@ -702,6 +758,7 @@ class Coordinator:
             "replans": run.replans,
             "dispatch_started_s": active.dispatch_started - run.arrived,
             "notes": notes,
+            "timeline": run.timeline(),
             "assignment": [
                 {
                     "node": tally.node,

@@ -50,7 +50,7 @@ class Heartbeat(Message):
 
 @dataclass(frozen=True)
 class Goodbye(Message):
-    """A worker leaves on purpose (or the coordinator tells a worker to stop)."""
+    """A worker leaves on purpose, or the coordinator tells its workers it is shutting down."""
 
     kind: ClassVar[str] = "goodbye"
     node: str
@@ -92,6 +92,8 @@ class Submit(Message):
     target_ips: float | None = None
     min_accuracy: float | None = None
     policy: str | None = None
+    # Refuse with ``infeasible`` rather than serve the fastest plan when the target cannot be met.
+    strict: bool = False
 
 
 @dataclass(frozen=True)
@@ -149,7 +151,9 @@ ERROR_CODES = (
     "unknown_variant",  # the node has no such variant: not retryable on that node
     "refused",  # registration refused (e.g. duplicate node name)
     "unregistered",  # the coordinator does not know this worker (it restarted): register again
+    "infeasible",  # a strict request's target or minimum accuracy cannot be met by any plan
     "node_lost",  # a shard failed too often on dying nodes
+    "shutting_down",  # the coordinator is stopping: the request was not (or not fully) served
     "busy",  # over capacity
     "internal",
 )

@@ -46,6 +46,7 @@ class WorkerAgent:
         self._last_heard = 0.0  # monotonic time of the coordinator's last message
         self._registered = False
         self._register_again = False  # the coordinator said it does not know us (it restarted)
+        self._coordinator_left = False  # the coordinator said goodbye (it is shutting down)
         self._stop = asyncio.Event()
         self._exit_code = 0
 
@@ -84,6 +85,7 @@ class WorkerAgent:
             self._sock = transport.dealer(self._context, self.endpoint, self.curve)
             self._registered = False
             self._register_again = False
+            self._coordinator_left = False
             self._drop_queued_shards()
             await self._send(
                 Hello(self.name, self.runner.providers, list(self.runner.variants), self.runner.fingerprint())
@@ -94,7 +96,8 @@ class WorkerAgent:
                 backoff = 0.5  # it was connected: back off afresh
             if self._register_again or self._stop.is_set():
                 continue  # the coordinator answers: register again at once
-            log.warning("node %s: coordinator silent; registering again in %.1f s", self.name, backoff)
+            if not self._coordinator_left:
+                log.warning("node %s: coordinator silent; registering again in %.1f s", self.name, backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF_S)
 
@@ -102,7 +105,7 @@ class WorkerAgent:
         assert self._sock is not None
         deadline = self.heartbeat_s * self.misses
         next_beat = time.monotonic()
-        while not self._stop.is_set() and not self._register_again:
+        while not self._stop.is_set() and not self._register_again and not self._coordinator_left:
             now = time.monotonic()
             if now - self._last_heard > (deadline if self._registered else max(deadline, 5.0)):
                 return
@@ -128,8 +131,9 @@ class WorkerAgent:
         elif isinstance(message, Shard):
             self._queue.put_nowait(message)
         elif isinstance(message, Goodbye):
-            log.info("node %s: coordinator says goodbye: %s", self.name, message.reason)
-            self._stop.set()
+            # The coordinator stopped on purpose: wait for it to come back, as after a silence.
+            log.warning("node %s: coordinator left (%s); registering again when it is back", self.name, message.reason)
+            self._coordinator_left = True
         elif isinstance(message, Error) and message.code == "unregistered":
             log.warning("node %s: the coordinator does not know this worker; registering again", self.name)
             self._register_again = True
