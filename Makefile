@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-test
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: test run lint models bench clean
+.PHONY: test run lint models bench bench-runtime bench-peers clean
 
 $(STAMP): pyproject.toml
 	@$(BIN)/python -c '' 2>/dev/null || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
@@ -38,5 +38,19 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/planner_scaling.py
 	$(BIN)/python benchmarks/policies.py
 
+# Efficiency, coordinator overhead and adaptation on the emulated cluster (docs/benchmarks.md).
+bench-runtime: $(STAMP)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[plot]'
+	$(BIN)/python benchmarks/efficiency.py
+	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/adaptation.py
+
+# Ray Serve and PyTriton side by side with edgecollab, in their own environment (never needed by the tests).
+PEERS := .venv-peers
+bench-peers:
+	@$(PEERS)/bin/python -c '' 2>/dev/null || $(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/pip install --quiet --disable-pip-version-check -e '.[plot]' 'ray[serve]>=2.40' 'nvidia-pytriton>=0.5'
+	$(PEERS)/bin/python benchmarks/peers.py
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PEERS) .pytest_cache .mypy_cache .ruff_cache

@@ -97,7 +97,8 @@ def request_row(
         "assignment": [
             {"node": a["node"], "variant": a["variant"], "inputs": a["inputs"]} for a in report["assignment"]
         ],
-        # Kept out of the JSON output; used for --save-predictions and --plot.
+        # Kept out of the JSON output; used for --save-predictions, --plot and the benchmarks.
+        "_report": report,
         "_timeline": report.get("timeline", {"bin_s": 1.0, "series": []}),
         "_indices": indices,
         "_predictions": predictions,

@@ -661,9 +661,10 @@ class Coordinator:
                 continue
             target = None
             if active.request.target_ips is not None:
-                # What the rest must reach to finish by the request's own deadline.
+                # What the rest must reach to finish by the request's own deadline — never less than the
+                # request's own target: time gained early is kept as slack for the tail, not spent on accuracy.
                 time_left = run.arrived + active.request.inputs / active.request.target_ips - now
-                target = remaining / max(time_left, 1e-3)
+                target = max(active.request.target_ips, remaining / max(time_left, 1e-3))
             try:
                 plan = self.rm.replan(PlanRequest(remaining, target, active.request.min_accuracy), active.policy)
             except PlanningError as exc:
