@@ -50,6 +50,8 @@ PEERS := .venv-peers
 bench-peers:
 	@$(PEERS)/bin/python -c '' 2>/dev/null || $(PYTHON) -m venv $(PEERS)
 	$(PEERS)/bin/pip install --quiet --disable-pip-version-check -e '.[plot]' 'ray[serve]>=2.40' 'nvidia-pytriton>=0.5'
+	@# tritonclient keeps protobuf below 7; newer grpcio-reflection (a Ray Serve dependency) needs 7.
+	$(PEERS)/bin/pip install --quiet --disable-pip-version-check 'protobuf>=6.31,<7' 'grpcio-reflection>=1.72,<1.80'
 	$(PEERS)/bin/python benchmarks/peers.py
 
 clean:

@@ -33,6 +33,29 @@ class InferenceResult:
     predictions: np.ndarray  # predicted class per input, in input order
     report: dict[str, Any]  # the plan, achieved throughput, per-node figures (see docs/protocol.md)
 
+    @property
+    def achieved_ips(self) -> float:
+        """Inputs per second from the request's arrival at the coordinator to its last prediction."""
+        return float(self.report["achieved_ips"])
+
+    @property
+    def feasible(self) -> bool:
+        """Whether the plan could meet the target and minimum accuracy (see ``notes`` if not)."""
+        return bool(self.report["feasible"])
+
+    @property
+    def notes(self) -> list[str]:
+        return list(self.report["notes"])
+
+    @property
+    def per_node(self) -> dict[str, dict[str, int]]:
+        """Inputs each node predicted, by variant."""
+        shares: dict[str, dict[str, int]] = {}
+        for a in self.report["assignment"]:
+            if a["inputs"]:
+                shares.setdefault(a["node"], {})[a["variant"]] = int(a["inputs"])
+        return shares
+
 
 class Client:
     """An asyncio client; one DEALER socket serves any number of concurrent requests.
