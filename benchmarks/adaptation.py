@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -28,16 +26,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from common import RESULTS, run_info, write_results
 
 from edgecollab.client import Client
 from edgecollab.config import load_config
-from edgecollab.errors import EdgecollabError
 from edgecollab.inspection import wait_until_ready
 from edgecollab.local import LocalCluster
 from edgecollab.plots import pyplot, save
-from edgecollab.workload import workload_source
+from edgecollab.workload import node_rates, workload_source
 
-RESULTS = Path(__file__).resolve().parent / "results"
 BOARD = "rpi4"
 EVENT_AT_S = 12.0  # after the worker starts: past registration; the request is started around it
 LEAD_S = 2.5  # the request starts this long before the event
@@ -72,14 +69,6 @@ def log_times(path: Path, needle: str) -> list[float]:
         if line.startswith("{") and needle in line:
             times.append(datetime.fromisoformat(json.loads(line)["ts"]).timestamp())
     return times
-
-
-def cluster_rate(report: dict[str, Any]) -> tuple[list[float], list[float]]:
-    timeline = report["timeline"]
-    width = timeline["bin_s"]
-    bins = max(len(s["inputs"]) for s in timeline["series"])
-    totals = [sum(s["inputs"][b] for s in timeline["series"]) / width for b in range(bins)]
-    return [(b + 0.5) * width for b in range(bins)], totals
 
 
 def time_below_target(times: list[float], rates: list[float], event_s: float, target: float, width: float) -> float:
@@ -118,7 +107,8 @@ def run_scenario(name: str, base: Path, folder: Path, target: float, seconds: fl
     event_s = event[0] - sent if event else float("nan")
     reaction_needle = f"node {BOARD} lost" if kind == "vanish" else f"({BOARD} drifted)"
     reactions = [t - sent for t in log_times(logs / "coordinator.log", reaction_needle) if t - sent >= event_s]
-    times, rates = cluster_rate(report)
+    times, per_node = node_rates(report["timeline"])
+    rates = [sum(column) for column in zip(*per_node.values(), strict=True)]
     width = report["timeline"]["bin_s"]
     predictions = result.predictions
     return {
@@ -164,19 +154,12 @@ def main() -> int:
                 file=sys.stderr,
             )
     out = {
-        "command": "python benchmarks/adaptation.py " + " ".join(sys.argv[1:]),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        **run_info(),
         "config": str(args.config),
         "board": BOARD,
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {args.out}", file=sys.stderr)
-    try:
-        _plot(rows, args.out.with_suffix(".png"))
-    except EdgecollabError as exc:
-        print(f"no plot: {exc}", file=sys.stderr)
+    write_results(args.out, out, lambda path: _plot(rows, path))
     return 0 if all(r["inputs_lost"] == 0 for r in rows) else 1
 
 

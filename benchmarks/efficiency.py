@@ -16,22 +16,19 @@ benchmarks/results/efficiency.json and efficiency.png.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
+from common import RESULTS, run_info, write_results
+
 from edgecollab.config import load_config
-from edgecollab.errors import EdgecollabError
 from edgecollab.inspection import wait_until_ready
 from edgecollab.local import LocalCluster
 from edgecollab.plots import pyplot, save
 from edgecollab.workload import RequestSpec, run_sync, workload_source
 
-RESULTS = Path(__file__).resolve().parent / "results"
 SIZES = (100, 1_000, 10_000, 30_000)
 # "accurate": no target, the most accurate variant everywhere; "fast": a target that needs the fast variants.
 TARGETS: dict[str, float | None] = {"accurate": None, "fast": 8_000.0}
@@ -106,20 +103,13 @@ def main() -> int:
                                                                         "achieved_ips", "wall_s")}
             )  # fmt: skip
     out = {
-        "command": "python benchmarks/efficiency.py " + " ".join(sys.argv[1:]),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        **run_info(),
         "config": str(args.config),
         "repeats": args.repeats,
         "summary": summary,
         "runs": runs,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {args.out}", file=sys.stderr)
-    try:
-        _plot(summary, args.out.with_suffix(".png"))
-    except EdgecollabError as exc:
-        print(f"no plot: {exc}", file=sys.stderr)
+    write_results(args.out, out, lambda path: _plot(summary, path))
     return 0
 
 

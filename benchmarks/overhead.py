@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -25,14 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from common import RESULTS, run_info, write_results
 
 from edgecollab.client import Client
-from edgecollab.errors import EdgecollabError
 from edgecollab.inspection import wait_until_ready
 from edgecollab.local import LocalCluster
 from edgecollab.plots import pyplot, save
 
-RESULTS = Path(__file__).resolve().parent / "results"
 MANIFEST = Path(__file__).resolve().parents[1] / "models" / "zoo.toml"
 SHARD_SIZES = (1, 32, 256)
 # Inputs per measured request: enough shards for a steady state, a few seconds each.
@@ -127,18 +124,11 @@ def main() -> int:
                     file=sys.stderr,
                 )
     out = {
-        "command": "python benchmarks/overhead.py " + " ".join(sys.argv[1:]),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        **run_info(),
         "model": "linear-7x7 (490 MACs), two un-emulated workers on this machine",
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {args.out}", file=sys.stderr)
-    try:
-        _plot(rows, args.out.with_suffix(".png"))
-    except EdgecollabError as exc:
-        print(f"no plot: {exc}", file=sys.stderr)
+    write_results(args.out, out, lambda path: _plot(rows, path))
     return 0
 
 

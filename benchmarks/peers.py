@@ -27,23 +27,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
 import statistics
 import sys
 import sysconfig
-import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from common import RESULTS, run_info, write_results
 
 from edgecollab.client import Client
 from edgecollab.config import ClusterConfig, load_config
-from edgecollab.errors import EdgecollabError
 from edgecollab.inspection import ask, table_from_rows, wait_until_ready
 from edgecollab.local import LocalCluster
 from edgecollab.planner import ExplorationTable, PlanRequest, make_plan
@@ -51,13 +47,9 @@ from edgecollab.plots import pyplot, save
 from edgecollab.workload import DEFAULT_WORKLOAD, draw_indices, workload_source
 from edgecollab.zoo import LabelledSet
 
-RESULTS = Path(__file__).resolve().parent / "results"
 SHARD = 32  # edgecollab's default shard_size
 WINDOW = 2  # edgecollab's default window
 SMALL_REQUESTS = 100  # one-input requests for the per-request overhead
-
-# A peer's serving function: (variant, inputs of one request) -> predictions in input order.
-Serve = Callable[[str, np.ndarray], Any]
 
 
 class EmulatedBoard:
@@ -263,8 +255,7 @@ def main() -> int:
         if name not in wanted:
             continue
         try:
-            with tempfile.TemporaryDirectory():
-                systems.append(run(config_path, config, test_set, table))
+            systems.append(run(config_path, config, test_set, table))
         except Exception as exc:  # a peer that cannot run here is reported, not fatal
             skipped[name] = f"{type(exc).__name__}: {exc}"[:500]
             print(f"skipped {name}: {skipped[name]}", file=sys.stderr)
@@ -281,19 +272,12 @@ def main() -> int:
             file=sys.stderr,
         )
     out = {
-        "command": "python benchmarks/peers.py " + " ".join(sys.argv[1:]),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        **run_info(),
         "workload": [{"inputs": n, "target_ips": t} for n, t in DEFAULT_WORKLOAD],
         "systems": systems,
         "skipped": skipped,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {args.out}", file=sys.stderr)
-    try:
-        _plot(systems, args.out.with_suffix(".png"))
-    except EdgecollabError as exc:
-        print(f"no plot: {exc}", file=sys.stderr)
+    write_results(args.out, out, lambda path: _plot(systems, path))
     return 0
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from .errors import EdgecollabError
 from .planner import TradeOff
+from .workload import node_rates
 
 
 def pyplot() -> Any:
@@ -49,27 +50,26 @@ def plot_run(rows: list[dict[str, Any]], nodes: list[str], path: Path) -> None:
     """
     plt = pyplot()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6), sharex=True, height_ratios=(3, 2))
-    variants = sorted({s["variant"] for r in rows for s in r["_timeline"]["series"]})
+    timelines = [r["_report"]["timeline"] for r in rows]
+    variants = sorted({s["variant"] for timeline in timelines for s in timeline["series"]})
     colours = dict(zip(variants, plt.get_cmap("tab10").colors, strict=False))
     row_of = {node: i for i, node in enumerate(nodes)}
     times: list[float] = []
     rate: dict[str, list[float]] = {node: [] for node in nodes}
     offset = 0.0
-    for r in rows:
-        timeline = r["_timeline"]
-        width, bins = timeline["bin_s"], max((len(s["inputs"]) for s in timeline["series"]), default=0)
-        times += [offset + (b + 0.5) * width for b in range(bins)]
+    for r, timeline in zip(rows, timelines, strict=True):
+        width = timeline["bin_s"]
+        mid_times, rates = node_rates(timeline)
+        times += [offset + t for t in mid_times]
         for node in nodes:
-            rate[node] += [0.0] * bins
+            rate[node] += rates.get(node, [0.0] * len(mid_times))
         for series in timeline["series"]:
-            node = series["node"]
-            if node not in row_of:
+            if series["node"] not in row_of:
                 continue
             for b, inputs in enumerate(series["inputs"]):
-                rate[node][len(rate[node]) - bins + b] += inputs / width
                 if inputs:
                     left = offset + b * width
-                    bottom.barh(row_of[node], width, left=left, color=colours[series["variant"]], height=0.7)
+                    bottom.barh(row_of[series["node"]], width, left=left, color=colours[series["variant"]], height=0.7)
         if r["target_ips"]:
             top.hlines(r["target_ips"], offset, offset + r["wall_s"], colors="k", linestyles="dashed", lw=1)
         offset += r["wall_s"]

@@ -99,10 +99,21 @@ def request_row(
         ],
         # Kept out of the JSON output; used for --save-predictions, --plot and the benchmarks.
         "_report": report,
-        "_timeline": report.get("timeline", {"bin_s": 1.0, "series": []}),
         "_indices": indices,
         "_predictions": predictions,
     }
+
+
+def node_rates(timeline: dict[str, Any]) -> tuple[list[float], dict[str, list[float]]]:
+    """From a report's ``timeline``: the bins' mid-times (seconds after arrival) and each node's inferences/s."""
+    width = timeline["bin_s"]
+    bins = max((len(s["inputs"]) for s in timeline["series"]), default=0)
+    rates: dict[str, list[float]] = {}
+    for series in timeline["series"]:
+        row = rates.setdefault(series["node"], [0.0] * bins)
+        for b, inputs in enumerate(series["inputs"]):
+            row[b] += inputs / width
+    return [(b + 0.5) * width for b in range(bins)], rates
 
 
 def summary(policy: str, config: ClusterConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
