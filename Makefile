@@ -30,6 +30,7 @@ models: $(STAMP)
 	@[ -f $(FASHION_MNIST)/train-images-idx3-ubyte.gz ] || { $(SUDO) apt-get update && $(SUDO) apt-get install -y dataset-fashion-mnist; }
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[train]'
 	$(BIN)/python models/train.py --data $(FASHION_MNIST)
+	$(BIN)/python models/upscale.py
 	$(BIN)/edgecollab models verify
 
 # Benchmarks write JSON and plots to benchmarks/results/ (see docs/benchmarks.md).

@@ -1,7 +1,8 @@
 """Start a coordinator and one worker process per node of a config on this machine.
 
 This is what ``edgecollab run`` and the tests use. Each process is real and talks over
-real loopback TCP sockets on free ports; children die with their parent.
+real loopback TCP sockets on free ports; children die with their parent. The network
+benchmark places workers in network namespaces of their own (``WorkerPlace``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -23,7 +25,7 @@ from .config import load_config
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     # Linux: the child gets SIGTERM when the process that started it dies, even by SIGKILL.
     with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -33,6 +35,14 @@ def free_tcp_endpoint(host: str = "127.0.0.1") -> str:
     with socket.socket() as s:
         s.bind((host, 0))
         return f"tcp://{host}:{s.getsockname()[1]}"
+
+
+@dataclass(frozen=True)
+class WorkerPlace:
+    """Where a worker runs when not beside the coordinator, e.g. in a network namespace of its own."""
+
+    prefix: tuple[str, ...] = ()  # command that starts it there, e.g. ("ip", "netns", "exec", "board-1")
+    coordinator: str | None = None  # the endpoint it reaches the coordinator at from there
 
 
 class LocalCluster:
@@ -47,27 +57,30 @@ class LocalCluster:
         verbose: int = 0,
         log_json: bool = False,
         faults: dict[str, list[str]] | None = None,
+        workers_endpoint: str | None = None,
+        worker_places: dict[str, WorkerPlace] | None = None,
     ) -> None:
         self.config_path = Path(config_path).resolve()
         self.config = load_config(self.config_path)  # fail early, in this process, on a bad config
         self.node_names = nodes if nodes is not None else [n.name for n in self.config.nodes]
-        self.workers_endpoint = free_tcp_endpoint()
+        self.workers_endpoint = workers_endpoint or free_tcp_endpoint()
         self.clients_endpoint = free_tcp_endpoint()
         self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="edgecollab-"))
         self.verbose = verbose  # -v count handed to every process
         self.log_json = log_json
         self.faults = faults or {}  # node -> worker --fault arguments, e.g. ["slow=0.33@5"]
+        self.worker_places = worker_places or {}  # node -> where its worker runs, when not beside the coordinator
         self.coordinator: subprocess.Popen[bytes] | None = None
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
 
-    def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, *args: str, prefix: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
         options = ["-v"] * self.verbose + (["--log-json"] if self.log_json else [])
-        command = [sys.executable, "-m", "edgecollab", *options, *args]
+        command = [*prefix, sys.executable, "-m", "edgecollab", *options, *args]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         try:
-            return subprocess.Popen(command, stdout=log, stderr=log, preexec_fn=_die_with_parent, env=env)
+            return subprocess.Popen(command, stdout=log, stderr=log, preexec_fn=die_with_parent, env=env)
         finally:
             log.close()
 
@@ -86,9 +99,10 @@ class LocalCluster:
 
     def start_worker(self, name: str) -> subprocess.Popen[bytes]:
         faults = [arg for fault in self.faults.get(name, []) for arg in ("--fault", fault)]
+        place = self.worker_places.get(name, WorkerPlace())
         process = self._spawn(
             name, "worker", "--config", str(self.config_path), "--node", name,
-            "--coordinator", self.workers_endpoint, *faults,
+            "--coordinator", place.coordinator or self.workers_endpoint, *faults, prefix=place.prefix,
         )  # fmt: skip
         self.workers[name] = process
         return process

@@ -5,7 +5,8 @@ training split from Debian's ``dataset-fashion-mnist`` package. The runtime neve
 imports this file or torch: it only reads the ONNX files and the manifest written here.
 
 Every figure in the manifest is produced here: accuracy by ONNX Runtime on the full
-shipped test split, MACs and parameters counted from the exported graph.
+shipped test split, MACs and parameters counted from the exported graph. Writes only
+this task; ``models/upscale.py`` then adds the 224×224 variants derived from these.
 """
 
 from __future__ import annotations
@@ -276,12 +277,14 @@ def main() -> int:
 
     if args.only and (out_dir / "zoo.toml").is_file():
         # Keep the other variants as they are, in ladder order.
-        kept = {v["name"]: v for v in tomllib.loads((out_dir / "zoo.toml").read_text())["variant"]}
+        previous = tomllib.loads((out_dir / "zoo.toml").read_text())["variant"]
+        kept = {v["name"]: v for v in previous if v["task"] == TASK.name}
         kept.update({v["name"]: v for v in variants})
         order = [name for r in LADDER for name in (r.name, f"{r.name}-int8")]
         variants = sorted(kept.values(), key=lambda v: order.index(v["name"]) if v["name"] in order else len(order))
     manifest = {"task": [TASK.model_dump()], "variant": variants}
-    header = "# Written by models/train.py (make models). Do not edit by hand: every figure is measured.\n\n"
+    # models/upscale.py adds the derived fashion-mnist-224 task after this (make models runs both).
+    header = "# Written by models/train.py and models/upscale.py (make models). Every figure is measured.\n\n"
     (out_dir / "zoo.toml").write_text(header + tomli_w.dumps(manifest))
     print(f"wrote {out_dir / 'zoo.toml'} with {len(variants)} variants")
     return 0

@@ -35,6 +35,12 @@ def test_set(zoo: Manifest) -> LabelledSet:
     return load_test_set(zoo, zoo.tasks["fashion-mnist"])
 
 
+@pytest.fixture(scope="module")
+def test_sets(zoo: Manifest) -> dict[str, LabelledSet]:
+    """Each task's test set, loaded when first asked for (the 224×224 one is 500 MB)."""
+    return {}
+
+
 def test_ladder_has_enough_variants_and_quantized_twins(zoo: Manifest) -> None:
     variants = zoo.for_task("fashion-mnist")
     assert len(variants) >= 10
@@ -65,10 +71,14 @@ def test_several_variants_are_on_the_pareto_front(zoo: Manifest) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(ZOO.variants))
-def test_variant_rescores_to_its_manifest_accuracy(zoo: Manifest, test_set: LabelledSet, name: str) -> None:
+def test_variant_rescores_to_its_manifest_accuracy(zoo: Manifest, test_sets: dict[str, LabelledSet], name: str) -> None:
     variant = zoo.variant(name)
     path = zoo.resolve(variant.file)
-    session = open_session(path, zoo.task_of(variant), threads=2)  # also checks uint8 (N, 1, 28, 28) -> (N, 10)
+    task = zoo.task_of(variant)
+    if task.name not in test_sets:
+        test_sets[task.name] = load_test_set(zoo, task)
+    test_set = test_sets[task.name]
+    session = open_session(path, task, threads=2)  # also checks the input (N, *input_shape) and output (N, 10)
     predictions = predict(session, test_set.inputs)
     assert len(test_set) == 10_000
     assert abs(float((predictions == test_set.labels).mean()) - variant.accuracy) <= ACCURACY_TOLERANCE
@@ -79,3 +89,19 @@ def test_variant_rescores_to_its_manifest_accuracy(zoo: Manifest, test_set: Labe
 def test_runtime_imports_no_torch() -> None:
     code = "import sys, edgecollab.cli, edgecollab.zoo; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_224_variants_resize_to_exactly_their_base(zoo: Manifest, test_set: LabelledSet) -> None:
+    """A fashion-mnist-224 variant on an 8× enlarged image predicts what its base predicts on the image."""
+    large = zoo.for_task("fashion-mnist-224")
+    assert large, "models/upscale.py derives the 224×224 variants"
+    task = zoo.tasks["fashion-mnist-224"]
+    assert task.bytes_per_input == 64 * zoo.tasks["fashion-mnist"].bytes_per_input
+    images = test_set.inputs[:300]
+    enlarged = images.repeat(8, axis=-2).repeat(8, axis=-1)
+    for variant in large:
+        base = zoo.variant(variant.name.removesuffix("-224"))
+        assert variant.macs == base.macs
+        ours = predict(open_session(zoo.resolve(variant.file), task, threads=2), enlarged)
+        theirs = predict(open_session(zoo.resolve(base.file), zoo.task_of(base), threads=2), images)
+        assert (ours == theirs).all(), variant.name

@@ -167,3 +167,18 @@ def test_idx_reader_refuses_truncated_files(tmp_path: Path) -> None:
     (tmp_path / "a.idx").write_bytes((tmp_path / "a.idx").read_bytes()[:-3])
     with pytest.raises(ModelError, match="header promises 16 bytes of data, file holds 13"):
         read_idx(tmp_path / "a.idx")
+
+
+def test_test_images_can_be_enlarged_to_the_tasks_input(tmp_path: Path) -> None:
+    images = np.arange(2 * 3 * 2, dtype=np.uint8).reshape(2, 1, 3, 2)
+    write_idx(tmp_path / "x.idx", images.reshape(2, 3, 2))
+    write_idx(tmp_path / "y.idx", np.array([0, 1], np.uint8))
+    enlarged = load_labelled_set(tmp_path / "x.idx", tmp_path / "y.idx", (1, 12, 8), upscale=4)
+    assert enlarged.inputs.shape == (2, 1, 12, 8)
+    # Every stored pixel becomes a 4×4 block; taking each block's first pixel gives the image back.
+    assert np.array_equal(enlarged.inputs[:, :, ::4, ::4], images)
+    assert np.array_equal(enlarged.inputs[:, :, 3::4, 3::4], images)
+    with pytest.raises(ModelError, match=r"input shape \(1, 12, 9\) cannot be 4 times a stored image in height and width"):
+        load_labelled_set(tmp_path / "x.idx", tmp_path / "y.idx", (1, 12, 9), upscale=4)
+    with pytest.raises(ModelError, match=r"do not fit input shape \(1, 4, 2\)"):
+        load_labelled_set(tmp_path / "x.idx", tmp_path / "y.idx", (1, 16, 8), upscale=4)

@@ -59,14 +59,27 @@ class LabelledSet:
         return len(self.labels)
 
 
-def load_labelled_set(images: Path, labels: Path, input_shape: tuple[int, ...]) -> LabelledSet:
-    """Load an IDX image/label pair, reshaping each image to ``input_shape``."""
+def load_labelled_set(images: Path, labels: Path, input_shape: tuple[int, ...], upscale: int = 1) -> LabelledSet:
+    """Load an IDX image/label pair, reshaping each image to ``input_shape``.
+
+    With ``upscale`` > 1 the stored images are that many times smaller than ``input_shape``
+    in their last two dimensions and are enlarged by repeating pixels (nearest neighbour).
+    """
     x = read_idx(images)
     y = read_idx(labels).astype(np.int64)
     if len(x) != len(y):
         raise ModelError(f"{images} holds {len(x)} inputs but {labels} holds {len(y)} labels")
+    stored_shape = input_shape
+    if upscale > 1:
+        if len(input_shape) < 2 or input_shape[-1] % upscale or input_shape[-2] % upscale:
+            raise ModelError(
+                f"input shape {input_shape} cannot be {upscale} times a stored image in its last two sides"
+            )
+        stored_shape = (*input_shape[:-2], input_shape[-2] // upscale, input_shape[-1] // upscale)
     try:
-        x = x.reshape((len(x), *input_shape))
+        x = x.reshape((len(x), *stored_shape))
     except ValueError as exc:
-        raise ModelError(f"{images}: images of shape {x.shape[1:]} do not fit input shape {input_shape}") from exc
+        raise ModelError(f"{images}: images of shape {x.shape[1:]} do not fit input shape {stored_shape}") from exc
+    if upscale > 1:
+        x = x.repeat(upscale, axis=-2).repeat(upscale, axis=-1)
     return LabelledSet(inputs=np.ascontiguousarray(x), labels=y)

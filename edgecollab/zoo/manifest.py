@@ -33,6 +33,9 @@ class TaskSpec(BaseModel):
     classes: int = Field(gt=1)
     test_images: str = Field(description="IDX file of test inputs, relative to the manifest")
     test_labels: str = Field(description="IDX file of test labels, relative to the manifest")
+    test_upscale: int = Field(
+        1, ge=1, le=64, description="the test images are stored this many times smaller and enlarged (nearest)"
+    )
 
     @property
     def bytes_per_input(self) -> int:

@@ -103,7 +103,8 @@ def measure_throughput(
 
 
 def load_test_set(manifest: Manifest, task: TaskSpec) -> LabelledSet:
-    return load_labelled_set(manifest.resolve(task.test_images), manifest.resolve(task.test_labels), task.input_shape)
+    images, labels = manifest.resolve(task.test_images), manifest.resolve(task.test_labels)
+    return load_labelled_set(images, labels, task.input_shape, task.test_upscale)
 
 
 @dataclass(frozen=True)
