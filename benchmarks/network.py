@@ -90,7 +90,7 @@ class ShapedNetwork:
         self.bridge = f"ecbr{tag}"
         self.host_ip = f"{SUBNET}.1"
         self.namespaces = {node: f"ec{tag}-{i}" for i, node in enumerate(links)}
-        self._veths = {node: (f"ec{tag}h{i}", f"ec{tag}n{i}") for i, node in enumerate(links)}
+        self.veths = {node: (f"ec{tag}h{i}", f"ec{tag}n{i}") for i, node in enumerate(links)}
         self.kernel_delay = True  # False: sch_netem missing, delays come from relays
         self._relays: list[subprocess.Popen[bytes]] = []
 
@@ -112,7 +112,7 @@ class ShapedNetwork:
         sh("ip", "addr", "add", f"{self.host_ip}/24", "dev", self.bridge)
         sh("ip", "link", "set", self.bridge, "up")
         for i, (node, namespace) in enumerate(self.namespaces.items()):
-            host_end, board_end = self._veths[node]
+            host_end, board_end = self.veths[node]
             sh("ip", "netns", "add", namespace)
             sh("ip", "link", "add", host_end, "type", "veth", "peer", "name", board_end)
             sh("ip", "link", "set", board_end, "netns", namespace)
@@ -290,14 +290,15 @@ def figures(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def small_inputs(base: ClusterConfig, network: ShapedNetwork, folder: Path) -> list[dict[str, Any]]:
+def small_inputs(base: ClusterConfig, network: ShapedNetwork, folder: Path, repeats: int) -> list[dict[str, Any]]:
     """The 28×28 workloads on loopback and over the shaped links, each cluster profiled where it runs."""
-    requests = [RequestSpec(SMALL_INPUTS, target, None, None) for target in SMALL_WORKLOADS.values()]
+    workloads = [w for _ in range(repeats) for w in SMALL_WORKLOADS]
+    requests = [RequestSpec(SMALL_INPUTS, SMALL_WORKLOADS[w], None, None) for w in workloads]
     rows = []
     for placement, where in (("loopback", None), ("shaped links", network)):
         slug = placement.replace(" ", "-")
         config = write_config(base, folder, f"small-{slug}", SMALL_TASK, True, True, folder / f"small-{slug}.json")
-        for workload, row in zip(SMALL_WORKLOADS, run_requests(config, where, requests, folder / slug), strict=True):
+        for workload, row in zip(workloads, run_requests(config, where, requests, folder / slug), strict=True):
             rows.append({"placement": placement, "workload": workload, **figures(row)})
             print(f"small {workload:>8} on {placement:<12}: {row['achieved_ips']:>7,.0f} inf/s", file=sys.stderr)
     return rows
@@ -333,7 +334,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=Path("cluster.toml"))
     parser.add_argument("--inputs-224", type=int, default=4_000, help="inputs per large-input request")
-    parser.add_argument("--repeats", type=int, default=3, help="requests per large-input scenario and workload")
+    parser.add_argument("--repeats", type=int, default=3, help="requests per placement or scenario and workload")
     parser.add_argument("--out", type=Path, default=RESULTS / "network.json")
     args = parser.parse_args()
     base = load_config(args.config)
@@ -344,7 +345,7 @@ def main() -> int:
     try:
         with ShapedNetwork(LINKS) as network:
             print(f"links: {network.describe()['shaping']}", file=sys.stderr)
-            small = small_inputs(base, network, folder)
+            small = small_inputs(base, network, folder, args.repeats)
             profiles, large = large_inputs(base, network, folder, args.inputs_224, args.repeats)
             described = network.describe()
     except NamespacesUnavailable as exc:
@@ -356,8 +357,9 @@ def main() -> int:
         **run_info(),
         "config": str(args.config),
         "network": described,
+        "small_summary": summarise(small, "placement"),
         "small": small,
-        "large_summary": summarise(large),
+        "large_summary": summarise(large, "scenario"),
         "large_profiles_ips": profiles,
         "large": large,
     }
@@ -365,15 +367,14 @@ def main() -> int:
     return 0
 
 
-def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per scenario and workload: medians of the repeats, and how many met the target."""
+def summarise(rows: list[dict[str, Any]], by: str) -> list[dict[str, Any]]:
+    """Per ``by`` (placement or scenario) and workload: medians of the repeats, and how many met their target."""
     summary = []
-    for scenario in LARGE_SCENARIOS:
-        for workload in LARGE_WORKLOADS:
-            group = [r for r in rows if r["scenario"] == scenario.name and r["workload"] == workload]
+    for key in dict.fromkeys(r[by] for r in rows):
+        for workload in dict.fromkeys(r["workload"] for r in rows):
+            group = [r for r in rows if r[by] == key and r["workload"] == workload]
             summary.append(
-                {"scenario": scenario.name, "workload": workload, "requests": len(group),
-                 "met": sum(r["met"] for r in group)}
+                {by: key, "workload": workload, "requests": len(group), "met": sum(r["met"] for r in group)}
                 | {k: statistics.median(r[k] for r in group) for k in ("achieved_ips", "expected_ips", "accuracy",
                                                                         "wall_s")}
             )  # fmt: skip
@@ -385,11 +386,11 @@ def _plot(out: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
     ax = axes[0]
     for i, placement in enumerate(["loopback", "shaped links"]):
-        rows = [r for r in out["small"] if r["placement"] == placement]
+        rows = [r for r in out["small_summary"] if r["placement"] == placement]
         ax.bar([j + 0.4 * i for j in range(len(rows))], [r["achieved_ips"] for r in rows], width=0.4, label=placement)
     ax.set_xticks([j + 0.2 for j in range(len(SMALL_WORKLOADS))], [f"{w} (28×28)" for w in SMALL_WORKLOADS])
     ax.set_ylabel("achieved inf/s")
-    ax.set_title("small inputs: loopback vs shaped links")
+    ax.set_title("small inputs: median inf/s, loopback vs shaped links")
     ax.legend(fontsize=8)
 
     ax = axes[1]

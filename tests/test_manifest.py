@@ -178,7 +178,9 @@ def test_test_images_can_be_enlarged_to_the_tasks_input(tmp_path: Path) -> None:
     # Every stored pixel becomes a 4×4 block; taking each block's first pixel gives the image back.
     assert np.array_equal(enlarged.inputs[:, :, ::4, ::4], images)
     assert np.array_equal(enlarged.inputs[:, :, 3::4, 3::4], images)
-    with pytest.raises(ModelError, match=r"input shape \(1, 12, 9\) cannot be 4 times a stored image in height and width"):
+    with pytest.raises(
+        ModelError, match=r"input shape \(1, 12, 9\) cannot be 4 times a stored image in height and width"
+    ):
         load_labelled_set(tmp_path / "x.idx", tmp_path / "y.idx", (1, 12, 9), upscale=4)
     with pytest.raises(ModelError, match=r"do not fit input shape \(1, 4, 2\)"):
         load_labelled_set(tmp_path / "x.idx", tmp_path / "y.idx", (1, 16, 8), upscale=4)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edgecollab.coordinator import NotReady, ResourceManager
+from edgecollab.coordinator.resource_manager import shard_cost_s
 from edgecollab.planner import ExplorationTable, Measurement, PlanRequest
 
 PROFILE = {"small": Measurement(1000.0, 32.0), "large": Measurement(250.0, 128.0)}
@@ -89,6 +90,31 @@ def test_drift_is_reported_once_observations_move_the_estimate_far_enough(rm: Re
     drifted = [rm.observe("a", "large", 80.0) for _ in range(5)]  # the node slowed to a third
     assert drifted[-1] and not drifted[0]
     assert rm.table.ips("a", "large") < 150
+
+
+def test_a_link_bound_node_drifts_only_for_a_planner_that_does_not_know_its_link() -> None:
+    """The node computes 'large' at 1,000 inf/s but its link carries only 250: shards arrive 128 ms apart."""
+    observed = 32 / shard_cost_s(sent=0.0, previous_result=1.0, now=1.128, busy_s=0.032)
+    assert observed == pytest.approx(250.0)
+    for knows_link in (True, False):
+        rm = ResourceManager(["a"], ExplorationTable({"large": 0.92}))
+        if knows_link:
+            rm.table.link_seconds["a"] = 1 / 250
+        rm.node_joined("a")
+        rm.node_profiled("a", {"large": Measurement(1000.0, 32.0)})
+        rm.plan_request("r1", PlanRequest(1000), "adaptive")
+        drifted = [rm.observe("a", "large", observed) for _ in range(5)]
+        assert any(drifted) != knows_link
+
+
+def test_a_shard_costs_its_round_trip_after_idling_and_its_pace_while_queued() -> None:
+    # Sent after the previous result (or the first one): nothing overlapped, the round trip is the cost.
+    assert shard_cost_s(sent=2.0, previous_result=1.0, now=2.3, busy_s=0.1) == pytest.approx(0.3)
+    assert shard_cost_s(sent=2.0, previous_result=None, now=2.3, busy_s=0.1) == pytest.approx(0.3)
+    # Queued behind the previous shard: the time between the two results.
+    assert shard_cost_s(sent=0.5, previous_result=2.0, now=2.1, busy_s=0.05) == pytest.approx(0.1)
+    # Never cheaper than the compute the worker reported.
+    assert shard_cost_s(sent=0.5, previous_result=2.0, now=2.01, busy_s=0.05) == pytest.approx(0.05)
 
 
 def test_concurrent_requests_plan_on_their_share_of_the_cluster(rm: ResourceManager) -> None:

@@ -38,6 +38,18 @@ DRIFT_MIN_OBSERVATIONS = 3
 EFFICIENCY_MIN_MAKESPAN_S = 0.3
 
 
+def shard_cost_s(sent: float, previous_result: float | None, now: float, busy_s: float) -> float:
+    """What a shard cost its node, as profiling measures it: compute, or the link when that is slower.
+
+    From the later of the shard's sending and the node's previous result until this result:
+    while shards queue behind each other that is the node's pace, whichever of compute and
+    transfer sets it; after an idle spell it is the shard's round trip. Never less than the
+    compute time the worker reported.
+    """
+    start = sent if previous_result is None else max(sent, previous_result)
+    return max(busy_s, now - start)
+
+
 class NotReady(EdgecollabError):
     """No profiled node can take a request yet."""
 
@@ -128,7 +140,8 @@ class ResourceManager:
 
     def observe(self, node: str, variant: str, ips: float) -> bool:
         """Fold an observed throughput into the table; True when the node drifted from what plans assumed."""
-        estimate = self.table.observe(node, variant, ips, OBSERVATION_WEIGHT)
+        self.table.observe(node, variant, ips, OBSERVATION_WEIGHT)
+        estimate = self._delivered_ips(node, variant)
         key = (node, variant)
         assumed = self.planned_ips.get(key)
         if assumed is None:
@@ -167,9 +180,13 @@ class ResourceManager:
     def _plan(self, request: PlanRequest, policy: str, share: float) -> Plan:
         plan = make_plan(policy, self.table.scaled(share), request, self.usable_nodes())
         self.planned_ips = {
-            (n, v): self.table.ips(n, v) for n in self.usable_nodes() for v in self.table.variants_of(n)
+            (n, v): self._delivered_ips(n, v) for n in self.usable_nodes() for v in self.table.variants_of(n)
         }
         return plan
+
+    def _delivered_ips(self, node: str, variant: str) -> float:
+        """What the planner counts on from a node: its compute, capped by its link when the config gives one."""
+        return 1.0 / self.table.seconds_per_input(node, variant)
 
     def request_outcome(self, plan: Plan, achieved_ips: float) -> None:
         """Learn from a finished request how much of its expected throughput the cluster delivered."""

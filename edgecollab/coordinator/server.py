@@ -61,7 +61,7 @@ from ..protocol.messages import Message
 from ..security import authorized_keys, server_curve
 from ..zoo import load_manifest
 from .request_run import RequestRun, ShardFailed, ShardTask
-from .resource_manager import NotReady, ResourceManager
+from .resource_manager import NotReady, ResourceManager, shard_cost_s
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,7 @@ class WorkerConn:
     fingerprint: str
     window: asyncio.Semaphore  # bounds shards in flight on this node, across requests
     last_seen: float = field(default_factory=time.monotonic)
+    last_result_at: float | None = None  # monotonic time of its latest shard result
     alive: bool = True
     # (request id, shard id, attempt) -> the lane awaiting that shard's reply
     pending: dict[tuple[str, int, int], asyncio.Future[Message]] = field(default_factory=dict)
@@ -693,21 +694,33 @@ class Coordinator:
                         await asyncio.wait_for(active.changed.wait(), timeout=0.25)
                     continue
                 async with conn.window:
+                    sent = time.monotonic()
                     try:
                         reply = await self._run_shard(conn, run.request_id, shard, active.inputs)
                     except NodeLost:
                         reply = None
-                self._settle_shard(active, node, shard, reply)
+                self._settle_shard(active, node, shard, reply, sent)
                 if reply is None:
                     return  # this node is gone
         finally:
             self._lane_ended(active, node)
 
-    def _settle_shard(self, active: ActiveRequest, node: str, shard: ShardTask, reply: Message | None) -> None:
+    def _delivery_seconds(self, node: str, sent: float, busy_s: float) -> float:
+        now = time.monotonic()
+        conn = self.by_name.get(node)
+        previous = conn.last_result_at if conn else None
+        if conn:
+            conn.last_result_at = now
+        return shard_cost_s(sent, previous, now, busy_s)
+
+    def _settle_shard(
+        self, active: ActiveRequest, node: str, shard: ShardTask, reply: Message | None, sent: float
+    ) -> None:
         run = active.run
         if isinstance(reply, ShardResult):
             accepted = run.complete(shard.shard_id, shard.attempt, reply.predictions, node, reply.busy_s)
-            drifted = accepted and reply.busy_s > 0 and self.rm.observe(node, shard.variant, shard.size / reply.busy_s)
+            seconds = self._delivery_seconds(node, sent, reply.busy_s)
+            drifted = accepted and seconds > 0 and self.rm.observe(node, shard.variant, shard.size / seconds)
             now = time.monotonic()
             if drifted and self.settings.replan_on_drift and now - self._last_drift_replan >= DRIFT_REPLAN_INTERVAL_S:
                 self._last_drift_replan = now

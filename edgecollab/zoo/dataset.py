@@ -73,7 +73,7 @@ def load_labelled_set(images: Path, labels: Path, input_shape: tuple[int, ...], 
     if upscale > 1:
         if len(input_shape) < 2 or input_shape[-1] % upscale or input_shape[-2] % upscale:
             raise ModelError(
-                f"input shape {input_shape} cannot be {upscale} times a stored image in its last two sides"
+                f"input shape {input_shape} cannot be {upscale} times a stored image in height and width"
             )
         stored_shape = (*input_shape[:-2], input_shape[-2] // upscale, input_shape[-1] // upscale)
     try:
