@@ -72,9 +72,7 @@ def load_labelled_set(images: Path, labels: Path, input_shape: tuple[int, ...], 
     stored_shape = input_shape
     if upscale > 1:
         if len(input_shape) < 2 or input_shape[-1] % upscale or input_shape[-2] % upscale:
-            raise ModelError(
-                f"input shape {input_shape} cannot be {upscale} times a stored image in height and width"
-            )
+            raise ModelError(f"input shape {input_shape} cannot be {upscale} times a stored image in height and width")
         stored_shape = (*input_shape[:-2], input_shape[-2] // upscale, input_shape[-1] // upscale)
     try:
         x = x.reshape((len(x), *stored_shape))
