@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-test
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: test run lint models bench bench-runtime bench-peers clean
+.PHONY: test run lint models bench bench-runtime bench-network bench-peers clean
 
 $(STAMP): pyproject.toml
 	@$(BIN)/python -c '' 2>/dev/null || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
@@ -45,6 +45,11 @@ bench-runtime: $(STAMP)
 	$(BIN)/python benchmarks/efficiency.py
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/adaptation.py
+
+# Every worker in a network namespace behind a shaped link (docs/benchmarks.md); needs root, says so otherwise.
+bench-network: $(STAMP)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[plot]'
+	$(BIN)/python benchmarks/network.py
 
 # Ray Serve and PyTriton side by side with edgecollab, in their own environment (never needed by the tests).
 PEERS := .venv-peers
