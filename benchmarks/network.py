@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import shutil
 import signal
@@ -46,6 +45,7 @@ from common import RESULTS, run_info, write_results
 from edgecollab.config import ClusterConfig, load_config
 from edgecollab.inspection import wait_until_ready
 from edgecollab.local import LocalCluster, WorkerPlace, die_with_parent, free_tcp_endpoint
+from edgecollab.planner import ProfileCache
 from edgecollab.plots import pyplot, save
 from edgecollab.workload import RequestSpec, node_rates, run_sync, workload_source
 
@@ -127,32 +127,17 @@ class ShapedNetwork:
 
     def _shape(self, where: list[str], device: str, link: Link) -> None:
         rate = f"{link.mbps:g}mbit"
+        add = [*where, "tc", "qdisc", "add", "dev", device, "root"]
         if self.kernel_delay:
             try:
-                sh(*where, "tc", "qdisc", "add", "dev", device, "root", "netem",
-                   "rate", rate, "delay", f"{link.delay_ms:g}ms", "limit", "100000")  # fmt: skip
+                sh(*add, "netem", "rate", rate, "delay", f"{link.delay_ms:g}ms", "limit", "100000")
                 return
             except NamespacesUnavailable as exc:
                 if "unknown" not in str(exc).lower():
                     raise
                 self.kernel_delay = False
         # A token bucket that holds a 64 KiB segment (veth offloads) and queues up to 200 ms.
-        sh(
-            *where,
-            "tc",
-            "qdisc",
-            "add",
-            "dev",
-            device,
-            "root",
-            "tbf",
-            "rate",
-            rate,
-            "burst",
-            "128kb",
-            "latency",
-            "200ms",
-        )
+        sh(*add, "tbf", "rate", rate, "burst", "128kb", "latency", "200ms")
 
     def place(self, node: str, coordinator_port: int) -> WorkerPlace:
         """How to start ``node``'s worker in its namespace, and where it reaches the coordinator from there."""
@@ -261,8 +246,8 @@ def run_requests(
 
 def profile_ips(cache: Path) -> dict[str, dict[str, float]]:
     """What the planner started from: each node's profiled inf/s per variant, from the profile cache."""
-    entries = json.loads(cache.read_text())
-    return {node: {v: round(m["ips"], 1) for v, m in entry["variants"].items()} for node, entry in entries.items()}
+    profiles = {node: ProfileCache(cache).load_any(node) for node in LINKS}
+    return {node: {v: round(m.ips, 1) for v, m in rows.items()} for node, rows in profiles.items() if rows}
 
 
 def figures(row: dict[str, Any]) -> dict[str, Any]:

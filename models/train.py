@@ -33,7 +33,7 @@ from torch import nn
 
 from edgecollab.zoo.dataset import load_labelled_set
 from edgecollab.zoo.graph import graph_cost
-from edgecollab.zoo.manifest import TaskSpec, sha256_of
+from edgecollab.zoo.manifest import GENERATED_HEADER, TaskSpec, sha256_of
 from edgecollab.zoo.session import open_session, predict
 
 MODELS_DIR = Path(__file__).resolve().parent
@@ -284,8 +284,7 @@ def main() -> int:
         variants = sorted(kept.values(), key=lambda v: order.index(v["name"]) if v["name"] in order else len(order))
     manifest = {"task": [TASK.model_dump()], "variant": variants}
     # models/upscale.py adds the derived fashion-mnist-224 task after this (make models runs both).
-    header = "# Written by models/train.py and models/upscale.py (make models). Every figure is measured.\n\n"
-    (out_dir / "zoo.toml").write_text(header + tomli_w.dumps(manifest))
+    (out_dir / "zoo.toml").write_text(GENERATED_HEADER + tomli_w.dumps(manifest))
     print(f"wrote {out_dir / 'zoo.toml'} with {len(variants)} variants")
     return 0
 

@@ -24,25 +24,16 @@ import tomli_w
 from onnx import helper, numpy_helper
 
 from edgecollab.zoo.graph import graph_cost
-from edgecollab.zoo.manifest import TaskSpec, load_manifest, sha256_of
+from edgecollab.zoo.manifest import GENERATED_HEADER, TaskSpec, load_manifest, sha256_of
 from edgecollab.zoo.session import load_test_set, open_session, predict
 
 MODELS_DIR = Path(__file__).resolve().parent
 FACTOR = 8
 BASE_TASK = "fashion-mnist"
-TASK = TaskSpec(
-    name="fashion-mnist-224",
-    input_dtype="uint8",
-    input_shape=(1, 28 * FACTOR, 28 * FACTOR),
-    classes=10,
-    test_images="data/fashion-mnist/t10k-images-idx3-ubyte.gz",
-    test_labels="data/fashion-mnist/t10k-labels-idx1-ubyte.gz",
-    test_upscale=FACTOR,
-)
+TASK_NAME = "fashion-mnist-224"
 # A ladder from cheap to accurate; every one is link-bound on a 100 Mbit/s link with 224×224 inputs
 # on the faster boards, and compute-bound on the slower ones for the heavier variants.
 VARIANTS = ["linear", "mlp-256", "cnn-16", "cnn-32-int8", "resnet-8-int8", "resnet-20"]
-HEADER = "# Written by models/train.py and models/upscale.py (make models). Every figure is measured.\n\n"
 
 
 def with_resize_front(base: onnx.ModelProto, factor: int) -> onnx.ModelProto:
@@ -75,29 +66,38 @@ def with_resize_front(base: onnx.ModelProto, factor: int) -> onnx.ModelProto:
     return model
 
 
+def enlarged(base: TaskSpec, factor: int) -> TaskSpec:
+    """``base`` with inputs ``factor`` times larger in height and width, on the same (enlarged) test set."""
+    *channels, height, width = base.input_shape
+    return base.model_copy(
+        update={"name": TASK_NAME, "input_shape": (*channels, height * factor, width * factor), "test_upscale": factor}
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=Path, default=MODELS_DIR, help="folder holding zoo.toml")
     args = parser.parse_args()
     manifest_path = args.models / "zoo.toml"
     manifest = load_manifest(manifest_path)
-    out_dir = args.models / TASK.name
+    task = enlarged(manifest.tasks[BASE_TASK], FACTOR)
+    out_dir = args.models / task.name
     out_dir.mkdir(parents=True, exist_ok=True)
-    test_set = load_test_set(manifest, TASK)
+    test_set = load_test_set(manifest, task)
 
     entries = []
     for name in VARIANTS:
         base = manifest.variant(name)
         path = out_dir / f"{name}.onnx"
         onnx.save(with_resize_front(onnx.load(manifest.resolve(base.file)), FACTOR), path)
-        session = open_session(path, TASK, threads=2)
+        session = open_session(path, task, threads=2)
         predictions = np.concatenate(
             [predict(session, test_set.inputs[i : i + 1000]) for i in range(0, len(test_set), 1000)]
         )
         accuracy = float((predictions == test_set.labels).mean())
         cost = graph_cost(path)
         entry: dict[str, object] = {
-            "name": f"{name}-224", "task": TASK.name, "file": str(path.relative_to(args.models)),
+            "name": f"{name}-224", "task": task.name, "file": str(path.relative_to(args.models)),
             "sha256": sha256_of(path), "accuracy": round(accuracy, 4), "macs": cost.macs, "params": cost.params,
             "quantized": base.quantized,
         }  # fmt: skip
@@ -107,10 +107,10 @@ def main() -> int:
         print(f"{name}-224: accuracy {accuracy:.4f} ({name}: {base.accuracy:.4f}), {cost.macs:,} MACs", flush=True)
 
     data = tomllib.loads(manifest_path.read_text())
-    tasks = [t for t in data["task"] if t["name"] != TASK.name] + [TASK.model_dump()]
-    variants = [v for v in data["variant"] if v["task"] != TASK.name] + entries
-    manifest_path.write_text(HEADER + tomli_w.dumps({"task": tasks, "variant": variants}))
-    print(f"wrote {manifest_path}: {len(entries)} variants of {TASK.name}")
+    tasks = [t for t in data["task"] if t["name"] != task.name] + [task.model_dump()]
+    variants = [v for v in data["variant"] if v["task"] != task.name] + entries
+    manifest_path.write_text(GENERATED_HEADER + tomli_w.dumps({"task": tasks, "variant": variants}))
+    print(f"wrote {manifest_path}: {len(entries)} variants of {task.name}")
     return 0
 
 

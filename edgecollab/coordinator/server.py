@@ -705,8 +705,7 @@ class Coordinator:
         finally:
             self._lane_ended(active, node)
 
-    def _delivery_seconds(self, node: str, sent: float, busy_s: float) -> float:
-        now = time.monotonic()
+    def _delivery_seconds(self, node: str, sent: float, now: float, busy_s: float) -> float:
         conn = self.by_name.get(node)
         previous = conn.last_result_at if conn else None
         if conn:
@@ -719,9 +718,9 @@ class Coordinator:
         run = active.run
         if isinstance(reply, ShardResult):
             accepted = run.complete(shard.shard_id, shard.attempt, reply.predictions, node, reply.busy_s)
-            seconds = self._delivery_seconds(node, sent, reply.busy_s)
-            drifted = accepted and seconds > 0 and self.rm.observe(node, shard.variant, shard.size / seconds)
             now = time.monotonic()
+            seconds = self._delivery_seconds(node, sent, now, reply.busy_s)
+            drifted = accepted and seconds > 0 and self.rm.observe(node, shard.variant, shard.size / seconds)
             if drifted and self.settings.replan_on_drift and now - self._last_drift_replan >= DRIFT_REPLAN_INTERVAL_S:
                 self._last_drift_replan = now
                 self._replan_all(f"{node} drifted")

@@ -20,6 +20,8 @@ from .._toml import read_toml
 from ..errors import ManifestError
 
 DEFAULT_MANIFEST_ENV = "EDGECOLLAB_MANIFEST"
+# The first line of the shipped manifest, written by models/train.py and models/upscale.py.
+GENERATED_HEADER = "# Written by models/train.py and models/upscale.py (make models). Every figure is measured.\n\n"
 
 
 class TaskSpec(BaseModel):
