@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 COUNTERS = {
     "inputs_served": "Inputs predicted for completed requests",
     "replans": "Times the queued rest of a running request was planned again",
+    "solves": "Joint plans solved (off the event loop)",
+    "handler_errors": "Exceptions caught at a handler boundary (each answered and logged)",
+    "bad_results": "Shard results of the wrong shape or type, sent again",
     "nodes_lost": "Boards declared dead or gone",
     "protocol_errors": "Malformed messages received",
     "late_replies": "Shard results dropped as late or duplicate",
@@ -50,11 +53,11 @@ class CoordinatorCollector(Collector):
         in_flight = GaugeMetricFamily(
             "edgecollab_node_in_flight_shards", "Shards sent and not answered", labels=["node"]
         )
-        for conn in list(c.by_name.values()):
-            in_flight.add_metric([conn.name], len(conn.pending))
+        for name in list(c.by_name):
+            in_flight.add_metric([name], c.core.in_flight(name))
         yield in_flight
         yield GaugeMetricFamily("edgecollab_nodes_alive", "Registered boards", value=len(c.by_name))
-        yield GaugeMetricFamily("edgecollab_requests_running", "Requests being dispatched", value=len(c.active))
+        yield GaugeMetricFamily("edgecollab_requests_running", "Requests being dispatched", value=len(c.core.requests))
         yield GaugeMetricFamily(
             "edgecollab_efficiency", "Achieved / expected throughput, learned", value=c.table.efficiency
         )

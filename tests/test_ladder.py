@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import platform
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -79,11 +82,28 @@ def test_variant_rescores_to_its_manifest_accuracy(zoo: Manifest, test_sets: dic
         test_sets[task.name] = load_test_set(zoo, task)
     test_set = test_sets[task.name]
     session = open_session(path, task, threads=2)  # also checks the input (N, *input_shape) and output (N, 10)
+    cost = graph_cost(path)
+    assert (cost.macs, cost.params) == (variant.macs, variant.params)
+    if variant.quantized and int8_sums_saturate():
+        pytest.skip("this x86 CPU has no VNNI: ONNX Runtime's u8s8 kernels sum in 16 bits here and can saturate")
     predictions = predict(session, test_set.inputs)
     assert len(test_set) == 10_000
     assert abs(float((predictions == test_set.labels).mean()) - variant.accuracy) <= ACCURACY_TOLERANCE
-    cost = graph_cost(path)
-    assert (cost.macs, cost.params) == (variant.macs, variant.params)
+
+
+def int8_sums_saturate() -> bool:
+    """Whether int8 variants score differently here than where the manifest was measured.
+
+    Without VNNI, ONNX Runtime multiplies uint8 activations by int8 weights with pmaddubsw,
+    whose 16-bit pair sums saturate: the int8 ladder loses 1-2 points on such CPUs.
+    """
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return re.search(r"\b(avx512_vnni|avx_vnni)\b", flags) is None
 
 
 def test_runtime_imports_no_torch() -> None:

@@ -6,7 +6,7 @@ import pytest
 
 from edgecollab.coordinator import NotReady, ResourceManager
 from edgecollab.coordinator.resource_manager import shard_cost_s
-from edgecollab.planner import ExplorationTable, Measurement, PlanRequest
+from edgecollab.planner import ExplorationTable, Measurement
 
 PROFILE = {"small": Measurement(1000.0, 32.0), "large": Measurement(250.0, 128.0)}
 
@@ -27,8 +27,10 @@ def test_life_cycle_from_waiting_to_dispatching_and_back(rm: ResourceManager) ->
     rm.node_joined("b")
     rm.node_profiled("b", PROFILE)
     assert rm.state == "ready"
-    plan = rm.plan_request("r1", PlanRequest(100), "equal")
-    assert rm.state == "dispatching" and {a.node for a in plan.assignments} == {"a", "b"}
+    rm.planning_started()
+    assert rm.state == "planning" and rm.accepts_requests()
+    rm.request_started("r1")
+    assert rm.state == "dispatching"
     rm.finish_request("r1")
     assert rm.state == "ready"
     assert seen == ["profiling", "waiting", "profiling", "ready", "planning", "dispatching", "ready"]
@@ -48,7 +50,7 @@ def test_profiled_nodes_make_the_cluster_ready(rm: ResourceManager) -> None:
 def test_request_before_any_profile_is_not_ready(rm: ResourceManager) -> None:
     rm.node_joined("a")
     with pytest.raises(NotReady, match="no profiled node"):
-        rm.plan_request("r1", PlanRequest(10), "equal")
+        rm.planning_started()
     assert rm.state == "profiling" and not rm.running
 
 
@@ -56,9 +58,7 @@ def test_startup_timeout_lets_the_ready_nodes_serve(rm: ResourceManager) -> None
     join(rm, "a")
     assert rm.state == "waiting" and not rm.accepts_requests()
     rm.expire_startup()
-    assert rm.state == "ready"
-    plan = rm.plan_request("r1", PlanRequest(10), "proportional")
-    assert [a.node for a in plan.assignments] == ["a"]
+    assert rm.state == "ready" and rm.accepts_requests() and rm.usable_nodes() == ["a"]
 
 
 def test_a_node_leaving_drops_its_measurements(rm: ResourceManager) -> None:
@@ -72,20 +72,18 @@ def test_a_node_leaving_drops_its_measurements(rm: ResourceManager) -> None:
 def test_a_node_joining_while_requests_run_keeps_dispatching(rm: ResourceManager) -> None:
     join(rm, "a")
     rm.expire_startup()
-    rm.plan_request("r1", PlanRequest(10), "equal")
+    rm.request_started("r1")
     rm.node_joined("b")
-    assert rm.state == "dispatching"
-    plan = rm.plan_request("r2", PlanRequest(10), "equal")  # b is not profiled yet: a alone
-    assert [a.node for a in plan.assignments] == ["a"]
+    assert rm.state == "dispatching" and rm.usable_nodes() == ["a"]  # b is not profiled yet
     rm.finish_request("r1")
-    rm.finish_request("r2")
     assert rm.state == "profiling"
 
 
 def test_drift_is_reported_once_observations_move_the_estimate_far_enough(rm: ResourceManager) -> None:
     join(rm, "a")
     rm.expire_startup()
-    rm.plan_request("r1", PlanRequest(100), "adaptive")
+    rm.request_started("r1")
+    rm.plan_adopted()
     assert not rm.observe("a", "large", 240.0)  # within the noise
     drifted = [rm.observe("a", "large", 80.0) for _ in range(5)]  # the node slowed to a third
     assert drifted[-1] and not drifted[0]
@@ -102,7 +100,8 @@ def test_a_link_bound_node_drifts_only_for_a_planner_that_does_not_know_its_link
             rm.table.link_seconds["a"] = 1 / 250
         rm.node_joined("a")
         rm.node_profiled("a", {"large": Measurement(1000.0, 32.0)})
-        rm.plan_request("r1", PlanRequest(1000), "adaptive")
+        rm.request_started("r1")
+        rm.plan_adopted()
         drifted = [rm.observe("a", "large", observed) for _ in range(5)]
         assert any(drifted) != knows_link
 
@@ -115,12 +114,3 @@ def test_a_shard_costs_its_round_trip_after_idling_and_its_pace_while_queued() -
     assert shard_cost_s(sent=0.5, previous_result=2.0, now=2.1, busy_s=0.05) == pytest.approx(0.1)
     # Never cheaper than the compute the worker reported.
     assert shard_cost_s(sent=0.5, previous_result=2.0, now=2.01, busy_s=0.05) == pytest.approx(0.05)
-
-
-def test_concurrent_requests_plan_on_their_share_of_the_cluster(rm: ResourceManager) -> None:
-    join(rm, "a")
-    join(rm, "b")
-    alone = rm.plan_request("r1", PlanRequest(1000), "proportional")
-    shared = rm.plan_request("r2", PlanRequest(1000), "proportional")
-    assert shared.expected_ips == pytest.approx(alone.expected_ips / 2)
-    assert rm.replan(PlanRequest(1000), "proportional").expected_ips == pytest.approx(alone.expected_ips / 2)

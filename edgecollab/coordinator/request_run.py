@@ -94,6 +94,12 @@ class RequestRun:
                 return shard
         return None
 
+    def has_work_for(self, node: str, loaded: Collection[str] | None = None) -> bool:
+        """Whether ``next_shard(node, loaded)`` would give a shard."""
+        if self._queues.get(node):
+            return True
+        return bool(self._orphans) and self._variant_for(node, self.shards[self._orphans[0]], loaded) is not None
+
     def steal(
         self, node: str, seconds_per_input: Callable[[str, str], float], loaded: Collection[str] | None = None
     ) -> ShardTask | None:
@@ -123,8 +129,11 @@ class RequestRun:
         return shard.variant if loaded is None or shard.variant in loaded else None
 
     # --- results -----------------------------------------------------------------------------
-    def complete(self, shard_id: int, attempt: int, predictions: np.ndarray, node: str, busy_s: float) -> bool:
+    def complete(
+        self, shard_id: int, attempt: int, predictions: np.ndarray, node: str, busy_s: float, now: float | None = None
+    ) -> bool:
         """Accept a shard's predictions once, for its current attempt; False for a late or duplicate reply."""
+        now = time.monotonic() if now is None else now
         if shard_id not in self._owed:
             return False
         shard = self.shards[shard_id]
@@ -136,10 +145,10 @@ class RequestRun:
         tally.inputs += shard.size
         tally.shards += 1
         tally.busy_s += busy_s
-        tally.last_result_s = time.monotonic() - self.arrived
+        tally.last_result_s = now - self.arrived
         self._done.append((tally.last_result_s, node, shard.variant, shard.size, busy_s))
         if self.finished:
-            self.finished_at = time.monotonic()
+            self.finished_at = now
         return True
 
     def requeue(self, shard: ShardTask) -> None:
@@ -202,6 +211,12 @@ class RequestRun:
     @property
     def predicted_inputs(self) -> int:
         return sum(t.inputs for t in self.tallies.values())
+
+    def served_accuracy(self, accuracy: dict[str, float]) -> float:
+        """Expected accuracy of the variant mix that actually answered (test-set accuracy of each variant)."""
+        done = [t for t in self.tallies.values() if t.inputs]
+        total = sum(t.inputs for t in done)
+        return sum(t.inputs * accuracy.get(t.variant, 0.0) for t in done) / total if total else 0.0
 
     @property
     def finished(self) -> bool:

@@ -6,7 +6,7 @@ States (``transitions`` machine, no I/O in any callback):
                  or the start-up timeout
     profiling    a registered node has not been profiled yet
     ready        every registered node is profiled; no request running
-    planning     a plan is being made for a new request
+    planning     a joint plan is being solved
     dispatching  at least one request is running
 
 The cluster's facts (registered, profiled, running) change through the methods
@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from transitions import Machine, MachineError
 
 from ..errors import EdgecollabError
-from ..planner import ExplorationTable, Measurement, Plan, PlanRequest, make_plan
+from ..planner import ExplorationTable, Measurement, Plan
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class ResourceManager:
         return sorted(self.profiled & self.registered)
 
     def accepts_requests(self) -> bool:
-        return self.state in ("ready", "dispatching")
+        return self.state in ("ready", "planning", "dispatching")
 
     def observe(self, node: str, variant: str, ips: float) -> bool:
         """Fold an observed throughput into the table; True when the node drifted from what plans assumed."""
@@ -153,36 +153,26 @@ class ResourceManager:
         return True
 
     # --- requests ---------------------------------------------------------------------------
-    def plan_request(self, request_id: str, request: PlanRequest, policy: str) -> Plan:
-        """Plan a request on the capacity left and count it as running until ``finish_request``.
-
-        Running requests share every node equally, so a new one plans on ``1 / (running + 1)``
-        of each node's throughput; the caller then re-plans the others with ``replan``.
-        """
+    def planning_started(self) -> None:
+        """A plan is being made (state ``planning`` until the next fact settles it)."""
+        if not self.can_plan():
+            raise NotReady(f"no profiled node is available (cluster is {self.state})")
         try:
             self.begin_planning()
         except MachineError:
-            raise NotReady(f"no profiled node is available (cluster is {self.state})") from None
-        if not self.can_plan():
-            self.settle()
-            raise NotReady(f"no profiled node is available (cluster is {self.state})")
-        try:
-            plan = self._plan(request, policy, 1.0 / (len(self.running) + 1))
-            self.running.add(request_id)
-        finally:
-            self.settle()
-        return plan
+            raise NotReady(f"no plan can be made while the cluster is {self.state}") from None
 
-    def replan(self, request: PlanRequest, policy: str) -> Plan:
-        """A new plan for a running request's remaining inputs on its share of the current cluster."""
-        return self._plan(request, policy, 1.0 / max(len(self.running), 1))
-
-    def _plan(self, request: PlanRequest, policy: str, share: float) -> Plan:
-        plan = make_plan(policy, self.table.scaled(share), request, self.usable_nodes())
+    def plan_adopted(self) -> None:
+        """The running work follows a new plan made from the table as it is now: drift is measured from here."""
         self.planned_ips = {
             (n, v): self._delivered_ips(n, v) for n in self.usable_nodes() for v in self.table.variants_of(n)
         }
-        return plan
+        self._observed_since_plan.clear()
+        self.settle()
+
+    def request_started(self, request_id: str) -> None:
+        self.running.add(request_id)
+        self.settle()
 
     def _delivered_ips(self, node: str, variant: str) -> float:
         """What the planner counts on from a node: its compute, capped by its link when the config gives one."""

@@ -1,0 +1,783 @@
+"""The dispatch core: every scheduling decision of the coordinator, as a pure state machine.
+
+``DispatchCore.handle(event)`` is the one entry point. It takes a typed event (a request
+opened, a shard's result or refusal, a node registered, profiled or lost, a timer, a joint
+plan solved, shutdown) and returns typed instructions (send a shard, answer a request,
+fail it, solve a new joint plan). It does no I/O and never reads a clock: every event
+carries the time. ``server.py`` reads the sockets, feeds events and carries out the
+instructions; tests feed events and assert instructions.
+
+Scheduling, in short:
+
+* **One joint plan** (``planner/joint.py``) covers every running request with the
+  ``adaptive`` or ``mixed`` policy, plus the pooled traffic of small requests. It is solved
+  off the event loop (``Replan``) when the running work or the table changed materially:
+  a large request arrives or finishes while others run, a node joins, is lost or drifts,
+  or the small-request rate moves by half. At most one solve is out at a time; changes
+  meanwhile are folded into the next one.
+* **Small requests** (at most ``shard_size`` inputs) never wait for a solve: they queue in
+  one FIFO, and the first node with a free slot takes the next one, at the variant the
+  current plan runs there (see ``_small_variant``).
+* **Per-node ready queues.** A large request's shards are cut by its plan's shares into
+  per-node queues (``RequestRun``) but bound to a node only when sent: until then a
+  re-plan may re-cut them, a lost node's queue becomes anyone's, and an idle node may
+  steal the tail. A node has at most ``window`` shards in flight; when a slot frees, the
+  requests with work for it are served in proportion to the node time the plan gives
+  each (stride scheduling), so each gets its planned rate and unused time goes to the rest.
+* **Exactly once** by (request, shard, attempt), as ``RequestRun`` keeps it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..config import CoordinatorConfig
+from ..planner import ADAPTS_AT_RUN_TIME, Assignment, Plan, PlanningError, PlanRequest, make_plan
+from ..planner.joint import Demand, DemandPlan, JointPlan
+from ..protocol import Error, Result, Shard, ShardResult, Submit
+from .request_run import RequestRun, ShardFailed, ShardTask
+from .resource_manager import NotReady, ResourceManager, shard_cost_s
+from .validation import check_submit
+
+log = logging.getLogger(__name__)
+
+# Worker errors that sending the shard again would not fix.
+NON_RETRYABLE = ("invalid_input", "unknown_variant")
+# Drift re-plans are at most this frequent.
+DRIFT_REPLAN_INTERVAL_S = 0.5
+# The pooled rate of small requests is measured over this window; a change by this factor
+# from what the plan assumed (at most once per interval) asks for a new plan.
+SMALL_RATE_WINDOW_S = 2.0
+SMALL_RATE_CHANGE = 0.5
+SMALL_REPLAN_INTERVAL_S = 1.0
+# The plan reserves this much more than the measured small-request rate, and at least this rate.
+SMALL_RATE_MARGIN = 1.5
+SMALL_MIN_RATE = 5.0
+SMALL_DEMAND = "small-requests"
+# A request's weight on a node its plan does not use (it runs there only orphans or steals).
+STRAY_WEIGHT = 0.01
+# Only shards at least this fraction of ``shard_size`` teach the table: the rows are measured at
+# that size, and a one-input shard's time is mostly fixed cost.
+OBSERVE_MIN_FILL = 0.5
+
+
+# --- events ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RequestOpened:
+    client: bytes  # routing id of the client that sent it
+    submit: Submit
+    now: float
+
+
+@dataclass(frozen=True)
+class ShardReturned:
+    node: str
+    result: ShardResult
+    now: float
+
+
+@dataclass(frozen=True)
+class ShardRefused:
+    node: str
+    error: Error
+    now: float
+
+
+@dataclass(frozen=True)
+class NodeRegistered:
+    node: str
+    variants: tuple[str, ...]
+    now: float
+
+
+@dataclass(frozen=True)
+class NodeProfiled:
+    """A node's measurements arrived (first profile or a re-profile): the table changed."""
+
+    node: str
+    measurements: dict[str, Any]  # variant -> planner.Measurement
+    now: float
+
+
+@dataclass(frozen=True)
+class NodeLost:
+    node: str
+    reason: str
+    now: float
+
+
+@dataclass(frozen=True)
+class Tick:
+    now: float
+
+
+@dataclass(frozen=True)
+class StartupExpired:
+    now: float
+
+
+@dataclass(frozen=True)
+class PlanSolved:
+    generation: int
+    plan: JointPlan | None  # None when the solve failed
+    problem: str  # why it failed, when it did
+    now: float
+
+
+@dataclass(frozen=True)
+class ShuttingDown:
+    """Refuse new requests from now on; with ``fail_running``, also fail every request still open."""
+
+    fail_running: bool
+    now: float
+
+
+Event = (
+    RequestOpened | ShardReturned | ShardRefused | NodeRegistered | NodeProfiled | NodeLost | Tick
+    | StartupExpired | PlanSolved | ShuttingDown
+)  # fmt: skip
+
+
+# --- instructions --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SendShard:
+    node: str
+    shard: Shard
+
+
+@dataclass(frozen=True)
+class AnswerRequest:
+    client: bytes
+    result: Result
+
+
+@dataclass(frozen=True)
+class FailRequest:
+    client: bytes
+    error: Error
+
+
+@dataclass(frozen=True)
+class Replan:
+    """Solve ``planner.joint.plan_jointly(table, demands, nodes)`` off the loop; feed back ``PlanSolved``."""
+
+    generation: int
+    table: Any  # a snapshot of the exploration table (planner.ExplorationTable)
+    demands: tuple[Demand, ...]
+    nodes: tuple[str, ...]
+    reason: str
+
+
+Instruction = SendShard | AnswerRequest | FailRequest | Replan
+
+
+# --- state ---------------------------------------------------------------------------------
+@dataclass
+class NodeSlot:
+    name: str
+    variants: tuple[str, ...]  # variants the worker loaded
+    # (request id, shard id, attempt) -> (when sent, its shard) for every shard sent and not answered
+    in_flight: dict[tuple[str, int, int], tuple[float, ShardTask]] = field(default_factory=dict)
+    last_result_at: float | None = None  # when its latest shard result arrived
+    clock: float = 0.0  # stride scheduling: the pass of the latest request served here
+
+
+@dataclass
+class OpenRequest:
+    client: bytes
+    submit: Submit
+    request: PlanRequest
+    policy: str
+    arrived: float
+    small: bool  # served from the current plan without a solve
+    status: str = "waiting"  # waiting (for the cluster) | planning | queued (small) | running
+    run: RequestRun | None = None
+    first_plan: Plan | None = None
+    dispatch_started: float | None = None
+    weights: dict[str, float] = field(default_factory=dict)  # node -> planned fraction of its time
+    passes: dict[str, float] = field(default_factory=dict)  # node -> stride-scheduling pass
+
+    @property
+    def request_id(self) -> str:
+        return self.submit.request_id
+
+    @property
+    def joint(self) -> bool:
+        """Planned in the joint plan (and so re-planned at run time)."""
+        return not self.small and self.policy in ADAPTS_AT_RUN_TIME
+
+
+class DispatchCore:
+    """The coordinator's scheduling state; change it only through ``handle``."""
+
+    def __init__(
+        self,
+        settings: CoordinatorConfig,
+        rm: ResourceManager,
+        input_shape: tuple[int, ...],
+        input_dtype: np.dtype[Any],
+    ) -> None:
+        self.settings = settings
+        self.rm = rm  # cluster life cycle and the exploration table
+        self.input_shape = input_shape
+        self.input_dtype = input_dtype
+        self.nodes: dict[str, NodeSlot] = {}  # registered nodes; usable once rm has profiled them
+        self.requests: dict[str, OpenRequest] = {}  # every admitted request not yet answered; ≤ max_requests
+        self.small_queue: deque[str] = deque()  # ids of small requests not yet sent, in arrival order
+        self.plan: JointPlan | None = None  # the latest joint plan adopted
+        self.generation = 0  # of the latest Replan issued
+        self.solving = False  # a Replan is out and its PlanSolved not yet seen
+        self.replan_reason: str | None = None  # why the next solve is wanted; None when none is
+        self.draining = False  # shutting down: new requests are refused
+        self.counters: Counter[str] = Counter()  # replans, solves, late replies, nodes lost, ...
+        self.outcomes: Counter[str] = Counter()  # requests answered, by outcome ("completed" or an error code)
+        self.last_request: dict[str, float] = {}  # expected and achieved figures of the last large request
+        self._small_arrivals: deque[tuple[float, int]] = deque()  # (time, inputs) within SMALL_RATE_WINDOW_S
+        self._small_inputs_in_window = 0
+        self._small_rate_planned = 0.0  # the small-request rate the current plan reserves for
+        self._last_small_replan = float("-inf")
+        self._last_drift_replan = float("-inf")
+        self._out: list[Instruction] = []
+
+    # --- the one entry point ---------------------------------------------------------------
+    def handle(self, event: Event) -> list[Instruction]:
+        self._out = []
+        if isinstance(event, RequestOpened):
+            self._opened(event)
+        elif isinstance(event, ShardReturned):
+            self._returned(event)
+        elif isinstance(event, ShardRefused):
+            self._refused(event)
+        elif isinstance(event, NodeRegistered):
+            self.nodes[event.node] = NodeSlot(event.node, tuple(event.variants))
+            self.rm.node_joined(event.node)
+        elif isinstance(event, NodeProfiled):
+            self._profiled(event)
+        elif isinstance(event, NodeLost):
+            self._lost(event.node, event.reason, event.now)
+        elif isinstance(event, Tick):
+            self._tick(event.now)
+        elif isinstance(event, StartupExpired):
+            self.rm.expire_startup()
+            self._start_waiting(event.now)
+        elif isinstance(event, PlanSolved):
+            self._solved(event)
+        elif isinstance(event, ShuttingDown):
+            self._shutting_down(event)
+        self._maybe_replan(event.now)
+        self._fill(event.now)
+        out, self._out = self._out, []
+        return out
+
+    # --- requests ----------------------------------------------------------------------------
+    def _opened(self, event: RequestOpened) -> None:
+        submit = event.submit
+        rid = submit.request_id
+        problem = check_submit(submit, self.input_shape, self.input_dtype)
+        if problem is None and rid in self.requests:
+            problem = f"request_id {rid!r} is already running; every request needs its own id"
+        if problem is not None:
+            self._answer_error(event.client, Error("invalid_input", problem, rid))
+            return
+        if self.draining:
+            why = "the coordinator is shutting down; submit again when it is back"
+            self._answer_error(event.client, Error("shutting_down", why, rid))
+            return
+        if len(self.requests) >= self.settings.max_requests:
+            self.counters["busy"] += 1
+            why = f"the coordinator is serving its limit of {self.settings.max_requests} requests; retry later"
+            self._answer_error(event.client, Error("busy", why, rid))
+            return
+        policy = submit.policy or self.settings.policy
+        request = PlanRequest(len(submit.inputs), submit.target_ips, submit.min_accuracy)
+        # A few inputs with no conditions of their own fit whatever plan is running: no solve for them.
+        small = (
+            len(submit.inputs) <= self.settings.shard_size
+            and policy in ADAPTS_AT_RUN_TIME
+            and submit.min_accuracy is None
+            and not submit.strict
+        )
+        self.requests[rid] = OpenRequest(event.client, submit, request, policy, event.now, small)
+        if self.rm.accepts_requests():
+            self._start(self.requests[rid], event.now)
+
+    def _start_waiting(self, now: float) -> None:
+        if not self.rm.accepts_requests():
+            return
+        for open_request in [r for r in self.requests.values() if r.status == "waiting"]:
+            self._start(open_request, now)
+
+    def _start(self, r: OpenRequest, now: float) -> None:
+        self.rm.request_started(r.request_id)
+        if r.small:
+            r.status = "queued"
+            self.small_queue.append(r.request_id)
+            self._count_small(r.request.inputs, now)
+            return
+        if r.joint:
+            r.status = "planning"
+            self._want_replan(f"request {r.request_id[:8]} arrived")
+            return
+        # The baselines plan alone, on the whole cluster, and follow that plan (no solve: they are cheap).
+        try:
+            plan = make_plan(r.policy, self.rm.table, r.request, self.rm.usable_nodes())
+        except PlanningError as exc:
+            self._fail(r, Error("invalid_input", str(exc), r.request_id))
+            return
+        self._run(r, plan, now)
+
+    def _run(self, r: OpenRequest, plan: Plan, now: float) -> None:
+        if r.submit.strict and not plan.feasible:
+            why = "; ".join(plan.notes) or "no plan meets it"
+            self._fail(
+                r,
+                Error(
+                    "infeasible",
+                    f"cannot meet target_ips={r.request.target_ips} min_accuracy={r.request.min_accuracy} on the "
+                    f"cluster as it is (the best plan gives {plan.expected_ips:,.0f} inf/s at "
+                    f"{plan.expected_accuracy * 100:.2f} %): {why}",
+                    r.request_id,
+                ),
+            )
+            return
+        r.run = RequestRun(r.request_id, plan, self.settings.shard_size, r.arrived)
+        r.first_plan = plan
+        r.status = "running"
+        r.dispatch_started = now
+        r.weights = _weights(plan, self.rm.table)
+
+    def _finish(self, r: OpenRequest, now: float) -> None:
+        run = r.run
+        assert run is not None and r.first_plan is not None
+        self._close(r)
+        if not r.small and run.replans == 0:  # a re-planned request's first plan no longer says what to expect
+            self.rm.request_outcome(r.first_plan, run.total_inputs / run.wall_seconds())
+        report = self._report(r)
+        self.counters["inputs_served"] += run.total_inputs
+        if not r.small:
+            self.last_request = {k: float(report[k]) for k in ("expected_ips", "achieved_ips", "expected_accuracy")}
+            if any(o.joint and o.status == "running" for o in self.requests.values()):
+                self._want_replan(f"request {r.request_id[:8]} finished")
+        self.outcomes["completed"] += 1
+        self._out.append(AnswerRequest(r.client, Result(r.request_id, run.predictions, report)))
+
+    def _fail(self, r: OpenRequest, error: Error) -> None:
+        self._close(r)
+        self._answer_error(r.client, error)
+
+    def _close(self, r: OpenRequest) -> None:
+        """Forget a request: late results for it are discarded; nothing of it is sent again."""
+        self.requests.pop(r.request_id, None)
+        self.rm.finish_request(r.request_id)
+        r.status = "closed"
+
+    def _answer_error(self, client: bytes, error: Error) -> None:
+        self.outcomes[error.code] += 1
+        self._out.append(FailRequest(client, error))
+
+    # --- results -------------------------------------------------------------------------------
+    def _returned(self, event: ShardReturned) -> None:
+        result = event.result
+        slot = self.nodes.get(event.node)
+        sent = slot.in_flight.pop((result.request_id, result.shard_id, result.attempt), None) if slot else None
+        r = self.requests.get(result.request_id)
+        if slot is None or sent is None or r is None or r.run is None:
+            self.counters["late_replies"] += 1
+            return
+        sent_at, shard = sent
+        predictions = result.predictions
+        if predictions.ndim != 1 or len(predictions) != shard.size or predictions.dtype.kind not in "iu":
+            self.counters["bad_results"] += 1
+            log.warning("dispatch: %s returned %s of shape %s for a shard of %d inputs; sending it again",
+                        event.node, predictions.dtype, predictions.shape, shard.size)  # fmt: skip
+            self._requeue(r, shard)
+            return
+        if not r.run.complete(shard.shard_id, shard.attempt, predictions, event.node, result.busy_s, event.now):
+            self.counters["late_replies"] += 1
+            return
+        seconds = shard_cost_s(sent_at, slot.last_result_at, event.now, result.busy_s)
+        slot.last_result_at = event.now
+        if shard.size >= OBSERVE_MIN_FILL * self.settings.shard_size and seconds > 0:
+            drifted = self.rm.observe(event.node, shard.variant, shard.size / seconds)
+            if (
+                drifted
+                and self.settings.replan_on_drift
+                and event.now - self._last_drift_replan >= DRIFT_REPLAN_INTERVAL_S
+            ):
+                self._last_drift_replan = event.now
+                self._want_replan(f"{event.node} drifted")
+        if r.run.finished:
+            self._finish(r, event.now)
+
+    def _refused(self, event: ShardRefused) -> None:
+        error = event.error
+        slot = self.nodes.get(event.node)
+        sent = slot.in_flight.pop((error.request_id, error.shard_id, error.attempt), None) if slot else None
+        r = self.requests.get(error.request_id)
+        if sent is None or r is None or r.run is None:
+            self.counters["late_replies"] += 1
+            return
+        if error.code in NON_RETRYABLE:
+            self._fail(r, Error(error.code, f"node {event.node}: {error.message}", r.request_id))
+            return
+        self._requeue(r, sent[1])
+
+    def _requeue(self, r: OpenRequest, shard: ShardTask) -> None:
+        assert r.run is not None
+        try:
+            r.run.requeue(shard)
+        except ShardFailed as exc:
+            self._fail(r, Error("node_lost", str(exc), r.request_id))
+
+    # --- nodes ---------------------------------------------------------------------------------
+    def _profiled(self, event: NodeProfiled) -> None:
+        if event.node not in self.nodes:
+            return  # lost while it was being profiled
+        self.rm.node_profiled(event.node, event.measurements)
+        self._start_waiting(event.now)
+        self._want_replan(f"{event.node} joined")
+
+    def _lost(self, node: str, reason: str, now: float) -> None:
+        slot = self.nodes.pop(node, None)
+        if slot is None:
+            return
+        self.counters["nodes_lost"] += 1
+        log.warning("dispatch: node %s lost (%s)", node, reason)
+        self.rm.node_left(node)
+        for (rid, _, _), (_, shard) in slot.in_flight.items():
+            r = self.requests.get(rid)
+            if r is not None and r.run is not None:
+                self._requeue(r, shard)
+        for r in self.requests.values():
+            if r.run is not None:
+                r.run.orphan_queue_of(node)  # its unsent shards are now anyone's
+        self._want_replan(f"{node} lost")
+        self._fail_stranded(now)
+
+    def _fail_stranded(self, now: float) -> None:
+        """Fail requests no node is left to serve, rather than keep them forever."""
+        if self.rm.usable_nodes() or not self.rm.startup_expired:
+            return
+        for r in [r for r in self.requests.values() if r.status != "waiting"]:
+            done = r.run.predicted_inputs if r.run else 0
+            self._fail(
+                r,
+                Error(
+                    "node_lost",
+                    f"every node that could run this request was lost ({done:,} of {r.request.inputs:,} inputs done)",
+                    r.request_id,
+                ),
+            )
+
+    # --- time ----------------------------------------------------------------------------------
+    def _tick(self, now: float) -> None:
+        for r in [r for r in self.requests.values() if r.status == "waiting"]:
+            if now - r.arrived >= self.settings.startup_timeout_s:
+                why = f"no profiled node is available (cluster is {self.rm.state}) after waiting {now - r.arrived:.0f} s"
+                self.counters["busy"] += 1
+                self._fail(r, Error("busy", why, r.request_id))
+        self._fail_stranded(now)
+
+    def _shutting_down(self, event: ShuttingDown) -> None:
+        self.draining = True
+        if not event.fail_running:
+            return
+        for r in list(self.requests.values()):
+            done = r.run.predicted_inputs if r.run else 0
+            self._fail(
+                r,
+                Error(
+                    "shutting_down",
+                    f"the coordinator shut down after {done:,} of {r.request.inputs:,} inputs; "
+                    "submit the request again when it is back",
+                    r.request_id,
+                ),
+            )
+
+    # --- the joint plan ------------------------------------------------------------------------
+    def _want_replan(self, reason: str) -> None:
+        self.replan_reason = self.replan_reason or reason
+
+    def _count_small(self, inputs: int, now: float) -> None:
+        """Track the pooled small-request rate; ask for a plan when it moved materially."""
+        self._small_arrivals.append((now, inputs))
+        self._small_inputs_in_window += inputs
+        while self._small_arrivals and self._small_arrivals[0][0] < now - SMALL_RATE_WINDOW_S:
+            self._small_inputs_in_window -= self._small_arrivals.popleft()[1]
+        rate = self._small_inputs_in_window / SMALL_RATE_WINDOW_S
+        planned = self._small_rate_planned
+        moved = planned == 0 or abs(rate / planned - 1) > SMALL_RATE_CHANGE
+        if moved and now - self._last_small_replan >= SMALL_REPLAN_INTERVAL_S:
+            self._last_small_replan = now
+            self._want_replan("the small-request rate changed")
+
+    def _small_rate(self) -> float:
+        return self._small_inputs_in_window / SMALL_RATE_WINDOW_S
+
+    def _maybe_replan(self, now: float) -> None:
+        if self.replan_reason is None or self.solving or not self.rm.usable_nodes():
+            return
+        demands = self.running_demands(now)
+        if not demands:
+            self.replan_reason = None
+            return
+        try:
+            self.rm.planning_started()
+        except NotReady:
+            return
+        self.generation += 1
+        self.solving = True
+        self.counters["solves"] += 1
+        table = self.rm.table.scaled(1.0)  # a snapshot: observations go on while it is solved
+        self._out.append(Replan(self.generation, table, demands, tuple(self.rm.usable_nodes()), self.replan_reason))
+        self.replan_reason = None
+
+    def running_demands(self, now: float) -> tuple[Demand, ...]:
+        """What the joint plan must cover now: every jointly planned request's rest, and small requests."""
+        demands = []
+        for r in self.requests.values():
+            if not r.joint or r.status not in ("planning", "running"):
+                continue
+            target = r.request.target_ips
+            if r.status == "running":
+                assert r.run is not None
+                remaining = r.run.queued_inputs
+                if remaining == 0:
+                    continue
+                if target is not None:
+                    # What the rest must reach to finish by the request's own deadline — never less than its
+                    # own target: time gained early is kept as slack for the tail, not spent on accuracy.
+                    time_left = r.arrived + r.request.inputs / target - now
+                    target = max(target, remaining / max(time_left, 1e-3))
+            demands.append(Demand(r.request_id, target, r.request.min_accuracy, r.policy == "adaptive"))
+        rate = self._small_rate()
+        if rate > 0 or self.small_queue:
+            demands.append(Demand(SMALL_DEMAND, max(rate * SMALL_RATE_MARGIN, SMALL_MIN_RATE)))
+        return tuple(demands)
+
+    def _solved(self, event: PlanSolved) -> None:
+        if event.generation != self.generation:
+            return  # an answer to a solve this core no longer waits for
+        self.solving = False
+        if event.plan is None:
+            self.counters["failed_solves"] += 1
+            log.warning("dispatch: the joint plan could not be made: %s", event.problem)
+            for r in [r for r in self.requests.values() if r.status == "planning"]:
+                self._fail(r, Error("invalid_input", f"cannot plan: {event.problem}", r.request_id))
+            self.rm.settle()
+            return
+        self.plan = event.plan
+        small = event.plan.demands.get(SMALL_DEMAND)
+        self._small_rate_planned = small.expected_ips if small else 0.0
+        self.rm.plan_adopted()
+        for r in list(self.requests.values()):
+            demand = event.plan.demands.get(r.request_id)
+            if demand is None or not r.joint:
+                continue
+            if r.status == "planning":
+                self._run(r, demand.for_inputs(r.policy, r.request.inputs), event.now)
+            elif r.status == "running":
+                self._follow(r, demand)
+
+    def _follow(self, r: OpenRequest, demand: DemandPlan) -> None:
+        """A running request takes its share of a new joint plan for the inputs not yet sent."""
+        run = r.run
+        assert run is not None
+        remaining = run.queued_inputs
+        if remaining > 0 and _differs(run.plan, demand):
+            run.replan(demand.for_inputs(r.policy, remaining))
+            self.counters["replans"] += 1
+        r.weights = _weights(run.plan, self.rm.table)
+
+    # --- sending -------------------------------------------------------------------------------
+    def _fill(self, now: float) -> None:
+        """Give every usable node with a free slot its next shards."""
+        usable = self.rm.usable_nodes()
+        for name in usable:
+            slot = self.nodes.get(name)
+            while slot is not None and len(slot.in_flight) < self.settings.window:
+                if not self._send_next(slot, now):
+                    break
+
+    def _send_next(self, slot: NodeSlot, now: float) -> bool:
+        # Small requests first: they are latency-bound and one shard each.
+        self._drop_closed_small()
+        variant = self._small_variant(slot) if self.small_queue else None
+        if variant is not None:
+            r = self.requests[self.small_queue.popleft()]
+            expected_ips = 1.0 / self.rm.table.seconds_per_input(slot.name, variant)
+            assignment = Assignment(slot.name, variant, r.request.inputs)
+            self._run(r, Plan(r.policy, (assignment,), expected_ips, self.rm.table.accuracy[variant]), now)
+            assert r.run is not None
+            shard = r.run.next_shard(slot.name, slot.variants)
+            assert shard is not None
+            self._send(slot, r, shard, now)
+            return True
+        # Then the request this node owes the most service, by its planned share of the node's time.
+        best: tuple[float, OpenRequest] | None = None
+        for r in self.requests.values():
+            if r.run is None or not r.run.has_work_for(slot.name, slot.variants):
+                continue
+            pass_ = r.passes.setdefault(slot.name, slot.clock)
+            if best is None or pass_ < best[0]:
+                best = (pass_, r)
+        if best is not None:
+            r = best[1]
+            assert r.run is not None
+            shard = r.run.next_shard(slot.name, slot.variants)
+            if shard is not None:
+                self._send(slot, r, shard, now)
+                return True
+        # Idle: take the tail of the slowest node's queue, if this node would finish it sooner.
+        if self.settings.work_stealing:
+            for r in self.requests.values():
+                if r.run is None or r.policy not in ADAPTS_AT_RUN_TIME or r.small:
+                    continue
+                shard = r.run.steal(slot.name, self.rm.table.seconds_per_input, slot.variants)
+                if shard is not None:
+                    self._send(slot, r, shard, now)
+                    return True
+        return False
+
+    def _send(self, slot: NodeSlot, r: OpenRequest, shard: ShardTask, now: float) -> None:
+        assert r.run is not None
+        slot.in_flight[(r.request_id, shard.shard_id, shard.attempt)] = (now, shard)
+        weight = r.weights.get(slot.name, STRAY_WEIGHT)
+        cost = shard.size * self.rm.table.seconds_per_input(slot.name, shard.variant)
+        pass_ = r.passes.get(slot.name, slot.clock)
+        slot.clock = max(slot.clock, pass_)
+        r.passes[slot.name] = pass_ + (cost if np.isfinite(cost) else 1.0) / weight
+        inputs = r.submit.inputs[shard.start : shard.stop]
+        self._out.append(SendShard(slot.name, Shard(r.request_id, shard.shard_id, shard.attempt, shard.variant, inputs)))
+
+    def _drop_closed_small(self) -> None:
+        while self.small_queue and self.small_queue[0] not in self.requests:
+            self.small_queue.popleft()
+
+    def _small_variant(self, slot: NodeSlot) -> str | None:
+        """The variant small requests run on a node: the pooled demand's there, else the plan's most
+        accurate one there, else (no plan uses the node) its most accurate profiled variant."""
+        table = self.rm.table
+        profiled = [v for v in table.variants_of(slot.name) if v in slot.variants]
+        if not profiled:
+            return None
+        if self.plan is not None:
+            small = self.plan.demands.get(SMALL_DEMAND)
+            chosen = small.variant_on(slot.name) if small else None
+            if chosen in profiled:
+                return chosen
+            planned = [v for d in self.plan.demands.values() for s in d.shares if s.node == slot.name
+                       for v in (s.variant,) if v in profiled]  # fmt: skip
+            if planned:
+                return max(planned, key=lambda v: table.accuracy[v])
+        return max(profiled, key=lambda v: table.accuracy[v])
+
+    # --- reading the state ---------------------------------------------------------------------
+    def _report(self, r: OpenRequest) -> dict[str, Any]:
+        run, request, first = r.run, r.request, r.first_plan
+        assert run is not None and first is not None
+        wall = run.wall_seconds()
+        notes = list(run.plan.notes)
+        nodes = {t.node for t in run.tallies.values()}
+        missing = sorted(self.rm.expected - nodes)
+        if missing and not r.small:
+            notes.append(f"ran without {', '.join(missing)} (not registered, not profiled in time, or not needed)")
+        return {
+            "request_id": run.request_id,
+            "policy": r.policy,
+            "inputs": run.total_inputs,
+            "target_ips": request.target_ips,
+            "min_accuracy": request.min_accuracy,
+            "wall_s": wall,
+            "achieved_ips": run.total_inputs / wall,
+            "expected_ips": first.expected_ips,
+            "expected_accuracy": first.expected_accuracy,
+            "served_accuracy": run.served_accuracy(self.rm.table.accuracy),
+            "feasible": first.feasible,
+            "retries": run.retries,
+            "steals": run.steals,
+            "replans": run.replans,
+            "dispatch_started_s": (r.dispatch_started or run.arrived) - run.arrived,
+            "notes": notes,
+            "timeline": run.timeline(),
+            "assignment": [
+                {
+                    "node": tally.node,
+                    "variant": tally.variant,
+                    "planned_inputs": tally.planned_inputs,
+                    "inputs": tally.inputs,
+                    "shards": tally.shards,
+                    "busy_s": tally.busy_s,
+                    "last_result_s": tally.last_result_s,
+                }
+                for tally in run.tallies.values()
+                if tally.inputs or tally.planned_inputs
+            ],
+        }
+
+    def in_flight(self, node: str) -> int:
+        slot = self.nodes.get(node)
+        return len(slot.in_flight) if slot else 0
+
+    def running(self, now: float) -> list[dict[str, Any]]:
+        """Open requests as ``status`` lists them."""
+        return [
+            {
+                "id": rid,
+                "policy": r.policy,
+                "status": r.status,
+                "inputs": r.request.inputs,
+                "done": r.run.predicted_inputs if r.run else 0,
+                "target_ips": r.request.target_ips,
+                "elapsed_s": now - r.arrived,
+            }
+            for rid, r in self.requests.items()
+        ]
+
+    def plan_summary(self) -> dict[str, Any] | None:
+        """The joint plan as ``status`` shows it: per demand its rate, accuracy and shares."""
+        if self.plan is None:
+            return None
+        return {
+            "solve_s": self.plan.solve_s,
+            "loss_to_bound": self.plan.loss_to_bound,
+            "node_load": self.plan.node_load,
+            "demands": [
+                {
+                    "key": d.key,
+                    "expected_ips": d.expected_ips,
+                    "expected_accuracy": d.expected_accuracy,
+                    "feasible": d.feasible,
+                    "shares": [{"node": s.node, "variant": s.variant, "ips": s.ips} for s in d.shares],
+                }
+                for d in self.plan.demands.values()
+            ],
+        }
+
+
+def _weights(plan: Plan, table: Any) -> dict[str, float]:
+    """Each node's share of a plan's work in node time, normalised: the request's stride weights."""
+    seconds: dict[str, float] = {}
+    for a in plan.assignments:
+        seconds[a.node] = seconds.get(a.node, 0.0) + a.inputs * table.seconds_per_input(a.node, a.variant)
+    longest = max(seconds.values(), default=0.0)
+    if longest <= 0 or not np.isfinite(longest):
+        return {n: 1.0 for n in seconds}
+    # A node working the whole plan long gets weight 1: the request wants all of its time.
+    return {n: max(s / longest, STRAY_WEIGHT) for n, s in seconds.items()}
+
+
+def _differs(plan: Plan, demand: DemandPlan) -> bool:
+    """Whether a request's current plan and its new joint share differ in variants or by > 10 % in split."""
+    old_total = sum(a.inputs for a in plan.assignments) or 1
+    new_total = sum(s.ips for s in demand.shares) or 1.0
+    old = {(a.node, a.variant): a.inputs / old_total for a in plan.assignments}
+    new = {(s.node, s.variant): s.ips / new_total for s in demand.shares}
+    if set(old) != set(new):
+        return True
+    return any(abs(old[k] - new[k]) > 0.1 for k in old)

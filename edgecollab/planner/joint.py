@@ -1,0 +1,381 @@
+"""One joint plan for everything running: per demand, which share of which board at which variant.
+
+A *demand* is a running request (or the pooled traffic of small requests) described by
+rates, not by its number of inputs, so the plan can be reused as long as the work and the
+table stay the same. For every demand ``d`` and usable (node, variant) option ``k`` the
+variable ``x_dk`` is the inputs per second ``d`` gets from ``k``; ``c_k`` is the seconds
+one input costs there (see ``ExplorationTable.seconds_per_input``). A node's time is its
+capacity: ``Σ_d Σ_k∈node c_k x_dk ≤ 1``.
+
+Two stages, each one HiGHS program (``scipy.optimize.milp``):
+
+1. **Demands with a target** get exactly their rate ``R_d = target × (1 + headroom) ÷
+   efficiency``, their minimum mean accuracy, and the most accurate plan overall:
+   maximise ``Σ acc_k x_dk`` (expected correct answers per second, so a small loose demand
+   never takes what a large tight one needs), then the least node time. When the targets
+   cannot all be met, every targeted rate is scaled by the largest common factor ``λ < 1``
+   that can be (a first program), and the plan says so.
+2. **Best-effort demands** (no target) share what is left of each node — never less than
+   ``BEST_EFFORT_FLOOR`` of it, since dispatch is work-conserving and they run behind the
+   targeted ones anyway — at the most accurate variants their minimum allows, at equal rates.
+
+With ``one_variant`` a demand runs one variant per node (binary ``y_dk``, ``x_dk ≤ y_dk /
+c_k``), as the paper's plans do; otherwise a node may time-share variants. Every stage first
+solves the LP relaxation (time-sharing allowed, exact, milliseconds), which bounds what any
+plan can reach; then the one-variant MILP within ``TIME_LIMIT_S``. The MILP's plan is kept
+when its accuracy is within ``MAX_LOSS_TO_BOUND`` of the bound, otherwise the LP's is used,
+so every joint plan is within 0.1 point of the LP bound. ``JointPlan.loss_to_bound`` records
+how far it is. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import Bounds, LinearConstraint, milp
+
+from .optimizer import MIP_GAP, TIME_LIMIT_S, Option, dominated
+from .policies import TARGET_HEADROOM, Assignment, Plan, PlanningError, split_by_weight
+from .table import ExplorationTable
+
+# Best-effort demands are planned on at least this fraction of every node's time.
+BEST_EFFORT_FLOOR = 0.05
+# A one-variant plan is used only when its accuracy is this close to the LP bound (0.1 point).
+MAX_LOSS_TO_BOUND = 1e-3
+# Weight of the tie-breaking term (least node time) against accuracy, and the objective's scale.
+_TIE_BREAK = 1e-5
+_SCALE = 1e4
+
+
+@dataclass(frozen=True)
+class Demand:
+    key: str
+    target_ips: float | None = None  # None: best effort
+    min_accuracy: float | None = None  # minimum mean accuracy of its inputs
+    one_variant: bool = True  # one variant per node (``adaptive``) or time-shared (``mixed``)
+
+
+@dataclass(frozen=True)
+class Share:
+    node: str
+    variant: str
+    ips: float  # inputs per second the demand gets from this node at this variant
+
+
+@dataclass(frozen=True)
+class DemandPlan:
+    key: str
+    shares: tuple[Share, ...]
+    expected_ips: float  # Σ share rates × the table's efficiency
+    expected_accuracy: float  # rate-weighted mean accuracy
+    feasible: bool
+    notes: tuple[str, ...] = ()
+
+    def node_time(self, table: ExplorationTable) -> dict[str, float]:
+        """Fraction of each node's time this demand is planned to use (its dispatch weight)."""
+        used: dict[str, float] = {}
+        for s in self.shares:
+            used[s.node] = used.get(s.node, 0.0) + s.ips * table.seconds_per_input(s.node, s.variant)
+        return used
+
+    def variant_on(self, node: str) -> str | None:
+        """The variant with the largest share on ``node``, or None when the demand does not use it."""
+        mine = [s for s in self.shares if s.node == node]
+        return max(mine, key=lambda s: s.ips).variant if mine else None
+
+    def for_inputs(self, policy: str, inputs: int) -> Plan:
+        """This demand's shares as a plan for ``inputs`` inputs (what ``RequestRun`` cuts into shards)."""
+        used = [s for s in self.shares if s.ips > 0]
+        if not used:
+            raise PlanningError(f"demand {self.key} has no share of any node")
+        counts = split_by_weight(inputs, [s.ips for s in used])
+        assignments = tuple(Assignment(s.node, s.variant, k) for s, k in zip(used, counts, strict=True) if k > 0)
+        return Plan(policy, assignments, self.expected_ips, self.expected_accuracy, self.feasible, self.notes)
+
+
+@dataclass(frozen=True)
+class JointPlan:
+    demands: dict[str, DemandPlan]
+    node_load: dict[str, float]  # planned fraction of each node's time, all demands together
+    solve_s: float  # wall time of the solves
+    loss_to_bound: float  # accuracy below the LP bound (a fraction; ≤ MAX_LOSS_TO_BOUND)
+    scale: float = 1.0  # λ: the factor every target was scaled by to fit (1 when all fit)
+    notes: tuple[str, ...] = field(default=())
+
+
+def plan_jointly(table: ExplorationTable, demands: Sequence[Demand], nodes: Sequence[str]) -> JointPlan:
+    """The joint plan for ``demands`` on the usable ``nodes``; ``PlanningError`` if no node is profiled."""
+    started = time.perf_counter()
+    options = [
+        Option(n, v, table.seconds_per_input(n, v), table.accuracy[v])
+        for n in sorted(nodes)
+        for v in sorted(table.variants_of(n))
+        if table.ips(n, v) > 0 and v in table.accuracy
+    ]
+    if not options:
+        raise PlanningError("no profiled node is available to plan on")
+    keys = [d.key for d in demands]
+    if len(set(keys)) != len(keys):
+        raise PlanningError(f"demand keys must be unique, got {keys}")
+    best_accuracy = max(o.accuracy for o in options)
+    notes: dict[str, list[str]] = {d.key: [] for d in demands}
+    for d in demands:
+        if d.min_accuracy is not None and d.min_accuracy > best_accuracy:
+            notes[d.key].append(
+                f"minimum accuracy {d.min_accuracy:g} is unreachable: the best variant scores {best_accuracy:.4f}"
+            )
+    targeted = [d for d in demands if d.target_ips is not None]
+    best_effort = [d for d in demands if d.target_ips is None]
+    rates = {d.key: float(d.target_ips or 0.0) * (1 + TARGET_HEADROOM) / table.efficiency for d in targeted}
+    capacity = {n: 1.0 for n in {o.node for o in options}}
+    shares: dict[str, dict[int, float]] = {}
+    loss, scale = 0.0, 1.0
+    if targeted:
+        solved = _solve_stage(options, targeted, capacity, best_accuracy, lambda p: p.solve_targeted(rates, 1.0))
+        if solved is None:
+            scale = _Program(options, targeted, capacity, best_accuracy, relaxed=True).largest_scale(rates)
+            fits = scale * (1 - 1e-6)
+            solved = _solve_stage(options, targeted, capacity, best_accuracy, lambda p: p.solve_targeted(rates, fits))
+            for d in targeted:
+                reached = scale * rates[d.key] * table.efficiency
+                notes[d.key].insert(
+                    0,
+                    f"target of {d.target_ips:g} inf/s is infeasible with the work running now: "
+                    f"the plan reaches {reached:.0f} inf/s",
+                )
+        if solved is not None:
+            program, x, loss = solved
+            shares.update(program.shares_by_demand(x))
+    used = _node_time(options, shares)
+    if best_effort:
+        left = {n: max(1.0 - used.get(n, 0.0), BEST_EFFORT_FLOOR) for n in capacity}
+        solved = _solve_stage(options, best_effort, left, best_accuracy, lambda p: p.solve_best_effort())
+        if solved is not None:
+            program, x, be_loss = solved
+            loss = max(loss, be_loss)
+            shares.update(program.shares_by_demand(x))
+    plans = {}
+    for d in demands:
+        mine = shares.get(d.key, {})
+        chosen = tuple(
+            Share(options[k].node, options[k].variant, ips) for k, ips in sorted(mine.items()) if ips > 1e-9
+        )
+        total = sum(s.ips for s in chosen)
+        accuracy = sum(s.ips * table.accuracy[s.variant] for s in chosen) / total if total > 0 else 0.0
+        expected = total * table.efficiency
+        feasible = not notes[d.key] and total > 0
+        plans[d.key] = DemandPlan(d.key, chosen, expected, accuracy, feasible, tuple(notes[d.key]))
+    return JointPlan(
+        plans, _node_time(options, shares), time.perf_counter() - started, loss, scale,
+        tuple(n for d in demands for n in notes[d.key]),
+    )  # fmt: skip
+
+
+def _node_time(options: Sequence[Option], shares: dict[str, dict[int, float]]) -> dict[str, float]:
+    used: dict[str, float] = {}
+    for mine in shares.values():
+        for k, ips in mine.items():
+            used[options[k].node] = used.get(options[k].node, 0.0) + ips * options[k].seconds_per_input
+    return used
+
+
+def _solve_stage(
+    options: Sequence[Option],
+    demands: Sequence[Demand],
+    capacity: dict[str, float],
+    best_accuracy: float,
+    solve: Callable[[_Program], np.ndarray | None],
+) -> tuple[_Program, np.ndarray, float] | None:
+    """The stage's LP optimum, or its one-variant optimum when that is within ``MAX_LOSS_TO_BOUND`` of it."""
+    relaxed = _Program(options, demands, capacity, best_accuracy, relaxed=True)
+    bound = solve(relaxed)
+    if bound is None or not any(d.one_variant for d in demands):
+        return None if bound is None else (relaxed, bound, 0.0)
+    exact = _Program(options, demands, capacity, best_accuracy, relaxed=False)
+    x = solve(exact)
+    if x is not None:
+        loss = relaxed.mean_accuracy(bound) - exact.mean_accuracy(x)
+        if loss <= MAX_LOSS_TO_BOUND and exact.total_rate(x) >= relaxed.total_rate(bound) * (1 - 1e-3):
+            return exact, x, max(loss, 0.0)
+    return relaxed, bound, 0.0
+
+
+class _Program:
+    """The variables and constraints shared by both stages for one group of demands.
+
+    Variables, demand-major: ``x`` (rate per demand and option), then ``y`` (binary, for
+    one-variant demands only, same layout), then one auxiliary (λ or μ). ``relaxed`` drops the
+    binaries: every demand may time-share variants on a node (the LP bound).
+    """
+
+    def __init__(
+        self,
+        options: Sequence[Option],
+        demands: Sequence[Demand],
+        capacity: dict[str, float],
+        best_accuracy: float,
+        relaxed: bool,
+    ) -> None:
+        self.relaxed = relaxed
+        drop = dominated(options)
+        self.options = options
+        self.keep = [k for k in range(len(options)) if k not in drop]
+        self.demands = demands
+        self.capacity = capacity
+        self.best_accuracy = best_accuracy
+        self.k = len(self.keep)
+        self.n_x = len(demands) * self.k
+        self.n_vars = 2 * self.n_x + 1
+        self.aux = self.n_vars - 1
+        self.cost = np.array([options[k].seconds_per_input for k in self.keep])
+        self.acc = np.array([options[k].accuracy for k in self.keep])
+        self.node_of = [options[k].node for k in self.keep]
+
+    def x(self, d: int, i: int) -> int:
+        return d * self.k + i
+
+    def y(self, d: int, i: int) -> int:
+        return self.n_x + d * self.k + i
+
+    def _common(self, wanted_accuracy: dict[int, float]) -> tuple[list[np.ndarray], list[float], list[float]]:
+        """Node capacity, minimum accuracy and one-variant constraints."""
+        rows: list[np.ndarray] = []
+        lower: list[float] = []
+        upper: list[float] = []
+
+        def add(row: np.ndarray, lo: float, hi: float) -> None:
+            rows.append(row)
+            lower.append(lo)
+            upper.append(hi)
+
+        for node, cap in self.capacity.items():
+            row = np.zeros(self.n_vars)
+            for d in range(len(self.demands)):
+                for i in range(self.k):
+                    if self.node_of[i] == node:
+                        row[self.x(d, i)] = self.cost[i]
+            add(row, -np.inf, cap)
+        for d, demand in enumerate(self.demands):
+            if d in wanted_accuracy:
+                row = np.zeros(self.n_vars)
+                for i in range(self.k):
+                    row[self.x(d, i)] = self.acc[i] - wanted_accuracy[d]
+                add(row, 0.0, np.inf)
+            if demand.one_variant and not self.relaxed:
+                for node in self.capacity:
+                    row = np.zeros(self.n_vars)
+                    for i in range(self.k):
+                        if self.node_of[i] == node:
+                            row[self.y(d, i)] = 1.0
+                    add(row, -np.inf, 1.0)
+                for i in range(self.k):
+                    row = np.zeros(self.n_vars)
+                    row[self.x(d, i)] = 1.0
+                    row[self.y(d, i)] = -self.capacity[self.node_of[i]] / self.cost[i]
+                    add(row, -np.inf, 0.0)  # x ≤ (capacity / c) y: a rate only on the chosen variant
+        return rows, lower, upper
+
+    def _run(
+        self, objective: np.ndarray, rows: list[np.ndarray], lower: list[float], upper: list[float], aux_max: float
+    ) -> np.ndarray | None:
+        integrality = np.zeros(self.n_vars)
+        bounds_upper = np.full(self.n_vars, np.inf)
+        for d, demand in enumerate(self.demands):
+            for i in range(self.k):
+                if demand.one_variant and not self.relaxed:
+                    integrality[self.y(d, i)] = 1
+                    bounds_upper[self.y(d, i)] = 1.0
+                else:
+                    bounds_upper[self.y(d, i)] = 0.0
+        bounds_upper[self.aux] = aux_max
+        result = milp(
+            objective,
+            integrality=integrality,
+            bounds=Bounds(np.zeros(self.n_vars), bounds_upper),
+            constraints=LinearConstraint(np.vstack(rows), np.array(lower), np.array(upper)),
+            options={"presolve": True, "mip_rel_gap": MIP_GAP, "time_limit": TIME_LIMIT_S},
+        )
+        # Status 1: the time limit was reached; x is then the best plan found, if any.
+        if result.status not in (0, 1) or result.x is None:
+            return None
+        return np.asarray(result.x)
+
+    def _wanted(self, best_effort: bool) -> dict[int, float]:
+        wanted = {}
+        for d, demand in enumerate(self.demands):
+            if demand.min_accuracy is not None:
+                wanted[d] = min(demand.min_accuracy, self.best_accuracy)
+            elif best_effort:
+                wanted[d] = self.best_accuracy  # best effort wants the most accurate answers
+        return wanted
+
+    def solve_targeted(self, rates: dict[str, float], scale: float) -> np.ndarray | None:
+        rows, lower, upper = self._common(self._wanted(best_effort=False))
+        for d, demand in enumerate(self.demands):
+            row = np.zeros(self.n_vars)
+            for i in range(self.k):
+                row[self.x(d, i)] = 1.0
+            rate = rates[demand.key] * scale
+            rows.append(row)
+            lower.append(rate)
+            upper.append(rate)
+        total = sum(rates[d.key] for d in self.demands) * scale
+        objective = np.zeros(self.n_vars)
+        for d in range(len(self.demands)):
+            for i in range(self.k):
+                objective[self.x(d, i)] = -_SCALE * (self.acc[i] / total - _TIE_BREAK * self.cost[i])
+        return self._run(objective, rows, lower, upper, 0.0)
+
+    def largest_scale(self, rates: dict[str, float]) -> float:
+        """The largest λ ≤ 1 at which every targeted rate × λ fits (0 when none does)."""
+        rows, lower, upper = self._common(self._wanted(best_effort=False))
+        for d, demand in enumerate(self.demands):
+            row = np.zeros(self.n_vars)
+            for i in range(self.k):
+                row[self.x(d, i)] = 1.0
+            row[self.aux] = -rates[demand.key]
+            rows.append(row)
+            lower.append(0.0)
+            upper.append(np.inf)  # Σ x ≥ λ R
+        objective = np.zeros(self.n_vars)
+        objective[self.aux] = -1.0
+        solved = self._run(objective, rows, lower, upper, 1.0)
+        return float(solved[self.aux]) if solved is not None else 0.0
+
+    def solve_best_effort(self) -> np.ndarray | None:
+        """Equal rates as high as the capacity left allows (μ), then the most accurate."""
+        rows, lower, upper = self._common(self._wanted(best_effort=True))
+        for d in range(len(self.demands)):
+            row = np.zeros(self.n_vars)
+            for i in range(self.k):
+                row[self.x(d, i)] = 1.0
+            row[self.aux] = -1.0
+            rows.append(row)
+            lower.append(0.0)
+            upper.append(np.inf)  # Σ x ≥ μ
+        ceiling = sum(self.capacity[self.node_of[i]] / self.cost[i] for i in range(self.k))
+        objective = np.zeros(self.n_vars)
+        objective[self.aux] = -_SCALE / ceiling
+        for d in range(len(self.demands)):
+            for i in range(self.k):
+                objective[self.x(d, i)] = -_SCALE * _TIE_BREAK * self.acc[i] / ceiling
+        return self._run(objective, rows, lower, upper, ceiling)
+
+    def total_rate(self, x: np.ndarray) -> float:
+        return float(x[: self.n_x].sum())
+
+    def mean_accuracy(self, x: np.ndarray) -> float:
+        rates = x[: self.n_x]
+        total = rates.sum()
+        return float(rates @ np.tile(self.acc, len(self.demands)) / total) if total > 0 else 0.0
+
+    def shares_by_demand(self, x: np.ndarray) -> dict[str, dict[int, float]]:
+        out: dict[str, dict[int, float]] = {}
+        for d, demand in enumerate(self.demands):
+            out[demand.key] = {
+                self.keep[i]: float(x[self.x(d, i)]) for i in range(self.k) if x[self.x(d, i)] > 1e-9
+            }
+        return out
