@@ -478,7 +478,8 @@ class DispatchCore:
     def _tick(self, now: float) -> None:
         for r in [r for r in self.requests.values() if r.status == "waiting"]:
             if now - r.arrived >= self.settings.startup_timeout_s:
-                why = f"no profiled node is available (cluster is {self.rm.state}) after waiting {now - r.arrived:.0f} s"
+                waited = now - r.arrived
+                why = f"no profiled node is available (cluster is {self.rm.state}) after waiting {waited:.0f} s"
                 self.counters["busy"] += 1
                 self._fail(r, Error("busy", why, r.request_id))
         self._fail_stranded(now)
@@ -653,7 +654,8 @@ class DispatchCore:
         slot.clock = max(slot.clock, pass_)
         r.passes[slot.name] = pass_ + (cost if np.isfinite(cost) else 1.0) / weight
         inputs = r.submit.inputs[shard.start : shard.stop]
-        self._out.append(SendShard(slot.name, Shard(r.request_id, shard.shard_id, shard.attempt, shard.variant, inputs)))
+        message = Shard(r.request_id, shard.shard_id, shard.attempt, shard.variant, inputs)
+        self._out.append(SendShard(slot.name, message))
 
     def _drop_closed_small(self) -> None:
         while self.small_queue and self.small_queue[0] not in self.requests:

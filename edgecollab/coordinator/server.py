@@ -11,7 +11,6 @@ and answered, and the loops go on. If a loop itself dies, the process exits loud
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import statistics

@@ -61,11 +61,7 @@ def check_submit(submit: Submit, input_shape: tuple[int, ...], input_dtype: np.d
         return f"inputs: expected {expected}; got {x.dtype} of shape {tuple(x.shape)}"
     if len(x) == 0:
         return f"inputs: expected {expected}; got no inputs"
-    return (
-        check_target_ips(submit.target_ips)
-        or check_min_accuracy(submit.min_accuracy)
-        or check_policy(submit.policy)
-    )
+    return check_target_ips(submit.target_ips) or check_min_accuracy(submit.min_accuracy) or check_policy(submit.policy)
 
 
 def check_plan_params(params: Mapping[str, Any]) -> str | None:

@@ -160,9 +160,7 @@ def plan_jointly(table: ExplorationTable, demands: Sequence[Demand], nodes: Sequ
     plans = {}
     for d in demands:
         mine = shares.get(d.key, {})
-        chosen = tuple(
-            Share(options[k].node, options[k].variant, ips) for k, ips in sorted(mine.items()) if ips > 1e-9
-        )
+        chosen = tuple(Share(options[k].node, options[k].variant, ips) for k, ips in sorted(mine.items()) if ips > 1e-9)
         total = sum(s.ips for s in chosen)
         accuracy = sum(s.ips * table.accuracy[s.variant] for s in chosen) / total if total > 0 else 0.0
         expected = total * table.efficiency
@@ -375,7 +373,5 @@ class _Program:
     def shares_by_demand(self, x: np.ndarray) -> dict[str, dict[int, float]]:
         out: dict[str, dict[int, float]] = {}
         for d, demand in enumerate(self.demands):
-            out[demand.key] = {
-                self.keep[i]: float(x[self.x(d, i)]) for i in range(self.k) if x[self.x(d, i)] > 1e-9
-            }
+            out[demand.key] = {self.keep[i]: float(x[self.x(d, i)]) for i in range(self.k) if x[self.x(d, i)] > 1e-9}
         return out
