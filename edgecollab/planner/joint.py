@@ -10,11 +10,12 @@ capacity: ``Σ_d Σ_k∈node c_k x_dk ≤ 1``.
 Two stages, each one HiGHS program (``scipy.optimize.milp``):
 
 1. **Demands with a target** get exactly their rate ``R_d = target × (1 + headroom) ÷
-   efficiency``, their minimum mean accuracy, and the most accurate plan overall:
-   maximise ``Σ acc_k x_dk`` (expected correct answers per second, so a small loose demand
-   never takes what a large tight one needs), then the least node time. When the targets
-   cannot all be met, every targeted rate is scaled by the largest common factor ``λ < 1``
-   that can be (a first program), and the plan says so.
+   efficiency`` and their minimum mean accuracy. The largest demands first get, in order of
+   rate, the most accurate plan each can have while every target stays met (accuracy floors,
+   ``_priority_floors``), so a loose demand never takes what a tight one needs; then the plan
+   maximises ``Σ acc_k x_dk`` (expected correct answers per second) within those floors, then
+   the least node time. When the targets cannot all be met, every targeted rate is scaled by
+   the largest common factor ``λ < 1`` that can be, and the plan says so.
 2. **Best-effort demands** (no target) share what is left of each node — never less than
    ``BEST_EFFORT_FLOOR`` of it, since dispatch is work-conserving and they run behind the
    targeted ones anyway — at the most accurate variants their minimum allows, at equal rates.
@@ -45,6 +46,11 @@ from .table import ExplorationTable
 BEST_EFFORT_FLOOR = 0.05
 # A one-variant plan is used only when its accuracy is this close to the LP bound (0.1 point).
 MAX_LOSS_TO_BOUND = 1e-3
+# The largest demands, in order, get accuracy floors before the rest is shared (see _priority_floors);
+# a floor is what they reach first, less this slack, so the one-variant plan can still meet it.
+PRIORITY_STAGES = 4
+PRIORITY_RATIO = 2.0
+FLOOR_SLACK = 1e-5
 # Weight of the tie-breaking term (least node time) against accuracy, and the objective's scale.
 _TIE_BREAK = 1e-5
 _SCALE = 1e4
@@ -134,11 +140,9 @@ def plan_jointly(table: ExplorationTable, demands: Sequence[Demand], nodes: Sequ
     shares: dict[str, dict[int, float]] = {}
     loss, scale = 0.0, 1.0
     if targeted:
-        solved = _solve_stage(options, targeted, capacity, best_accuracy, lambda p: p.solve_targeted(rates, 1.0))
-        if solved is None:
-            scale = _Program(options, targeted, capacity, best_accuracy, relaxed=True).largest_scale(rates)
-            fits = scale * (1 - 1e-6)
-            solved = _solve_stage(options, targeted, capacity, best_accuracy, lambda p: p.solve_targeted(rates, fits))
+        relaxed = _Program(options, targeted, capacity, best_accuracy, relaxed=True)
+        if relaxed.solve_targeted(rates, 1.0) is None:
+            scale = relaxed.largest_scale(rates)
             for d in targeted:
                 reached = scale * rates[d.key] * table.efficiency
                 notes[d.key].insert(
@@ -146,6 +150,11 @@ def plan_jointly(table: ExplorationTable, demands: Sequence[Demand], nodes: Sequ
                     f"target of {d.target_ips:g} inf/s is infeasible with the work running now: "
                     f"the plan reaches {reached:.0f} inf/s",
                 )
+            scale *= 1 - 1e-6
+        floors = _priority_floors(options, targeted, capacity, best_accuracy, rates, scale)
+        solved = _solve_stage(
+            options, targeted, capacity, best_accuracy, lambda p: p.solve_targeted(rates, scale), floors
+        )
         if solved is not None:
             program, x, loss = solved
             shares.update(program.shares_by_demand(x))
@@ -180,19 +189,57 @@ def _node_time(options: Sequence[Option], shares: dict[str, dict[int, float]]) -
     return used
 
 
+def _priority_floors(
+    options: Sequence[Option],
+    targeted: Sequence[Demand],
+    capacity: dict[str, float],
+    best_accuracy: float,
+    rates: dict[str, float],
+    scale: float,
+) -> dict[str, float]:
+    """Accuracy floors that keep the largest demands at what they would get before the smaller ones.
+
+    In order of rate, each of the ``PRIORITY_STAGES`` largest groups gets the most accurate plan
+    it can while every target stays met and the larger ones keep their floors (LPs, milliseconds).
+    The final plan must respect them, less ``FLOOR_SLACK``: a loose request takes only what is
+    left once the tight ones are as accurate as they can be.
+    """
+    if len(targeted) < 2:
+        return {}
+    # Demands of similar size (within PRIORITY_RATIO of the group's largest) are one group: no
+    # order among them, their accuracy is maximised together.
+    groups: list[list[str]] = []
+    for d in sorted(targeted, key=lambda d: -rates[d.key]):
+        if groups and rates[d.key] * PRIORITY_RATIO >= rates[groups[-1][0]]:
+            groups[-1].append(d.key)
+        else:
+            groups.append([d.key])
+    if len(groups) < 2:
+        return {}
+    floors: dict[str, float] = {}
+    for group in groups[:PRIORITY_STAGES]:
+        program = _Program(options, targeted, capacity, best_accuracy, relaxed=True, floors=floors)
+        x = program.solve_targeted(rates, scale, only=set(group))
+        if x is None:
+            break
+        floors.update({key: program.demand_accuracy(x, key) - FLOOR_SLACK for key in group})
+    return floors
+
+
 def _solve_stage(
     options: Sequence[Option],
     demands: Sequence[Demand],
     capacity: dict[str, float],
     best_accuracy: float,
     solve: Callable[[_Program], np.ndarray | None],
+    floors: dict[str, float] | None = None,
 ) -> tuple[_Program, np.ndarray, float] | None:
     """The stage's LP optimum, or its one-variant optimum when that is within ``MAX_LOSS_TO_BOUND`` of it."""
-    relaxed = _Program(options, demands, capacity, best_accuracy, relaxed=True)
+    relaxed = _Program(options, demands, capacity, best_accuracy, relaxed=True, floors=floors)
     bound = solve(relaxed)
     if bound is None or not any(d.one_variant for d in demands):
         return None if bound is None else (relaxed, bound, 0.0)
-    exact = _Program(options, demands, capacity, best_accuracy, relaxed=False)
+    exact = _Program(options, demands, capacity, best_accuracy, relaxed=False, floors=floors)
     x = solve(exact)
     if x is not None:
         loss = relaxed.mean_accuracy(bound) - exact.mean_accuracy(x)
@@ -216,8 +263,10 @@ class _Program:
         capacity: dict[str, float],
         best_accuracy: float,
         relaxed: bool,
+        floors: dict[str, float] | None = None,
     ) -> None:
         self.relaxed = relaxed
+        self.floors = floors or {}  # demand key -> minimum mean accuracy it must keep
         drop = dominated(options)
         self.options = options
         self.keep = [k for k in range(len(options)) if k not in drop]
@@ -308,9 +357,12 @@ class _Program:
                 wanted[d] = min(demand.min_accuracy, self.best_accuracy)
             elif best_effort:
                 wanted[d] = self.best_accuracy  # best effort wants the most accurate answers
+            if demand.key in self.floors:
+                wanted[d] = max(wanted.get(d, 0.0), self.floors[demand.key])
         return wanted
 
-    def solve_targeted(self, rates: dict[str, float], scale: float) -> np.ndarray | None:
+    def solve_targeted(self, rates: dict[str, float], scale: float, only: set[str] | None = None) -> np.ndarray | None:
+        """Every targeted rate × ``scale`` exactly, most accurate overall (or for the demands ``only``)."""
         rows, lower, upper = self._common(self._wanted(best_effort=False))
         for d, demand in enumerate(self.demands):
             row = np.zeros(self.n_vars)
@@ -322,7 +374,9 @@ class _Program:
             upper.append(rate)
         total = sum(rates[d.key] for d in self.demands) * scale
         objective = np.zeros(self.n_vars)
-        for d in range(len(self.demands)):
+        for d, demand in enumerate(self.demands):
+            if only is not None and demand.key not in only:
+                continue
             for i in range(self.k):
                 objective[self.x(d, i)] = -_SCALE * (self.acc[i] / total - _TIE_BREAK * self.cost[i])
         return self._run(objective, rows, lower, upper, 0.0)
@@ -369,6 +423,12 @@ class _Program:
         rates = x[: self.n_x]
         total = rates.sum()
         return float(rates @ np.tile(self.acc, len(self.demands)) / total) if total > 0 else 0.0
+
+    def demand_accuracy(self, x: np.ndarray, key: str) -> float:
+        d = next(i for i, demand in enumerate(self.demands) if demand.key == key)
+        rates = x[d * self.k : (d + 1) * self.k]
+        total = rates.sum()
+        return float(rates @ self.acc / total) if total > 0 else 0.0
 
     def shares_by_demand(self, x: np.ndarray) -> dict[str, dict[int, float]]:
         out: dict[str, dict[int, float]] = {}

@@ -1,0 +1,285 @@
+"""The dispatch core, driven by events alone: no sockets, no event loop, no clock."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edgecollab.config import CoordinatorConfig
+from edgecollab.coordinator.dispatch import (
+    SMALL_DEMAND,
+    AnswerRequest,
+    DispatchCore,
+    FailRequest,
+    Instruction,
+    NodeLost,
+    NodeProfiled,
+    NodeRegistered,
+    PlanSolved,
+    Replan,
+    RequestOpened,
+    SendShard,
+    ShardRefused,
+    ShardReturned,
+    ShuttingDown,
+    Tick,
+)
+from edgecollab.coordinator.resource_manager import ResourceManager
+from edgecollab.planner import ExplorationTable, Measurement
+from edgecollab.planner.joint import plan_jointly
+from edgecollab.protocol import Error, ShardResult, Submit
+
+SHAPE = (1, 4, 4)
+ACCURACY = {"fast": 0.85, "slow": 0.92}
+# Node b is four times as fast as a; "slow" costs four times "fast".
+SPEEDS = {"a": {"fast": 2000.0, "slow": 500.0}, "b": {"fast": 8000.0, "slow": 2000.0}}
+
+
+def make_core(**settings: Any) -> DispatchCore:
+    config = CoordinatorConfig(shard_size=8, window=2, startup_timeout_s=5.0, **settings)
+    rm = ResourceManager(SPEEDS, ExplorationTable(ACCURACY))
+    core = DispatchCore(config, rm, SHAPE, np.dtype(np.uint8))
+    for node, rows in SPEEDS.items():
+        core.handle(NodeRegistered(node, tuple(rows), 0.0))
+        core.handle(NodeProfiled(node, {v: Measurement(ips, 4.0) for v, ips in rows.items()}, 0.0))
+    return core
+
+
+def solve(core: DispatchCore, out: list[Instruction], now: float = 0.0) -> list[Instruction]:
+    """Carry out the Replan in ``out`` (as the shell would, on its solver thread) and feed the result back."""
+    (replan,) = [i for i in out if isinstance(i, Replan)]
+    plan = plan_jointly(replan.table, replan.demands, replan.nodes)
+    return core.handle(PlanSolved(replan.generation, plan, "", now))
+
+
+def submit(n: int, client: bytes = b"c", **fields: Any) -> Submit:
+    inputs = np.arange(n * 16, dtype=np.uint64).astype(np.uint8).reshape(n, *SHAPE)
+    return Submit(uuid.uuid4().hex, inputs, **fields)
+
+
+def sends(out: list[Instruction]) -> list[SendShard]:
+    return [i for i in out if isinstance(i, SendShard)]
+
+
+def answer(send: SendShard, now: float, busy_s: float = 0.004) -> ShardReturned:
+    shard = send.shard
+    predictions = np.full(len(shard.inputs), shard.shard_id, np.int64)
+    return ShardReturned(
+        send.node, ShardResult(shard.request_id, shard.shard_id, shard.attempt, predictions, busy_s), now
+    )
+
+
+def run_to_end(core: DispatchCore, out: list[Instruction], now: float = 1.0) -> list[Instruction]:
+    """Answer every shard sent (and every shard those answers release) until nothing is in flight."""
+    final: list[Instruction] = []
+    pending = sends(out)
+    while pending:
+        send = pending.pop(0)
+        now += 0.001
+        more = core.handle(answer(send, now))
+        pending += sends(more)
+        final += [i for i in more if not isinstance(i, SendShard)]
+    return final
+
+
+def test_a_request_waits_for_its_joint_plan_then_fills_every_node_window() -> None:
+    core = make_core()
+    out = core.handle(RequestOpened(b"c", submit(200, target_ips=3000.0), 0.1))
+    assert not sends(out) and [type(i) for i in out] == [Replan]
+    out = solve(core, out, 0.11)
+    assert {s.node for s in sends(out)} == {"a", "b"}
+    assert all(len([s for s in sends(out) if s.node == n]) == 2 for n in "ab")  # window = 2 per node
+    final = run_to_end(core, out)
+    (done,) = [i for i in final if isinstance(i, AnswerRequest)]
+    assert len(done.result.predictions) == 200 and (done.result.predictions >= 0).all()
+    assert not core.requests and core.outcomes["completed"] == 1
+
+
+def test_small_requests_cost_no_solve_and_go_to_the_first_free_node() -> None:
+    core = make_core()
+    first = core.handle(RequestOpened(b"c", submit(1), 0.0))
+    assert len(sends(first)) == 1  # sent at once, before any plan
+    replans = [i for i in first if isinstance(i, Replan)]
+    assert len(replans) == 1 and replans[0].demands[-1].key == SMALL_DEMAND  # the pooled rate is planned for
+    solve(core, first, 0.01)
+    solves = core.counters["solves"]
+    for k in range(20):  # a steady trickle of one-input requests: no further solve
+        out = core.handle(RequestOpened(b"c", submit(1), 0.02 + k * 0.01))
+        assert len(sends(out)) == 1 and not any(isinstance(i, Replan) for i in out)
+        final = core.handle(answer(sends(out)[0], 0.025 + k * 0.01))
+        assert [type(i) for i in final] == [AnswerRequest]
+    assert core.counters["solves"] == solves
+
+
+def test_a_lost_node_gives_its_shards_to_the_others_and_every_input_ends_once() -> None:
+    core = make_core()
+    out = solve(core, core.handle(RequestOpened(b"c", submit(120, target_ips=2000.0), 0.0)))
+    lost = [s for s in sends(out) if s.node == "a"]
+    kept = [s for s in sends(out) if s.node == "b"]
+    out = core.handle(NodeLost("a", "test", 0.5))
+    assert not [s for s in sends(out) if s.node == "a"]
+    # A late result from the lost node is discarded, not counted twice.
+    late = core.handle(answer(lost[0], 0.6))
+    assert not any(isinstance(i, AnswerRequest) for i in late) and core.counters["late_replies"] == 1
+    replan = [i for i in out if isinstance(i, Replan)]
+    more = solve(core, replan, 0.7) if replan else []
+    final = run_to_end(core, [*kept, *sends(out), *sends(more)])
+    (done,) = [i for i in final if isinstance(i, AnswerRequest)]
+    assert sum(a["inputs"] for a in done.result.report["assignment"]) == 120
+    assert (done.result.predictions >= 0).all()
+    assert done.result.report["retries"] == len(lost)
+
+
+def test_duplicate_and_stale_results_are_discarded() -> None:
+    core = make_core()
+    out = solve(core, core.handle(RequestOpened(b"c", submit(40, target_ips=1000.0), 0.0)))
+    send = sends(out)[0]
+    core.handle(answer(send, 0.1))
+    assert core.counters["late_replies"] == 0
+    core.handle(answer(send, 0.2))  # the same (shard, attempt) again
+    assert core.counters["late_replies"] == 1
+
+
+def test_a_refused_shard_is_sent_again_unless_the_error_is_final() -> None:
+    core = make_core()
+    out = solve(core, core.handle(RequestOpened(b"c", submit(16, target_ips=500.0), 0.0)))
+    shard = sends(out)[0].shard
+    again = core.handle(
+        ShardRefused(sends(out)[0].node, Error("internal", "oops", shard.request_id, shard.shard_id, 0), 0.1)
+    )
+    assert [s.shard.attempt for s in sends(again)] == [1]
+    shard = sends(again)[0].shard
+    final = core.handle(
+        ShardRefused(sends(again)[0].node, Error("invalid_input", "bad", shard.request_id, shard.shard_id, 1), 0.2)
+    )
+    (failed,) = [i for i in final if isinstance(i, FailRequest)]
+    assert failed.error.code == "invalid_input" and "bad" in failed.error.message
+
+
+def test_a_result_of_the_wrong_shape_is_sent_again() -> None:
+    core = make_core()
+    out = solve(core, core.handle(RequestOpened(b"c", submit(16, target_ips=500.0), 0.0)))
+    shard = sends(out)[0].shard
+    bad = ShardResult(shard.request_id, shard.shard_id, 0, np.zeros((len(shard.inputs), 10), np.int64), 0.01)
+    again = core.handle(ShardReturned(sends(out)[0].node, bad, 0.1))
+    assert core.counters["bad_results"] == 1 and [s.shard.attempt for s in sends(again)] == [1]
+
+
+def test_two_requests_share_the_boards_by_their_planned_rates() -> None:
+    """A tight request and a loose one: the loose one gets only what the joint plan gives it."""
+    core = make_core()
+    tight = submit(4000, target_ips=7000.0)
+    loose = submit(400, target_ips=200.0)
+    out = core.handle(RequestOpened(b"t", tight, 0.0))
+    out += core.handle(RequestOpened(b"l", loose, 0.0))
+    out = solve(core, out)  # planned for the tight one; the loose one arrived during the solve: one more
+    out = [*sends(out), *solve(core, out)]
+    assert {s.shard.request_id for s in sends(out)} <= {tight.request_id, loose.request_id}
+    plan = core.plan
+    assert plan is not None
+    assert plan.demands[tight.request_id].feasible and plan.demands[loose.request_id].feasible
+    # Alone, the tight request would get the same accuracy (the loose one takes only spare time).
+    alone = plan_jointly(core.rm.table, [d for d in core.running_demands(0.0) if d.key == tight.request_id], ["a", "b"])
+    assert plan.demands[tight.request_id].expected_accuracy >= alone.demands[tight.request_id].expected_accuracy - 1e-3
+    final = run_to_end(core, out)
+    assert sorted(i.client for i in final if isinstance(i, AnswerRequest)) == [b"l", b"t"]
+
+
+def test_an_idle_node_steals_the_tail_of_a_slower_one() -> None:
+    core = make_core()
+    out = solve(core, core.handle(RequestOpened(b"c", submit(400, target_ips=1000.0), 0.0)))
+    # Only node b answers: once its own queue is empty it takes a's queued shards.
+    pending = [s for s in sends(out) if s.node == "b"]
+    now = 0.1
+    while pending:
+        now += 0.001
+        pending += [s for s in sends(core.handle(answer(pending.pop(0), now))) if s.node == "b"]
+    run = next(iter(core.requests.values())).run
+    assert run is not None and run.steals > 0
+
+
+def test_drift_asks_for_a_new_plan_and_the_rest_is_cut_again() -> None:
+    core = make_core()
+    out = solve(core, core.handle(RequestOpened(b"c", submit(4000, target_ips=3000.0), 0.0)))
+    replans = 0
+    pending, now = sends(out), 0.0
+    while pending and not replans:
+        send = pending.pop(0)
+        now += 0.05  # every shard takes far longer than the table says: the boards slowed down
+        more = core.handle(answer(send, now, busy_s=0.05))
+        replans += sum(isinstance(i, Replan) for i in more)
+        pending += sends(more)
+    assert replans == 1 and core.solving
+    solve(core, [i for i in more if isinstance(i, Replan)], now)
+    assert core.counters["replans"] >= 1
+
+
+def test_bad_values_are_refused_with_the_field_named_and_nothing_changes() -> None:
+    core = make_core()
+    for fields, named in [
+        ({"target_ips": 0.0}, "target_ips"),
+        ({"target_ips": float("nan")}, "target_ips"),
+        ({"target_ips": float("inf")}, "target_ips"),
+        ({"target_ips": 1e300}, "target_ips"),
+        ({"min_accuracy": -1.0}, "min_accuracy"),
+        ({"min_accuracy": 2.0}, "min_accuracy"),
+        ({"policy": "fastest"}, "policy"),
+    ]:
+        out = core.handle(RequestOpened(b"c", submit(4, **fields), 0.0))
+        (failed,) = out
+        assert isinstance(failed, FailRequest) and failed.error.code == "invalid_input"
+        assert failed.error.message.startswith(named)
+    assert not core.requests and core.counters["solves"] == 0  # nothing to plan for: no solve
+
+
+def test_over_the_admission_cap_the_answer_is_busy() -> None:
+    core = make_core(max_requests=2)
+    for _ in range(2):
+        core.handle(RequestOpened(b"c", submit(100, target_ips=100.0), 0.0))
+    (busy,) = core.handle(RequestOpened(b"c", submit(100, target_ips=100.0), 0.0))
+    assert isinstance(busy, FailRequest) and busy.error.code == "busy"
+
+
+def test_requests_fail_when_every_node_is_lost_and_on_shutdown() -> None:
+    core = make_core()
+    core.rm.expire_startup()
+    out = solve(core, core.handle(RequestOpened(b"c", submit(100, target_ips=100.0), 0.0)))
+    assert sends(out)
+    core.handle(NodeLost("a", "gone", 0.1))
+    out = core.handle(NodeLost("b", "gone", 0.2))
+    (failed,) = [i for i in out if isinstance(i, FailRequest)]
+    assert failed.error.code == "node_lost" and not core.requests
+    core = make_core()
+    core.handle(RequestOpened(b"c", submit(100, target_ips=100.0), 0.0))
+    (refused,) = [i for i in core.handle(ShuttingDown(False, 0.1)) if isinstance(i, FailRequest)] or [None]
+    assert refused is None  # running requests get the grace period
+    assert [i.error.code for i in core.handle(RequestOpened(b"c", submit(4), 0.2)) if isinstance(i, FailRequest)] == [
+        "shutting_down"
+    ]
+    out = core.handle(ShuttingDown(True, 0.3))
+    assert [i.error.code for i in out if isinstance(i, FailRequest)] == ["shutting_down"]
+
+
+def test_a_request_waiting_for_the_cluster_times_out_busy() -> None:
+    config = CoordinatorConfig(startup_timeout_s=1.0)
+    core = DispatchCore(config, ResourceManager(["a"], ExplorationTable(ACCURACY)), SHAPE, np.dtype(np.uint8))
+    assert core.handle(RequestOpened(b"c", submit(4), 0.0)) == []
+    assert core.handle(Tick(0.5)) == []
+    (busy,) = core.handle(Tick(1.1))
+    assert isinstance(busy, FailRequest) and busy.error.code == "busy" and "no profiled node" in busy.error.message
+
+
+@pytest.mark.parametrize("inputs", [1, 8])
+def test_small_requests_after_a_node_loss_still_end_exactly_once(inputs: int) -> None:
+    core = make_core()
+    out = core.handle(RequestOpened(b"c", submit(inputs), 0.0))
+    (send,) = sends(out)
+    out = core.handle(NodeLost(send.node, "gone", 0.1))
+    (again,) = sends(out)
+    assert again.node != send.node and again.shard.attempt == 1
+    final = core.handle(answer(again, 0.2))
+    (done,) = [i for i in final if isinstance(i, AnswerRequest)]
+    assert len(done.result.predictions) == inputs
