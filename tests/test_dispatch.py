@@ -283,3 +283,12 @@ def test_small_requests_after_a_node_loss_still_end_exactly_once(inputs: int) ->
     final = core.handle(answer(again, 0.2))
     (done,) = [i for i in final if isinstance(i, AnswerRequest)]
     assert len(done.result.predictions) == inputs
+
+
+@pytest.mark.parametrize("fields", [{"target_ips": 1e-300}, {"target_ips": 5e-324, "strict": True}])
+def test_a_vanishingly_small_target_is_still_planned_and_served(fields: dict[str, Any]) -> None:
+    core = make_core()
+    first = core.handle(RequestOpened(b"c", submit(1, **fields), 0.0))
+    final = run_to_end(core, [*sends(first), *solve(core, first)])
+    (done,) = [i for i in final if isinstance(i, AnswerRequest)]
+    assert len(done.result.predictions) == 1

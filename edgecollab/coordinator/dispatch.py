@@ -580,10 +580,13 @@ class DispatchCore:
             demand = event.plan.demands.get(r.request_id)
             if demand is None or not r.joint:
                 continue
-            if r.status == "planning":
-                self._run(r, demand.for_inputs(r.policy, r.request.inputs), event.now)
-            elif r.status == "running":
-                self._follow(r, demand)
+            try:
+                if r.status == "planning":
+                    self._run(r, demand.for_inputs(r.policy, r.request.inputs), event.now)
+                elif r.status == "running":
+                    self._follow(r, demand)
+            except PlanningError as exc:  # this request cannot follow the plan; the others can
+                self._fail(r, Error("invalid_input", f"cannot plan: {exc}", r.request_id))
 
     def _follow(self, r: OpenRequest, demand: DemandPlan) -> None:
         """A running request takes its share of a new joint plan for the inputs not yet sent."""

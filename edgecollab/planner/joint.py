@@ -42,6 +42,8 @@ from .optimizer import MIP_GAP, TIME_LIMIT_S, Option, dominated
 from .policies import TARGET_HEADROOM, Assignment, Plan, PlanningError, split_by_weight
 from .table import ExplorationTable
 
+# Targets below this rate (inputs/s) are planned at it, so every demand has a share to cut.
+MIN_RATE = 1e-3
 # Best-effort demands are planned on at least this fraction of every node's time.
 BEST_EFFORT_FLOOR = 0.05
 # A one-variant plan is used only when its accuracy is this close to the LP bound (0.1 point).
@@ -135,7 +137,9 @@ def plan_jointly(table: ExplorationTable, demands: Sequence[Demand], nodes: Sequ
             )
     targeted = [d for d in demands if d.target_ips is not None]
     best_effort = [d for d in demands if d.target_ips is None]
-    rates = {d.key: float(d.target_ips or 0.0) * (1 + TARGET_HEADROOM) / table.efficiency for d in targeted}
+    rates = {
+        d.key: max(float(d.target_ips or 0.0) * (1 + TARGET_HEADROOM) / table.efficiency, MIN_RATE) for d in targeted
+    }
     capacity = {n: 1.0 for n in {o.node for o in options}}
     shares: dict[str, dict[int, float]] = {}
     loss, scale = 0.0, 1.0
