@@ -6,7 +6,8 @@ Two un-emulated workers on this machine run `linear-7x7` (490 MACs per input: ne
 so what is measured is edgecollab itself: framing, sockets, the coordinator's book-keeping.
 For shard sizes 1, 32 and 256: shard round-trips per second through coordinator and workers,
 and the coordinator's CPU time per shard (from /proc, user + system). Then sequential
-one-input requests: request round-trips per second and their latency. Writes
+one-input requests: request round-trips per second, their latency, the coordinator's CPU
+time per request and joint-plan solves per request. Writes
 benchmarks/results/overhead.json and overhead.png.
 """
 
@@ -77,13 +78,16 @@ async def measure(endpoint: str, pid: int, inputs: int, shard_size: int, small_r
         }
         if small_requests:
             latencies = []
+            solves = (await client.query("status"))["counters"].get("solves", 0)
             cpu = cpu_seconds(pid)
             for _ in range(small_requests):
                 t = time.perf_counter()
                 await client.infer(images[:1])
                 latencies.append(time.perf_counter() - t)
             cpu = cpu_seconds(pid) - cpu
+            solves = (await client.query("status"))["counters"].get("solves", 0) - solves
             row["one_input_requests"] = {
+                "solves_per_request": solves / small_requests,
                 "requests": small_requests,
                 "requests_per_s": small_requests / sum(latencies),
                 "latency_ms_p50": statistics.median(latencies) * 1e3,
@@ -120,7 +124,8 @@ def main() -> int:
                 r = row["one_input_requests"]
                 print(
                     f"one-input requests: {r['requests_per_s']:,.0f}/s, p50 {r['latency_ms_p50']:.2f} ms,"
-                    f" p99 {r['latency_ms_p99']:.2f} ms, {r['coordinator_cpu_us_per_request']:,.0f} µs CPU each",
+                    f" p99 {r['latency_ms_p99']:.2f} ms, {r['coordinator_cpu_us_per_request']:,.0f} µs CPU each,"
+                    f" {r['solves_per_request']:.3f} joint-plan solves each",
                     file=sys.stderr,
                 )
     out = {

@@ -171,8 +171,10 @@ class ResourceManager:
         self.settle()
 
     def request_started(self, request_id: str) -> None:
+        first = not self.running
         self.running.add(request_id)
-        self.settle()
+        if first or self.state != "dispatching":  # otherwise the facts imply the state it is in
+            self.settle()
 
     def _delivered_ips(self, node: str, variant: str) -> float:
         """What the planner counts on from a node: its compute, capped by its link when the config gives one."""
@@ -189,7 +191,7 @@ class ResourceManager:
         if not self.running:
             self.planned_ips.clear()  # nothing relies on the old assumptions any more
             self._observed_since_plan.clear()
-        self.settle()
+            self.settle()
 
     # --- internals --------------------------------------------------------------------------
     def _started(self) -> None:

@@ -9,6 +9,7 @@ the allow-list — raises one ``ProtocolError``. Nothing is ever unpickled.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -36,8 +37,22 @@ class ProtocolError(EdgecollabError):
 Frame = bytes | memoryview
 
 
+@functools.cache
 def _array_fields(cls: type[Message]) -> list[str]:
     return [f.name for f in dataclasses.fields(cls) if f.type in ("np.ndarray", np.ndarray)]
+
+
+@functools.cache
+def _scalar_fields(cls: type[Message]) -> tuple[dict[str, Any], frozenset[str], frozenset[str]]:
+    """Per message type, computed once: type hints, the scalar fields allowed, and those required."""
+    arrays = set(_array_fields(cls))
+    allowed = frozenset(f.name for f in dataclasses.fields(cls)) - arrays
+    required = frozenset(
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.name in allowed and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    )
+    return typing.get_type_hints(cls), allowed, required
 
 
 def encode(message: Message) -> list[Frame]:
@@ -88,13 +103,7 @@ def decode(frames: Sequence[Frame]) -> Message:
     values: dict[str, Any] = {}
     for spec, frame, name in zip(array_specs, frames[1:], expected_arrays, strict=True):
         values[name] = _array(spec, frame, name)
-    hints = typing.get_type_hints(cls)
-    allowed = {f.name for f in dataclasses.fields(cls)} - set(expected_arrays)
-    required = {
-        f.name
-        for f in dataclasses.fields(cls)
-        if f.name in allowed and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    }
+    hints, allowed, required = _scalar_fields(cls)
     if not set(scalars) <= allowed or not required <= set(scalars):
         raise ProtocolError(
             f"{cls.kind} fields must be {sorted(allowed)} (required {sorted(required)}); "
