@@ -9,7 +9,6 @@ the allow-list — raises one ``ProtocolError``. Nothing is ever unpickled.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import types
 import typing
@@ -37,14 +36,21 @@ class ProtocolError(EdgecollabError):
 Frame = bytes | memoryview
 
 
-@functools.cache
 def _array_fields(cls: type[Message]) -> list[str]:
     return [f.name for f in dataclasses.fields(cls) if f.type in ("np.ndarray", np.ndarray)]
 
 
-@functools.cache
+_SCALARS: dict[str, tuple[dict[str, Any], frozenset[str], frozenset[str]]] = {}
+
+
 def _scalar_fields(cls: type[Message]) -> tuple[dict[str, Any], frozenset[str], frozenset[str]]:
     """Per message type, computed once: type hints, the scalar fields allowed, and those required."""
+    if cls.kind not in _SCALARS:
+        _SCALARS[cls.kind] = _describe(cls)
+    return _SCALARS[cls.kind]
+
+
+def _describe(cls: type[Message]) -> tuple[dict[str, Any], frozenset[str], frozenset[str]]:
     arrays = set(_array_fields(cls))
     allowed = frozenset(f.name for f in dataclasses.fields(cls)) - arrays
     required = frozenset(
