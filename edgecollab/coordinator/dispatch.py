@@ -313,12 +313,12 @@ class DispatchCore:
             self._start(open_request, now)
 
     def _start(self, r: OpenRequest, now: float) -> None:
-        self.rm.request_started(r.request_id)
-        if r.small:
+        if r.small:  # served from the running plan: the resource manager's state is not about them
             r.status = "queued"
             self.small_queue.append(r.request_id)
             self._count_small(r.request.inputs, now)
             return
+        self.rm.request_started(r.request_id)
         if r.joint:
             r.status = "planning"
             self._want_replan(f"request {r.request_id[:8]} arrived")
@@ -373,7 +373,8 @@ class DispatchCore:
     def _close(self, r: OpenRequest) -> None:
         """Forget a request: late results for it are discarded; nothing of it is sent again."""
         self.requests.pop(r.request_id, None)
-        self.rm.finish_request(r.request_id)
+        if not r.small:
+            self.rm.finish_request(r.request_id)
         r.status = "closed"
 
     def _answer_error(self, client: bytes, error: Error) -> None:
