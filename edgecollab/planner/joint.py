@@ -36,9 +36,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.optimize import Bounds, LinearConstraint, milp
 
-from .optimizer import MIP_GAP, TIME_LIMIT_S, Option, dominated
+from .optimizer import Constraints, Option, dominated, run_milp
 from .policies import TARGET_HEADROOM, Assignment, Plan, PlanningError, split_by_weight
 from .table import ExplorationTable
 
@@ -291,17 +290,17 @@ class _Program:
     def y(self, d: int, i: int) -> int:
         return self.n_x + d * self.k + i
 
-    def _common(self, wanted_accuracy: dict[int, float]) -> tuple[list[np.ndarray], list[float], list[float]]:
+    def rate_row(self, d: int, aux: float = 0.0) -> np.ndarray:
+        """``Σ_k x_dk + aux · (λ or μ)``: demand ``d``'s total rate, against the auxiliary."""
+        row = np.zeros(self.n_vars)
+        row[self.x(d, 0) : self.x(d, 0) + self.k] = 1.0
+        row[self.aux] = aux
+        return row
+
+    def _common(self, wanted_accuracy: dict[int, float]) -> Constraints:
         """Node capacity, minimum accuracy and one-variant constraints."""
-        rows: list[np.ndarray] = []
-        lower: list[float] = []
-        upper: list[float] = []
-
-        def add(row: np.ndarray, lo: float, hi: float) -> None:
-            rows.append(row)
-            lower.append(lo)
-            upper.append(hi)
-
+        constraints = Constraints()
+        add = constraints.add
         for node, cap in self.capacity.items():
             row = np.zeros(self.n_vars)
             for d in range(len(self.demands)):
@@ -327,11 +326,9 @@ class _Program:
                     row[self.x(d, i)] = 1.0
                     row[self.y(d, i)] = -self.capacity[self.node_of[i]] / self.cost[i]
                     add(row, -np.inf, 0.0)  # x ≤ (capacity / c) y: a rate only on the chosen variant
-        return rows, lower, upper
+        return constraints
 
-    def _run(
-        self, objective: np.ndarray, rows: list[np.ndarray], lower: list[float], upper: list[float], aux_max: float
-    ) -> np.ndarray | None:
+    def _run(self, objective: np.ndarray, constraints: Constraints, aux_max: float) -> np.ndarray | None:
         integrality = np.zeros(self.n_vars)
         bounds_upper = np.full(self.n_vars, np.inf)
         for d, demand in enumerate(self.demands):
@@ -342,17 +339,7 @@ class _Program:
                 else:
                     bounds_upper[self.y(d, i)] = 0.0
         bounds_upper[self.aux] = aux_max
-        result = milp(
-            objective,
-            integrality=integrality,
-            bounds=Bounds(np.zeros(self.n_vars), bounds_upper),
-            constraints=LinearConstraint(np.vstack(rows), np.array(lower), np.array(upper)),
-            options={"presolve": True, "mip_rel_gap": MIP_GAP, "time_limit": TIME_LIMIT_S},
-        )
-        # Status 1: the time limit was reached; x is then the best plan found, if any.
-        if result.status not in (0, 1) or result.x is None:
-            return None
-        return np.asarray(result.x)
+        return run_milp(objective, integrality, bounds_upper, constraints)
 
     def _wanted(self, best_effort: bool) -> dict[int, float]:
         wanted = {}
@@ -367,15 +354,10 @@ class _Program:
 
     def solve_targeted(self, rates: dict[str, float], scale: float, only: set[str] | None = None) -> np.ndarray | None:
         """Every targeted rate × ``scale`` exactly, most accurate overall (or for the demands ``only``)."""
-        rows, lower, upper = self._common(self._wanted(best_effort=False))
+        constraints = self._common(self._wanted(best_effort=False))
         for d, demand in enumerate(self.demands):
-            row = np.zeros(self.n_vars)
-            for i in range(self.k):
-                row[self.x(d, i)] = 1.0
             rate = rates[demand.key] * scale
-            rows.append(row)
-            lower.append(rate)
-            upper.append(rate)
+            constraints.add(self.rate_row(d), rate, rate)
         total = sum(rates[d.key] for d in self.demands) * scale
         objective = np.zeros(self.n_vars)
         for d, demand in enumerate(self.demands):
@@ -383,42 +365,30 @@ class _Program:
                 continue
             for i in range(self.k):
                 objective[self.x(d, i)] = -_SCALE * (self.acc[i] / total - _TIE_BREAK * self.cost[i])
-        return self._run(objective, rows, lower, upper, 0.0)
+        return self._run(objective, constraints, 0.0)
 
     def largest_scale(self, rates: dict[str, float]) -> float:
         """The largest λ ≤ 1 at which every targeted rate × λ fits (0 when none does)."""
-        rows, lower, upper = self._common(self._wanted(best_effort=False))
+        constraints = self._common(self._wanted(best_effort=False))
         for d, demand in enumerate(self.demands):
-            row = np.zeros(self.n_vars)
-            for i in range(self.k):
-                row[self.x(d, i)] = 1.0
-            row[self.aux] = -rates[demand.key]
-            rows.append(row)
-            lower.append(0.0)
-            upper.append(np.inf)  # Σ x ≥ λ R
+            constraints.add(self.rate_row(d, -rates[demand.key]), 0.0, np.inf)  # Σ x ≥ λ R
         objective = np.zeros(self.n_vars)
         objective[self.aux] = -1.0
-        solved = self._run(objective, rows, lower, upper, 1.0)
+        solved = self._run(objective, constraints, 1.0)
         return float(solved[self.aux]) if solved is not None else 0.0
 
     def solve_best_effort(self) -> np.ndarray | None:
         """Equal rates as high as the capacity left allows (μ), then the most accurate."""
-        rows, lower, upper = self._common(self._wanted(best_effort=True))
+        constraints = self._common(self._wanted(best_effort=True))
         for d in range(len(self.demands)):
-            row = np.zeros(self.n_vars)
-            for i in range(self.k):
-                row[self.x(d, i)] = 1.0
-            row[self.aux] = -1.0
-            rows.append(row)
-            lower.append(0.0)
-            upper.append(np.inf)  # Σ x ≥ μ
+            constraints.add(self.rate_row(d, -1.0), 0.0, np.inf)  # Σ x ≥ μ
         ceiling = sum(self.capacity[self.node_of[i]] / self.cost[i] for i in range(self.k))
         objective = np.zeros(self.n_vars)
         objective[self.aux] = -_SCALE / ceiling
         for d in range(len(self.demands)):
             for i in range(self.k):
                 objective[self.x(d, i)] = -_SCALE * _TIE_BREAK * self.acc[i] / ceiling
-        return self._run(objective, rows, lower, upper, ceiling)
+        return self._run(objective, constraints, ceiling)
 
     def total_rate(self, x: np.ndarray) -> float:
         return float(x[: self.n_x].sum())

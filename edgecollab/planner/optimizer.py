@@ -54,6 +54,40 @@ class Allocation:
     accuracy: float  # input-weighted mean
 
 
+class Constraints:
+    """The rows of a linear program and their bounds, added one at a time."""
+
+    def __init__(self) -> None:
+        self.rows: list[np.ndarray] = []
+        self.lower: list[float] = []
+        self.upper: list[float] = []
+
+    def add(self, row: np.ndarray, lo: float, hi: float) -> None:
+        self.rows.append(row)
+        self.lower.append(lo)
+        self.upper.append(hi)
+
+    def linear(self) -> LinearConstraint:
+        return LinearConstraint(np.vstack(self.rows), np.array(self.lower), np.array(self.upper))
+
+
+def run_milp(
+    objective: np.ndarray, integrality: np.ndarray, upper_bounds: np.ndarray, constraints: Constraints
+) -> np.ndarray | None:
+    """Minimise ``objective`` with HiGHS (variables from 0 to ``upper_bounds``); the best x found, or None."""
+    result = milp(
+        objective,
+        integrality=integrality,
+        bounds=Bounds(np.zeros(len(objective)), upper_bounds),
+        constraints=constraints.linear(),
+        options={"presolve": True, "mip_rel_gap": MIP_GAP, "time_limit": TIME_LIMIT_S},
+    )
+    # Status 1: the time limit was reached; x is then the best plan found, if any.
+    if result.status not in (0, 1) or result.x is None:
+        return None
+    return np.asarray(result.x)
+
+
 def maximise_accuracy(
     options: Sequence[Option], total: int, deadline_s: float, min_accuracy: float | None, mixed: bool
 ) -> Allocation | None:
@@ -108,15 +142,8 @@ def _solve(
     # Variables: s (k), x (k, one-variant form only), T.
     n_vars = k + 1 if mixed else 2 * k + 1
     t = n_vars - 1
-    rows: list[np.ndarray] = []
-    lower: list[float] = []
-    upper: list[float] = []
-
-    def add(row: np.ndarray, lo: float, hi: float) -> None:
-        rows.append(row)
-        lower.append(lo)
-        upper.append(hi)
-
+    constraints = Constraints()
+    add = constraints.add
     row = np.zeros(n_vars)
     row[:k] = 1.0
     add(row, total, total)  # every input is planned, once
@@ -155,18 +182,11 @@ def _solve(
     bounds_upper = np.full(n_vars, float(total))
     bounds_upper[k:t] = 1.0
     bounds_upper[t] = deadline_s
-    result = milp(
-        objective,
-        integrality=integrality,
-        bounds=Bounds(np.zeros(n_vars), bounds_upper),
-        constraints=LinearConstraint(np.vstack(rows), np.array(lower), np.array(upper)),
-        options={"presolve": True, "mip_rel_gap": MIP_GAP, "time_limit": TIME_LIMIT_S},
-    )
-    # Status 1: the time limit was reached; x is then the best plan found, if any.
-    if result.status not in (0, 1) or result.x is None:
+    x = run_milp(objective, integrality, bounds_upper, constraints)
+    if x is None:
         return None
     shares = np.zeros(len(all_options))
-    shares[keep] = np.clip(np.asarray(result.x)[:k], 0.0, None)
+    shares[keep] = np.clip(x[:k], 0.0, None)
     return _allocation(all_options, shares, total)
 
 
