@@ -37,7 +37,16 @@ from typing import Any
 import numpy as np
 
 from ..config import CoordinatorConfig
-from ..planner import ADAPTS_AT_RUN_TIME, Assignment, Plan, PlanningError, PlanRequest, make_plan
+from ..planner import (
+    ADAPTS_AT_RUN_TIME,
+    Assignment,
+    ExplorationTable,
+    Measurement,
+    Plan,
+    PlanningError,
+    PlanRequest,
+    make_plan,
+)
 from ..planner.joint import Demand, DemandPlan, JointPlan
 from ..protocol import Error, Result, Shard, ShardResult, Submit
 from .request_run import RequestRun, ShardFailed, ShardTask
@@ -100,7 +109,7 @@ class NodeProfiled:
     """A node's measurements arrived (first profile or a re-profile): the table changed."""
 
     node: str
-    measurements: dict[str, Any]  # variant -> planner.Measurement
+    measurements: dict[str, Measurement]
     now: float
 
 
@@ -167,7 +176,7 @@ class Replan:
     """Solve ``planner.joint.plan_jointly(table, demands, nodes)`` off the loop; feed back ``PlanSolved``."""
 
     generation: int
-    table: Any  # a snapshot of the exploration table (planner.ExplorationTable)
+    table: ExplorationTable  # a snapshot: observations go on while it is solved
     demands: tuple[Demand, ...]
     nodes: tuple[str, ...]
     reason: str
@@ -205,6 +214,10 @@ class OpenRequest:
     @property
     def request_id(self) -> str:
         return self.submit.request_id
+
+    @property
+    def done_inputs(self) -> int:
+        return self.run.predicted_inputs if self.run else 0
 
     @property
     def joint(self) -> bool:
@@ -458,19 +471,19 @@ class DispatchCore:
             if r.run is not None:
                 r.run.orphan_queue_of(node)  # its unsent shards are now anyone's
         self._want_replan(f"{node} lost")
-        self._fail_stranded(now)
+        self._fail_stranded()
 
-    def _fail_stranded(self, now: float) -> None:
+    def _fail_stranded(self) -> None:
         """Fail requests no node is left to serve, rather than keep them forever."""
         if self.rm.usable_nodes() or not self.rm.startup_expired:
             return
         for r in [r for r in self.requests.values() if r.status != "waiting"]:
-            done = r.run.predicted_inputs if r.run else 0
             self._fail(
                 r,
                 Error(
                     "node_lost",
-                    f"every node that could run this request was lost ({done:,} of {r.request.inputs:,} inputs done)",
+                    f"every node that could run this request was lost ({r.done_inputs:,} of {r.request.inputs:,} "
+                    "inputs done)",
                     r.request_id,
                 ),
             )
@@ -483,19 +496,18 @@ class DispatchCore:
                 why = f"no profiled node is available (cluster is {self.rm.state}) after waiting {waited:.0f} s"
                 self.counters["busy"] += 1
                 self._fail(r, Error("busy", why, r.request_id))
-        self._fail_stranded(now)
+        self._fail_stranded()
 
     def _shutting_down(self, event: ShuttingDown) -> None:
         self.draining = True
         if not event.fail_running:
             return
         for r in list(self.requests.values()):
-            done = r.run.predicted_inputs if r.run else 0
             self._fail(
                 r,
                 Error(
                     "shutting_down",
-                    f"the coordinator shut down after {done:,} of {r.request.inputs:,} inputs; "
+                    f"the coordinator shut down after {r.done_inputs:,} of {r.request.inputs:,} inputs; "
                     "submit the request again when it is back",
                     r.request_id,
                 ),
@@ -511,7 +523,7 @@ class DispatchCore:
         self._small_inputs_in_window += inputs
         while self._small_arrivals and self._small_arrivals[0][0] < now - SMALL_RATE_WINDOW_S:
             self._small_inputs_in_window -= self._small_arrivals.popleft()[1]
-        rate = self._small_inputs_in_window / SMALL_RATE_WINDOW_S
+        rate = self._small_rate()
         planned = self._small_rate_planned
         moved = planned == 0 or abs(rate / planned - 1) > SMALL_RATE_CHANGE
         if moved and now - self._last_small_replan >= SMALL_REPLAN_INTERVAL_S:
@@ -677,8 +689,12 @@ class DispatchCore:
             chosen = small.variant_on(slot.name) if small else None
             if chosen in profiled:
                 return chosen
-            planned = [v for d in self.plan.demands.values() for s in d.shares if s.node == slot.name
-                       for v in (s.variant,) if v in profiled]  # fmt: skip
+            planned = [
+                s.variant
+                for d in self.plan.demands.values()
+                for s in d.shares
+                if s.node == slot.name and s.variant in profiled
+            ]
             if planned:
                 return max(planned, key=lambda v: table.accuracy[v])
         return max(profiled, key=lambda v: table.accuracy[v])
@@ -738,7 +754,7 @@ class DispatchCore:
                 "policy": r.policy,
                 "status": r.status,
                 "inputs": r.request.inputs,
-                "done": r.run.predicted_inputs if r.run else 0,
+                "done": r.done_inputs,
                 "target_ips": r.request.target_ips,
                 "elapsed_s": now - r.arrived,
             }
@@ -766,7 +782,7 @@ class DispatchCore:
         }
 
 
-def _weights(plan: Plan, table: Any) -> dict[str, float]:
+def _weights(plan: Plan, table: ExplorationTable) -> dict[str, float]:
     """Each node's share of a plan's work in node time, normalised: the request's stride weights."""
     seconds: dict[str, float] = {}
     for a in plan.assignments:
