@@ -5,7 +5,7 @@ The public API; everything else is internal and may change.
 
 from __future__ import annotations
 
-from .client import Client, InferenceResult, SyncClient
+from .client import Client, FrameResult, InferenceResult, Stream, SyncClient, SyncStream
 from .config import ClusterConfig, load_config
 from .errors import (
     BusyError,
@@ -30,6 +30,7 @@ __all__ = [
     "ClusterConfig",
     "ConfigError",
     "EdgecollabError",
+    "FrameResult",
     "InfeasibleTargetError",
     "InferenceResult",
     "InvalidInputError",
@@ -40,7 +41,9 @@ __all__ = [
     "ProtocolError",
     "RequestFailed",
     "RequestLostError",
+    "Stream",
     "SyncClient",
+    "SyncStream",
     "__version__",
     "load_config",
 ]

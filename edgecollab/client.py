@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -16,7 +17,20 @@ import zmq.asyncio
 
 from . import transport
 from .errors import RequestFailed, request_failed
-from .protocol import Answer, Error, ProtocolError, Query, Result, Submit, decode, encode
+from .protocol import (
+    Answer,
+    Error,
+    FrameResults,
+    Frames,
+    ProtocolError,
+    Query,
+    Result,
+    StreamClose,
+    StreamOpen,
+    Submit,
+    decode,
+    encode,
+)
 from .security import ClientCurve
 
 T = TypeVar("T")
@@ -57,6 +71,141 @@ class InferenceResult:
         return shares
 
 
+@dataclass(frozen=True)
+class FrameResult:
+    """The answer for one frame of a stream."""
+
+    seq: int  # its sequence number: frames are numbered 0, 1, ... in send order
+    id: Any  # the caller's id for the frame (None when it gave none)
+    prediction: int  # predicted class; -1 when the frame was dropped
+    variant: str  # the variant that ran it ("" when dropped)
+    node: str  # the board that ran it ("" when dropped)
+    latency_ms: float  # from ``send`` to its answer's arrival here
+    dropped: bool = False  # dropped by the stream's back-pressure policy; ``reason`` says why
+    reason: str = ""
+
+
+class Stream:
+    """A stream of frames at a declared rate; from ``Client.stream``. Use it as an async context manager.
+
+    ``await stream.send(frames)`` sends one frame or a batch; ``async for r in stream`` yields a
+    ``FrameResult`` per frame, in send order, as soon as each (and every earlier one) is answered.
+    Iteration ends once the stream is closed and every frame sent has been yielded. With the
+    ``block`` policy, ``send`` waits while ``queue_frames`` frames are unanswered.
+    """
+
+    def __init__(self, client: Client, spec: StreamOpen) -> None:
+        self.client = client
+        self.spec = spec
+        self.admission: dict[str, Any] = {}  # the coordinator's answer: expected fps and accuracy, degraded, notes
+        self.summary: dict[str, Any] | None = None  # the coordinator's figures once closed
+        self._next_seq = 0
+        self._next_out = 0
+        self._sent: dict[int, tuple[float, Any]] = {}  # seq -> (when sent, caller's id) until answered
+        self._ready: dict[int, FrameResult] = {}  # answered, not yet yielded
+        self._answered = 0
+        self._changed = asyncio.Event()
+        self._failure: BaseException | None = None
+        self._closing = False
+
+    @property
+    def stream_id(self) -> str:
+        return self.spec.stream_id
+
+    async def __aenter__(self) -> Stream:
+        self.client._streams[self.stream_id] = self
+        try:
+            answer = await self.client._exchange(self.stream_id, self.spec)
+        except BaseException:
+            self.client._streams.pop(self.stream_id, None)
+            raise
+        assert isinstance(answer, Answer)
+        self.admission = answer.data
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            if self._failure is None and self.summary is None:
+                await self.close()
+        finally:
+            self.client._streams.pop(self.stream_id, None)
+
+    async def send(self, frames: np.ndarray, ids: Sequence[Any] | None = None) -> list[int]:
+        """Send one frame (of the model's input shape) or a batch of them; their sequence numbers."""
+        if self._failure is not None:
+            raise self._failure
+        if self._closing:
+            raise RuntimeError("the stream is closed; open a new one to send more frames")
+        batch = np.ascontiguousarray(frames)
+        if list(batch.shape) == list(self.admission.get("input_shape", ())):
+            batch = batch[np.newaxis]
+        if ids is not None and len(ids) != len(batch):
+            raise ValueError(f"ids: expected one per frame ({len(batch)}); got {len(ids)}")
+        limit = int(self.admission.get("queue_frames", len(batch)))
+        seqs: list[int] = []
+        for start in range(0, len(batch), limit):
+            part = batch[start : start + limit]
+            if self.spec.backpressure == "block":
+                while len(self._sent) + len(part) > limit and self._failure is None:
+                    self._changed.clear()
+                    await self._changed.wait()
+                if self._failure is not None:
+                    raise self._failure
+            first = self._next_seq
+            self._next_seq += len(part)
+            now = time.monotonic()
+            for i in range(len(part)):
+                self._sent[first + i] = (now, ids[start + i] if ids is not None else None)
+            await self.client._send(Frames(self.stream_id, first, part))
+            seqs.extend(range(first, first + len(part)))
+        return seqs
+
+    def __aiter__(self) -> AsyncIterator[FrameResult]:
+        return self
+
+    async def __anext__(self) -> FrameResult:
+        while True:
+            result = self._ready.pop(self._next_out, None)
+            if result is not None:
+                self._next_out += 1
+                return result
+            if self._failure is not None:
+                raise self._failure
+            if self._closing and self._next_out >= self._next_seq:
+                raise StopAsyncIteration
+            self._changed.clear()
+            await self._changed.wait()
+
+    async def close(self) -> dict[str, Any]:
+        """Send no more frames; wait until every frame sent is answered. The coordinator's summary."""
+        if self.summary is not None:
+            return self.summary
+        self._closing = True
+        self._changed.set()
+        answer = await self.client._exchange(self.stream_id, StreamClose(self.stream_id))
+        assert isinstance(answer, Answer)
+        self.summary = answer.data
+        self._changed.set()
+        return self.summary
+
+    def _deliver(self, message: FrameResults) -> None:
+        now = time.monotonic()
+        for seq, prediction in zip(message.seqs.tolist(), message.predictions.tolist(), strict=True):
+            sent = self._sent.pop(seq, None)
+            if sent is None:
+                continue  # not a frame this stream is waiting for
+            self._answered += 1
+            self._ready[seq] = FrameResult(
+                seq, sent[1], prediction, message.variant, message.node, (now - sent[0]) * 1e3, message.dropped,
+                message.reason,
+            )  # fmt: skip
+        self._changed.set()
+
+    def _fail(self, error: BaseException) -> None:
+        self._failure = error
+        self._changed.set()
+
+
 class Client:
     """An asyncio client; one DEALER socket serves any number of concurrent requests.
 
@@ -72,6 +221,7 @@ class Client:
         self._waiting: dict[str, asyncio.Future[Result | Answer]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._heard = False  # whether the coordinator ever answered this client (it may still be starting)
+        self._streams: dict[str, Stream] = {}  # open streams by id: their frame answers are routed there
 
     async def __aenter__(self) -> Client:
         self._context = zmq.asyncio.Context()
@@ -121,6 +271,32 @@ class Client:
             progress(len(inputs), len(inputs))
         return InferenceResult(result.predictions.copy(), result.report)
 
+    def stream(
+        self,
+        target_fps: float,
+        *,
+        min_accuracy: float | None = None,
+        max_latency_ms: float | None = None,
+        task: str | None = None,
+        degrade: bool = False,
+        backpressure: str = "block",
+    ) -> Stream:
+        """A stream of frames at ``target_fps``: ``async with client.stream(30) as s: ...``.
+
+        On entry the coordinator admits it into the joint plan at that rate, with ``min_accuracy``
+        and each frame answered within ``max_latency_ms`` (default: the coordinator's). When it
+        cannot, entry raises ``InfeasibleTargetError``, or with ``degrade`` the stream is admitted
+        anyway and ``stream.admission["degraded"]`` says so. ``backpressure``: ``block`` (``send``
+        waits), ``drop-oldest`` (queued frames are dropped, each answered as dropped) or ``fail``.
+        """
+        spec = StreamOpen(uuid.uuid4().hex, target_fps, min_accuracy, max_latency_ms, degrade, backpressure, task)
+        return Stream(self, spec)
+
+    async def _send(self, message: Frames) -> None:
+        if self._sock is None:
+            raise RuntimeError("use the client as 'async with Client(...) as client'")
+        await self._sock.send_multipart(encode(message), copy=False)
+
     async def _report_progress(self, request_id: str, total: int, progress: ProgressCallback) -> None:
         while True:
             await asyncio.sleep(PROGRESS_INTERVAL_S)
@@ -139,7 +315,9 @@ class Client:
         assert isinstance(answer, Answer)
         return answer.data
 
-    async def _exchange(self, request_id: str, message: Submit | Query, watch: bool = False) -> Result | Answer:
+    async def _exchange(
+        self, request_id: str, message: Submit | Query | StreamOpen | StreamClose, watch: bool = False
+    ) -> Result | Answer:
         """Send and await the answer; with ``watch``, fail early if the coordinator forgets the request."""
         if self._sock is None:
             raise RuntimeError("use the client as 'async with Client(...) as client'")
@@ -189,9 +367,17 @@ class Client:
                 message = decode([f.buffer for f in frames])
             except ProtocolError:
                 continue  # nothing to route a malformed reply to; the request times out
+            if isinstance(message, FrameResults):
+                stream = self._streams.get(message.stream_id)
+                if stream is not None:
+                    stream._deliver(message)
+                continue
             request_id = getattr(message, "request_id", "")
             future = self._waiting.get(request_id)
             if future is None or future.done():
+                stream = self._streams.get(request_id)
+                if stream is not None and isinstance(message, Error):  # the stream failed while open
+                    stream._fail(request_failed(message.code, message.message))
                 continue
             if isinstance(message, Result | Answer):
                 future.set_result(message)
@@ -238,6 +424,23 @@ class SyncClient:
         """Like ``Client.query``, blocking."""
         return self._call(self._client.query(topic, **params))
 
+    def stream(
+        self,
+        target_fps: float,
+        *,
+        min_accuracy: float | None = None,
+        max_latency_ms: float | None = None,
+        task: str | None = None,
+        degrade: bool = False,
+        backpressure: str = "block",
+    ) -> SyncStream:
+        """Like ``Client.stream``, blocking: ``with client.stream(30) as s: s.send(frame); for r in s: ...``."""
+        stream = self._client.stream(
+            target_fps, min_accuracy=min_accuracy, max_latency_ms=max_latency_ms, task=task, degrade=degrade,
+            backpressure=backpressure,
+        )  # fmt: skip
+        return SyncStream(self, stream)
+
     def close(self) -> None:
         if self._loop.is_closed():
             return
@@ -251,3 +454,35 @@ class SyncClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class SyncStream:
+    """``Stream`` with blocking calls; send from one thread and iterate from another if you like."""
+
+    def __init__(self, owner: SyncClient, stream: Stream) -> None:
+        self._owner = owner
+        self.stream = stream
+
+    @property
+    def admission(self) -> dict[str, Any]:
+        return self.stream.admission
+
+    def __enter__(self) -> SyncStream:
+        self._owner._call(self.stream.__aenter__())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._owner._call(self.stream.__aexit__(*exc))
+
+    def send(self, frames: np.ndarray, ids: Sequence[Any] | None = None) -> list[int]:
+        return self._owner._call(self.stream.send(frames, ids))
+
+    def close(self) -> dict[str, Any]:
+        return self._owner._call(self.stream.close())
+
+    def __iter__(self) -> Iterator[FrameResult]:
+        while True:
+            try:
+                yield self._owner._call(self.stream.__anext__())
+            except StopAsyncIteration:
+                return

@@ -38,6 +38,13 @@ class CoordinatorConfig(_Strict):
     max_requests: int = Field(32, ge=1, description="requests admitted at once (waiting or running); more get 'busy'")
     work_stealing: bool = Field(True, description="idle nodes take queued shards of slower ones near the end")
     replan_on_drift: bool = Field(True, description="re-plan running requests when a node's speed drifts")
+    max_streams: int = Field(256, ge=1, description="streams open at once; more are refused 'busy'")
+    stream_latency_ms: float = Field(
+        100.0, gt=0, le=60_000, description="latency bound of a stream that states none (send to answer, ms)"
+    )
+    stream_queue_frames: int = Field(
+        256, ge=1, le=100_000, description="frames a stream may have unanswered; past it its back-pressure policy acts"
+    )
     shutdown_grace_s: float = Field(
         10.0, ge=0, description="on SIGTERM, how long running requests may finish before they fail 'shutting_down'"
     )

@@ -64,7 +64,8 @@ def cached_table(config: ClusterConfig) -> ExplorationTable:
 def table_from_rows(rows: list[dict[str, Any]]) -> ExplorationTable:
     table = ExplorationTable({str(r["variant"]): float(r["accuracy"]) for r in rows})
     for r in rows:
-        table.record(str(r["node"]), str(r["variant"]), Measurement(float(r["ips"]), float(r["latency_ms"])))
+        latencies = tuple((int(b), float(ms)) for b, ms in r.get("latencies", []))
+        table.record(str(r["node"]), str(r["variant"]), Measurement(float(r["ips"]), float(r["latency_ms"]), latencies))
     return table
 
 

@@ -82,10 +82,13 @@ def test_policy_errors_are_clear() -> None:
 
 def test_profile_cache_returns_only_matching_well_formed_entries(tmp_path: Path) -> None:
     cache = ProfileCache(tmp_path / "exploration.json")
-    cache.store("a", "fingerprint-1", {"v": Measurement(10.0, 3.0)})
-    assert cache.load("a", "fingerprint-1") == {"v": Measurement(10.0, 3.0)}
+    measured = Measurement(10.0, 3.0, ((1, 0.5), (16, 2.0)))
+    cache.store("a", "fingerprint-1", {"v": measured})
+    assert cache.load("a", "fingerprint-1") == {"v": measured}
     assert cache.load("a", "fingerprint-2") is None  # hardware, settings or models changed
-    assert cache.load_any("a") == {"v": Measurement(10.0, 3.0)}
+    assert cache.load_any("a") == {"v": measured}
+    cache.store("old", "f", {"v": Measurement(10.0, 3.0)})
+    assert cache.load("old", "f") is None  # written before batch latencies were profiled: profile again
     (tmp_path / "exploration.json").write_text(
         json.dumps({"a": {"fingerprint": "f", "variants": {"v": {"ips": 1}}}, "b": {"fingerprint": "f", "variants": 3}})
     )

@@ -47,11 +47,23 @@ from ..planner import (
     PlanRequest,
     make_plan,
 )
-from ..planner.joint import Demand, DemandPlan, JointPlan
-from ..protocol import Error, Result, Shard, ShardResult, Submit
+from ..planner.joint import LATENCY_SHARE, Demand, DemandPlan, JointPlan
+from ..protocol import (
+    Answer,
+    Error,
+    FrameResults,
+    Frames,
+    Result,
+    Shard,
+    ShardResult,
+    StreamClose,
+    StreamOpen,
+    Submit,
+)
 from .request_run import RequestRun, ShardFailed, ShardTask
 from .resource_manager import NotReady, ResourceManager, shard_cost_s
-from .validation import check_submit
+from .streams import FrameBatch, OpenStream, PendingFrame, coalesce, plan_batch
+from .validation import check_frames, check_stream_open, check_submit
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +82,13 @@ SMALL_MIN_RATE = 5.0
 SMALL_DEMAND = "small-requests"
 # A request's weight on a node its plan does not use (it runs there only orphans or steals).
 STRAY_WEIGHT = 0.01
+# Micro-batches of stream frames travel as shards of this pseudo request (client ids may not hold ':').
+FRAMES_REQUEST = "frames:"
 # Only shards at least this fraction of ``shard_size`` teach the table: the rows are measured at
 # that size, and a one-input shard's time is mostly fixed cost.
 OBSERVE_MIN_FILL = 0.5
+# Micro-batches of frames teach it from this size on, against the round trip expected at their size.
+OBSERVE_MIN_BATCH = 4
 
 
 # --- events ------------------------------------------------------------------------------
@@ -139,6 +155,27 @@ class PlanSolved:
 
 
 @dataclass(frozen=True)
+class StreamOpened:
+    client: bytes
+    spec: StreamOpen
+    now: float
+
+
+@dataclass(frozen=True)
+class FramesArrived:
+    client: bytes
+    frames: Frames
+    now: float
+
+
+@dataclass(frozen=True)
+class StreamClosed:
+    client: bytes
+    close: StreamClose
+    now: float
+
+
+@dataclass(frozen=True)
 class ShuttingDown:
     """Refuse new requests from now on; with ``fail_running``, also fail every request still open."""
 
@@ -148,7 +185,7 @@ class ShuttingDown:
 
 Event = (
     RequestOpened | ShardReturned | ShardRefused | NodeRegistered | NodeProfiled | NodeLost | Tick
-    | StartupExpired | PlanSolved | ShuttingDown
+    | StartupExpired | PlanSolved | ShuttingDown | StreamOpened | FramesArrived | StreamClosed
 )  # fmt: skip
 
 
@@ -172,6 +209,21 @@ class FailRequest:
 
 
 @dataclass(frozen=True)
+class StreamReply:
+    """A message to a stream's client: its admission or close ``Answer``, or answers for frames."""
+
+    client: bytes
+    message: Answer | FrameResults
+
+
+@dataclass(frozen=True)
+class WakeAt:
+    """Feed the core a ``Tick`` at monotonic time ``at``: frames held for a fuller batch are due then."""
+
+    at: float
+
+
+@dataclass(frozen=True)
 class Replan:
     """Solve ``planner.joint.plan_jointly(table, demands, nodes)`` off the loop; feed back ``PlanSolved``."""
 
@@ -182,7 +234,7 @@ class Replan:
     reason: str
 
 
-Instruction = SendShard | AnswerRequest | FailRequest | Replan
+Instruction = SendShard | AnswerRequest | FailRequest | StreamReply | WakeAt | Replan
 
 
 # --- state ---------------------------------------------------------------------------------
@@ -192,8 +244,14 @@ class NodeSlot:
     variants: tuple[str, ...]  # variants the worker loaded
     # (request id, shard id, attempt) -> (when sent, its shard) for every shard sent and not answered
     in_flight: dict[tuple[str, int, int], tuple[float, ShardTask]] = field(default_factory=dict)
+    batches: dict[int, FrameBatch] = field(default_factory=dict)  # micro-batches of frames in flight, by id
     last_result_at: float | None = None  # when its latest shard result arrived
     clock: float = 0.0  # stride scheduling: the pass of the latest request served here
+
+    @property
+    def busy(self) -> int:
+        """Shards and micro-batches in flight."""
+        return len(self.in_flight) + len(self.batches)
 
 
 @dataclass
@@ -234,14 +292,20 @@ class DispatchCore:
         rm: ResourceManager,
         input_shape: tuple[int, ...],
         input_dtype: np.dtype[Any],
+        task: str = "",
     ) -> None:
         self.settings = settings
+        self.task = task  # the task the cluster serves: a stream naming another is refused
         self.rm = rm  # cluster life cycle and the exploration table
         self.input_shape = input_shape
         self.input_dtype = input_dtype
         self.nodes: dict[str, NodeSlot] = {}  # registered nodes; usable once rm has profiled them
         self.requests: dict[str, OpenRequest] = {}  # every admitted request not yet answered; ≤ max_requests
         self.small_queue: deque[str] = deque()  # ids of small requests not yet sent, in arrival order
+        self.streams: dict[str, OpenStream] = {}  # every stream opened and not yet closed or failed
+        self._batch_ids = 0  # of the latest micro-batch of frames
+        self._stream_variants: dict[tuple[str, str], str | None] = {}  # (stream, node) -> variant; per plan
+        self._next_wake: float | None = None  # the earliest WakeAt asked for and not yet past
         self.plan: JointPlan | None = None  # the latest joint plan adopted
         self.generation = 0  # of the latest Replan issued
         self.solving = False  # a Replan is out and its PlanSolved not yet seen
@@ -274,6 +338,8 @@ class DispatchCore:
         elif isinstance(event, NodeLost):
             self._lost(event.node, event.reason, event.now)
         elif isinstance(event, Tick):
+            if self._next_wake is not None and event.now >= self._next_wake:
+                self._next_wake = None
             self._tick(event.now)
         elif isinstance(event, StartupExpired):
             self.rm.expire_startup()
@@ -282,6 +348,12 @@ class DispatchCore:
             self._solved(event)
         elif isinstance(event, ShuttingDown):
             self._shutting_down(event)
+        elif isinstance(event, StreamOpened):
+            self._stream_opened(event)
+        elif isinstance(event, FramesArrived):
+            self._frames_arrived(event)
+        elif isinstance(event, StreamClosed):
+            self._stream_closed(event)
         self._maybe_replan(event.now)
         self._fill(event.now)
         out, self._out = self._out, []
@@ -292,7 +364,7 @@ class DispatchCore:
         submit = event.submit
         rid = submit.request_id
         problem = check_submit(submit, self.input_shape, self.input_dtype)
-        if problem is None and rid in self.requests:
+        if problem is None and (rid in self.requests or rid in self.streams):
             problem = f"request_id {rid!r} is already running; every request needs its own id"
         if problem is not None:
             self._answer_error(event.client, Error("invalid_input", problem, rid))
@@ -324,6 +396,8 @@ class DispatchCore:
             return
         for open_request in [r for r in self.requests.values() if r.status == "waiting"]:
             self._start(open_request, now)
+        for stream in [s for s in self.streams.values() if s.status == "waiting"]:
+            self._admit(stream)
 
     def _start(self, r: OpenRequest, now: float) -> None:
         if r.small:  # served from the running plan: the resource manager's state is not about them
@@ -394,10 +468,271 @@ class DispatchCore:
         self.outcomes[error.code] += 1
         self._out.append(FailRequest(client, error))
 
+    # --- streams -------------------------------------------------------------------------------
+    def _stream_opened(self, event: StreamOpened) -> None:
+        spec = event.spec
+        sid = spec.stream_id
+        problem = check_stream_open(spec)
+        if problem is None and spec.task is not None and spec.task != self.task:
+            problem = f"task must be {self.task!r} (the task this cluster serves) or none; got {spec.task!r}"
+        if problem is None and (sid in self.streams or sid in self.requests):
+            problem = f"stream_id {sid!r} is already open; every stream needs its own id"
+        if problem is not None:
+            self._answer_error(event.client, Error("invalid_input", problem, sid))
+            return
+        if self.draining:
+            self._answer_error(event.client, Error("shutting_down", "the coordinator is shutting down", sid))
+            return
+        if len(self.streams) >= self.settings.max_streams:
+            self.counters["busy"] += 1
+            why = f"the coordinator is serving its limit of {self.settings.max_streams} streams; retry later"
+            self._answer_error(event.client, Error("busy", why, sid))
+            return
+        latency_ms = spec.max_latency_ms if spec.max_latency_ms is not None else self.settings.stream_latency_ms
+        stream = OpenStream(event.client, spec, event.now, latency_ms / 1e3, self.settings.stream_queue_frames)
+        self.streams[sid] = stream
+        if self.rm.accepts_requests():
+            self._admit(stream)
+
+    def _admit(self, stream: OpenStream) -> None:
+        """A stream is admitted by the next joint plan (see ``_solved``): its rate is a demand of it."""
+        stream.status = "planning"
+        self.rm.request_started(stream.stream_id)
+        self._want_replan(f"stream {stream.stream_id[:8]} opened")
+
+    def _stream_admitted(self, stream: OpenStream, demand: DemandPlan) -> None:
+        spec = stream.spec
+        if not demand.feasible and not spec.degrade:
+            why = "; ".join(demand.notes) or "no plan meets it"
+            self._fail_stream(
+                stream,
+                Error(
+                    "infeasible",
+                    f"cannot serve {spec.target_fps:g} fps at min_accuracy={spec.min_accuracy} within "
+                    f"{stream.max_latency_s * 1e3:g} ms next to the work running now (the best plan gives "
+                    f"{demand.expected_ips:,.0f} fps at {demand.expected_accuracy * 100:.2f} %): {why}; open it with "
+                    "degrade=True to be served anyway",
+                    stream.stream_id,
+                ),
+            )
+            return
+        stream.status = "open"
+        stream.degraded = not demand.feasible
+        stream.notes = demand.notes
+        answer = {
+            "admitted": True,
+            "degraded": stream.degraded,
+            "notes": list(demand.notes),
+            "expected_fps": demand.expected_ips,
+            "expected_accuracy": demand.expected_accuracy,
+            "max_latency_ms": stream.max_latency_s * 1e3,
+            "queue_frames": stream.queue_frames,
+            "input_shape": list(self.input_shape),
+            "input_dtype": self.input_dtype.name,
+        }
+        self._out.append(StreamReply(stream.client, Answer(stream.stream_id, answer)))
+
+    def _frames_arrived(self, event: FramesArrived) -> None:
+        frames = event.frames
+        stream = self.streams.get(frames.stream_id)
+        problem = None
+        if stream is None or stream.client != event.client:
+            problem = f"stream_id {frames.stream_id!r} is not an open stream of this client"
+        elif stream.status == "closing":
+            problem = f"stream {frames.stream_id!r} is closing: no frames may follow its close"
+        elif stream.status != "open":
+            problem = f"stream {frames.stream_id!r} is not admitted yet: wait for the answer to its open"
+        else:
+            problem = check_frames(frames, stream.next_seq, self.input_shape, self.input_dtype)
+        if stream is None or problem is not None:
+            self.counters["frames_refused"] += len(frames.inputs) if frames.inputs.ndim else 0
+            self._answer_error(event.client, Error("invalid_input", problem or "", frames.stream_id))
+            return
+        accepted = stream.accept(frames.first_seq, frames.inputs, event.now)
+        if accepted.failure is not None:
+            self.counters["frames_dropped"] += len(frames.inputs)
+            self._fail_stream(stream, Error("busy", accepted.failure, stream.stream_id))
+            return
+        if accepted.dropped:
+            self.counters["frames_dropped"] += len(accepted.dropped)
+            seqs = np.array(accepted.dropped, np.int64)
+            dropped = FrameResults(
+                stream.stream_id, seqs, np.full(len(seqs), -1, np.int64), "", "", True, accepted.reason
+            )
+            self._out.append(StreamReply(stream.client, dropped))
+
+    def _stream_closed(self, event: StreamClosed) -> None:
+        sid = event.close.stream_id
+        stream = self.streams.get(sid)
+        if stream is None or stream.client != event.client:
+            self._answer_error(event.client, Error("invalid_input", f"stream_id {sid!r} is not an open stream", sid))
+            return
+        stream.status = "closing"  # closed before admission too: it has no frames, and its answer is the summary
+        self._finish_stream_if_done(stream, event.now)
+
+    def _finish_stream_if_done(self, stream: OpenStream, now: float) -> None:
+        if not stream.done:
+            return
+        self._forget_stream(stream)
+        self.outcomes["stream_closed"] += 1
+        self._out.append(StreamReply(stream.client, Answer(stream.stream_id, stream.summary(now))))
+
+    def _fail_stream(self, stream: OpenStream, error: Error) -> None:
+        self.counters["frames_failed"] += stream.outstanding
+        self._forget_stream(stream)
+        self._answer_error(stream.client, error)
+
+    def _forget_stream(self, stream: OpenStream) -> None:
+        """A closed or failed stream: late answers for its frames are discarded; its demand leaves the plan."""
+        if self.streams.pop(stream.stream_id, None) is None:
+            return
+        self.rm.finish_request(stream.stream_id)
+        stream.pending.clear()
+        if any(o.joint for o in self.requests.values()) or self.streams:
+            self._want_replan(f"stream {stream.stream_id[:8]} closed")
+
+    def _stream_variant(self, stream: OpenStream, slot: NodeSlot) -> str | None:
+        """The variant a stream's frames run on a node: its share's in the plan; on a node the plan gives
+        it no share, the most accurate variant planned there that answers fast enough; else none."""
+        key = (stream.stream_id, slot.name)
+        if key in self._stream_variants:
+            return self._stream_variants[key]
+        table = self.rm.table
+        fast_enough = [
+            v
+            for v in table.variants_of(slot.name)
+            if v in slot.variants and table.latency_s(slot.name, v, 1) <= LATENCY_SHARE * stream.max_latency_s
+        ]
+        chosen = None
+        demand = self.plan.demands.get(stream.stream_id) if self.plan else None
+        mine = demand.variant_on(slot.name) if demand else None
+        if mine in fast_enough:
+            chosen = mine
+        elif fast_enough:
+            plans = self.plan.demands.values() if self.plan else ()
+            planned = {share.variant for d in plans for share in d.shares if share.node == slot.name}
+            usable = [v for v in fast_enough if v in planned] or fast_enough
+            chosen = max(usable, key=lambda v: table.accuracy[v])
+        self._stream_variants[key] = chosen
+        return chosen
+
+    def _send_frames(self, slot: NodeSlot, now: float) -> bool:
+        """Send a node the micro-batch of frames due soonest that it can run in time, if any waits."""
+        due: tuple[float, str] | None = None
+        by_variant: dict[str, list[OpenStream]] = {}
+        for stream in self.streams.values():
+            if not stream.pending:
+                continue
+            variant = self._stream_variant(stream, slot)
+            if variant is None:
+                continue
+            by_variant.setdefault(variant, []).append(stream)
+            head = stream.pending[0].deadline
+            if due is None or head < due[0]:
+                due = (head, variant)
+        if due is None:
+            return False
+        deadline, variant = due
+        # The batch waits behind what the node has in flight, then must answer by the soonest deadline.
+        table = self.rm.table
+        start = max((b.expected_done for b in slot.batches.values()), default=now)
+        for sent_at, shard in slot.in_flight.values():
+            start = max(start, sent_at + shard.size * table.seconds_per_input(slot.name, shard.variant))
+        start = max(start, now)
+        streams = by_variant[variant]
+        waiting = sum(len(s.pending) for s in streams)
+        size, send_by = plan_batch(table, slot.name, variant, waiting, now, start, deadline, self.settings.shard_size)
+        if size == 0:
+            self._wake_at(send_by)
+            return False
+        frames = coalesce(streams, size)
+        self._batch_ids += 1
+        expected_done = start + table.latency_s(slot.name, variant, len(frames))
+        batch = FrameBatch(self._batch_ids, slot.name, variant, frames, now, expected_done)
+        slot.batches[batch.batch_id] = batch
+        inputs = np.stack([f.data for _, f in frames])
+        self.counters["frame_batches"] += 1
+        self._out.append(SendShard(slot.name, Shard(FRAMES_REQUEST, batch.batch_id, 0, variant, inputs)))
+        return True
+
+    def _wake_at(self, when: float) -> None:
+        """Ask for a ``Tick`` at ``when`` (one is enough when an earlier one is already asked for)."""
+        if self._next_wake is None or when < self._next_wake:
+            self._next_wake = when
+            self._out.append(WakeAt(when))
+
+    def _batch_returned(self, slot: NodeSlot, result: ShardResult, now: float) -> None:
+        batch = slot.batches.pop(result.shard_id, None)
+        if batch is None or result.attempt != 0:
+            self.counters["late_replies"] += 1
+            return
+        predictions = result.predictions
+        if predictions.ndim != 1 or len(predictions) != len(batch.frames) or predictions.dtype.kind not in "iu":
+            self.counters["bad_results"] += 1
+            log.warning("dispatch: %s returned %s of shape %s for a batch of %d frames; sending them again",
+                        slot.name, predictions.dtype, predictions.shape, len(batch.frames))  # fmt: skip
+            self._requeue_batch(batch)
+            return
+        self._observe(slot, batch.variant, len(batch.frames), batch.sent_at, result.busy_s, now, batch=True)
+        accuracy = self.rm.table.accuracy.get(batch.variant, 0.0)
+        by_stream: dict[str, tuple[OpenStream, list[PendingFrame], list[int]]] = {}
+        for (stream, frame), prediction in zip(batch.frames, predictions.tolist(), strict=True):
+            _, frames, answers = by_stream.setdefault(stream.stream_id, (stream, [], []))
+            frames.append(frame)
+            answers.append(prediction)
+        for sid, (stream, frames, answers) in by_stream.items():
+            if self.streams.get(sid) is not stream:
+                continue  # failed or gone meanwhile: nobody waits for these answers
+            stream.answered(frames, batch.variant, accuracy, now)
+            self.counters["frames_served"] += len(frames)
+            seqs = np.fromiter((f.seq for f in frames), np.int64, len(frames))
+            message = FrameResults(sid, seqs, np.array(answers, np.int64), batch.variant, slot.name)
+            self._out.append(StreamReply(stream.client, message))
+            self._finish_stream_if_done(stream, now)
+
+    def _requeue_batch(self, batch: FrameBatch) -> None:
+        by_stream: dict[str, tuple[OpenStream, list[PendingFrame]]] = {}
+        for stream, frame in batch.frames:
+            by_stream.setdefault(stream.stream_id, (stream, []))[1].append(frame)
+        for sid, (stream, frames) in by_stream.items():
+            if self.streams.get(sid) is stream:
+                stream.requeue(frames)
+                self.counters["frames_resent"] += len(frames)
+
+    def streams_status(self, now: float) -> list[dict[str, Any]]:
+        return [s.summary(now) for s in self.streams.values()]
+
     # --- results -------------------------------------------------------------------------------
+    def _observe(
+        self, slot: NodeSlot, variant: str, size: int, sent_at: float, busy_s: float, now: float, batch: bool = False
+    ) -> None:
+        """Teach the table what a shard cost its node; a drift asks for a new plan.
+
+        A micro-batch of frames is compared with the round trip the table expects at its size,
+        and the row scaled by how much slower or faster it was.
+        """
+        seconds = shard_cost_s(sent_at, slot.last_result_at, now, busy_s)
+        slot.last_result_at = now
+        if seconds <= 0:
+            return
+        if batch and size >= OBSERVE_MIN_BATCH:
+            expected = self.rm.table.latency_s(slot.name, variant, size)
+            ips = self.rm.table.ips(slot.name, variant) * min(expected / seconds, 1.5)
+        elif size >= OBSERVE_MIN_FILL * self.settings.shard_size:
+            ips = size / seconds
+        else:
+            return
+        drifted = self.rm.observe(slot.name, variant, ips)
+        if drifted and self.settings.replan_on_drift and now - self._last_drift_replan >= DRIFT_REPLAN_INTERVAL_S:
+            self._last_drift_replan = now
+            self._want_replan(f"{slot.name} drifted")
+
     def _returned(self, event: ShardReturned) -> None:
         result = event.result
         slot = self.nodes.get(event.node)
+        if slot is not None and result.request_id == FRAMES_REQUEST:
+            self._batch_returned(slot, result, event.now)
+            return
         sent = slot.in_flight.pop((result.request_id, result.shard_id, result.attempt), None) if slot else None
         r = self.requests.get(result.request_id)
         if slot is None or sent is None or r is None or r.run is None:
@@ -414,23 +749,18 @@ class DispatchCore:
         if not r.run.complete(shard.shard_id, shard.attempt, predictions, event.node, result.busy_s, event.now):
             self.counters["late_replies"] += 1
             return
-        seconds = shard_cost_s(sent_at, slot.last_result_at, event.now, result.busy_s)
-        slot.last_result_at = event.now
-        if shard.size >= OBSERVE_MIN_FILL * self.settings.shard_size and seconds > 0:
-            drifted = self.rm.observe(event.node, shard.variant, shard.size / seconds)
-            if (
-                drifted
-                and self.settings.replan_on_drift
-                and event.now - self._last_drift_replan >= DRIFT_REPLAN_INTERVAL_S
-            ):
-                self._last_drift_replan = event.now
-                self._want_replan(f"{event.node} drifted")
+        self._observe(slot, shard.variant, shard.size, sent_at, result.busy_s, event.now)
         if r.run.finished:
             self._finish(r, event.now)
 
     def _refused(self, event: ShardRefused) -> None:
         error = event.error
         slot = self.nodes.get(event.node)
+        if slot is not None and error.request_id == FRAMES_REQUEST:
+            batch = slot.batches.pop(error.shard_id, None)
+            if batch is not None:  # the node could not run it; the frames go to the next free node
+                self._requeue_batch(batch)
+            return
         sent = slot.in_flight.pop((error.request_id, error.shard_id, error.attempt), None) if slot else None
         r = self.requests.get(error.request_id)
         if sent is None or r is None or r.run is None:
@@ -453,6 +783,7 @@ class DispatchCore:
         if event.node not in self.nodes:
             return  # lost while it was being profiled
         self.rm.node_profiled(event.node, event.measurements)
+        self._stream_variants.clear()
         self._start_waiting(event.now)
         self._want_replan(f"{event.node} joined")
 
@@ -467,6 +798,9 @@ class DispatchCore:
             r = self.requests.get(rid)
             if r is not None and r.run is not None:
                 self._requeue(r, shard)
+        for batch in slot.batches.values():
+            self._requeue_batch(batch)
+        self._stream_variants.clear()
         for r in self.requests.values():
             if r.run is not None:
                 r.run.orphan_queue_of(node)  # its unsent shards are now anyone's
@@ -487,6 +821,9 @@ class DispatchCore:
                     r.request_id,
                 ),
             )
+        for stream in [s for s in self.streams.values() if s.status != "waiting"]:
+            why = f"every node that could serve this stream was lost ({stream.results:,} frames answered)"
+            self._fail_stream(stream, Error("node_lost", why, stream.stream_id))
 
     # --- time ----------------------------------------------------------------------------------
     def _tick(self, now: float) -> None:
@@ -496,12 +833,21 @@ class DispatchCore:
                 why = f"no profiled node is available (cluster is {self.rm.state}) after waiting {waited:.0f} s"
                 self.counters["busy"] += 1
                 self._fail(r, Error("busy", why, r.request_id))
+        for stream in [s for s in self.streams.values() if s.status == "waiting"]:
+            if now - stream.opened >= self.settings.startup_timeout_s:
+                self.counters["busy"] += 1
+                waited = now - stream.opened
+                why = f"no profiled node is available (cluster is {self.rm.state}) after waiting {waited:.0f} s"
+                self._fail_stream(stream, Error("busy", why, stream.stream_id))
         self._fail_stranded()
 
     def _shutting_down(self, event: ShuttingDown) -> None:
         self.draining = True
         if not event.fail_running:
             return
+        for stream in list(self.streams.values()):
+            why = f"the coordinator shut down after {stream.results:,} answered frames of this stream"
+            self._fail_stream(stream, Error("shutting_down", why, stream.stream_id))
         for r in list(self.requests.values()):
             self._fail(
                 r,
@@ -569,6 +915,11 @@ class DispatchCore:
                     time_left = r.arrived + r.request.inputs / target - now
                     target = max(target, remaining / max(time_left, 1e-3))
             demands.append(Demand(r.request_id, target, r.request.min_accuracy, r.policy == "adaptive"))
+        for stream in self.streams.values():
+            if stream.status in ("planning", "open", "closing"):
+                spec = stream.spec
+                latency, batch = stream.max_latency_s, self.settings.shard_size
+                demands.append(Demand(stream.stream_id, spec.target_fps, spec.min_accuracy, True, latency, batch))
         rate = self._small_rate()
         if rate > 0 or self.small_queue:
             demands.append(Demand(SMALL_DEMAND, max(rate * SMALL_RATE_MARGIN, SMALL_MIN_RATE)))
@@ -583,9 +934,16 @@ class DispatchCore:
             log.warning("dispatch: the joint plan could not be made: %s", event.problem)
             for r in [r for r in self.requests.values() if r.status == "planning"]:
                 self._fail(r, Error("invalid_input", f"cannot plan: {event.problem}", r.request_id))
+            for stream in [s for s in self.streams.values() if s.status == "planning"]:
+                self._fail_stream(stream, Error("invalid_input", f"cannot plan: {event.problem}", stream.stream_id))
             self.rm.settle()
             return
         self.plan = event.plan
+        self._stream_variants.clear()
+        for stream in [s for s in self.streams.values() if s.status == "planning"]:
+            demand = event.plan.demands.get(stream.stream_id)
+            if demand is not None:
+                self._stream_admitted(stream, demand)
         small = event.plan.demands.get(SMALL_DEMAND)
         self._small_rate_planned = small.expected_ips if small else 0.0
         self.rm.plan_adopted()
@@ -617,12 +975,14 @@ class DispatchCore:
         usable = self.rm.usable_nodes()
         for name in usable:
             slot = self.nodes.get(name)
-            while slot is not None and len(slot.in_flight) < self.settings.window:
+            while slot is not None and slot.busy < self.settings.window:
                 if not self._send_next(slot, now):
                     break
 
     def _send_next(self, slot: NodeSlot, now: float) -> bool:
-        # Small requests first: they are latency-bound and one shard each.
+        # Frames and small requests first: they are latency-bound.
+        if self._send_frames(slot, now):
+            return True
         self._drop_closed_small()
         variant = self._small_variant(slot) if self.small_queue else None
         if variant is not None:
@@ -744,7 +1104,7 @@ class DispatchCore:
 
     def in_flight(self, node: str) -> int:
         slot = self.nodes.get(node)
-        return len(slot.in_flight) if slot else 0
+        return slot.busy if slot else 0
 
     def running(self, now: float) -> list[dict[str, Any]]:
         """Open requests as ``status`` lists them."""

@@ -11,6 +11,7 @@ and answered, and the loops go on. If a loop itself dies, the process exits loud
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import statistics
@@ -36,6 +37,7 @@ from ..protocol import (
     QUERY_TOPICS,
     Answer,
     Error,
+    Frames,
     Goodbye,
     Heartbeat,
     Hello,
@@ -43,6 +45,8 @@ from ..protocol import (
     Query,
     Shard,
     ShardResult,
+    StreamClose,
+    StreamOpen,
     Submit,
     Welcome,
     decode,
@@ -56,6 +60,7 @@ from .dispatch import (
     DispatchCore,
     Event,
     FailRequest,
+    FramesArrived,
     Instruction,
     NodeLost,
     NodeProfiled,
@@ -68,7 +73,11 @@ from .dispatch import (
     ShardReturned,
     ShuttingDown,
     StartupExpired,
+    StreamClosed,
+    StreamOpened,
+    StreamReply,
     Tick,
+    WakeAt,
 )
 from .resource_manager import ResourceManager
 from .validation import check_plan_params
@@ -79,6 +88,9 @@ log = logging.getLogger(__name__)
 MAX_PROTOCOL_STRIKES = 10
 # The core's timer: waiting requests time out, stranded ones fail.
 TICK_S = 0.1
+# Profiling times one shard at a time at these batch sizes, this many times each (the median counts).
+LATENCY_BATCHES = (1, 4, 16)
+LATENCY_SAMPLES = 3
 
 
 class CoordinatorFailed(EdgecollabError):
@@ -117,7 +129,7 @@ class Coordinator:
         self.table = ExplorationTable({v.name: v.accuracy for v in manifest.for_task(task.name)})
         self.table.link_seconds.update(config.link_seconds_per_input(task.bytes_per_input))
         self.rm = ResourceManager([n.name for n in config.nodes], self.table)
-        self.core = DispatchCore(self.settings, self.rm, self.input_shape, self.input_dtype)
+        self.core = DispatchCore(self.settings, self.rm, self.input_shape, self.input_dtype, task.name)
         self.counters = self.core.counters  # one tally for the shell and the core
         self.cache = ProfileCache(config.resolve(self.settings.profile_cache))
         self.workers: dict[bytes, WorkerLink] = {}
@@ -248,8 +260,12 @@ class Coordinator:
                 await self._send_client(instruction.client, instruction.result)
             elif isinstance(instruction, FailRequest):
                 await self._send_client(instruction.client, instruction.error)
+            elif isinstance(instruction, StreamReply):
+                await self._send_client(instruction.client, instruction.message)
             elif isinstance(instruction, Replan):
                 self._spawn(self._solve(instruction))
+            elif isinstance(instruction, WakeAt):
+                self._spawn(self._wake(instruction.at))
 
     async def _solve(self, replan: Replan) -> None:
         log.info("coordinator: solving a joint plan of %d demand(s) (%s)", len(replan.demands), replan.reason)
@@ -260,6 +276,10 @@ class Coordinator:
         except Exception as exc:  # a failed solve must not leave requests waiting for it
             plan, problem = None, f"{type(exc).__name__}: {exc}"
         await self._feed(PlanSolved(replan.generation, plan, problem, time.monotonic()))
+
+    async def _wake(self, at: float) -> None:
+        await asyncio.sleep(max(at - time.monotonic(), 0.0))
+        await self._feed(Tick(time.monotonic()))
 
     async def _tick_loop(self) -> None:
         started = time.monotonic()
@@ -457,17 +477,18 @@ class Coordinator:
         profiling at the same time. Latency is the median round trip.
         """
         size = self.settings.shard_size
-        sample = np.random.default_rng(0).integers(0, 256, (size, *self.input_shape)).astype(self.input_dtype)
+        rows = max(size, *LATENCY_BATCHES)
+        sample = np.random.default_rng(0).integers(0, 256, (rows, *self.input_shape)).astype(self.input_dtype)
         window = asyncio.Semaphore(self.settings.window)
         measurements: dict[str, Measurement] = {}
 
-        async def timed(variant: str, shard_id: int) -> float | None:
+        async def timed(variant: str, shard_id: int, batch: int = size) -> float | None:
             async with window:
                 started = time.perf_counter()
                 key = (f"profile:{link.name}:{variant}", shard_id, 0)
                 waiter: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
                 self._profiling[key] = waiter
-                if not link.alive or not await self._send_worker(link.identity, Shard(*key, variant, sample)):
+                if not link.alive or not await self._send_worker(link.identity, Shard(*key, variant, sample[:batch])):
                     self._profiling.pop(key, None)
                     raise WorkerGone(f"node {link.name} is unreachable")
                 reply = await waiter
@@ -490,6 +511,15 @@ class Coordinator:
                     measurements[variant] = Measurement(
                         ips=size * len(done) / elapsed, latency_ms=statistics.median(done) * 1e3
                     )
+            # Round trips of one shard at a time at a few batch sizes: what a frame waits (streams).
+            for variant in list(measurements):
+                latencies = []
+                for batch in LATENCY_BATCHES:
+                    trips = [await timed(variant, 1000 * batch + i, batch) for i in range(LATENCY_SAMPLES)]
+                    done = [t for t in trips if t is not None]
+                    if done:
+                        latencies.append((batch, statistics.median(done) * 1e3))
+                measurements[variant] = dataclasses.replace(measurements[variant], latencies=tuple(latencies))
         except WorkerGone:
             return
         if link.alive:
@@ -499,8 +529,14 @@ class Coordinator:
 
     # --- clients ---------------------------------------------------------------------------
     async def _on_client(self, identity: bytes, message: Message, user_id: str | None) -> None:
-        if isinstance(message, Submit):
+        if isinstance(message, Frames):
+            await self._feed(FramesArrived(identity, message, time.monotonic()))
+        elif isinstance(message, Submit):
             await self._feed(RequestOpened(identity, message, time.monotonic()))
+        elif isinstance(message, StreamOpen):
+            await self._feed(StreamOpened(identity, message, time.monotonic()))
+        elif isinstance(message, StreamClose):
+            await self._feed(StreamClosed(identity, message, time.monotonic()))
         elif isinstance(message, Query):
             self._spawn(self._answer_query(identity, message))
         else:
@@ -579,6 +615,7 @@ class Coordinator:
             ],
             "requests": [r for r in requests if r["status"] != "waiting"],
             "waiting": sorted(r["id"] for r in requests if r["status"] == "waiting"),
+            "streams": self.core.streams_status(now),
             "plan": self.core.plan_summary(),
             "counters": dict(self.counters),
         }

@@ -13,13 +13,16 @@ from typing import Any
 import numpy as np
 
 from ..planner import POLICIES
-from ..protocol import Submit
+from ..protocol import BACKPRESSURE_POLICIES, Frames, StreamOpen, Submit
 
 # Rates above this are not a target any cluster of boards could mean; they are refused, not planned.
 MAX_TARGET_IPS = 1e7
 # A ``plan`` query may ask about at most this many inputs (a request is bounded by the message size).
 MAX_PLAN_INPUTS = 10**9
 MAX_REQUEST_ID_CHARS = 128
+# A stream's latency bound may be at most this (ms); a stream sends at most this many frames per message.
+MAX_LATENCY_MS = 60_000
+MAX_FRAMES_PER_MESSAGE = 4096
 PLAN_PARAMS = ("inputs", "target_ips", "min_accuracy", "policy")
 
 
@@ -52,9 +55,9 @@ def check_policy(value: Any, field: str = "policy") -> str | None:
 
 def check_submit(submit: Submit, input_shape: tuple[int, ...], input_dtype: np.dtype[Any]) -> str | None:
     """Why a request is invalid, or None."""
-    rid = submit.request_id
-    if not rid or len(rid) > MAX_REQUEST_ID_CHARS:
-        return f"request_id must be 1 to {MAX_REQUEST_ID_CHARS} characters; got {len(rid)}"
+    problem = check_id(submit.request_id, "request_id")
+    if problem is not None:
+        return problem
     expected = f"{input_dtype} inputs of shape (N, {', '.join(map(str, input_shape))}) with N >= 1"
     x = submit.inputs
     if x.dtype != input_dtype or x.ndim != 1 + len(input_shape) or tuple(x.shape[1:]) != input_shape:
@@ -62,6 +65,44 @@ def check_submit(submit: Submit, input_shape: tuple[int, ...], input_dtype: np.d
     if len(x) == 0:
         return f"inputs: expected {expected}; got no inputs"
     return check_target_ips(submit.target_ips) or check_min_accuracy(submit.min_accuracy) or check_policy(submit.policy)
+
+
+def check_id(value: str, field: str) -> str | None:
+    # ':' is kept for the coordinator's own shards (profiling, micro-batches of frames).
+    if not value or len(value) > MAX_REQUEST_ID_CHARS or ":" in value:
+        shown = value[:MAX_REQUEST_ID_CHARS]
+        return f"{field} must be 1 to {MAX_REQUEST_ID_CHARS} characters without ':'; got {shown!r}"
+    return None
+
+
+def check_stream_open(spec: StreamOpen) -> str | None:
+    """Why a stream cannot be opened as asked, or None."""
+    latency = spec.max_latency_ms
+    if latency is not None and not (_number(latency) and math.isfinite(latency) and 0 < latency <= MAX_LATENCY_MS):
+        return f"max_latency_ms must be a positive number of ms up to {MAX_LATENCY_MS}, or none; got {latency!r}"
+    if spec.backpressure not in BACKPRESSURE_POLICIES:
+        return f"backpressure must be one of {', '.join(BACKPRESSURE_POLICIES)}; got {spec.backpressure!r}"
+    if spec.target_fps is None:
+        return "target_fps must be a positive finite number of frames per second; got None"
+    return (
+        check_id(spec.stream_id, "stream_id")
+        or check_target_ips(spec.target_fps, "target_fps")
+        or check_min_accuracy(spec.min_accuracy)
+    )
+
+
+def check_frames(frames: Frames, next_seq: int, input_shape: tuple[int, ...], input_dtype: np.dtype[Any]) -> str | None:
+    """Why frames cannot be queued on their stream, or None."""
+    x = frames.inputs
+    shape = ", ".join(map(str, input_shape))
+    expected = f"{input_dtype} frames of shape (N, {shape}) with 1 <= N <= {MAX_FRAMES_PER_MESSAGE}"
+    if x.dtype != input_dtype or x.ndim != 1 + len(input_shape) or tuple(x.shape[1:]) != input_shape:
+        return f"inputs: expected {expected}; got {x.dtype} of shape {tuple(x.shape)}"
+    if not 1 <= len(x) <= MAX_FRAMES_PER_MESSAGE:
+        return f"inputs: expected {expected}; got {len(x)} frames"
+    if frames.first_seq != next_seq:
+        return f"first_seq must be {next_seq} (the frame after the last one sent); got {frames.first_seq}"
+    return None
 
 
 def check_plan_params(params: Mapping[str, Any]) -> str | None:

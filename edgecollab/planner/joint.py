@@ -52,6 +52,12 @@ MAX_LOSS_TO_BOUND = 1e-3
 PRIORITY_STAGES = 4
 PRIORITY_RATIO = 2.0
 FLOOR_SLACK = 1e-5
+# A node-variant serves a latency-bound demand only if a one-frame shard's round trip is at most
+# this fraction of the bound: frames also wait for a free slot and for the batch they ride in.
+LATENCY_SHARE = 0.5
+# A latency-bound demand is planned to keep the nodes it uses at most this busy with it: near full
+# load, queues (and so latency) grow without bound. Past it the plan picks cheaper variants.
+LATENCY_BOUND_LOAD = 0.7
 # Weight of the tie-breaking term (least node time) against accuracy, and the objective's scale.
 _TIE_BREAK = 1e-5
 _SCALE = 1e4
@@ -63,6 +69,10 @@ class Demand:
     target_ips: float | None = None  # None: best effort
     min_accuracy: float | None = None  # minimum mean accuracy of its inputs
     one_variant: bool = True  # one variant per node (``adaptive``) or time-shared (``mixed``)
+    # A stream's bound on each frame's round trip: options whose one-frame round trip exceeds
+    # LATENCY_SHARE of it get no share of this demand (the rest is for waiting and batching).
+    max_latency_s: float | None = None
+    max_batch: int = 32  # the largest micro-batch dispatch sends (a latency-bound demand's cost depends on it)
 
 
 @dataclass(frozen=True)
@@ -129,6 +139,10 @@ def plan_jointly(table: ExplorationTable, demands: Sequence[Demand], nodes: Sequ
         raise PlanningError(f"demand keys must be unique, got {keys}")
     best_accuracy = max(o.accuracy for o in options)
     notes: dict[str, list[str]] = {d.key: [] for d in demands}
+    costs = {d.key: _costs(table, options, d) for d in demands}
+    for key, cost in costs.items():
+        if not any(np.isfinite(cost)):
+            notes[key].append(f"no board answers one frame within {LATENCY_SHARE:.0%} of the latency bound")
     for d in demands:
         if d.min_accuracy is not None and d.min_accuracy > best_accuracy:
             notes[d.key].append(
@@ -143,7 +157,7 @@ def plan_jointly(table: ExplorationTable, demands: Sequence[Demand], nodes: Sequ
     shares: dict[str, dict[int, float]] = {}
     loss, scale = 0.0, 1.0
     if targeted:
-        relaxed = _Program(options, targeted, capacity, best_accuracy, relaxed=True)
+        relaxed = _Program(options, targeted, capacity, best_accuracy, relaxed=True, costs=costs)
         if relaxed.solve_targeted(rates, 1.0) is None:
             scale = relaxed.largest_scale(rates)
             for d in targeted:
@@ -154,17 +168,17 @@ def plan_jointly(table: ExplorationTable, demands: Sequence[Demand], nodes: Sequ
                     f"the plan reaches {reached:.0f} inf/s",
                 )
             scale *= 1 - 1e-6
-        floors = _priority_floors(options, targeted, capacity, best_accuracy, rates, scale)
+        floors = _priority_floors(options, targeted, capacity, best_accuracy, rates, scale, costs)
         solved = _solve_stage(
-            options, targeted, capacity, best_accuracy, lambda p: p.solve_targeted(rates, scale), floors
+            options, targeted, capacity, best_accuracy, lambda p: p.solve_targeted(rates, scale), floors, costs
         )
         if solved is not None:
             program, x, loss = solved
             shares.update(program.shares_by_demand(x))
-    used = _node_time(options, shares)
+    used = _node_time(options, shares, costs)
     if best_effort:
         left = {n: max(1.0 - used.get(n, 0.0), BEST_EFFORT_FLOOR) for n in capacity}
-        solved = _solve_stage(options, best_effort, left, best_accuracy, lambda p: p.solve_best_effort())
+        solved = _solve_stage(options, best_effort, left, best_accuracy, lambda p: p.solve_best_effort(), None, costs)
         if solved is not None:
             program, x, be_loss = solved
             loss = max(loss, be_loss)
@@ -179,16 +193,36 @@ def plan_jointly(table: ExplorationTable, demands: Sequence[Demand], nodes: Sequ
         feasible = not notes[d.key] and total > 0
         plans[d.key] = DemandPlan(d.key, chosen, expected, accuracy, feasible, tuple(notes[d.key]))
     return JointPlan(
-        plans, _node_time(options, shares), time.perf_counter() - started, loss, scale,
+        plans, _node_time(options, shares, costs), time.perf_counter() - started, loss, scale,
         tuple(n for d in demands for n in notes[d.key]),
     )  # fmt: skip
 
 
-def _node_time(options: Sequence[Option], shares: dict[str, dict[int, float]]) -> dict[str, float]:
+def _costs(table: ExplorationTable, options: Sequence[Option], demand: Demand) -> list[float]:
+    """Seconds of node time one input of ``demand`` costs at each option (inf: the option may not serve it).
+
+    A latency-bound demand runs in micro-batches no larger than its bound allows, so it pays the
+    per-input cost of that batch, not of the profiling shard, over ``LATENCY_BOUND_LOAD``; options
+    that cannot answer one frame within ``LATENCY_SHARE`` of the bound are closed to it.
+    """
+    if demand.max_latency_s is None:
+        return [o.seconds_per_input for o in options]
+    budget = LATENCY_SHARE * demand.max_latency_s
+    costs = []
+    for o in options:
+        batch = table.largest_batch(o.node, o.variant, budget, demand.max_batch)
+        per_input = max(o.seconds_per_input, table.latency_s(o.node, o.variant, batch) / batch) if batch else np.inf
+        costs.append(per_input / LATENCY_BOUND_LOAD)
+    return costs
+
+
+def _node_time(
+    options: Sequence[Option], shares: dict[str, dict[int, float]], costs: dict[str, list[float]]
+) -> dict[str, float]:
     used: dict[str, float] = {}
-    for mine in shares.values():
+    for key, mine in shares.items():
         for k, ips in mine.items():
-            used[options[k].node] = used.get(options[k].node, 0.0) + ips * options[k].seconds_per_input
+            used[options[k].node] = used.get(options[k].node, 0.0) + ips * costs[key][k]
     return used
 
 
@@ -199,6 +233,7 @@ def _priority_floors(
     best_accuracy: float,
     rates: dict[str, float],
     scale: float,
+    costs: dict[str, list[float]],
 ) -> dict[str, float]:
     """Accuracy floors that keep the largest demands at what they would get before the smaller ones.
 
@@ -221,7 +256,7 @@ def _priority_floors(
         return {}
     floors: dict[str, float] = {}
     for group in groups[:PRIORITY_STAGES]:
-        program = _Program(options, targeted, capacity, best_accuracy, relaxed=True, floors=floors)
+        program = _Program(options, targeted, capacity, best_accuracy, relaxed=True, floors=floors, costs=costs)
         x = program.solve_targeted(rates, scale, only=set(group))
         if x is None:
             break
@@ -236,13 +271,14 @@ def _solve_stage(
     best_accuracy: float,
     solve: Callable[[_Program], np.ndarray | None],
     floors: dict[str, float] | None = None,
+    costs: dict[str, list[float]] | None = None,
 ) -> tuple[_Program, np.ndarray, float] | None:
     """The stage's LP optimum, or its one-variant optimum when that is within ``MAX_LOSS_TO_BOUND`` of it."""
-    relaxed = _Program(options, demands, capacity, best_accuracy, relaxed=True, floors=floors)
+    relaxed = _Program(options, demands, capacity, best_accuracy, relaxed=True, floors=floors, costs=costs)
     bound = solve(relaxed)
     if bound is None or not any(d.one_variant for d in demands):
         return None if bound is None else (relaxed, bound, 0.0)
-    exact = _Program(options, demands, capacity, best_accuracy, relaxed=False, floors=floors)
+    exact = _Program(options, demands, capacity, best_accuracy, relaxed=False, floors=floors, costs=costs)
     x = solve(exact)
     if x is not None:
         loss = relaxed.mean_accuracy(bound) - exact.mean_accuracy(x)
@@ -267,9 +303,11 @@ class _Program:
         best_accuracy: float,
         relaxed: bool,
         floors: dict[str, float] | None = None,
+        costs: dict[str, list[float]] | None = None,
     ) -> None:
         self.relaxed = relaxed
         self.floors = floors or {}  # demand key -> minimum mean accuracy it must keep
+        costs = costs or {}
         drop = dominated(options)
         self.options = options
         self.keep = [k for k in range(len(options)) if k not in drop]
@@ -280,7 +318,10 @@ class _Program:
         self.n_x = len(demands) * self.k
         self.n_vars = 2 * self.n_x + 1
         self.aux = self.n_vars - 1
-        self.cost = np.array([options[k].seconds_per_input for k in self.keep])
+        # seconds of node time per input, per demand and option (inf where the option may not serve it)
+        self.cost = np.array(
+            [[costs[d.key][k] if d.key in costs else options[k].seconds_per_input for k in self.keep] for d in demands]
+        ).reshape(len(demands), self.k)
         self.acc = np.array([options[k].accuracy for k in self.keep])
         self.node_of = [options[k].node for k in self.keep]
 
@@ -306,7 +347,7 @@ class _Program:
             for d in range(len(self.demands)):
                 for i in range(self.k):
                     if self.node_of[i] == node:
-                        row[self.x(d, i)] = self.cost[i]
+                        row[self.x(d, i)] = self.cost[d, i] if np.isfinite(self.cost[d, i]) else 0.0
             add(row, -np.inf, cap)
         for d, demand in enumerate(self.demands):
             if d in wanted_accuracy:
@@ -324,7 +365,7 @@ class _Program:
                 for i in range(self.k):
                     row = np.zeros(self.n_vars)
                     row[self.x(d, i)] = 1.0
-                    row[self.y(d, i)] = -self.capacity[self.node_of[i]] / self.cost[i]
+                    row[self.y(d, i)] = -self.capacity[self.node_of[i]] / self.cost[d, i]
                     add(row, -np.inf, 0.0)  # x ≤ (capacity / c) y: a rate only on the chosen variant
         return constraints
 
@@ -333,6 +374,8 @@ class _Program:
         bounds_upper = np.full(self.n_vars, np.inf)
         for d, demand in enumerate(self.demands):
             for i in range(self.k):
+                if not np.isfinite(self.cost[d, i]):  # this option breaks the demand's latency bound
+                    bounds_upper[self.x(d, i)] = 0.0
                 if demand.one_variant and not self.relaxed:
                     integrality[self.y(d, i)] = 1
                     bounds_upper[self.y(d, i)] = 1.0
@@ -364,7 +407,8 @@ class _Program:
             if only is not None and demand.key not in only:
                 continue
             for i in range(self.k):
-                objective[self.x(d, i)] = -_SCALE * (self.acc[i] / total - _TIE_BREAK * self.cost[i])
+                cost = self.cost[d, i] if np.isfinite(self.cost[d, i]) else 0.0
+                objective[self.x(d, i)] = -_SCALE * (self.acc[i] / total - _TIE_BREAK * cost)
         return self._run(objective, constraints, 0.0)
 
     def largest_scale(self, rates: dict[str, float]) -> float:
@@ -382,7 +426,8 @@ class _Program:
         constraints = self._common(self._wanted(best_effort=True))
         for d in range(len(self.demands)):
             constraints.add(self.rate_row(d, -1.0), 0.0, np.inf)  # Σ x ≥ μ
-        ceiling = sum(self.capacity[self.node_of[i]] / self.cost[i] for i in range(self.k))
+        fastest = self.cost.min(axis=0) if len(self.demands) else np.full(self.k, np.inf)
+        ceiling = sum(self.capacity[self.node_of[i]] / fastest[i] for i in range(self.k) if np.isfinite(fastest[i]))
         objective = np.zeros(self.n_vars)
         objective[self.aux] = -_SCALE / ceiling
         for d in range(len(self.demands)):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -11,6 +12,26 @@ from pathlib import Path
 class Measurement:
     ips: float  # inputs per second at the profiling shard size
     latency_ms: float  # time for one shard, send to reply
+    # (batch size, round trip in ms) of shards sent one at a time: what a frame waits for its answer
+    latencies: tuple[tuple[int, float], ...] = ()
+
+    def __post_init__(self) -> None:  # JSON gives lists; keep pairs sorted by batch, as tuples
+        object.__setattr__(self, "latencies", tuple(sorted((int(b), float(ms)) for b, ms in self.latencies)))
+
+    def latency_s(self, batch: int) -> float:
+        """Round trip of a shard of ``batch`` inputs: interpolated between the profiled batch sizes,
+        and beyond the largest one each further input adds what it costs at full throughput."""
+        points = self.latencies
+        if not points:
+            return self.latency_ms / 1e3  # measured at the profiling shard size only: the safe side
+        if batch <= points[0][0]:
+            return points[0][1] / 1e3
+        for (b0, ms0), (b1, ms1) in itertools.pairwise(points):
+            if batch <= b1:
+                return (ms0 + (ms1 - ms0) * (batch - b0) / (b1 - b0)) / 1e3
+        last_batch, last_ms = points[-1]
+        per_input = 1.0 / self.ips if self.ips > 0 else 0.0
+        return last_ms / 1e3 + (batch - last_batch) * per_input
 
 
 class ExplorationTable:
@@ -34,7 +55,10 @@ class ExplorationTable:
         if old is None:
             self._rows[(node, variant)] = Measurement(ips, 0.0)
             return ips
-        updated = Measurement(weight * ips + (1 - weight) * old.ips, old.latency_ms)
+        new_ips = weight * ips + (1 - weight) * old.ips
+        slower = old.ips / new_ips  # a node that got slower answers every batch size that much later
+        latencies = tuple((b, ms * slower) for b, ms in old.latencies)
+        updated = Measurement(new_ips, old.latency_ms * slower, latencies)
         self._rows[(node, variant)] = updated
         return updated.ips
 
@@ -47,7 +71,7 @@ class ExplorationTable:
     def scaled(self, share: float) -> ExplorationTable:
         """A copy in which every node offers only ``share`` of its throughput (capacity left for one request)."""
         copy = ExplorationTable(self.accuracy)
-        copy._rows = {k: Measurement(m.ips * share, m.latency_ms) for k, m in self._rows.items()}
+        copy._rows = {k: Measurement(m.ips * share, m.latency_ms, m.latencies) for k, m in self._rows.items()}
         copy.link_seconds = {n: s / share for n, s in self.link_seconds.items()}
         copy.efficiency = self.efficiency
         return copy
@@ -62,6 +86,24 @@ class ExplorationTable:
     def ips(self, node: str, variant: str) -> float:
         m = self._rows.get((node, variant))
         return m.ips if m else 0.0
+
+    def latency_s(self, node: str, variant: str, batch: int) -> float:
+        """Round trip of a ``batch``-input shard on a node at a variant (inf when not profiled)."""
+        m = self._rows.get((node, variant))
+        return m.latency_s(batch) if m else float("inf")
+
+    def largest_batch(self, node: str, variant: str, budget_s: float, most: int) -> int:
+        """The largest batch, up to ``most``, whose round trip fits ``budget_s``; 0 when not even one does."""
+        if self.latency_s(node, variant, 1) > budget_s:
+            return 0
+        low, high = 1, max(most, 1)
+        while low < high:  # latency grows with the batch: binary search for the last that fits
+            mid = (low + high + 1) // 2
+            if self.latency_s(node, variant, mid) <= budget_s:
+                low = mid
+            else:
+                high = mid - 1
+        return low
 
     def seconds_per_input(self, node: str, variant: str) -> float:
         """What one input costs a node: compute, or shipping it when the link is the bottleneck.
@@ -81,7 +123,14 @@ class ExplorationTable:
 
     def rows(self) -> list[dict[str, object]]:
         return [
-            {"node": n, "variant": v, "ips": m.ips, "latency_ms": m.latency_ms, "accuracy": self.accuracy.get(v)}
+            {
+                "node": n,
+                "variant": v,
+                "ips": m.ips,
+                "latency_ms": m.latency_ms,
+                "latencies": [list(p) for p in m.latencies],
+                "accuracy": self.accuracy.get(v),
+            }
             for (n, v), m in sorted(self._rows.items())
         ]
 
@@ -125,6 +174,8 @@ def _measurements(entry: dict[str, object]) -> dict[str, Measurement] | None:
     if not isinstance(rows, dict):
         return None
     try:
-        return {str(variant): Measurement(**m) for variant, m in rows.items()}
-    except TypeError:
+        measurements = {str(variant): Measurement(**m) for variant, m in rows.items()}
+    except (TypeError, ValueError):
         return None
+    # Profiles written before batch latencies were measured are profiled again.
+    return measurements if all(m.latencies for m in measurements.values()) else None

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from .codec import MAX_ARRAY_BYTES, ProtocolError, decode, encode
 from .messages import (
+    BACKPRESSURE_POLICIES,
     ERROR_CODES,
     PROTOCOL_VERSION,
     QUERY_TOPICS,
     Answer,
     Error,
+    FrameResults,
+    Frames,
     Goodbye,
     Heartbeat,
     Hello,
@@ -17,17 +20,22 @@ from .messages import (
     Result,
     Shard,
     ShardResult,
+    StreamClose,
+    StreamOpen,
     Submit,
     Welcome,
 )
 
 __all__ = [
+    "BACKPRESSURE_POLICIES",
     "ERROR_CODES",
     "MAX_ARRAY_BYTES",
     "PROTOCOL_VERSION",
     "QUERY_TOPICS",
     "Answer",
     "Error",
+    "FrameResults",
+    "Frames",
     "Goodbye",
     "Heartbeat",
     "Hello",
@@ -37,6 +45,8 @@ __all__ = [
     "Result",
     "Shard",
     "ShardResult",
+    "StreamClose",
+    "StreamOpen",
     "Submit",
     "Welcome",
     "decode",

@@ -130,6 +130,77 @@ class Answer(Message):
 QUERY_TOPICS = ("status", "table", "plan")
 
 
+# --- streams ------------------------------------------------------------------------------
+BACKPRESSURE_POLICIES = ("block", "drop-oldest", "fail")
+
+
+@dataclass(frozen=True)
+class StreamOpen(Message):
+    """A client opens a stream of frames at a declared rate; answered by an ``Answer`` or an ``Error``.
+
+    The answer's data: ``admitted``, ``degraded``, ``notes``, ``expected_fps``,
+    ``expected_accuracy``, ``queue_frames`` (the most frames the stream may have unanswered),
+    ``input_shape`` and ``input_dtype``.
+    """
+
+    kind: ClassVar[str] = "stream_open"
+    stream_id: str
+    target_fps: float
+    min_accuracy: float | None = None
+    max_latency_ms: float | None = None
+    # When the cluster cannot meet the rate and accuracy: refuse (``infeasible``) or admit degraded.
+    degrade: bool = False
+    backpressure: str = "block"  # one of BACKPRESSURE_POLICIES
+    task: str | None = None  # the application it is for; none: the cluster's task
+
+    @property
+    def request_id(self) -> str:  # errors about a stream carry its id where a request's would go
+        return self.stream_id
+
+
+@dataclass(frozen=True)
+class Frames(Message):
+    """Frames of an open stream, numbered ``first_seq``, ``first_seq + 1``, ... in send order."""
+
+    kind: ClassVar[str] = "frames"
+    stream_id: str
+    first_seq: int
+    inputs: np.ndarray
+
+    @property
+    def request_id(self) -> str:
+        return self.stream_id
+
+
+@dataclass(frozen=True)
+class FrameResults(Message):
+    """Answers for some frames of a stream: from one micro-batch, or frames dropped by back-pressure.
+
+    ``dropped`` frames were never run (their predictions are -1); ``reason`` says why.
+    """
+
+    kind: ClassVar[str] = "frame_results"
+    stream_id: str
+    seqs: np.ndarray  # int64 sequence numbers
+    predictions: np.ndarray  # int64 class per frame
+    variant: str
+    node: str
+    dropped: bool = False
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class StreamClose(Message):
+    """The client sends no more frames; the coordinator answers the rest, then an ``Answer`` with the summary."""
+
+    kind: ClassVar[str] = "stream_close"
+    stream_id: str
+
+    @property
+    def request_id(self) -> str:
+        return self.stream_id
+
+
 # --- either direction --------------------------------------------------------------------
 
 
@@ -160,5 +231,8 @@ ERROR_CODES = (
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.kind: cls
-    for cls in (Hello, Welcome, Heartbeat, Goodbye, Shard, ShardResult, Submit, Result, Query, Answer, Error)
-}
+    for cls in (
+        Hello, Welcome, Heartbeat, Goodbye, Shard, ShardResult, Submit, Result, Query, Answer, Error,
+        StreamOpen, Frames, FrameResults, StreamClose,
+    )
+}  # fmt: skip
