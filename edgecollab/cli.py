@@ -328,6 +328,100 @@ def run(
 
 @app.command()
 @_reports_errors
+def stream(
+    sources: Annotated[int, typer.Option("--sources", min=1, max=1000, help="number of simulated cameras")] = 4,
+    fps: Annotated[float, typer.Option("--fps", min=0.1, max=10_000, help="frames per second of each camera")] = 30.0,
+    duration: Annotated[float, typer.Option("--duration", min=0.1, max=86_400, help="seconds each camera sends")] = 10,
+    max_latency_ms: Annotated[
+        float | None, typer.Option("--max-latency-ms", help="each frame's latency bound (default: from config)")
+    ] = None,
+    min_accuracy: MinAccuracyOption = None,
+    degrade: Annotated[
+        bool, typer.Option("--degrade", help="admit streams the cluster cannot fully serve, rather than refuse them")
+    ] = False,
+    backpressure: Annotated[
+        str, typer.Option("--backpressure", help="when a stream's queue is full: block, drop-oldest or fail")
+    ] = "block",
+    config: ConfigOption = DEFAULT_CONFIG,
+    coordinator: CoordinatorOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Simulate cameras sending test-set frames, on the embedded cluster (or a running one with --coordinator).
+
+    Prints per source: frames, answers, drops, fps, p50/p99 latency, accuracy against the labels.
+    Exits 3 if a stream is refused or fails.
+    """
+    from .cameras import CameraSpec
+    from .protocol import BACKPRESSURE_POLICIES
+    from .workload import workload_source
+
+    if backpressure not in BACKPRESSURE_POLICIES:
+        expected = ", ".join(BACKPRESSURE_POLICIES)
+        raise InvalidInputError("invalid_input", f"--backpressure must be one of {expected}; got {backpressure!r}")
+    cluster = load_config(config)
+    spec = CameraSpec(sources, fps, duration, max_latency_ms, min_accuracy, degrade, backpressure)
+    test_set = workload_source(cluster)
+    if coordinator is not None:
+        tallies = _run_cameras(coordinator, cluster, test_set, spec, json_output)
+    else:
+        from .inspection import wait_until_ready
+        from .local import LocalCluster
+
+        log_dir = cluster.resolve(".edgecollab/logs")
+        verbosity, log_json = int(_logging["verbose"]), bool(_logging["json"])
+        with LocalCluster(config, log_dir=log_dir, verbose=verbosity, log_json=log_json) as local:
+            if not json_output:
+                print(f"started a coordinator and {len(local.workers)} workers; logs in {log_dir}", file=sys.stderr)
+            wait_until_ready(local.clients_endpoint, cluster.coordinator.startup_timeout_s + 300, client_curve(cluster))
+            tallies = _run_cameras(local.clients_endpoint, cluster, test_set, spec, json_output)
+    from .cameras import totals
+
+    rows = [t.row() for t in tallies]
+    if json_output:
+        print(json.dumps({"streams": rows, "total": totals(tallies)}, indent=2))
+        return
+    _console().print(_stream_table(rows, f"{sources} camera(s) at {fps:g} fps for {duration:g} s"))
+    t = totals(tallies)
+    print(
+        f"{t['results']:,} of {t['frames']:,} frames answered, {t['dropped']:,} dropped; {t['fps']:,.0f} fps; "
+        f"p50 {t['p50_ms']:.1f} ms, p99 {t['p99_ms']:.1f} ms (worst source {t['worst_source_p99_ms']:.1f} ms); "
+        f"accuracy {(t['accuracy'] or 0) * 100:.2f} %"
+    )
+
+
+def _run_cameras(endpoint: str, cluster: ClusterConfig, test_set: Any, spec: Any, json_output: bool) -> list[Any]:
+    from .cameras import run_cameras
+
+    live = None
+    if not json_output and sys.stdout.isatty():
+        from rich.live import Live
+
+        live = Live(_stream_table([], "starting"), console=_console(), refresh_per_second=2)
+
+    def update(tallies: list[Any]) -> None:
+        if live is not None:
+            live.update(_stream_table([t.row() for t in tallies], "live"))
+
+    with live or contextlib.nullcontext():
+        return asyncio.run(run_cameras(endpoint, test_set, spec, client_curve(cluster), update))
+
+
+def _stream_table(rows: list[dict[str, Any]], title: str) -> Table:
+    table = Table(title=title)
+    for column in ("source", "frames", "answered", "dropped", "fps", "p50 ms", "p99 ms", "accuracy", "variants"):
+        table.add_column(column, justify="left" if column == "variants" else "right")
+    for r in rows:
+        table.add_row(
+            str(r["source"]), f"{r['frames']:,}", f"{r['results']:,}", f"{r['dropped']:,}", f"{r['fps']:.1f}",
+            f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}",
+            f"{r['accuracy'] * 100:.2f} %" if r["accuracy"] is not None else "-",
+            ", ".join(f"{v} x {n}" for v, n in sorted(r["variants"].items())),
+        )  # fmt: skip
+    return table
+
+
+@app.command()
+@_reports_errors
 def profile(
     config: ConfigOption = DEFAULT_CONFIG,
     coordinator: Annotated[str | None, typer.Option("--coordinator", help="ask this running coordinator")] = None,

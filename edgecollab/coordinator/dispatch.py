@@ -618,7 +618,7 @@ class DispatchCore:
 
     def _send_frames(self, slot: NodeSlot, now: float) -> bool:
         """Send a node the micro-batch of frames due soonest that it can run in time, if any waits."""
-        due: tuple[float, str] | None = None
+        due: tuple[float, str, OpenStream] | None = None
         by_variant: dict[str, list[OpenStream]] = {}
         for stream in self.streams.values():
             if not stream.pending:
@@ -629,10 +629,10 @@ class DispatchCore:
             by_variant.setdefault(variant, []).append(stream)
             head = stream.pending[0].deadline
             if due is None or head < due[0]:
-                due = (head, variant)
+                due = (head, variant, stream)
         if due is None:
             return False
-        deadline, variant = due
+        _, variant, first = due
         # The batch waits behind what the node has in flight, then must answer by the soonest deadline.
         table = self.rm.table
         start = max((b.expected_done for b in slot.batches.values()), default=now)
@@ -641,7 +641,10 @@ class DispatchCore:
         start = max(start, now)
         streams = by_variant[variant]
         waiting = sum(len(s.pending) for s in streams)
-        size, send_by = plan_batch(table, slot.name, variant, waiting, now, start, deadline, self.settings.shard_size)
+        most = self.settings.shard_size
+        size, send_by = plan_batch(
+            table, slot.name, variant, waiting, now, start, first.pending[0], first.max_latency_s, most
+        )
         if size == 0:
             self._wake_at(send_by)
             return False

@@ -22,6 +22,8 @@ from ..protocol import StreamOpen
 
 # A free node holds frames for a fuller batch only if that batch costs at most this share per frame.
 BATCHING_PAYS = 0.67
+# ... and holds them at most this share of their latency bound: the rest is the answer's margin.
+MAX_HOLD_SHARE = 0.2
 # Upper bounds (seconds) of the coordinator's latency histogram per stream: arrival to answer.
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, math.inf)
 
@@ -162,16 +164,26 @@ class FrameBatch:
 
 
 def plan_batch(
-    table: ExplorationTable, node: str, variant: str, waiting: int, now: float, start: float, deadline: float, most: int
+    table: ExplorationTable,
+    node: str,
+    variant: str,
+    waiting: int,
+    now: float,
+    start: float,
+    head: PendingFrame,
+    max_latency_s: float,
+    most: int,
 ) -> tuple[int, float]:
     """How many of ``waiting`` frames a free node should take now, and if none, until when to hold them.
 
-    ``start`` is when the node can begin (after what it has in flight); ``deadline`` the soonest
-    frame's. The batch is the largest that still answers by the deadline. Fewer frames than that
-    are held for more to arrive — only when the larger batch makes each frame much cheaper (a GPU
-    board), and only until the last moment the larger batch would still be in time. Frames already
-    late go at the largest batch, which drains the queue fastest.
+    ``start`` is when the node can begin (after what it has in flight); ``head`` the frame due
+    soonest. The batch is the largest that still answers by its deadline. Fewer frames than that
+    are held for more to arrive only when the larger batch makes each frame much cheaper (a GPU
+    board), and at most ``MAX_HOLD_SHARE`` of the latency bound, and never past the last moment
+    the larger batch would still be in time. Frames already late go at the largest batch, which
+    drains the queue fastest.
     """
+    deadline = head.deadline
     fit = table.largest_batch(node, variant, deadline - start, most)
     if fit == 0:
         return min(waiting, most), now
@@ -179,7 +191,10 @@ def plan_batch(
         return fit, now
     per_frame_now = table.latency_s(node, variant, waiting) / waiting
     per_frame_full = table.latency_s(node, variant, fit) / fit
-    send_by = deadline - table.latency_s(node, variant, fit) - max(start - now, 0.0)
+    send_by = min(
+        deadline - table.latency_s(node, variant, fit) - max(start - now, 0.0),
+        head.arrived + MAX_HOLD_SHARE * max_latency_s,
+    )
     if per_frame_full > BATCHING_PAYS * per_frame_now or send_by <= now:
         return waiting, now
     return 0, send_by
