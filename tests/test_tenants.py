@@ -153,6 +153,8 @@ def infer_on(cluster: LocalCluster, n: int, **options: Any) -> InferenceResult:
 
 # --- joint plans -------------------------------------------------------------------------------
 NOISY_MACHINE_SHARE = 0.9
+
+
 def fastest_ips(endpoint: str) -> float:
     """What the cluster can do at most: every board on its fastest variant."""
     rows = ask(endpoint, "table")["rows"]

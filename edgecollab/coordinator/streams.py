@@ -98,7 +98,10 @@ class OpenStream:
             while overflow > 0 and self.pending:
                 out.dropped.append(self.pending.popleft().seq)
                 overflow -= 1
-            out.reason = f"dropped as the oldest queued frame: the stream's queue of {self.queue_frames} was full"
+            out.reason = (
+                f"dropped as the oldest queued frame: the stream's queue of {self.queue_frames} was full "
+                "(back-pressure policy 'drop-oldest')"
+            )
         if overflow > 0:  # 'block' (the client should have waited) or still full: the newest are refused
             out.dropped.extend(f.seq for f in new[count - overflow :])
             new = new[: count - overflow]

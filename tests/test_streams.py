@@ -1,0 +1,298 @@
+"""Streams in the dispatch core, driven by events alone: admission, micro-batches bounded by deadlines,
+back-pressure, a board lost mid-stream, in-order delivery on a real cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edgecollab.client import Client, SyncClient
+from edgecollab.config import CoordinatorConfig
+from edgecollab.coordinator.dispatch import (
+    FRAMES_REQUEST,
+    DispatchCore,
+    FailRequest,
+    FramesArrived,
+    Instruction,
+    NodeLost,
+    NodeProfiled,
+    NodeRegistered,
+    PlanSolved,
+    Replan,
+    SendShard,
+    ShardReturned,
+    StreamClosed,
+    StreamOpened,
+    StreamReply,
+    Tick,
+    WakeAt,
+)
+from edgecollab.coordinator.resource_manager import ResourceManager
+from edgecollab.errors import InfeasibleTargetError
+from edgecollab.local import LocalCluster
+from edgecollab.planner import ExplorationTable, Measurement
+from edgecollab.planner.joint import Demand, plan_jointly
+from edgecollab.protocol import Answer, FrameResults, Frames, ShardResult, StreamClose, StreamOpen
+
+from .cluster_helpers import write_cluster_config
+
+SHAPE = (1, 4, 4)
+ACCURACY = {"fast": 0.85, "slow": 0.92}
+
+
+def cpu_like(per_input_ms: float) -> Measurement:
+    """Each input adds its cost: batching barely pays."""
+    points = tuple((b, 1.0 + b * per_input_ms) for b in (1, 4, 16))
+    return Measurement(1000.0 / per_input_ms, 1.0 + 16 * per_input_ms, points)
+
+
+def gpu_like(flat_ms: float, ips: float) -> Measurement:
+    """Up to 16 inputs cost the same: batching pays."""
+    return Measurement(ips, flat_ms, ((1, flat_ms), (4, flat_ms), (16, flat_ms)))
+
+
+def make_core(rows: dict[str, dict[str, Measurement]], **settings: Any) -> DispatchCore:
+    config = CoordinatorConfig(shard_size=16, window=1, startup_timeout_s=5.0, **settings)
+    rm = ResourceManager(rows, ExplorationTable(ACCURACY))
+    core = DispatchCore(config, rm, SHAPE, np.dtype(np.uint8), task="toy")
+    for node, measurements in rows.items():
+        core.handle(NodeRegistered(node, tuple(measurements), 0.0))
+        core.handle(NodeProfiled(node, measurements, 0.0))
+    return core
+
+
+def solve(core: DispatchCore, out: list[Instruction], now: float) -> list[Instruction]:
+    (replan,) = [i for i in out if isinstance(i, Replan)]
+    return core.handle(PlanSolved(replan.generation, plan_jointly(replan.table, replan.demands, replan.nodes), "", now))
+
+
+def open_stream(core: DispatchCore, now: float = 0.0, **fields: Any) -> tuple[str, list[Instruction]]:
+    sid = uuid.uuid4().hex
+    out = core.handle(StreamOpened(b"c", StreamOpen(sid, **{"target_fps": 100.0, **fields}), now))
+    return sid, solve(core, out, now)
+
+
+def frames(sid: str, first: int, count: int) -> Frames:
+    data = (np.arange(count * 16) % 251).astype(np.uint8).reshape(count, *SHAPE)
+    return Frames(sid, first, data)
+
+
+def sends(out: list[Instruction]) -> list[SendShard]:
+    return [i for i in out if isinstance(i, SendShard)]
+
+
+def replies(out: list[Instruction], kind: type) -> list[Any]:
+    return [i.message for i in out if isinstance(i, StreamReply) and isinstance(i.message, kind)]
+
+
+def answer(send: SendShard, now: float) -> ShardReturned:
+    shard = send.shard
+    predictions = np.full(len(shard.inputs), 7, np.int64)
+    return ShardReturned(send.node, ShardResult(shard.request_id, shard.shard_id, 0, predictions, 0.001), now)
+
+
+TWO_CPUS = {"a": {"fast": cpu_like(1.0), "slow": cpu_like(4.0)}, "b": {"fast": cpu_like(1.0), "slow": cpu_like(4.0)}}
+
+
+def test_a_stream_is_admitted_by_the_joint_plan_served_in_batches_and_closed_with_its_summary() -> None:
+    core = make_core(TWO_CPUS)
+    sid, out = open_stream(core, target_fps=100.0, max_latency_ms=100.0)
+    (admitted,) = replies(out, Answer)
+    assert admitted.request_id == sid and admitted.data["admitted"] and not admitted.data["degraded"]
+    assert admitted.data["input_shape"] == list(SHAPE) and admitted.data["expected_fps"] >= 100
+    out = core.handle(FramesArrived(b"c", frames(sid, 0, 3), 0.01))
+    (first,) = sends(out)  # window 1: one batch per node; the first free node takes all three frames
+    assert first.shard.request_id == FRAMES_REQUEST and len(first.shard.inputs) == 3
+    out = core.handle(FramesArrived(b"c", frames(sid, 3, 2), 0.012))
+    (second,) = sends(out)
+    assert second.node != first.node and len(second.shard.inputs) == 2
+    answered = replies(core.handle(answer(second, 0.02)), FrameResults) + replies(
+        core.handle(answer(first, 0.021)), FrameResults
+    )
+    assert sorted(int(s) for r in answered for s in r.seqs) == [0, 1, 2, 3, 4]
+    assert all(r.variant and r.node and (r.predictions == 7).all() for r in answered)
+    out = core.handle(StreamClosed(b"c", StreamClose(sid), 0.03))
+    (summary,) = replies(out, Answer)
+    assert summary.data["frames"] == summary.data["results"] == 5 and summary.data["dropped"] == 0
+    assert sid not in core.streams and not core.rm.running
+
+
+def test_a_stream_the_cluster_cannot_serve_is_refused_with_the_reason_or_admitted_degraded() -> None:
+    core = make_core(TWO_CPUS)
+    # Two CPU nodes at ~1,000 fps each on "fast", planned at most 40 % busy: 5,000 fps cannot fit.
+    sid = uuid.uuid4().hex
+    out = solve(core, core.handle(StreamOpened(b"c", StreamOpen(sid, 5000.0), 0.0)), 0.0)
+    (refused,) = [i for i in out if isinstance(i, FailRequest)]
+    assert refused.error.code == "infeasible" and "5000 fps" in refused.error.message
+    assert "degrade" in refused.error.message and sid not in core.streams
+    sid, out = open_stream(core, target_fps=5000.0, degrade=True)
+    (admitted,) = replies(out, Answer)
+    assert admitted.data["degraded"] and admitted.data["notes"] and core.streams[sid].status == "open"
+
+
+def test_no_batch_is_larger_than_its_soonest_deadline_allows() -> None:
+    # Node a answers b frames in 1 + 4b ms on "slow" and is the only node: with 30 ms left, at most 7 frames.
+    core = make_core({"a": {"slow": cpu_like(4.0)}})
+    sid, _ = open_stream(core, target_fps=10.0, max_latency_ms=1000.0)
+    core.handle(FramesArrived(b"c", frames(sid, 0, 1), 0.0))  # occupies the node (window 1)
+    busy = sends(core.handle(FramesArrived(b"c", frames(sid, 1, 12), 0.0)))
+    assert not busy
+    core.streams[sid].pending[0].deadline = 0.035  # the next frame is due soon: 35 ms after it was sent
+    (in_flight,) = core.nodes["a"].batches.values()
+    out = core.handle(
+        ShardReturned("a", ShardResult(FRAMES_REQUEST, in_flight.batch_id, 0, np.array([1]), 0.005), 0.005)
+    )
+    (batch,) = sends(out)
+    assert len(batch.shard.inputs) == 7  # 1 + 4 x 7 = 29 ms fits the 30 ms left; 8 would not
+    assert core.nodes["a"].batches[batch.shard.shard_id].expected_done <= 0.035
+
+
+def test_a_board_where_batching_pays_holds_a_lone_frame_briefly_then_sends_it() -> None:
+    core = make_core({"gpu": {"fast": gpu_like(10.0, 1600.0)}})
+    sid, _ = open_stream(core, target_fps=50.0, max_latency_ms=100.0)
+    out = core.handle(FramesArrived(b"c", frames(sid, 0, 1), 1.0))
+    (wake,) = [i for i in out if isinstance(i, WakeAt)]
+    assert not sends(out) and 1.0 < wake.at <= 1.0 + 0.2 * 0.1 + 1e-9  # held at most a fifth of its bound
+    out = core.handle(FramesArrived(b"c", frames(sid, 1, 2), 1.005))
+    assert not sends(out)  # still worth waiting for
+    (batch,) = sends(core.handle(Tick(wake.at)))
+    assert len(batch.shard.inputs) == 3
+
+
+def test_back_pressure_drops_the_oldest_refuses_the_newest_or_fails_and_says_so() -> None:
+    for policy in ("drop-oldest", "block", "fail"):
+        core = make_core({"a": {"slow": cpu_like(4.0)}}, stream_queue_frames=4)
+        sid, _ = open_stream(core, target_fps=10.0, max_latency_ms=1000.0, backpressure=policy)
+        core.handle(FramesArrived(b"c", frames(sid, 0, 1), 0.0))  # in flight: the node is busy
+        core.handle(FramesArrived(b"c", frames(sid, 1, 3), 0.0))  # the queue is full: 4 unanswered
+        out = core.handle(FramesArrived(b"c", frames(sid, 4, 2), 0.001))
+        stream = core.streams.get(sid)
+        if policy == "fail":
+            (failed,) = [i for i in out if isinstance(i, FailRequest)]
+            assert failed.error.code == "busy" and "'fail'" in failed.error.message and stream is None
+            continue
+        (dropped,) = replies(out, FrameResults)
+        assert dropped.dropped and (dropped.predictions == -1).all() and policy in dropped.reason
+        expected = [1, 2] if policy == "drop-oldest" else [4, 5]
+        assert dropped.seqs.tolist() == expected
+        assert stream is not None and stream.outstanding == 4 and stream.dropped == 2
+        assert core.counters["frames_dropped"] == 2
+
+
+def test_frames_on_a_board_that_is_lost_are_sent_again_and_answered_once() -> None:
+    core = make_core(TWO_CPUS)
+    sid, _ = open_stream(core, target_fps=100.0, max_latency_ms=100.0)
+    first = sends(core.handle(FramesArrived(b"c", frames(sid, 0, 2), 0.0)))
+    second = sends(core.handle(FramesArrived(b"c", frames(sid, 2, 2), 0.001)))
+    on_a = next(s for s in first + second if s.node == "a")
+    on_b = next(s for s in first + second if s.node == "b")
+    out = core.handle(NodeLost("a", "test", 0.002))
+    assert not sends(out)  # b is busy (window 1): a's frames wait in the queue, in order
+    assert len(core.streams[sid].pending) == len(on_a.shard.inputs)
+    answered: Counter[int] = Counter()
+    out = core.handle(answer(on_b, 0.003))
+    for message in replies(out, FrameResults):
+        answered.update(message.seqs.tolist())
+    (resent,) = sends(out)
+    assert resent.node == "b"
+    late = core.handle(answer(on_a, 0.004))  # the lost board answers after all: discarded
+    assert not replies(late, FrameResults) and core.counters["late_replies"] == 1
+    for message in replies(core.handle(answer(resent, 0.005)), FrameResults):
+        answered.update(message.seqs.tolist())
+    assert answered == Counter({0: 1, 1: 1, 2: 1, 3: 1})
+
+
+def test_bad_stream_values_and_out_of_order_frames_are_refused_clearly() -> None:
+    core = make_core(TWO_CPUS)
+    for fields, field in (
+        ({"target_fps": 0.0}, "target_fps"),
+        ({"target_fps": float("nan")}, "target_fps"),
+        ({"target_fps": 10.0, "max_latency_ms": -1.0}, "max_latency_ms"),
+        ({"target_fps": 10.0, "backpressure": "later"}, "backpressure"),
+        ({"target_fps": 10.0, "task": "other"}, "task"),
+        ({"target_fps": 10.0, "min_accuracy": 2.0}, "min_accuracy"),
+    ):
+        out = core.handle(StreamOpened(b"c", StreamOpen(uuid.uuid4().hex, **fields), 0.0))
+        (error,) = [i for i in out if isinstance(i, FailRequest)]
+        assert error.error.code == "invalid_input" and error.error.message.startswith(field), error
+    sid, _ = open_stream(core)
+    for bad, words in (
+        (frames(sid, 5, 1), "first_seq must be 0"),
+        (Frames(sid, 0, np.zeros((1, 2, 2), np.uint8)), "inputs: expected uint8 frames of shape (N, 1, 4, 4)"),
+        (frames("nope", 0, 1), "not an open stream"),
+    ):
+        (error,) = [i for i in core.handle(FramesArrived(b"c", bad, 0.0)) if isinstance(i, FailRequest)]
+        assert words in error.error.message
+    (error,) = [i for i in core.handle(FramesArrived(b"other", frames(sid, 0, 1), 0.0)) if isinstance(i, FailRequest)]
+    assert "not an open stream of this client" in error.error.message  # nobody feeds another's stream
+
+
+def test_the_joint_plan_gives_a_latency_bound_stream_no_share_of_a_board_too_slow_for_it() -> None:
+    table = ExplorationTable(ACCURACY)
+    table.record("quick", "fast", cpu_like(1.0))
+    table.record("sluggish", "slow", Measurement(500.0, 80.0, ((1, 60.0), (16, 80.0))))  # 60 ms for one frame
+    plan = plan_jointly(table, [Demand("s", 50.0, max_latency_s=0.1)], ["quick", "sluggish"])
+    assert {share.node for share in plan.demands["s"].shares} == {"quick"}
+    unbounded = plan_jointly(table, [Demand("r", 50.0)], ["quick", "sluggish"])
+    assert "sluggish" in {share.node for share in unbounded.demands["r"].shares}  # the accurate board, if no bound
+
+
+# --- on real processes ---------------------------------------------------------------------------
+REAL_SHAPE = (1, 28, 28)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    from edgecollab.inspection import wait_until_ready
+
+    folder = tmp_path_factory.mktemp("streams")
+    with LocalCluster(write_cluster_config(folder), log_dir=folder / "logs") as local:
+        wait_until_ready(local.clients_endpoint, timeout_s=120)
+        yield local
+
+
+def test_streams_on_a_real_cluster_answer_every_frame_once_in_send_order(cluster: LocalCluster) -> None:
+    async def camera(client: Client, k: int) -> tuple[list[int], list[Any], dict[str, Any]]:
+        images = np.random.default_rng(k).integers(0, 256, (60, *REAL_SHAPE)).astype(np.uint8)
+        async with client.stream(60.0, max_latency_ms=200.0) as stream:
+            assert stream.admission["admitted"]
+
+            async def send() -> None:
+                for i in range(0, 60, 3):  # batches of three, with caller ids
+                    await stream.send(images[i : i + 3], ids=[f"{k}-{j}" for j in range(i, i + 3)])
+                    await asyncio.sleep(0.02)
+                await stream.close()
+
+            sender = asyncio.create_task(send())
+            results = [r async for r in stream]
+            await sender
+        return [r.seq for r in results], [r.id for r in results], stream.summary or {}
+
+    async def cameras() -> list[tuple[list[int], list[Any], dict[str, Any]]]:
+        async with Client(cluster.clients_endpoint, timeout_s=60) as client:
+            return await asyncio.gather(*(camera(client, k) for k in range(4)))
+
+    for k, (seqs, ids, summary) in enumerate(asyncio.run(cameras())):
+        assert seqs == list(range(60))  # every frame, once, in send order
+        assert ids == [f"{k}-{j}" for j in range(60)]
+        assert summary["frames"] == summary["results"] == 60 and summary["dropped"] == 0
+
+
+def test_a_sync_stream_and_a_stream_refused_for_an_impossible_accuracy(cluster: LocalCluster) -> None:
+    frame = np.zeros(REAL_SHAPE, np.uint8)
+    with SyncClient(cluster.clients_endpoint, timeout_s=60) as client:
+        with client.stream(20.0) as stream:
+            stream.send(frame)
+            stream.send(np.stack([frame, frame]))
+            stream.close()
+            results = list(stream)
+        assert [r.seq for r in results] == [0, 1, 2] and all(r.prediction >= 0 and r.node for r in results)
+        with pytest.raises(InfeasibleTargetError, match="min_accuracy=0.999"):
+            with client.stream(20.0, min_accuracy=0.999):
+                pass
