@@ -293,6 +293,8 @@ def test_a_sync_stream_and_a_stream_refused_for_an_impossible_accuracy(cluster: 
             stream.close()
             results = list(stream)
         assert [r.seq for r in results] == [0, 1, 2] and all(r.prediction >= 0 and r.node for r in results)
-        with pytest.raises(InfeasibleTargetError, match="min_accuracy=0.999"):
-            with client.stream(20.0, min_accuracy=0.999):
-                pass
+        with (
+            pytest.raises(InfeasibleTargetError, match=r"min_accuracy=0\.999"),
+            client.stream(20.0, min_accuracy=0.999),
+        ):
+            pass
