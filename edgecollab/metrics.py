@@ -6,15 +6,18 @@ exploration table and connections into metric families at scrape time.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from .coordinator.streams import LATENCY_BUCKETS_S
 
 if TYPE_CHECKING:
     from .coordinator.server import Coordinator
+    from .coordinator.streams import OpenStream
 
 # Coordinator counters exported as edgecollab_<name>_total.
 COUNTERS = {
@@ -28,6 +31,10 @@ COUNTERS = {
     "late_replies": "Shard results dropped as late or duplicate",
     "peers_cut_off": "Peers cut off for malformed messages",
     "refused_workers": "Workers refused at registration",
+    "frames_served": "Stream frames answered with a prediction",
+    "frames_dropped": "Stream frames dropped by a back-pressure policy (each answered as dropped)",
+    "frames_resent": "Stream frames sent again after their board was lost or refused them",
+    "frame_batches": "Micro-batches of stream frames sent to boards",
 }
 
 
@@ -61,6 +68,7 @@ class CoordinatorCollector(Collector):
         yield GaugeMetricFamily(
             "edgecollab_efficiency", "Achieved / expected throughput, learned", value=c.table.efficiency
         )
+        yield from _stream_metrics(c.core.streams.values())
         last = dict(c.last_request)
         for key, help_text in (
             ("expected_ips", "Throughput the last completed request's plan expected"),
@@ -69,6 +77,30 @@ class CoordinatorCollector(Collector):
         ):
             if key in last:
                 yield GaugeMetricFamily(f"edgecollab_last_request_{key}", help_text, value=last[key])
+
+
+def _stream_metrics(streams: Iterable[OpenStream]) -> Iterator[Metric]:
+    """Per open stream: frames in, answered and dropped, and its latency histogram (arrival to answer)."""
+    frames = CounterMetricFamily(
+        "edgecollab_stream_frames", "Frames of a stream, by outcome", labels=["stream", "outcome"]
+    )
+    target = GaugeMetricFamily("edgecollab_stream_target_fps", "A stream's declared rate", labels=["stream"])
+    latency = HistogramMetricFamily(
+        "edgecollab_stream_latency_seconds", "Coordinator-side latency of a stream's frames", labels=["stream"]
+    )
+    for s in list(streams):
+        sid = s.stream_id
+        for outcome, count in (("received", s.frames), ("answered", s.results), ("dropped", s.dropped)):
+            frames.add_metric([sid, outcome], count)
+        target.add_metric([sid], s.spec.target_fps)
+        cumulative, buckets = 0, []
+        for bound, count in zip(LATENCY_BUCKETS_S, s.latency_counts, strict=True):
+            cumulative += count
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+        latency.add_metric([sid], buckets, s.latency_sum_s)
+    yield frames
+    yield target
+    yield latency
 
 
 def registry_for(coordinator: Coordinator) -> CollectorRegistry:

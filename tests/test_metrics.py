@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgecollab.client import SyncClient
 from edgecollab.errors import InvalidInputError
 from edgecollab.local import LocalCluster
 
@@ -52,7 +53,17 @@ def test_metrics_count_requests_inputs_and_report_each_board(tmp_path: Path) -> 
         infer(local.clients_endpoint, np.zeros((300, 1, 28, 28), np.uint8), target_ips=100)
         with pytest.raises(InvalidInputError):
             infer(local.clients_endpoint, np.zeros((3, 28, 28), np.uint8))
-        metrics = scrape(port)
+        with SyncClient(local.clients_endpoint, timeout_s=60) as client, client.stream(30.0) as stream:
+            stream.send(np.zeros((10, 1, 28, 28), np.uint8))
+            answers = iter(stream)
+            assert all(next(answers).prediction >= 0 for _ in range(10))
+            metrics = scrape(port)
+            sid = stream.stream.stream_id
+    assert metrics[f'edgecollab_stream_frames_total{{outcome="answered",stream="{sid}"}}'] == 10
+    assert metrics[f'edgecollab_stream_target_fps{{stream="{sid}"}}'] == 30
+    assert metrics[f'edgecollab_stream_latency_seconds_count{{stream="{sid}"}}'] == 10
+    assert metrics[f'edgecollab_stream_latency_seconds_bucket{{le="+Inf",stream="{sid}"}}'] == 10
+    assert metrics["edgecollab_frames_served_total"] == 10
     assert metrics['edgecollab_requests_total{outcome="completed"}'] == 1
     assert metrics['edgecollab_requests_total{outcome="invalid_input"}'] == 1
     assert metrics["edgecollab_inputs_served_total"] == 300

@@ -4,6 +4,7 @@ back-pressure, a board lost mid-stream, in-order delivery on a real cluster."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -40,7 +41,7 @@ from edgecollab.planner import ExplorationTable, Measurement
 from edgecollab.planner.joint import Demand, plan_jointly
 from edgecollab.protocol import Answer, FrameResults, Frames, ShardResult, StreamClose, StreamOpen
 
-from .cluster_helpers import write_cluster_config
+from .cluster_helpers import edgecollab, write_cluster_config
 
 SHAPE = (1, 4, 4)
 ACCURACY = {"fast": 0.85, "slow": 0.92}
@@ -298,3 +299,21 @@ def test_a_sync_stream_and_a_stream_refused_for_an_impossible_accuracy(cluster: 
             client.stream(20.0, min_accuracy=0.999),
         ):
             pass
+
+
+def test_the_stream_command_prints_each_source_and_the_total_as_json(
+    cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    config = write_cluster_config(tmp_path_factory.mktemp("stream-cli"))
+    args = ["stream", "--sources", "3", "--fps", "20", "--duration", "1", "--json", "--config", str(config)]
+    done = edgecollab(*args, "--coordinator", cluster.clients_endpoint)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert [s["source"] for s in report["streams"]] == [0, 1, 2]
+    for source in report["streams"]:
+        assert {"source", "frames", "results", "dropped", "fps", "p50_ms", "p99_ms", "accuracy"} <= set(source)
+        assert source["frames"] == source["results"] == 20 and source["dropped"] == 0
+        assert 0.5 < source["accuracy"] <= 1 and 0 < source["p50_ms"] <= source["p99_ms"]
+    assert report["total"]["frames"] == report["total"]["results"] == 60
+    bad = edgecollab(*args, "--coordinator", cluster.clients_endpoint, "--backpressure", "sometimes")
+    assert bad.returncode == 2 and "--backpressure must be one of block, drop-oldest, fail" in bad.stderr
