@@ -79,7 +79,7 @@ SMALL_REPLAN_INTERVAL_S = 1.0
 # The plan reserves this much more than the measured small-request rate, and at least this rate.
 SMALL_RATE_MARGIN = 1.5
 SMALL_MIN_RATE = 5.0
-SMALL_DEMAND = "small-requests"
+SMALL_DEMAND = "small:requests"  # demand keys with ':' cannot be a client's id
 # A request's weight on a node its plan does not use (it runs there only orphans or steals).
 STRAY_WEIGHT = 0.01
 # Micro-batches of stream frames travel as shards of this pseudo request (client ids may not hold ':').
@@ -304,7 +304,7 @@ class DispatchCore:
         self.small_queue: deque[str] = deque()  # ids of small requests not yet sent, in arrival order
         self.streams: dict[str, OpenStream] = {}  # every stream opened and not yet closed or failed
         self._batch_ids = 0  # of the latest micro-batch of frames
-        self._stream_variants: dict[tuple[str, str], str | None] = {}  # (stream, node) -> variant; per plan
+        self._stream_variants: dict[tuple[str, str], str | None] = {}  # (pool, node) -> variant; per plan
         self._next_wake: float | None = None  # the earliest WakeAt asked for and not yet past
         self.plan: JointPlan | None = None  # the latest joint plan adopted
         self.generation = 0  # of the latest Replan issued
@@ -502,6 +502,11 @@ class DispatchCore:
 
     def _stream_admitted(self, stream: OpenStream, demand: DemandPlan) -> None:
         spec = stream.spec
+        declared = sum(
+            s.spec.target_fps for s in self.streams.values() if s.pool == stream.pool and s.status != "waiting"
+        )
+        # The pool's plan, in this stream's proportion of the pool's declared rate.
+        expected_fps = demand.expected_ips * spec.target_fps / declared if declared > 0 else 0.0
         if not demand.feasible and not spec.degrade:
             why = "; ".join(demand.notes) or "no plan meets it"
             self._fail_stream(
@@ -509,8 +514,8 @@ class DispatchCore:
                 Error(
                     "infeasible",
                     f"cannot serve {spec.target_fps:g} fps at min_accuracy={spec.min_accuracy} within "
-                    f"{stream.max_latency_s * 1e3:g} ms next to the work running now (the best plan gives "
-                    f"{demand.expected_ips:,.0f} fps at {demand.expected_accuracy * 100:.2f} %): {why}; open it with "
+                    f"{stream.max_latency_s * 1e3:g} ms next to the work running now (the best plan gives it "
+                    f"{expected_fps:,.1f} fps at {demand.expected_accuracy * 100:.2f} %): {why}; open it with "
                     "degrade=True to be served anyway",
                     stream.stream_id,
                 ),
@@ -523,7 +528,7 @@ class DispatchCore:
             "admitted": True,
             "degraded": stream.degraded,
             "notes": list(demand.notes),
-            "expected_fps": demand.expected_ips,
+            "expected_fps": expected_fps,
             "expected_accuracy": demand.expected_accuracy,
             "max_latency_ms": stream.max_latency_s * 1e3,
             "queue_frames": stream.queue_frames,
@@ -594,7 +599,7 @@ class DispatchCore:
     def _stream_variant(self, stream: OpenStream, slot: NodeSlot) -> str | None:
         """The variant a stream's frames run on a node: its share's in the plan; on a node the plan gives
         it no share, the most accurate variant planned there that answers fast enough; else none."""
-        key = (stream.stream_id, slot.name)
+        key = (stream.pool, slot.name)
         if key in self._stream_variants:
             return self._stream_variants[key]
         table = self.rm.table
@@ -604,7 +609,7 @@ class DispatchCore:
             if v in slot.variants and table.latency_s(slot.name, v, 1) <= LATENCY_SHARE * stream.max_latency_s
         ]
         chosen = None
-        demand = self.plan.demands.get(stream.stream_id) if self.plan else None
+        demand = self.plan.demands.get(stream.pool) if self.plan else None
         mine = demand.variant_on(slot.name) if demand else None
         if mine in fast_enough:
             chosen = mine
@@ -651,7 +656,7 @@ class DispatchCore:
         frames = coalesce(streams, size)
         self._batch_ids += 1
         expected_done = start + table.latency_s(slot.name, variant, len(frames))
-        batch = FrameBatch(self._batch_ids, slot.name, variant, frames, now, expected_done)
+        batch = FrameBatch(self._batch_ids, slot.name, variant, frames, now, expected_done, slot.busy == 0)
         slot.batches[batch.batch_id] = batch
         inputs = np.stack([f.data for _, f in frames])
         self.counters["frame_batches"] += 1
@@ -676,7 +681,10 @@ class DispatchCore:
                         slot.name, predictions.dtype, predictions.shape, len(batch.frames))  # fmt: skip
             self._requeue_batch(batch)
             return
-        self._observe(slot, batch.variant, len(batch.frames), batch.sent_at, result.busy_s, now, batch=True)
+        if batch.alone:
+            self._observe(slot, batch.variant, len(batch.frames), batch.sent_at, result.busy_s, now, batch=True)
+        else:
+            slot.last_result_at = now
         accuracy = self.rm.table.accuracy.get(batch.variant, 0.0)
         by_stream: dict[str, tuple[OpenStream, list[PendingFrame], list[int]]] = {}
         for (stream, frame), prediction in zip(batch.frames, predictions.tolist(), strict=True):
@@ -711,21 +719,24 @@ class DispatchCore:
     ) -> None:
         """Teach the table what a shard cost its node; a drift asks for a new plan.
 
-        A micro-batch of frames is compared with the round trip the table expects at its size,
-        and the row scaled by how much slower or faster it was.
+        A micro-batch of frames sent to an idle node is compared with the round trip the table
+        expects at its size (profiled one shard at a time), and the row scaled by how much slower
+        or faster it was; one that queued behind others says little, and is not used.
         """
-        seconds = shard_cost_s(sent_at, slot.last_result_at, now, busy_s)
+        seconds = now - sent_at if batch else shard_cost_s(sent_at, slot.last_result_at, now, busy_s)
         slot.last_result_at = now
         if seconds <= 0:
             return
+        evidence = 1.0
         if batch and size >= OBSERVE_MIN_BATCH:
             expected = self.rm.table.latency_s(slot.name, variant, size)
             ips = self.rm.table.ips(slot.name, variant) * min(expected / seconds, 1.5)
+            evidence = size / self.settings.shard_size  # many small batches: each says little
         elif size >= OBSERVE_MIN_FILL * self.settings.shard_size:
             ips = size / seconds
         else:
             return
-        drifted = self.rm.observe(slot.name, variant, ips)
+        drifted = self.rm.observe(slot.name, variant, ips, min(evidence, 1.0))
         if drifted and self.settings.replan_on_drift and now - self._last_drift_replan >= DRIFT_REPLAN_INTERVAL_S:
             self._last_drift_replan = now
             self._want_replan(f"{slot.name} drifted")
@@ -918,11 +929,16 @@ class DispatchCore:
                     time_left = r.arrived + r.request.inputs / target - now
                     target = max(target, remaining / max(time_left, 1e-3))
             demands.append(Demand(r.request_id, target, r.request.min_accuracy, r.policy == "adaptive"))
+        # Streams with the same conditions are one demand at their summed rate: the plan's size does
+        # not grow with the number of cameras, and each of them runs what the pool runs on a node.
+        pools: dict[str, tuple[float, OpenStream]] = {}
         for stream in self.streams.values():
             if stream.status in ("planning", "open", "closing"):
-                spec = stream.spec
-                latency, batch = stream.max_latency_s, self.settings.shard_size
-                demands.append(Demand(stream.stream_id, spec.target_fps, spec.min_accuracy, True, latency, batch))
+                rate, _ = pools.get(stream.pool, (0.0, stream))
+                pools[stream.pool] = (rate + stream.spec.target_fps, stream)
+        for key, (rate, stream) in pools.items():
+            latency, batch = stream.max_latency_s, self.settings.shard_size
+            demands.append(Demand(key, rate, stream.spec.min_accuracy, True, latency, batch))
         rate = self._small_rate()
         if rate > 0 or self.small_queue:
             demands.append(Demand(SMALL_DEMAND, max(rate * SMALL_RATE_MARGIN, SMALL_MIN_RATE)))
@@ -944,7 +960,7 @@ class DispatchCore:
         self.plan = event.plan
         self._stream_variants.clear()
         for stream in [s for s in self.streams.values() if s.status == "planning"]:
-            demand = event.plan.demands.get(stream.stream_id)
+            demand = event.plan.demands.get(stream.pool)
             if demand is not None:
                 self._stream_admitted(stream, demand)
         small = event.plan.demands.get(SMALL_DEMAND)

@@ -138,9 +138,12 @@ class ResourceManager:
     def accepts_requests(self) -> bool:
         return self.state in ("ready", "planning", "dispatching")
 
-    def observe(self, node: str, variant: str, ips: float) -> bool:
-        """Fold an observed throughput into the table; True when the node drifted from what plans assumed."""
-        self.table.observe(node, variant, ips, OBSERVATION_WEIGHT)
+    def observe(self, node: str, variant: str, ips: float, evidence: float = 1.0) -> bool:
+        """Fold an observed throughput into the table; True when the node drifted from what plans assumed.
+
+        ``evidence`` (0, 1] weighs the observation: a small micro-batch says less than a full shard.
+        """
+        self.table.observe(node, variant, ips, OBSERVATION_WEIGHT * evidence)
         estimate = self._delivered_ips(node, variant)
         key = (node, variant)
         assumed = self.planned_ips.get(key)

@@ -72,6 +72,12 @@ class OpenStream:
         return self.spec.stream_id
 
     @property
+    def pool(self) -> str:
+        """The joint plan's demand this stream is part of: every stream with the same conditions."""
+        accuracy = f", min accuracy {self.spec.min_accuracy:g}" if self.spec.min_accuracy is not None else ""
+        return f"streams: {self.max_latency_s * 1e3:g} ms{accuracy}"
+
+    @property
     def outstanding(self) -> int:
         return len(self.pending) + self.in_flight
 
@@ -164,6 +170,7 @@ class FrameBatch:
     frames: list[tuple[OpenStream, PendingFrame]]
     sent_at: float
     expected_done: float  # when the table expects its answer
+    alone: bool  # sent to an idle node: its round trip is comparable with the profiled latency
 
 
 def plan_batch(

@@ -1,0 +1,139 @@
+"""Camera streams on the default emulated cluster: the 32 × 30 fps run, and the sources-vs-accuracy curve.
+
+    .venv/bin/python benchmarks/streams.py [--config cluster.toml] [--sources 32] [--fps 30] [--duration 30]
+                                           [--sweep 8,16,32,48,64,96] [--sweep-duration 10]
+
+1. **The run**: ``--sources`` simulated cameras (``edgecollab.cameras``, as ``edgecollab stream``
+   runs them) each send test-set frames at ``--fps`` for ``--duration`` seconds, with the default
+   100 ms latency bound. Reports per source frames, answers, drops, p50/p99 latency (send to
+   answer, at the client), accuracy against the labels, and the coordinator's CPU per frame.
+2. **The sweep**: for each count in ``--sweep``, that many 30 fps cameras admitted with
+   ``degrade`` for ``--sweep-duration`` s: accuracy and p99 as the load grows — the plan should
+   lower accuracy (cheaper variants) before latency grows — and the largest count served with
+   every frame answered and p99 ≤ 100 ms.
+
+Writes benchmarks/results/streams.json and streams.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from common import RESULTS, run_info, write_results
+
+from edgecollab.cameras import CameraSpec, run_cameras, totals
+from edgecollab.config import load_config
+from edgecollab.inspection import ask, wait_until_ready
+from edgecollab.local import LocalCluster
+from edgecollab.plots import pyplot, save
+from edgecollab.zoo import LabelledSet, load_manifest, load_test_set
+
+TICKS = os.sysconf("SC_CLK_TCK")
+LATENCY_BOUND_MS = 100.0
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def run_once(endpoint: str, pid: int, test_set: LabelledSet, spec: CameraSpec) -> dict[str, Any]:
+    before, cpu = ask(endpoint, "status")["counters"], cpu_seconds(pid)
+    tallies = asyncio.run(run_cameras(endpoint, test_set, spec))
+    after, cpu = ask(endpoint, "status")["counters"], cpu_seconds(pid) - cpu
+    total = totals(tallies)
+    total["coordinator_cpu_ms_per_frame"] = cpu / max(total["frames"], 1) * 1e3
+    for name in ("solves", "frame_batches", "nodes_lost", "frames_resent"):
+        total[name] = after.get(name, 0) - before.get(name, 0)
+    total["frames_per_batch"] = total["results"] / max(total["frame_batches"], 1)
+    total["all_answered"] = total["results"] == total["frames"] and total["dropped"] == 0
+    total["within_bound"] = total["all_answered"] and (total["worst_source_p99_ms"] or 1e9) <= LATENCY_BOUND_MS
+    return {"spec": vars(spec), "streams": [t.row() for t in tallies], "total": total}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=Path("cluster.toml"))
+    parser.add_argument("--sources", type=int, default=32)
+    parser.add_argument("--fps", type=float, default=30.0)
+    parser.add_argument("--duration", type=float, default=30.0)
+    parser.add_argument("--sweep", default="8,16,32,48,64,96", help="camera counts for the curve ('' for none)")
+    parser.add_argument("--sweep-duration", type=float, default=10.0)
+    parser.add_argument("--out", type=Path, default=RESULTS / "streams.json")
+    args = parser.parse_args()
+
+    config = load_config(args.config)
+    manifest = load_manifest(config.manifest_path)
+    test_set = load_test_set(manifest, manifest.tasks[config.models.task])
+    sweep: list[dict[str, Any]] = []
+    with LocalCluster(args.config) as local:
+        wait_until_ready(local.clients_endpoint, timeout_s=600)
+        assert local.coordinator is not None
+        pid = local.coordinator.pid
+        endpoint = local.clients_endpoint
+        run_once(endpoint, pid, test_set, CameraSpec(4, args.fps, 2.0))  # warm up sessions and the table
+        main_run = run_once(endpoint, pid, test_set, CameraSpec(args.sources, args.fps, args.duration))
+        t = main_run["total"]
+        print(
+            f"{args.sources} x {args.fps:g} fps for {args.duration:g} s: {t['results']:,}/{t['frames']:,} answered, "
+            f"{t['dropped']} dropped, p50 {t['p50_ms']:.1f} ms, p99 {t['p99_ms']:.1f} ms, worst source p99 "
+            f"{t['worst_source_p99_ms']:.1f} ms, accuracy {t['accuracy'] * 100:.2f} %, "
+            f"{t['coordinator_cpu_ms_per_frame']:.2f} ms coordinator CPU per frame, "
+            f"{t['frames_per_batch']:.1f} frames per batch",
+            file=sys.stderr,
+        )
+        for count in [int(c) for c in args.sweep.split(",") if c.strip()]:
+            point = run_once(endpoint, pid, test_set, CameraSpec(count, 30.0, args.sweep_duration, degrade=True))
+            sweep.append({"sources": count, **point["total"]})
+            p = point["total"]
+            print(
+                f"sweep {count} x 30 fps: p99 {p['p99_ms']:.1f} ms, accuracy {p['accuracy'] * 100:.2f} %, "
+                f"answered {p['results']}/{p['frames']}, dropped {p['dropped']}",
+                file=sys.stderr,
+            )
+    served = [p["sources"] for p in sweep if p["within_bound"]]
+    out = {
+        **run_info(),
+        "config": str(args.config),
+        "run": main_run,
+        "sweep": sweep,
+        "largest_sources_within_100ms": max(served, default=None),
+    }
+    write_results(args.out, out, lambda path: _plot(main_run, sweep, path))
+    return 0
+
+
+def _plot(main_run: dict[str, Any], sweep: list[dict[str, Any]], path: Path) -> None:
+    plt = pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+    rows = main_run["streams"]
+    left.bar([r["source"] for r in rows], [r["p99_ms"] for r in rows], color="tab:blue", label="p99")
+    left.plot([r["source"] for r in rows], [r["p50_ms"] for r in rows], "k.", label="p50")
+    left.axhline(LATENCY_BOUND_MS, color="tab:red", linestyle="--", label="100 ms")
+    spec = main_run["spec"]
+    left.set_title(f"{spec['sources']} cameras × {spec['fps']:g} fps, {spec['duration_s']:g} s")
+    left.set_xlabel("source")
+    left.set_ylabel("latency (ms)")
+    left.legend()
+    if sweep:
+        counts = [p["sources"] for p in sweep]
+        right.plot(counts, [p["p99_ms"] for p in sweep], "o-", color="tab:blue", label="p99 latency")
+        right.axhline(LATENCY_BOUND_MS, color="tab:red", linestyle="--")
+        right.set_xlabel("30 fps cameras")
+        right.set_ylabel("p99 latency (ms)")
+        accuracy = right.twinx()
+        accuracy.plot(counts, [p["accuracy"] * 100 for p in sweep], "s-", color="tab:green", label="accuracy")
+        accuracy.set_ylabel("accuracy (%)")
+        right.set_title("more cameras: accuracy gives way before latency")
+        right.legend(loc="upper left")
+        accuracy.legend(loc="upper right")
+    save(fig, path)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
