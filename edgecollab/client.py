@@ -218,6 +218,7 @@ class Client:
         self.timeout_s = timeout_s
         self._context: zmq.asyncio.Context | None = None
         self._sock: zmq.asyncio.Socket | None = None
+        self._io: transport.FastSocket | None = None
         self._waiting: dict[str, asyncio.Future[Result | Answer]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._heard = False  # whether the coordinator ever answered this client (it may still be starting)
@@ -226,6 +227,7 @@ class Client:
     async def __aenter__(self) -> Client:
         self._context = zmq.asyncio.Context()
         self._sock = transport.dealer(self._context, self.endpoint, self.curve)
+        self._io = transport.FastSocket(self._sock)
         self._reader = asyncio.create_task(self._read())
         return self
 
@@ -234,6 +236,8 @@ class Client:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
         if self._sock is not None:
+            if self._io is not None:
+                self._io.close()
             self._sock.close(linger=0)
         if self._context is not None:
             self._context.term()
@@ -295,7 +299,8 @@ class Client:
     async def _send(self, message: Frames) -> None:
         if self._sock is None:
             raise RuntimeError("use the client as 'async with Client(...) as client'")
-        await self._sock.send_multipart(encode(message), copy=False)
+        assert self._io is not None
+        await self._io.send(encode(message))
 
     async def _report_progress(self, request_id: str, total: int, progress: ProgressCallback) -> None:
         while True:
@@ -325,7 +330,8 @@ class Client:
         self._waiting[request_id] = future
         deadline = asyncio.get_running_loop().time() + self.timeout_s
         try:
-            await self._sock.send_multipart(encode(message), copy=False)
+            assert self._io is not None
+            await self._io.send(encode(message))
             while True:
                 left = deadline - asyncio.get_running_loop().time()
                 if left <= 0:
@@ -361,7 +367,8 @@ class Client:
     async def _read(self) -> None:
         assert self._sock is not None
         while True:
-            frames = await self._sock.recv_multipart(copy=False)
+            assert self._io is not None
+            frames = await self._io.receive()
             self._heard = True
             try:
                 message = decode([f.buffer for f in frames])

@@ -20,6 +20,7 @@ DOCUMENTED_API = {
     "ClusterConfig",
     "ConfigError",
     "EdgecollabError",
+    "FrameResult",
     "InferenceResult",
     "InfeasibleTargetError",
     "InvalidInputError",
@@ -30,7 +31,9 @@ DOCUMENTED_API = {
     "ProtocolError",
     "RequestFailed",
     "RequestLostError",
+    "Stream",
     "SyncClient",
+    "SyncStream",
     "__version__",
     "load_config",
 }

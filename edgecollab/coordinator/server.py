@@ -169,10 +169,12 @@ class Coordinator:
             authenticator.configure_curve(domain="*", location=str(allowed))
         self._workers_sock = transport.router(context, self.workers_endpoint, keys)
         self._clients_sock = transport.router(context, self.clients_endpoint, keys)
+        self._workers_io = transport.FastSocket(self._workers_sock)
+        self._clients_io = transport.FastSocket(self._clients_sock)
         log.info("coordinator: workers on %s, clients on %s", self.workers_endpoint, self.clients_endpoint)
         loops = [
-            asyncio.create_task(self._receive_loop(self._workers_sock, "worker", self._send_worker, self._on_worker)),
-            asyncio.create_task(self._receive_loop(self._clients_sock, "client", self._send_client, self._on_client)),
+            asyncio.create_task(self._receive_loop(self._workers_io, "worker", self._send_worker, self._on_worker)),
+            asyncio.create_task(self._receive_loop(self._clients_io, "client", self._send_client, self._on_client)),
             asyncio.create_task(self._liveness_loop()),
             asyncio.create_task(self._tick_loop()),
         ]
@@ -202,6 +204,8 @@ class Coordinator:
                 task.cancel()
             await asyncio.gather(stopping, *loops, *self._tasks, return_exceptions=True)
             self._solver.shutdown(wait=False, cancel_futures=True)
+            self._workers_io.close()
+            self._clients_io.close()
             self._workers_sock.close(linger=linger_ms)
             self._clients_sock.close(linger=linger_ms)
             if authenticator is not None:
@@ -298,7 +302,7 @@ class Coordinator:
     # --- sockets ---------------------------------------------------------------------------
     async def _receive_loop(
         self,
-        sock: zmq.asyncio.Socket,
+        sock: transport.FastSocket,
         peer: str,
         reply: Callable[[bytes, Message], Awaitable[object]],
         handle: Callable[[bytes, Message, str | None], Awaitable[None]],
@@ -308,7 +312,7 @@ class Coordinator:
         With CURVE on, the peer's public key (``User-Id``, set by the authenticator) goes with it.
         """
         while True:
-            frames = await sock.recv_multipart(copy=False)
+            frames = await sock.receive()
             identity, payload = frames[0].bytes, [f.buffer for f in frames[1:]]
             if identity in self._cut_off:
                 self.counters["dropped_from_cut_off_peers"] += 1
@@ -346,7 +350,7 @@ class Coordinator:
 
     async def _send_worker(self, identity: bytes, message: Message) -> bool:
         try:
-            await self._workers_sock.send_multipart([identity, *encode(message)], copy=False)
+            await self._workers_io.send([identity, *encode(message)])
             return True
         except zmq.ZMQError as exc:
             if exc.errno != zmq.EHOSTUNREACH:
@@ -355,7 +359,7 @@ class Coordinator:
 
     async def _send_client(self, identity: bytes, message: Message) -> None:
         try:
-            await self._clients_sock.send_multipart([identity, *encode(message)], copy=False)
+            await self._clients_io.send([identity, *encode(message)])
         except zmq.ZMQError as exc:
             if exc.errno != zmq.EHOSTUNREACH:
                 raise
@@ -462,7 +466,7 @@ class Coordinator:
             if lag > interval / 2:  # the loop was busy: that time is not the workers' silence
                 for link in self.workers.values():
                     link.last_seen += lag
-            unread = bool(int(self._workers_sock.get(zmq.EVENTS)) & zmq.POLLIN)
+            unread = self._workers_io.unread()
             for link in list(self.workers.values()):
                 if now - link.last_seen > limit and not unread:
                     await self._lose(link, f"no heartbeat for {now - link.last_seen:.1f} s")

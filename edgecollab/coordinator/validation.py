@@ -94,12 +94,12 @@ def check_stream_open(spec: StreamOpen) -> str | None:
 def check_frames(frames: Frames, next_seq: int, input_shape: tuple[int, ...], input_dtype: np.dtype[Any]) -> str | None:
     """Why frames cannot be queued on their stream, or None."""
     x = frames.inputs
-    shape = ", ".join(map(str, input_shape))
-    expected = f"{input_dtype} frames of shape (N, {shape}) with 1 <= N <= {MAX_FRAMES_PER_MESSAGE}"
-    if x.dtype != input_dtype or x.ndim != 1 + len(input_shape) or tuple(x.shape[1:]) != input_shape:
-        return f"inputs: expected {expected}; got {x.dtype} of shape {tuple(x.shape)}"
-    if not 1 <= len(x) <= MAX_FRAMES_PER_MESSAGE:
-        return f"inputs: expected {expected}; got {len(x)} frames"
+    fits = x.dtype == input_dtype and x.ndim == 1 + len(input_shape) and x.shape[1:] == input_shape
+    if not fits or not 1 <= len(x) <= MAX_FRAMES_PER_MESSAGE:  # the message only when it is needed: per frame
+        shape = ", ".join(map(str, input_shape))
+        expected = f"{input_dtype} frames of shape (N, {shape}) with 1 <= N <= {MAX_FRAMES_PER_MESSAGE}"
+        got = f"{x.dtype} of shape {tuple(x.shape)}" if not fits else f"{len(x)} frames"
+        return f"inputs: expected {expected}; got {got}"
     if frames.first_seq != next_seq:
         return f"first_seq must be {next_seq} (the frame after the last one sent); got {frames.first_seq}"
     return None
