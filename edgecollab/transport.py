@@ -17,6 +17,7 @@ HIGH_WATER_MARK = 1000
 # A FastSocket lets the event loop run after this many receives in a row that needed no wait.
 YIELD_EVERY = 16
 SEND_RETRY_S = 0.001
+COPY_BELOW_BYTES = 64 * 1024
 
 
 def router(context: zmq.asyncio.Context, endpoint: str, keys: KeyPair | None = None) -> zmq.asyncio.Socket:
@@ -84,7 +85,7 @@ class FastSocket:
     async def send(self, frames: Sequence[bytes | memoryview]) -> None:
         if not self._blocked.locked():
             try:
-                self._now.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+                self._now.send_multipart(frames, flags=zmq.NOBLOCK, copy=_small(frames))
                 self._changed.set()  # the send may have taken the signal of a message that arrived
                 return
             except zmq.Again:
@@ -96,7 +97,7 @@ class FastSocket:
     async def _send_when_possible(self, frames: Sequence[bytes | memoryview]) -> None:
         while True:
             try:
-                self._now.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+                self._now.send_multipart(frames, flags=zmq.NOBLOCK, copy=_small(frames))
                 return
             except zmq.Again:
                 await asyncio.sleep(SEND_RETRY_S)
@@ -123,3 +124,8 @@ class FastSocket:
             if int(self._now.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                 continue  # a message came in between
             await self._changed.wait()
+
+
+def _small(frames: Sequence[bytes | memoryview]) -> bool:
+    """Whether to copy: small frames are cheaper copied than tracked as zero-copy frames."""
+    return all(memoryview(f).nbytes <= COPY_BELOW_BYTES for f in frames)

@@ -58,12 +58,12 @@ def check_submit(submit: Submit, input_shape: tuple[int, ...], input_dtype: np.d
     problem = check_id(submit.request_id, "request_id")
     if problem is not None:
         return problem
-    expected = f"{input_dtype} inputs of shape (N, {', '.join(map(str, input_shape))}) with N >= 1"
     x = submit.inputs
-    if x.dtype != input_dtype or x.ndim != 1 + len(input_shape) or tuple(x.shape[1:]) != input_shape:
-        return f"inputs: expected {expected}; got {x.dtype} of shape {tuple(x.shape)}"
-    if len(x) == 0:
-        return f"inputs: expected {expected}; got no inputs"
+    fits = x.dtype == input_dtype and x.ndim == 1 + len(input_shape) and x.shape[1:] == input_shape
+    if not fits or len(x) == 0:  # the message only when it is needed: this runs per request
+        expected = f"{input_dtype} inputs of shape (N, {', '.join(map(str, input_shape))}) with N >= 1"
+        got = f"{x.dtype} of shape {tuple(x.shape)}" if not fits else "no inputs"
+        return f"inputs: expected {expected}; got {got}"
     return check_target_ips(submit.target_ips) or check_min_accuracy(submit.min_accuracy) or check_policy(submit.policy)
 
 
