@@ -26,6 +26,9 @@ class CoordinatorConfig(_Strict):
     workers: str = Field("tcp://127.0.0.1:5555", description="ROUTER endpoint the workers connect to")
     clients: str = Field("tcp://127.0.0.1:5556", description="ROUTER endpoint the clients connect to")
     shard_size: int = Field(32, ge=1, le=4096, description="inputs per shard (micro-batch)")
+    shard_seconds: float = Field(
+        0.02, ge=0, le=10, description="a large request's shards are cut to take about this long on their board"
+    )
     window: int = Field(2, ge=1, le=64, description="shards in flight per node, so transfer and compute overlap")
     profile_shards: int = Field(6, ge=1, le=100, description="timed shards per (node, variant) when profiling")
     profile_cache: str = Field(".edgecollab/exploration.json", description="exploration table cache file")

@@ -135,7 +135,7 @@ def test_a_lost_node_gives_its_shards_to_the_others_and_every_input_ends_once() 
 
 def test_duplicate_and_stale_results_are_discarded() -> None:
     core = make_core()
-    out = solve(core, core.handle(RequestOpened(b"c", submit(40, target_ips=1000.0), 0.0)))
+    out = solve(core, core.handle(RequestOpened(b"c", submit(100, target_ips=1000.0), 0.0)))
     send = sends(out)[0]
     core.handle(answer(send, 0.1))
     assert core.counters["late_replies"] == 0
@@ -145,7 +145,7 @@ def test_duplicate_and_stale_results_are_discarded() -> None:
 
 def test_a_refused_shard_is_sent_again_unless_the_error_is_final() -> None:
     core = make_core()
-    out = solve(core, core.handle(RequestOpened(b"c", submit(16, target_ips=500.0), 0.0)))
+    out = solve(core, core.handle(RequestOpened(b"c", submit(100, target_ips=500.0), 0.0)))
     shard = sends(out)[0].shard
     again = core.handle(
         ShardRefused(sends(out)[0].node, Error("internal", "oops", shard.request_id, shard.shard_id, 0), 0.1)
@@ -161,7 +161,7 @@ def test_a_refused_shard_is_sent_again_unless_the_error_is_final() -> None:
 
 def test_a_result_of_the_wrong_shape_is_sent_again() -> None:
     core = make_core()
-    out = solve(core, core.handle(RequestOpened(b"c", submit(16, target_ips=500.0), 0.0)))
+    out = solve(core, core.handle(RequestOpened(b"c", submit(100, target_ips=500.0), 0.0)))
     shard = sends(out)[0].shard
     bad = ShardResult(shard.request_id, shard.shard_id, 0, np.zeros((len(shard.inputs), 10), np.int64), 0.01)
     again = core.handle(ShardReturned(sends(out)[0].node, bad, 0.1))
@@ -292,3 +292,17 @@ def test_a_vanishingly_small_target_is_still_planned_and_served(fields: dict[str
     final = run_to_end(core, [*sends(first), *solve(core, first)])
     (done,) = [i for i in final if isinstance(i, AnswerRequest)]
     assert len(done.result.predictions) == 1
+
+
+def test_shards_are_cut_by_each_board_speed_and_a_few_hundred_inputs_wait_for_no_solve() -> None:
+    core = make_core(shard_seconds=0.02)  # shard_size 8: shards of 8 to 8 x 8 inputs
+    out = solve(core, core.handle(RequestOpened(b"c", submit(2000, target_ips=4000.0), 0.0)))
+    table = core.rm.table
+    for send in sends(out):  # about 0.02 s of work on its board, within [8, 64] (the last of a share: less)
+        ips = table.ips(send.node, send.shard.variant)
+        assert len(send.shard.inputs) <= int(min(max(8, ips * 0.02), 64)), (send.node, send.shard.variant)
+    largest = {n: max(len(s.shard.inputs) for s in sends(out) if s.node == n) for n in "ab"}
+    assert largest["b"] > largest["a"]  # b is four times as fast: its shards are larger
+    small = core.handle(RequestOpened(b"c", submit(64), 0.01))  # 8 x shard_size: served from the plan at once
+    assert not sends(small) or sends(small)[0].shard.request_id != sends(out)[0].shard.request_id
+    assert any(r.small for r in core.requests.values())

@@ -87,6 +87,9 @@ FRAMES_REQUEST = "frames:"
 # Only shards at least this fraction of ``shard_size`` teach the table: the rows are measured at
 # that size, and a one-input shard's time is mostly fixed cost.
 OBSERVE_MIN_FILL = 0.5
+# A shard holds at most this many times ``shard_size`` inputs (see _shard_size); a request of at
+# most that many inputs is small.
+MAX_SHARD_FACTOR = 8
 # Micro-batches of frames teach it from this size on, against the round trip expected at their size.
 OBSERVE_MIN_BATCH = 4
 
@@ -382,7 +385,7 @@ class DispatchCore:
         request = PlanRequest(len(submit.inputs), submit.target_ips, submit.min_accuracy)
         # A few inputs with no conditions of their own fit whatever plan is running: no solve for them.
         small = (
-            len(submit.inputs) <= self.settings.shard_size
+            len(submit.inputs) <= self.settings.shard_size * MAX_SHARD_FACTOR
             and policy in ADAPTS_AT_RUN_TIME
             and submit.min_accuracy is None
             and not submit.strict
@@ -432,7 +435,8 @@ class DispatchCore:
                 ),
             )
             return
-        r.run = RequestRun(r.request_id, plan, self.settings.shard_size, r.arrived)
+        sizes = {(a.node, a.variant): self._shard_size(a.node, a.variant) for a in plan.assignments}
+        r.run = RequestRun(r.request_id, plan, self.settings.shard_size, r.arrived, sizes)
         r.first_plan = plan
         r.status = "running"
         r.dispatch_started = now
@@ -984,7 +988,9 @@ class DispatchCore:
         assert run is not None
         remaining = run.queued_inputs
         if remaining > 0 and _differs(run.plan, demand):
-            run.replan(demand.for_inputs(r.policy, remaining))
+            plan = demand.for_inputs(r.policy, remaining)
+            run.sizes.update({(a.node, a.variant): self._shard_size(a.node, a.variant) for a in plan.assignments})
+            run.replan(plan)
             self.counters["replans"] += 1
         r.weights = _weights(run.plan, self.rm.table)
 
@@ -1032,7 +1038,7 @@ class DispatchCore:
         # Idle: take the tail of the slowest node's queue, if this node would finish it sooner.
         if self.settings.work_stealing:
             for r in self.requests.values():
-                if r.run is None or r.policy not in ADAPTS_AT_RUN_TIME or r.small:
+                if r.run is None or r.policy not in ADAPTS_AT_RUN_TIME:
                     continue
                 shard = r.run.steal(slot.name, self.rm.table.seconds_per_input, slot.variants)
                 if shard is not None:
@@ -1051,6 +1057,13 @@ class DispatchCore:
         inputs = r.submit.inputs[shard.start : shard.stop]
         message = Shard(r.request_id, shard.shard_id, shard.attempt, shard.variant, inputs)
         self._out.append(SendShard(slot.name, message))
+
+    def _shard_size(self, node: str, variant: str) -> int:
+        """A node's shards last about ``shard_seconds`` there: a fast board gets larger ones (less
+        per-shard cost), never smaller than the profiled ``shard_size`` nor over MAX_SHARD_FACTOR times it."""
+        size = self.settings.shard_size
+        ips = self.rm.table.ips(node, variant)
+        return int(min(max(size, ips * self.settings.shard_seconds), size * MAX_SHARD_FACTOR))
 
     def _drop_closed_small(self) -> None:
         while self.small_queue and self.small_queue[0] not in self.requests:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,9 +57,17 @@ class NodeTally:
 
 
 class RequestRun:
-    def __init__(self, request_id: str, plan: Plan, shard_size: int, arrived: float | None = None) -> None:
+    def __init__(
+        self,
+        request_id: str,
+        plan: Plan,
+        shard_size: int,
+        arrived: float | None = None,
+        sizes: Mapping[tuple[str, str], int] | None = None,
+    ) -> None:
         self.request_id = request_id
         self.shard_size = shard_size
+        self.sizes = dict(sizes or {})  # (node, variant) -> its shard size, where it differs from shard_size
         self.arrived = time.monotonic() if arrived is None else arrived
         self.plan = plan  # the latest plan
         self.total_inputs = sum(a.inputs for a in plan.assignments)
@@ -191,14 +199,14 @@ class RequestRun:
         self._cut(plan, _merge((self.shards[i].start, self.shards[i].stop) for i in unsent))
 
     def _cut(self, plan: Plan, ranges: list[tuple[int, int]]) -> None:
-        """Cut input ranges into shards of at most ``shard_size``, following the plan's shares in order."""
+        """Cut input ranges into shards of at most the node's size, following the plan's shares in order."""
         pool = deque(ranges)
         for a in plan.assignments:
             need = a.inputs
             queue = self._queues.setdefault(a.node, deque())
             while need > 0:
                 start, stop = pool.popleft()
-                take = min(need, stop - start, self.shard_size)
+                take = min(need, stop - start, self.sizes.get((a.node, a.variant), self.shard_size))
                 shard = ShardTask(len(self.shards), start, start + take, a.variant, a.node)
                 self.shards.append(shard)
                 self._owed.add(shard.shard_id)
