@@ -60,6 +60,7 @@ bench-peers:
 	@# tritonclient keeps protobuf below 7; newer grpcio-reflection (a Ray Serve dependency) needs 7.
 	$(PEERS)/bin/pip install --quiet --disable-pip-version-check 'protobuf>=6.31,<7' 'grpcio-reflection>=1.72,<1.80'
 	$(PEERS)/bin/python benchmarks/peers.py
+	$(PEERS)/bin/python benchmarks/peers.py --closed-loop
 
 clean:
 	rm -rf $(VENV) $(PEERS) .pytest_cache .mypy_cache .ruff_cache

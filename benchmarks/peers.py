@@ -1,7 +1,18 @@
 """edgecollab against what a user would reach for instead: Ray Serve and NVIDIA Triton (PyTriton).
 
-    make bench-peers          # installs ray[serve] and nvidia-pytriton into .venv-peers, then runs this
+    make bench-peers          # installs ray[serve] and nvidia-pytriton into .venv-peers, then runs both loads
     .venv-peers/bin/python benchmarks/peers.py [--config cluster.toml] [--only edgecollab,ray]
+    .venv-peers/bin/python benchmarks/peers.py --closed-loop [--duration 10] [--in-flight 8]
+
+**Closed loop** (``--closed-loop``): one variant (``cnn-8``), four un-emulated workers or
+instances on this machine, ``--in-flight`` requests outstanding at all times, for each batch
+size 1, 32 and 256: requests/s, inputs/s, round trip, and the whole machine's CPU per request
+(every process: client, server, workers; from /proc/stat). edgecollab goes its real path
+(client → coordinator → workers), Ray Serve through a deployment handle (one replica per
+worker, at most 2 requests each), PyTriton over gRPC to one model with four instances and
+Triton's dynamic batcher. Writes benchmarks/results/peers_closed_loop.json and .png.
+
+**The emulated workload** (the default):
 
 The same workload (the default `edgecollab run` requests: sizes and targets), the same ONNX
 variants, the same inputs, and the same emulated boards: every peer replica runs edgecollab's
@@ -237,12 +248,221 @@ async def _serve_workload(name: str, infer: Any, test_set: LabelledSet, table: E
 PEERS = {"ray-serve": run_ray, "pytriton": run_pytriton}
 
 
+# --- closed loop --------------------------------------------------------------------------------
+CLOSED_LOOP_VARIANT = "cnn-8"
+CLOSED_LOOP_WORKERS = 4
+CLOSED_LOOP_BATCHES = (1, 32, 256)
+
+
+def machine_busy_s() -> float:
+    """CPU seconds every core of the machine spent busy so far (all processes)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+async def drive(infer: Any, batch: int, in_flight: int, duration: float) -> dict[str, Any]:
+    """``in_flight`` lanes, each sending its next request when its last is answered."""
+    images = np.random.default_rng(batch).integers(0, 256, (batch, 1, 28, 28)).astype(np.uint8)
+    await infer(images)  # warm-up
+    latencies: list[float] = []
+    deadline = time.monotonic() + duration
+
+    async def lane() -> None:
+        while time.monotonic() < deadline:
+            started = time.perf_counter()
+            await infer(images)
+            latencies.append(time.perf_counter() - started)
+
+    busy, started = machine_busy_s(), time.monotonic()
+    await asyncio.gather(*(lane() for _ in range(in_flight)))
+    elapsed, busy = time.monotonic() - started, machine_busy_s() - busy
+    lat = np.array(latencies) * 1e3
+    return {
+        "batch": batch,
+        "requests": len(latencies),
+        "requests_per_s": len(latencies) / elapsed,
+        "inputs_per_s": len(latencies) * batch / elapsed,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "machine_cpu_ms_per_request": busy / len(latencies) * 1e3,
+    }
+
+
+def closed_loop_config(folder: Path) -> Path:
+    lines = ["[models]", f'manifest = "{Path(__file__).resolve().parents[1] / "models" / "zoo.toml"}"']
+    for k in range(CLOSED_LOOP_WORKERS):
+        lines += ["[[nodes]]", f'name = "w{k}"', f'variants = ["{CLOSED_LOOP_VARIANT}"]']
+    path = folder / "cluster.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def closed_edgecollab(config_path: Path, in_flight: int, duration: float) -> list[dict[str, Any]]:
+    rows = []
+    with LocalCluster(config_path) as local:
+        wait_until_ready(local.clients_endpoint, timeout_s=600)
+        for batch in CLOSED_LOOP_BATCHES:
+
+            async def go(batch: int = batch) -> dict[str, Any]:
+                async with Client(local.clients_endpoint, timeout_s=120) as client:
+                    return await drive(client.infer, batch, in_flight, duration)
+
+            rows.append(asyncio.run(go()))
+    return rows
+
+
+def closed_ray(config_path: Path, in_flight: int, duration: float) -> list[dict[str, Any]]:
+    import ray
+    from ray import serve
+
+    @ray.remote(num_cpus=0)
+    class BoardNames:
+        def __init__(self, names: list[str]) -> None:
+            self.names = list(names)
+
+        def take(self) -> str:
+            return self.names.pop(0)
+
+    @serve.deployment(num_replicas=CLOSED_LOOP_WORKERS, max_ongoing_requests=WINDOW, ray_actor_options={"num_cpus": 0})
+    class Board:
+        def __init__(self, config_path: str, names: Any) -> None:
+            self.board = EmulatedBoard(config_path, ray.get(names.take.remote()))
+
+        def __call__(self, inputs: np.ndarray) -> np.ndarray:
+            return self.board.run(CLOSED_LOOP_VARIANT, inputs)
+
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        names = BoardNames.remote([f"w{k}" for k in range(CLOSED_LOOP_WORKERS)])
+        handle = serve.run(Board.bind(str(config_path), names), name="closed-loop", route_prefix=None)
+
+        async def infer(inputs: np.ndarray) -> np.ndarray:
+            return await handle.remote(inputs)
+
+        return [asyncio.run(drive(infer, batch, in_flight, duration)) for batch in CLOSED_LOOP_BATCHES]
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def closed_pytriton(config_path: Path, in_flight: int, duration: float) -> list[dict[str, Any]]:
+    from pytriton.client import AsyncioModelClient
+    from pytriton.decorators import batch as batched
+    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+    from pytriton.triton import Triton, TritonConfig
+
+    libdir = sysconfig.get_config_var("LIBDIR")
+    os.environ["LD_LIBRARY_PATH"] = ":".join(filter(None, [libdir, os.environ.get("LD_LIBRARY_PATH")]))
+    ports = {"http_port": 18_010, "grpc_port": 18_011, "metrics_port": 18_012}
+
+    def instance(board: EmulatedBoard) -> Any:
+        @batched
+        def infer(inputs: np.ndarray) -> dict[str, np.ndarray]:
+            return {"predictions": board.run(CLOSED_LOOP_VARIANT, inputs).reshape(-1, 1)}
+
+        return infer
+
+    with Triton(config=TritonConfig(**ports)) as triton:
+        boards = [EmulatedBoard(str(config_path), f"w{k}") for k in range(CLOSED_LOOP_WORKERS)]
+        triton.bind(
+            model_name="cnn8",
+            infer_func=[instance(b) for b in boards],  # one model, an instance per worker
+            inputs=[Tensor(name="inputs", dtype=np.uint8, shape=(1, 28, 28))],
+            outputs=[Tensor(name="predictions", dtype=np.int64, shape=(1,))],
+            config=ModelConfig(max_batch_size=256, batcher=DynamicBatcher(max_queue_delay_microseconds=500)),
+        )
+        triton.run()
+        rows = []
+        for batch in CLOSED_LOOP_BATCHES:
+
+            async def go(batch: int = batch) -> dict[str, Any]:
+                clients = [
+                    AsyncioModelClient(f"grpc://localhost:{ports['grpc_port']}", "cnn8") for _ in range(in_flight)
+                ]
+                free = asyncio.Queue[Any]()
+                for client in clients:
+                    free.put_nowait(client)
+
+                async def infer(inputs: np.ndarray) -> np.ndarray:
+                    client = await free.get()  # one gRPC client per request in flight
+                    try:
+                        return (await client.infer_batch(inputs=inputs))["predictions"]
+                    finally:
+                        free.put_nowait(client)
+
+                try:
+                    return await drive(infer, batch, in_flight, duration)
+                finally:
+                    for client in clients:
+                        await client.close()
+
+            rows.append(asyncio.run(go()))
+        return rows
+
+
+def run_closed_loop(args: argparse.Namespace) -> int:
+    import tempfile
+
+    config_path = closed_loop_config(Path(tempfile.mkdtemp(prefix="edgecollab-peers-")))
+    systems = {"edgecollab": closed_edgecollab, "ray-serve": closed_ray, "pytriton": closed_pytriton}
+    results: dict[str, list[dict[str, Any]]] = {}
+    skipped = {}
+    for name, run in systems.items():
+        if name not in args.only.split(","):
+            continue
+        try:
+            results[name] = run(config_path, args.in_flight, args.duration)
+        except Exception as exc:  # a peer that cannot run here is reported, not fatal
+            skipped[name] = f"{type(exc).__name__}: {exc}"[:500]
+            print(f"skipped {name}: {skipped[name]}", file=sys.stderr)
+            continue
+        for row in results[name]:
+            print(
+                f"{name:>10} batch {row['batch']:3}: {row['requests_per_s']:7,.0f} requests/s, "
+                f"{row['inputs_per_s']:8,.0f} inputs/s, p50 {row['p50_ms']:6.1f} ms, "
+                f"{row['machine_cpu_ms_per_request']:.2f} ms machine CPU per request",
+                file=sys.stderr,
+            )
+    out = {
+        **run_info(),
+        "load": {"variant": CLOSED_LOOP_VARIANT, "workers": CLOSED_LOOP_WORKERS, "in_flight": args.in_flight,
+                 "duration_s": args.duration},
+        "systems": results,
+        "skipped": skipped,
+    }  # fmt: skip
+    path = args.out.with_name("peers_closed_loop.json")
+    write_results(path, out, lambda png: _plot_closed_loop(results, png))
+    return 0
+
+
+def _plot_closed_loop(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    names = list(results)
+    for ax, (batch, key, label) in zip(
+        axes,
+        ((1, "requests_per_s", "batch 1: requests/s"), (32, "inputs_per_s", "batch 32: inputs/s"),
+         (256, "inputs_per_s", "batch 256: inputs/s")),
+        strict=True,
+    ):  # fmt: skip
+        values = [next(r[key] for r in results[n] if r["batch"] == batch) for n in names]
+        ax.bar(names, values, color=["tab:blue", "tab:orange", "tab:green"][: len(names)])
+        ax.set_title(label)
+    save(fig, path)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=Path("cluster.toml"))
     parser.add_argument("--only", default="edgecollab,ray-serve,pytriton")
     parser.add_argument("--out", type=Path, default=RESULTS / "peers.json")
+    parser.add_argument("--closed-loop", action="store_true", help="the closed-loop load instead of the workload")
+    parser.add_argument("--duration", type=float, default=10.0, help="closed loop: seconds per batch size")
+    parser.add_argument("--in-flight", type=int, default=8, help="closed loop: requests outstanding")
     args = parser.parse_args()
+    if args.closed_loop:
+        return run_closed_loop(args)
     wanted = args.only.split(",")
 
     config_path = args.config.resolve()

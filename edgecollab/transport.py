@@ -110,6 +110,12 @@ class FastSocket:
         return waiting
 
     async def receive(self) -> list[zmq.Frame]:
+        frames = await self.receive_within(None)
+        assert frames is not None
+        return frames
+
+    async def receive_within(self, timeout_s: float | None) -> list[zmq.Frame] | None:
+        """The next message, or None if none came within ``timeout_s`` (None: wait for ever)."""
         if self._received_at_once >= YIELD_EVERY:  # a busy socket must not starve the loop's other tasks
             self._received_at_once = 0
             await asyncio.sleep(0)
@@ -123,7 +129,14 @@ class FastSocket:
             self._changed.clear()
             if int(self._now.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                 continue  # a message came in between
-            await self._changed.wait()
+            if timeout_s is None:
+                await self._changed.wait()
+                continue
+            try:
+                await asyncio.wait_for(self._changed.wait(), timeout_s)
+            except TimeoutError:
+                return None
+            timeout_s = 0.0  # woken: take what came, or report none
 
 
 def _small(frames: Sequence[bytes | memoryview]) -> bool:

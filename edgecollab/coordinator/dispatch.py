@@ -384,8 +384,11 @@ class DispatchCore:
         policy = submit.policy or self.settings.policy
         request = PlanRequest(len(submit.inputs), submit.target_ips, submit.min_accuracy)
         # A few inputs with no conditions of their own fit whatever plan is running: no solve for them.
+        # Up to one shard, a target is met by sending it at once; beyond, only a request without a
+        # target is served that way (one with a target is planned, so the report says if it is met).
+        inputs = len(submit.inputs)
         small = (
-            len(submit.inputs) <= self.settings.shard_size * MAX_SHARD_FACTOR
+            inputs <= self.settings.shard_size * (MAX_SHARD_FACTOR if submit.target_ips is None else 1)
             and policy in ADAPTS_AT_RUN_TIME
             and submit.min_accuracy is None
             and not submit.strict

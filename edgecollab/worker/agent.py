@@ -42,6 +42,7 @@ class WorkerAgent:
         self.misses = misses
         self._context = zmq.asyncio.Context()
         self._sock: zmq.asyncio.Socket | None = None
+        self._io: transport.FastSocket | None = None
         self._queue: asyncio.Queue[Shard] = asyncio.Queue()
         self._last_heard = 0.0  # monotonic time of the coordinator's last message
         self._registered = False
@@ -71,8 +72,7 @@ class WorkerAgent:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            if self._sock is not None:
-                self._sock.close(linger=0)
+            self._close_socket()
             self._context.term()
         return self._exit_code
 
@@ -80,9 +80,9 @@ class WorkerAgent:
         """Register, then receive and heartbeat; start over (with back-off) when the coordinator goes silent."""
         backoff = 0.5
         while not self._stop.is_set():
-            if self._sock is not None:
-                self._sock.close(linger=0)
+            self._close_socket()
             self._sock = transport.dealer(self._context, self.endpoint, self.curve)
+            self._io = transport.FastSocket(self._sock)
             self._registered = False
             self._register_again = False
             self._coordinator_left = False
@@ -101,8 +101,16 @@ class WorkerAgent:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF_S)
 
+    def _close_socket(self) -> None:
+        if self._io is not None:
+            self._io.close()
+            self._io = None
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+
     async def _serve_connection(self) -> None:
-        assert self._sock is not None
+        assert self._io is not None
         deadline = self.heartbeat_s * self.misses
         next_beat = time.monotonic()
         while not self._stop.is_set() and not self._register_again and not self._coordinator_left:
@@ -112,9 +120,9 @@ class WorkerAgent:
             if self._registered and now >= next_beat:
                 await self._send(Heartbeat(node=self.name))
                 next_beat = now + self.heartbeat_s
-            if not await self._sock.poll(timeout=int(self.heartbeat_s * 250)):
+            frames = await self._io.receive_within(self.heartbeat_s / 4)
+            if frames is None:
                 continue
-            frames = await self._sock.recv_multipart(copy=False)
             try:
                 message = decode([f.buffer for f in frames])
             except ProtocolError as exc:
@@ -176,7 +184,9 @@ class WorkerAgent:
                 )
                 continue
             # Hold the reply until the emulated board would have finished.
-            await asyncio.sleep(max(0.0, started + board_seconds - time.perf_counter()))
+            hold = started + board_seconds - time.perf_counter()
+            if hold > 0:
+                await asyncio.sleep(hold)
             busy = time.perf_counter() - started
             await self._send(ShardResult(shard.request_id, shard.shard_id, shard.attempt, predictions, busy))
 
@@ -186,9 +196,9 @@ class WorkerAgent:
             self._queue.get_nowait()
 
     async def _send(self, message: Message) -> None:
-        if self._sock is None:
+        if self._io is None:
             return
         try:
-            await self._sock.send_multipart(encode(message), copy=False)
+            await self._io.send(encode(message))
         except zmq.ZMQError as exc:
             log.warning("node %s: could not send %s: %s", self.name, message.kind, exc)
