@@ -74,7 +74,7 @@ def test_an_allowed_client_is_served_over_curve(secured: tuple[LocalCluster, Pat
 
     async def go() -> object:
         async with Client(local.clients_endpoint, timeout_s=60, curve=client_keys(keys, "client")) as client:
-            return await client.infer(np.zeros((64, 1, 28, 28), np.uint8))
+            return await client.infer(np.zeros((600, 1, 28, 28), np.uint8))  # large: planned on both nodes
 
     result = asyncio.run(go())
     assert sorted({a["node"] for a in result.report["assignment"]}) == sorted(NODES)  # type: ignore[attr-defined]
