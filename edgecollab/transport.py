@@ -63,7 +63,8 @@ class FastSocket:
     non-blocking call does it (pyzmq's asyncio wrapper spent a third of the coordinator's time per
     message on futures and loop rounds). The socket's file descriptor only signals that its state
     *may* have changed, and any send or receive can consume that signal, so the receiver checks
-    ``EVENTS`` before it sleeps and is woken after every send. Sends that would block (the peer's
+    ``EVENTS`` before it sleeps, and every send checks it too and wakes the receiver if a
+    message came in meanwhile. Sends that would block (the peer's
     queue is at its high-water mark) retry every millisecond, and later sends queue behind them,
     so messages keep their order.
     """
@@ -86,13 +87,13 @@ class FastSocket:
         if not self._blocked.locked():
             try:
                 self._now.send_multipart(frames, flags=zmq.NOBLOCK, copy=_small(frames))
-                self._changed.set()  # the send may have taken the signal of a message that arrived
+                self.unread()  # the send may have taken the signal of a message that arrived
                 return
             except zmq.Again:
                 pass
         async with self._blocked:  # a FIFO: blocked sends leave one by one, in order
             await self._send_when_possible(frames)
-        self._changed.set()
+        self.unread()
 
     async def _send_when_possible(self, frames: Sequence[bytes | memoryview]) -> None:
         while True:

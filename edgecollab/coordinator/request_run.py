@@ -231,13 +231,15 @@ class RequestRun:
         return not self._owed
 
     def timeline(self, max_cells: int = TIMELINE_CELLS) -> dict[str, Any]:
-        """Inputs each (node, variant) predicted per time bin since arrival, in at most ``max_cells`` numbers.
+        """Inputs each (node, variant) predicted per time bin since arrival, in at most ``max_cells`` numbers
+        and at most one bin per shard.
 
         Each shard's inputs are spread over the time its node worked on it. Bounded so that the
         report fits the protocol's header limit however long the request.
         """
         series = sorted({(node, variant) for _, node, variant, _, _ in self._done})
-        bins = max(1, min(TIMELINE_BINS, max_cells // max(len(series), 1)))
+        # No more bins than shards: a one-shard request has a one-bin timeline (and costs nothing to draw).
+        bins = max(1, min(TIMELINE_BINS, max_cells // max(len(series), 1), len(self._done)))
         width = self.wall_seconds() / bins
         counts = {key: [0.0] * bins for key in series}
         for end, node, variant, inputs, busy in self._done:

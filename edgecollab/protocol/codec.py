@@ -12,7 +12,7 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgpack
@@ -40,17 +40,18 @@ def _array_fields(cls: type[Message]) -> list[str]:
     return [f.name for f in dataclasses.fields(cls) if f.type in ("np.ndarray", np.ndarray)]
 
 
-_SCALARS: dict[str, tuple[dict[str, Any], frozenset[str], frozenset[str]]] = {}
+Checker = Callable[[Any, int], bool]  # (a decoded value, nesting depth) -> whether it fits
+_SCALARS: dict[str, tuple[dict[str, Checker], frozenset[str], frozenset[str]]] = {}
 
 
-def _scalar_fields(cls: type[Message]) -> tuple[dict[str, Any], frozenset[str], frozenset[str]]:
-    """Per message type, computed once: type hints, the scalar fields allowed, and those required."""
+def _scalar_fields(cls: type[Message]) -> tuple[dict[str, Checker], frozenset[str], frozenset[str]]:
+    """Per message type, computed once: a checker per scalar field, the fields allowed, and those required."""
     if cls.kind not in _SCALARS:
         _SCALARS[cls.kind] = _describe(cls)
     return _SCALARS[cls.kind]
 
 
-def _describe(cls: type[Message]) -> tuple[dict[str, Any], frozenset[str], frozenset[str]]:
+def _describe(cls: type[Message]) -> tuple[dict[str, Checker], frozenset[str], frozenset[str]]:
     arrays = set(_array_fields(cls))
     allowed = frozenset(f.name for f in dataclasses.fields(cls)) - arrays
     required = frozenset(
@@ -58,7 +59,8 @@ def _describe(cls: type[Message]) -> tuple[dict[str, Any], frozenset[str], froze
         for f in dataclasses.fields(cls)
         if f.name in allowed and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     )
-    return typing.get_type_hints(cls), allowed, required
+    hints = typing.get_type_hints(cls)
+    return {name: _checker(hints[name]) for name in allowed}, allowed, required
 
 
 def encode(message: Message) -> list[Frame]:
@@ -109,15 +111,16 @@ def decode(frames: Sequence[Frame]) -> Message:
     values: dict[str, Any] = {}
     for spec, frame, name in zip(array_specs, frames[1:], expected_arrays, strict=True):
         values[name] = _array(spec, frame, name)
-    hints, allowed, required = _scalar_fields(cls)
+    checkers, allowed, required = _scalar_fields(cls)
     if not set(scalars) <= allowed or not required <= set(scalars):
         raise ProtocolError(
             f"{cls.kind} fields must be {sorted(allowed)} (required {sorted(required)}); "
             f"got {sorted(map(str, scalars))}"
         )
     for name, value in scalars.items():
-        if not _fits(value, hints[name], 0):
-            raise ProtocolError(f"{cls.kind}.{name}: {type(value).__name__} does not fit {hints[name]}")
+        if not checkers[name](value, 0):
+            hint = typing.get_type_hints(cls)[name]
+            raise ProtocolError(f"{cls.kind}.{name}: {type(value).__name__} does not fit {hint}")
         values[name] = value
     return cls(**values)
 
@@ -146,32 +149,38 @@ def _array(spec: Any, frame: Frame, name: str) -> np.ndarray:
     return np.frombuffer(buffer, dtype=dtype).reshape(shape)
 
 
-def _fits(value: Any, hint: Any, depth: int) -> bool:
-    """Whether a decoded msgpack value fits a field's type hint (the subset messages use)."""
-    if depth > MAX_DEPTH:
-        return False
+def _checker(hint: Any) -> Checker:
+    """A function that says whether a decoded msgpack value fits a field's type hint (the subset
+    messages use); built once per field, so decoding does no type introspection."""
     origin = typing.get_origin(hint)
     if hint is Any:
-        return _plain_data(value, depth)
+        return _plain_data
     if origin in (types.UnionType, typing.Union):
-        return any(_fits(value, option, depth) for option in typing.get_args(hint))
+        options = [_checker(option) for option in typing.get_args(hint)]
+        return lambda value, depth: any(fits(value, depth) for fits in options)
     if hint is type(None):
-        return value is None
+        return lambda value, depth: value is None
     if hint is float:
-        return isinstance(value, float | int) and not isinstance(value, bool)
+        return lambda value, depth: isinstance(value, float | int) and not isinstance(value, bool)
     if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+        return lambda value, depth: isinstance(value, int) and not isinstance(value, bool)
     if hint in (str, bool):
-        return isinstance(value, hint)
+        return lambda value, depth: isinstance(value, hint)
     if origin is list:
         (item,) = typing.get_args(hint)
-        return isinstance(value, list) and all(_fits(v, item, depth + 1) for v in value)
+        fits_item = _checker(item)
+        return lambda value, depth: (
+            depth <= MAX_DEPTH and isinstance(value, list) and all(fits_item(v, depth + 1) for v in value)
+        )
     if origin is dict:
         _, item = typing.get_args(hint)
-        return isinstance(value, dict) and all(
-            isinstance(k, str) and _fits(v, item, depth + 1) for k, v in value.items()
+        fits_value = _checker(item)
+        return lambda value, depth: (
+            depth <= MAX_DEPTH
+            and isinstance(value, dict)
+            and all(isinstance(k, str) and fits_value(v, depth + 1) for k, v in value.items())
         )
-    return False
+    return lambda value, depth: False
 
 
 def _plain_data(value: Any, depth: int) -> bool:
