@@ -39,13 +39,15 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/planner_scaling.py
 	$(BIN)/python benchmarks/policies.py
 
-# Efficiency, coordinator overhead, adaptation and many tenants on the emulated cluster (docs/benchmarks.md).
+# Efficiency, coordinator overhead, adaptation, many tenants, streams and the closed loop (docs/benchmarks.md).
 bench-runtime: $(STAMP)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[plot]'
 	$(BIN)/python benchmarks/efficiency.py
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/adaptation.py
 	$(BIN)/python benchmarks/tenants.py
+	$(BIN)/python benchmarks/streams.py
+	$(BIN)/python benchmarks/closed_loop.py
 
 # Every worker in a network namespace behind a shaped link (docs/benchmarks.md); needs root, says so otherwise.
 bench-network: $(STAMP)
