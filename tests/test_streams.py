@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -317,3 +319,37 @@ def test_the_stream_command_prints_each_source_and_the_total_as_json(
     assert report["total"]["frames"] == report["total"]["results"] == 60
     bad = edgecollab(*args, "--coordinator", cluster.clients_endpoint, "--backpressure", "sometimes")
     assert bad.returncode == 2 and "--backpressure must be one of block, drop-oldest, fail" in bad.stderr
+
+
+def test_a_board_killed_mid_stream_loses_no_frame(tmp_path: Path) -> None:
+    from edgecollab.inspection import ask, wait_until_ready
+
+    with LocalCluster(write_cluster_config(tmp_path, heartbeat_s=0.3), log_dir=tmp_path / "logs") as local:
+        wait_until_ready(local.clients_endpoint, timeout_s=120)
+
+        async def camera(client: Client, k: int) -> list[int]:
+            frame = np.full(REAL_SHAPE, k, np.uint8)
+            async with client.stream(50.0, max_latency_ms=200.0) as stream:
+
+                async def send() -> None:
+                    for _ in range(150):  # 3 s at 50 fps
+                        await stream.send(frame)
+                        await asyncio.sleep(0.02)
+                    await stream.close()
+
+                sender = asyncio.create_task(send())
+                seqs = [r.seq async for r in stream if not r.dropped and r.prediction >= 0]
+                await sender
+            return seqs
+
+        async def cameras() -> list[list[int]]:
+            async with Client(local.clients_endpoint, timeout_s=60) as client:
+                running = asyncio.gather(*(camera(client, k) for k in range(4)))
+                await asyncio.sleep(1.0)
+                local.signal_worker("jetson-nano", signal.SIGKILL)
+                return await running
+
+        for seqs in asyncio.run(cameras()):
+            assert seqs == list(range(150))  # every frame answered, once, in order, by the boards left
+        counters = ask(local.clients_endpoint, "status")["counters"]
+        assert counters["nodes_lost"] == 1 and counters.get("frames_dropped", 0) == 0
