@@ -12,6 +12,13 @@ size 1, 32 and 256: requests/s, inputs/s, round trip, and the whole machine's CP
 worker, at most 2 requests each), PyTriton over gRPC to one model with four instances and
 Triton's dynamic batcher. Writes benchmarks/results/peers_closed_loop.json and .png.
 
+**Cameras** (``--cameras 8,16,32,48``): on the config's emulated boards, that many 30 fps
+cameras for ``--duration`` s each: edgecollab with streams (``edgecollab.cameras``), Ray Serve
+and PyTriton with one request per frame, sent on the clock (open loop), on the variant
+edgecollab's ``uniform`` policy picks for the cameras' total rate. Reports p50/p99 and frames
+answered per count, and the largest count each serves with every frame answered and p99 ≤ 100
+ms. Writes benchmarks/results/peers_cameras.json and .png.
+
 **The emulated workload** (the default):
 
 The same workload (the default `edgecollab run` requests: sizes and targets), the same ONNX
@@ -51,7 +58,7 @@ from common import RESULTS, run_info, write_results
 
 from edgecollab.client import Client
 from edgecollab.config import ClusterConfig, load_config
-from edgecollab.inspection import ask, table_from_rows, wait_until_ready
+from edgecollab.inspection import ask, cached_table, table_from_rows, wait_until_ready
 from edgecollab.local import LocalCluster
 from edgecollab.planner import ExplorationTable, PlanRequest, make_plan
 from edgecollab.plots import pyplot, save
@@ -401,6 +408,199 @@ def closed_pytriton(config_path: Path, in_flight: int, duration: float) -> list[
         return rows
 
 
+# --- cameras ------------------------------------------------------------------------------------
+CAMERA_FPS = 30.0
+CAMERA_BOUND_MS = 100.0
+
+
+async def open_loop_cameras(infer: Any, frames: np.ndarray, count: int, duration: float) -> dict[str, Any]:
+    """``count`` cameras, each sending one request per frame at 30 fps on the clock, never waiting."""
+    latencies: list[float] = []
+    failures = 0
+    per_camera = int(CAMERA_FPS * duration)
+
+    async def one(frame: np.ndarray) -> None:
+        nonlocal failures
+        started = time.perf_counter()
+        try:
+            await infer(frame[None])
+            latencies.append(time.perf_counter() - started)
+        except Exception:
+            failures += 1
+
+    async def camera(k: int) -> None:
+        start, sent = time.monotonic(), []
+        for i in range(per_camera):
+            await asyncio.sleep(max(start + i / CAMERA_FPS - time.monotonic(), 0.0))
+            sent.append(asyncio.create_task(one(frames[(k * 1009 + i * 7919) % len(frames)])))
+        await asyncio.gather(*sent)
+
+    await asyncio.gather(*(camera(k) for k in range(count)))
+    lat = np.array(latencies) * 1e3 if latencies else np.array([np.nan])
+    return {
+        "sources": count,
+        "frames": count * per_camera,
+        "results": len(latencies),
+        "failed": failures,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+    }
+
+
+def cameras_edgecollab(
+    config_path: Path, test_set: LabelledSet, counts: list[int], duration: float
+) -> list[dict[str, Any]]:
+    from edgecollab.cameras import CameraSpec, run_cameras, totals
+
+    rows = []
+    config = load_config(config_path)
+    with LocalCluster(config_path, log_dir=config.resolve(".edgecollab/logs")) as local:
+        wait_until_ready(local.clients_endpoint, timeout_s=600)
+        asyncio.run(run_cameras(local.clients_endpoint, test_set, CameraSpec(4, CAMERA_FPS, 2.0)))  # warm-up
+        for count in counts:
+            spec = CameraSpec(count, CAMERA_FPS, duration, degrade=True)
+            t = totals(asyncio.run(run_cameras(local.clients_endpoint, test_set, spec)))
+            rows.append({"sources": count, "frames": t["frames"], "results": t["results"], "failed": 0,
+                         "p50_ms": t["p50_ms"], "p99_ms": t["p99_ms"], "accuracy": t["accuracy"]})  # fmt: skip
+    return rows
+
+
+def cameras_ray(config_path: Path, config: ClusterConfig, test_set: LabelledSet, table: ExplorationTable,
+                counts: list[int], duration: float) -> list[dict[str, Any]]:  # fmt: skip
+    import ray
+    from ray import serve
+
+    nodes = [n.name for n in config.nodes]
+
+    @ray.remote(num_cpus=0)
+    class BoardNames:
+        def __init__(self, names: list[str]) -> None:
+            self.names = list(names)
+
+        def take(self) -> str:
+            return self.names.pop(0)
+
+    @serve.deployment(num_replicas=len(nodes), max_ongoing_requests=WINDOW, ray_actor_options={"num_cpus": 0})
+    class Board:
+        def __init__(self, config_path: str, names: Any) -> None:
+            self.board = EmulatedBoard(config_path, ray.get(names.take.remote()))
+
+        def __call__(self, variant: str, inputs: np.ndarray) -> np.ndarray:
+            return self.board.run(variant, inputs)
+
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        handle = serve.run(Board.bind(str(config_path), BoardNames.remote(nodes)), name="cameras", route_prefix=None)
+        rows = []
+        for count in counts:
+            variant = uniform_variant(table, int(count * CAMERA_FPS * duration), count * CAMERA_FPS)
+
+            async def infer(frame: np.ndarray, variant: str = variant) -> Any:
+                return await handle.remote(variant, frame)
+
+            rows.append({**asyncio.run(open_loop_cameras(infer, test_set.inputs, count, duration)), "variant": variant})
+        return rows
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def cameras_pytriton(config_path: Path, config: ClusterConfig, test_set: LabelledSet, table: ExplorationTable,
+                     counts: list[int], duration: float) -> list[dict[str, Any]]:  # fmt: skip
+    from pytriton.client import AsyncioModelClient
+    from pytriton.decorators import batch as batched
+    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+    from pytriton.triton import Triton, TritonConfig
+
+    libdir = sysconfig.get_config_var("LIBDIR")
+    os.environ["LD_LIBRARY_PATH"] = ":".join(filter(None, [libdir, os.environ.get("LD_LIBRARY_PATH")]))
+    ports = {"http_port": 18_030, "grpc_port": 18_031, "metrics_port": 18_032}
+
+    def instance(board: EmulatedBoard) -> Any:
+        @batched
+        def infer(inputs: np.ndarray, variant: np.ndarray) -> dict[str, np.ndarray]:
+            return {"predictions": board.run(bytes(variant[0][0]).decode(), inputs).reshape(-1, 1)}
+
+        return infer
+
+    with Triton(config=TritonConfig(**ports)) as triton:
+        boards = [EmulatedBoard(str(config_path), n.name) for n in config.nodes]
+        triton.bind(
+            model_name="cameras",
+            infer_func=[instance(b) for b in boards],  # Triton hands each batch to a free board
+            inputs=[
+                Tensor(name="inputs", dtype=np.uint8, shape=(1, 28, 28)),
+                Tensor(name="variant", dtype=bytes, shape=(1,)),
+            ],
+            outputs=[Tensor(name="predictions", dtype=np.int64, shape=(1,))],
+            config=ModelConfig(max_batch_size=256, batcher=DynamicBatcher(max_queue_delay_microseconds=500)),
+        )
+        triton.run()
+        rows = []
+        for count in counts:
+            variant = uniform_variant(table, int(count * CAMERA_FPS * duration), count * CAMERA_FPS)
+
+            async def go(variant: str = variant, count: int = count) -> dict[str, Any]:
+                async with AsyncioModelClient(f"grpc://localhost:{ports['grpc_port']}", "cameras") as client:
+
+                    async def infer(frame: np.ndarray) -> Any:
+                        names = np.array([[variant.encode()]], dtype=bytes)
+                        return await client.infer_batch(inputs=frame, variant=names)
+
+                    return await open_loop_cameras(infer, test_set.inputs, count, duration)
+
+            rows.append({**asyncio.run(go()), "variant": variant})
+        return rows
+
+
+def run_cameras_load(args: argparse.Namespace) -> int:
+    config_path = args.config.resolve()
+    config = load_config(config_path)
+    test_set = workload_source(config)
+    counts = [int(c) for c in args.cameras.split(",")]
+    results: dict[str, list[dict[str, Any]]] = {}
+    skipped = {}
+    if "edgecollab" in args.only.split(","):
+        results["edgecollab"] = cameras_edgecollab(config_path, test_set, counts, args.duration)
+    table = cached_table(config)  # what edgecollab measured for this config (its profile cache)
+    for name, run in (("ray-serve", cameras_ray), ("pytriton", cameras_pytriton)):
+        if name not in args.only.split(","):
+            continue
+        try:
+            results[name] = run(config_path, config, test_set, table, counts, args.duration)
+        except Exception as exc:  # a peer that cannot run here is reported, not fatal
+            skipped[name] = f"{type(exc).__name__}: {exc}"[:500]
+            print(f"skipped {name}: {skipped[name]}", file=sys.stderr)
+    largest = {}
+    for name, rows in results.items():
+        ok = [r["sources"] for r in rows if r["results"] == r["frames"] and r["p99_ms"] <= CAMERA_BOUND_MS]
+        largest[name] = max(ok, default=None)
+        for r in rows:
+            print(
+                f"{name:>10} {r['sources']:3} cameras: {r['results']:,}/{r['frames']:,} answered, p50 "
+                f"{r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms {r.get('variant', '')}",
+                file=sys.stderr,
+            )
+        print(f"{name:>10}: largest within {CAMERA_BOUND_MS:g} ms p99: {largest[name]}", file=sys.stderr)
+    out = {**run_info(), "fps": CAMERA_FPS, "duration_s": args.duration, "systems": results,
+           "largest_within_100ms": largest, "skipped": skipped}  # fmt: skip
+    write_results(args.out.with_name("peers_cameras.json"), out, lambda png: _plot_cameras(results, png))
+    return 0
+
+
+def _plot_cameras(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, rows in results.items():
+        ax.plot([r["sources"] for r in rows], [r["p99_ms"] for r in rows], "o-", label=name)
+    ax.axhline(CAMERA_BOUND_MS, color="tab:red", linestyle="--", label="100 ms")
+    ax.set_yscale("log")
+    ax.set_xlabel("30 fps cameras")
+    ax.set_ylabel("p99 latency (ms)")
+    ax.legend()
+    save(fig, path)
+
+
 def run_closed_loop(args: argparse.Namespace) -> int:
     import tempfile
 
@@ -460,9 +660,12 @@ def main() -> int:
     parser.add_argument("--closed-loop", action="store_true", help="the closed-loop load instead of the workload")
     parser.add_argument("--duration", type=float, default=10.0, help="closed loop: seconds per batch size")
     parser.add_argument("--in-flight", type=int, default=8, help="closed loop: requests outstanding")
+    parser.add_argument("--cameras", default="", help="camera counts, e.g. 8,16,32,48: the cameras load")
     args = parser.parse_args()
     if args.closed_loop:
         return run_closed_loop(args)
+    if args.cameras:
+        return run_cameras_load(args)
     wanted = args.only.split(",")
 
     config_path = args.config.resolve()
