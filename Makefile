@@ -63,6 +63,7 @@ bench-peers:
 	$(PEERS)/bin/pip install --quiet --disable-pip-version-check 'protobuf>=6.31,<7' 'grpcio-reflection>=1.72,<1.80'
 	$(PEERS)/bin/python benchmarks/peers.py
 	$(PEERS)/bin/python benchmarks/peers.py --closed-loop
+	$(PEERS)/bin/python benchmarks/peers.py --cameras 8,16,32,48
 
 clean:
 	rm -rf $(VENV) $(PEERS) .pytest_cache .mypy_cache .ruff_cache
