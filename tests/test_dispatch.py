@@ -10,6 +10,7 @@ import pytest
 
 from edgecollab.config import CoordinatorConfig
 from edgecollab.coordinator.dispatch import (
+    PACK_REQUEST,
     SMALL_DEMAND,
     AnswerRequest,
     DispatchCore,
@@ -306,3 +307,45 @@ def test_shards_are_cut_by_each_board_speed_and_a_few_hundred_inputs_wait_for_no
     small = core.handle(RequestOpened(b"c", submit(64), 0.01))  # 8 x shard_size: served from the plan at once
     assert not sends(small) or sends(small)[0].shard.request_id != sends(out)[0].shard.request_id
     assert any(r.small for r in core.requests.values())
+
+
+def test_small_requests_that_queue_while_the_boards_are_busy_go_out_together_and_are_answered_apart() -> None:
+    core = make_core()
+    first = [sends(core.handle(RequestOpened(b"c", submit(1), 0.0 + k * 1e-4))) for k in range(4)]
+    assert [len(s) for s in first] == [1, 1, 1, 1]  # 2 nodes x window 2: each goes alone at once
+    queued = [submit(1) for _ in range(6)]  # node a's shards hold 10 inputs here (500/s x 0.02 s): all fit
+    for k, request in enumerate(queued):
+        assert not sends(core.handle(RequestOpened(b"c", request, 0.001 + k * 1e-4)))  # every board busy
+    out = core.handle(answer(first[0][0], 0.01))
+    (pack,) = sends(out)  # the freed slot takes every queued request at once
+    assert pack.shard.request_id == PACK_REQUEST and len(pack.shard.inputs) == sum(len(r.inputs) for r in queued)
+    assert core.in_flight(pack.node) == 2  # one message, one slot of the window
+    predictions = np.arange(len(pack.shard.inputs), dtype=np.int64)
+    done = core.handle(
+        ShardReturned(pack.node, ShardResult(PACK_REQUEST, pack.shard.shard_id, 0, predictions, 0.01), 0.02)
+    )
+    answers = {i.result.request_id: i.result.predictions.tolist() for i in done if isinstance(i, AnswerRequest)}
+    start = 0
+    for request in queued:  # each request gets its own slice, in order
+        assert answers[request.request_id] == list(range(start, start + len(request.inputs)))
+        start += len(request.inputs)
+
+
+def test_a_pack_lost_with_its_board_is_sent_again_request_by_request() -> None:
+    core = make_core()
+    initial = [send for k in range(4) for send in sends(core.handle(RequestOpened(b"c", submit(1), k * 1e-4)))]
+    queued = [submit(2) for _ in range(3)]
+    for request in queued:
+        core.handle(RequestOpened(b"c", request, 0.001))
+    on_a = [send for send in initial if send.node == "a"]
+    (pack,) = sends(core.handle(answer(on_a[0], 0.01)))  # a frees a slot and takes the three together
+    assert pack.node == "a" and pack.shard.request_id == PACK_REQUEST and len(pack.shard.inputs) == 6
+    out = core.handle(NodeLost("a", "test", 0.02))
+    late = core.handle(
+        ShardReturned("a", ShardResult(PACK_REQUEST, pack.shard.shard_id, 0, np.zeros(6, np.int64), 0.0), 0.03)
+    )
+    assert not [i for i in late if isinstance(i, AnswerRequest)]  # the lost board's answer changes nothing
+    final = run_to_end(core, [*[send for send in initial if send.node == "b"], *out, *late], 0.04)
+    answered = [i.result.request_id for i in out + late + final if isinstance(i, AnswerRequest)]
+    assert all(answered.count(r.request_id) == 1 for r in queued)  # each answered once, by b
+    assert not core.requests

@@ -84,6 +84,8 @@ SMALL_DEMAND = "small:requests"  # demand keys with ':' cannot be a client's id
 STRAY_WEIGHT = 0.01
 # Micro-batches of stream frames travel as shards of this pseudo request (client ids may not hold ':').
 FRAMES_REQUEST = "frames:"
+# ... and micro-batches of small requests as shards of this one.
+PACK_REQUEST = "pack:"
 # Only shards at least this fraction of ``shard_size`` teach the table: the rows are measured at
 # that size, and a one-input shard's time is mostly fixed cost.
 OBSERVE_MIN_FILL = 0.5
@@ -248,13 +250,16 @@ class NodeSlot:
     # (request id, shard id, attempt) -> (when sent, its shard) for every shard sent and not answered
     in_flight: dict[tuple[str, int, int], tuple[float, ShardTask]] = field(default_factory=dict)
     batches: dict[int, FrameBatch] = field(default_factory=dict)  # micro-batches of frames in flight, by id
+    # micro-batches of small requests in flight, by id: the in_flight keys of the shards they carry
+    packs: dict[int, list[tuple[str, int, int]]] = field(default_factory=dict)
     last_result_at: float | None = None  # when its latest shard result arrived
     clock: float = 0.0  # stride scheduling: the pass of the latest request served here
 
     @property
     def busy(self) -> int:
-        """Shards and micro-batches in flight."""
-        return len(self.in_flight) + len(self.batches)
+        """Messages in flight: shards, and micro-batches of frames or of small requests (each counts once)."""
+        packed = sum(len(keys) for keys in self.packs.values())
+        return len(self.in_flight) - packed + len(self.packs) + len(self.batches)
 
 
 @dataclass
@@ -306,7 +311,7 @@ class DispatchCore:
         self.requests: dict[str, OpenRequest] = {}  # every admitted request not yet answered; ≤ max_requests
         self.small_queue: deque[str] = deque()  # ids of small requests not yet sent, in arrival order
         self.streams: dict[str, OpenStream] = {}  # every stream opened and not yet closed or failed
-        self._batch_ids = 0  # of the latest micro-batch of frames
+        self._batch_ids = 0  # of the latest micro-batch of frames or of small requests
         self._stream_variants: dict[tuple[str, str], str | None] = {}  # (pool, node) -> variant; per plan
         self._next_wake: float | None = None  # the earliest WakeAt asked for and not yet past
         self.plan: JointPlan | None = None  # the latest joint plan adopted
@@ -754,6 +759,9 @@ class DispatchCore:
         if slot is not None and result.request_id == FRAMES_REQUEST:
             self._batch_returned(slot, result, event.now)
             return
+        if slot is not None and result.request_id == PACK_REQUEST:
+            self._pack_returned(slot, result, event.now)
+            return
         sent = slot.in_flight.pop((result.request_id, result.shard_id, result.attempt), None) if slot else None
         r = self.requests.get(result.request_id)
         if slot is None or sent is None or r is None or r.run is None:
@@ -781,6 +789,12 @@ class DispatchCore:
             batch = slot.batches.pop(error.shard_id, None)
             if batch is not None:  # the node could not run it; the frames go to the next free node
                 self._requeue_batch(batch)
+            return
+        if slot is not None and error.request_id == PACK_REQUEST:
+            for rid, shard_id, attempt in slot.packs.pop(error.shard_id, []):  # as if each shard was refused
+                self._refused(
+                    ShardRefused(event.node, Error(error.code, error.message, rid, shard_id, attempt), event.now)
+                )
             return
         sent = slot.in_flight.pop((error.request_id, error.shard_id, error.attempt), None) if slot else None
         r = self.requests.get(error.request_id)
@@ -1014,14 +1028,7 @@ class DispatchCore:
         self._drop_closed_small()
         variant = self._small_variant(slot) if self.small_queue else None
         if variant is not None:
-            r = self.requests[self.small_queue.popleft()]
-            expected_ips = 1.0 / self.rm.table.seconds_per_input(slot.name, variant)
-            assignment = Assignment(slot.name, variant, r.request.inputs)
-            self._run(r, Plan(r.policy, (assignment,), expected_ips, self.rm.table.accuracy[variant]), now)
-            assert r.run is not None
-            shard = r.run.next_shard(slot.name, slot.variants)
-            assert shard is not None
-            self._send(slot, r, shard, now)
+            self._send_small(slot, variant, now)
             return True
         # Then the request this node owes the most service, by its planned share of the node's time.
         best: tuple[float, OpenRequest] | None = None
@@ -1050,16 +1057,67 @@ class DispatchCore:
         return False
 
     def _send(self, slot: NodeSlot, r: OpenRequest, shard: ShardTask, now: float) -> None:
-        assert r.run is not None
+        self._hand_out(slot, r, shard, now)
+        inputs = r.submit.inputs[shard.start : shard.stop]
+        message = Shard(r.request_id, shard.shard_id, shard.attempt, shard.variant, inputs)
+        self._out.append(SendShard(slot.name, message))
+
+    def _hand_out(self, slot: NodeSlot, r: OpenRequest, shard: ShardTask, now: float) -> None:
+        """Book a shard as in flight on a node, and charge its request's stride pass there."""
         slot.in_flight[(r.request_id, shard.shard_id, shard.attempt)] = (now, shard)
         weight = r.weights.get(slot.name, STRAY_WEIGHT)
         cost = shard.size * self.rm.table.seconds_per_input(slot.name, shard.variant)
         pass_ = r.passes.get(slot.name, slot.clock)
         slot.clock = max(slot.clock, pass_)
         r.passes[slot.name] = pass_ + (cost if np.isfinite(cost) else 1.0) / weight
-        inputs = r.submit.inputs[shard.start : shard.stop]
-        message = Shard(r.request_id, shard.shard_id, shard.attempt, shard.variant, inputs)
-        self._out.append(SendShard(slot.name, message))
+
+    def _send_small(self, slot: NodeSlot, variant: str, now: float) -> None:
+        """Send the small requests at the head of the queue, as many as fit one shard of this node, as one
+        micro-batch: under load they queue while every node is busy, and a freed node takes them together."""
+        limit = self._shard_size(slot.name, variant)
+        expected_ips = 1.0 / self.rm.table.seconds_per_input(slot.name, variant)
+        pack: list[tuple[OpenRequest, ShardTask]] = []
+        taken = 0
+        while self.small_queue:
+            r = self.requests[self.small_queue[0]]
+            if pack and taken + min(r.request.inputs, limit) > limit:
+                break
+            self.small_queue.popleft()
+            assignment = Assignment(slot.name, variant, r.request.inputs)
+            self._run(r, Plan(r.policy, (assignment,), expected_ips, self.rm.table.accuracy[variant]), now)
+            assert r.run is not None
+            shard = r.run.next_shard(slot.name, slot.variants)
+            assert shard is not None
+            pack.append((r, shard))
+            taken += shard.size
+            self._drop_closed_small()
+        if len(pack) == 1:
+            self._send(slot, *pack[0], now)
+            return
+        self._batch_ids += 1
+        slot.packs[self._batch_ids] = []
+        for r, shard in pack:
+            self._hand_out(slot, r, shard, now)
+            slot.packs[self._batch_ids].append((r.request_id, shard.shard_id, shard.attempt))
+        inputs = np.concatenate([r.submit.inputs[shard.start : shard.stop] for r, shard in pack])
+        self.counters["small_packs"] += 1
+        self._out.append(SendShard(slot.name, Shard(PACK_REQUEST, self._batch_ids, 0, variant, inputs)))
+
+    def _pack_returned(self, slot: NodeSlot, result: ShardResult, now: float) -> None:
+        """A micro-batch of small requests came back: each request's slice is its own shard's result."""
+        keys = slot.packs.pop(result.shard_id, None)
+        if keys is None or result.attempt != 0:
+            self.counters["late_replies"] += 1
+            return
+        sizes = [slot.in_flight[key][1].size for key in keys]
+        predictions = result.predictions
+        if predictions.ndim != 1 or len(predictions) != sum(sizes) or predictions.dtype.kind not in "iu":
+            predictions = np.zeros((0, 0), np.int64)  # each slice is then of the wrong shape: sent again
+        start = 0
+        for (rid, shard_id, attempt), size in zip(keys, sizes, strict=True):
+            part = predictions[start : start + size] if predictions.ndim == 1 else predictions
+            start += size
+            self._returned(ShardReturned(slot.name, ShardResult(rid, shard_id, attempt, part, result.busy_s), now))
 
     def _shard_size(self, node: str, variant: str) -> int:
         """A node's shards last about ``shard_seconds`` there: a fast board gets larger ones (less
