@@ -1,0 +1,238 @@
+"""The dispatch core explored by random interleavings (Hypothesis state machine): requests, small
+requests, streams, results in any order, duplicates, refusals, boards lost and back, timers.
+
+After every step nothing has been answered twice; at the end, once every shard still out is
+answered, every request has ended exactly once and every frame of an open stream has been
+answered exactly once. ``HYPOTHESIS_PROFILE=long`` explores longer (see docs/reliability.md).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from typing import Any
+
+import numpy as np
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from edgecollab.config import CoordinatorConfig
+from edgecollab.coordinator.dispatch import (
+    AnswerRequest,
+    DispatchCore,
+    FailRequest,
+    FramesArrived,
+    Instruction,
+    NodeLost,
+    NodeProfiled,
+    NodeRegistered,
+    PlanSolved,
+    Replan,
+    RequestOpened,
+    SendShard,
+    ShardRefused,
+    ShardReturned,
+    StreamClosed,
+    StreamOpened,
+    StreamReply,
+    Tick,
+)
+from edgecollab.coordinator.resource_manager import ResourceManager
+from edgecollab.planner import ExplorationTable, Measurement
+from edgecollab.planner.joint import plan_jointly
+from edgecollab.protocol import Answer, Error, FrameResults, Frames, ShardResult, StreamClose, StreamOpen, Submit
+
+SHAPE = (1, 2, 2)
+ACCURACY = {"fast": 0.85, "slow": 0.92}
+
+
+def measured(per_input_ms: float) -> Measurement:
+    return Measurement(
+        1000.0 / per_input_ms, 1.0 + 16 * per_input_ms, ((1, 1.0 + per_input_ms), (16, 1.0 + 16 * per_input_ms))
+    )
+
+
+ROWS = {
+    "a": {"fast": measured(0.5), "slow": measured(2.0)},
+    "b": {"fast": measured(0.25), "slow": measured(1.0)},
+    "c": {"fast": measured(1.0), "slow": measured(4.0)},
+}
+MAX_OPEN = 6
+EXAMPLES = 300 if os.environ.get("HYPOTHESIS_PROFILE") == "long" else 25
+STEPS = 200 if os.environ.get("HYPOTHESIS_PROFILE") == "long" else 40
+
+
+class DispatchStates(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        config = CoordinatorConfig(shard_size=4, window=2, startup_timeout_s=5.0, stream_queue_frames=16)
+        self.core = DispatchCore(config, ResourceManager(ROWS, ExplorationTable(ACCURACY)), SHAPE, np.dtype(np.uint8))
+        self.now = 0.0
+        self.out: list[SendShard] = []  # shards sent and not answered yet (answers may repeat them)
+        self.replans: list[Replan] = []
+        self.requests: dict[str, int] = {}  # id -> inputs
+        self.ended: Counter[str] = Counter()  # request or stream id -> answers and failures seen
+        self.streams: dict[str, int] = {}  # open stream id -> frames sent
+        self.frames_answered: Counter[tuple[str, int]] = Counter()
+        self.failed_streams: set[str] = set()
+        self.down: set[str] = set()
+        for node, rows in ROWS.items():
+            self.feed(NodeRegistered(node, tuple(rows), self.now))
+            self.feed(NodeProfiled(node, rows, self.now))
+
+    # --- carrying out ----------------------------------------------------------------------
+    def feed(self, event: Any) -> None:
+        self.apply(self.core.handle(event))
+
+    def apply(self, instructions: list[Instruction]) -> None:
+        for i in instructions:
+            if isinstance(i, SendShard):
+                self.out.append(i)
+            elif isinstance(i, Replan):
+                self.replans.append(i)
+            elif isinstance(i, AnswerRequest):
+                assert len(i.result.predictions) == self.requests[i.result.request_id]
+                self.ended[i.result.request_id] += 1
+            elif isinstance(i, FailRequest):
+                rid = i.error.request_id
+                if rid in self.requests:
+                    self.ended[rid] += 1
+                elif rid in self.streams:
+                    self.failed_streams.add(rid)
+            elif isinstance(i, StreamReply) and isinstance(i.message, FrameResults):
+                for seq in i.message.seqs.tolist():
+                    self.frames_answered[(i.message.stream_id, seq)] += 1
+            elif isinstance(i, StreamReply) and isinstance(i.message, Answer) and i.message.data.get("frames"):
+                self.ended[i.message.request_id] += 1  # a closed stream's summary
+
+    def step(self, dt: float = 0.001) -> float:
+        self.now += dt
+        return self.now
+
+    # --- rules -----------------------------------------------------------------------------
+    # Few open at once: joint plans then solve well within the MILP's time limit, so a replay is exact.
+    @precondition(lambda self: len(self.core.requests) + len(self.core.streams) < MAX_OPEN)
+    @rule(inputs=st.integers(1, 60), rate=st.one_of(st.none(), st.sampled_from([50.0, 2000.0, 1e6])))
+    def submit(self, inputs: int, rate: float | None) -> None:
+        submit = Submit(f"r{len(self.requests)}", np.zeros((inputs, *SHAPE), np.uint8), rate)  # replayable ids
+        self.requests[submit.request_id] = inputs
+        self.feed(RequestOpened(b"c", submit, self.step()))
+
+    @precondition(lambda self: len(self.core.requests) + len(self.core.streams) < MAX_OPEN)
+    @rule(fps=st.sampled_from([20.0, 200.0, 1e6]), policy=st.sampled_from(["block", "drop-oldest"]))
+    def open_stream(self, fps: float, policy: str) -> None:
+        sid = f"s{len(self.streams)}"
+        self.streams[sid] = 0
+        self.feed(StreamOpened(b"c", StreamOpen(sid, fps, degrade=True, backpressure=policy), self.step()))
+
+    @precondition(lambda self: bool(self.replans))
+    @rule()
+    def solve(self) -> None:
+        replan = self.replans.pop()
+        self.replans.clear()  # only the latest generation is awaited
+        plan = plan_jointly(replan.table, replan.demands, replan.nodes)
+        self.feed(PlanSolved(replan.generation, plan, "", self.step()))
+
+    @precondition(lambda self: bool(self.streams))
+    @rule(pick=st.integers(0, 1000), count=st.integers(1, 6))
+    def send_frames(self, pick: int, count: int) -> None:
+        sid = sorted(self.streams)[pick % len(self.streams)]
+        stream = self.core.streams.get(sid)
+        if stream is None or stream.status != "open":
+            return
+        first = self.streams[sid]
+        self.streams[sid] += count
+        self.feed(FramesArrived(b"c", Frames(sid, first, np.zeros((count, *SHAPE), np.uint8)), self.step()))
+
+    @precondition(lambda self: bool(self.streams))
+    @rule(pick=st.integers(0, 1000))
+    def close_stream(self, pick: int) -> None:
+        sid = sorted(self.streams)[pick % len(self.streams)]
+        if sid in self.core.streams and self.core.streams[sid].status == "open":
+            self.feed(StreamClosed(b"c", StreamClose(sid), self.step()))
+
+    @precondition(lambda self: bool(self.out))
+    @rule(pick=st.integers(0, 1000), duplicate=st.booleans())
+    def answer(self, pick: int, duplicate: bool) -> None:
+        send = self.out[pick % len(self.out)]
+        if not duplicate:
+            self.out.remove(send)
+        shard = send.shard
+        result = ShardResult(
+            shard.request_id, shard.shard_id, shard.attempt, np.zeros(len(shard.inputs), np.int64), 0.001
+        )
+        self.feed(ShardReturned(send.node, result, self.step()))
+
+    @precondition(lambda self: bool(self.out))
+    @rule(pick=st.integers(0, 1000))
+    def refuse(self, pick: int) -> None:
+        send = self.out.pop(pick % len(self.out))
+        shard = send.shard
+        error = Error("internal", "try elsewhere", shard.request_id, shard.shard_id, shard.attempt)
+        self.feed(ShardRefused(send.node, error, self.step()))
+
+    @precondition(lambda self: len(self.down) < len(ROWS) - 1)
+    @rule(node=st.sampled_from(sorted(ROWS)))
+    def lose(self, node: str) -> None:
+        if node not in self.down:
+            self.down.add(node)
+            self.feed(NodeLost(node, "test", self.step()))
+
+    @precondition(lambda self: bool(self.down))
+    @rule(node=st.sampled_from(sorted(ROWS)))
+    def come_back(self, node: str) -> None:
+        if node in self.down:
+            self.down.discard(node)
+            self.feed(NodeRegistered(node, tuple(ROWS[node]), self.step()))
+            self.feed(NodeProfiled(node, ROWS[node], self.step()))
+
+    @rule(dt=st.sampled_from([0.001, 0.05, 0.5]))
+    def tick(self, dt: float) -> None:
+        self.feed(Tick(self.step(dt)))
+
+    # --- invariants ------------------------------------------------------------------------
+    @invariant()
+    def nothing_ends_twice(self) -> None:
+        assert all(n == 1 for n in self.ended.values()), self.ended
+        assert all(n == 1 for n in self.frames_answered.values())
+
+    @invariant()
+    def no_shard_is_booked_on_a_node_that_is_down(self) -> None:
+        assert not (set(self.core.nodes) & self.down)
+
+    def teardown(self) -> None:
+        """Answer everything still out (and what that releases) until nothing moves; then all ended."""
+        for node in sorted(self.down):
+            self.come_back(node)
+        for _ in range(5_000):
+            if self.replans:
+                self.solve()
+            elif self.out:
+                self.answer(0, False)
+            else:
+                break
+        for sid, stream in list(self.core.streams.items()):
+            if stream.status == "open":
+                self.feed(StreamClosed(b"c", StreamClose(sid), self.step()))
+        for _ in range(5_000):
+            if self.replans:
+                self.solve()
+            elif self.out:
+                self.answer(0, False)
+            else:
+                break
+        for rid in self.requests:
+            assert self.ended[rid] == 1, f"request {rid} ended {self.ended[rid]} times"
+        for sid, sent in self.streams.items():
+            if sid in self.failed_streams:
+                continue
+            answered = [self.frames_answered[(sid, seq)] for seq in range(sent)]  # a drop is an answer too
+            assert all(n == 1 for n in answered), (sid, answered)
+        assert not self.core.requests and not self.core.streams
+
+
+DispatchStates.TestCase.settings = settings(
+    max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None, suppress_health_check=list(HealthCheck)
+)
+test_dispatch_states = DispatchStates.TestCase
