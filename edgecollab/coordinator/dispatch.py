@@ -24,7 +24,12 @@ Scheduling, in short:
   steal the tail. A node has at most ``window`` shards in flight; when a slot frees, the
   requests with work for it are served in proportion to the node time the plan gives
   each (stride scheduling), so each gets its planned rate and unused time goes to the rest.
-* **Exactly once** by (request, shard, attempt), as ``RequestRun`` keeps it.
+* **Streams** (``streams.py`` keeps their book) are latency-bound demands of the plan, pooled
+  by their conditions. Their frames go first: a free node takes the frames due soonest that
+  run the same variant there, as one micro-batch no larger than the soonest deadline allows
+  (``plan_batch``); small requests that queued while every node was busy go out together too.
+* **Exactly once** by (request, shard, attempt), as ``RequestRun`` keeps it; a frame is in
+  one queue or one micro-batch at a time, and a batch's answer is taken only while it is out.
 """
 
 from __future__ import annotations
