@@ -533,7 +533,7 @@ class DispatchCore:
                     f"cannot serve {spec.target_fps:g} fps at min_accuracy={spec.min_accuracy} within "
                     f"{stream.max_latency_s * 1e3:g} ms next to the work running now (the best plan gives it "
                     f"{expected_fps:,.1f} fps at {demand.expected_accuracy * 100:.2f} %): {why}; open it with "
-                    "degrade=True to be served anyway",
+                    "degrade=True (the CLI: --degrade) to be served anyway",
                     stream.stream_id,
                 ),
             )
