@@ -103,7 +103,6 @@ class Stream:
         self._next_out = 0
         self._sent: dict[int, tuple[float, Any]] = {}  # seq -> (when sent, caller's id) until answered
         self._ready: dict[int, FrameResult] = {}  # answered, not yet yielded
-        self._answered = 0
         self._changed = asyncio.Event()
         self._failure: BaseException | None = None
         self._closing = False
@@ -194,7 +193,6 @@ class Stream:
             sent = self._sent.pop(seq, None)
             if sent is None:
                 continue  # not a frame this stream is waiting for
-            self._answered += 1
             self._ready[seq] = FrameResult(
                 seq, sent[1], prediction, message.variant, message.node, (now - sent[0]) * 1e3, message.dropped,
                 message.reason,
