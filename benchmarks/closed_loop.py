@@ -16,68 +16,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from common import RESULTS, run_info, write_results
+from common import RESULTS, cpu_seconds, drive, run_info, unemulated_config, write_results
 
 from edgecollab.client import Client
 from edgecollab.inspection import ask, wait_until_ready
 from edgecollab.local import LocalCluster
 from edgecollab.plots import pyplot, save
 
-TICKS = os.sysconf("SC_CLK_TCK")
 BATCHES = (1, 32, 256)
-MANIFEST = Path(__file__).resolve().parents[1] / "models" / "zoo.toml"
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
-
-
-def write_config(folder: Path, variant: str, workers: int) -> Path:
-    lines = ["[models]", f'manifest = "{MANIFEST}"']
-    for k in range(workers):
-        lines += ["[[nodes]]", f'name = "w{k}"', f'variants = ["{variant}"]']
-    path = folder / "cluster.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 async def closed_loop(endpoint: str, batch: int, in_flight: int, duration: float) -> dict[str, Any]:
-    images = np.random.default_rng(batch).integers(0, 256, (batch, 1, 28, 28)).astype(np.uint8)
-    latencies: list[float] = []
     async with Client(endpoint, timeout_s=120) as client:
-        await client.infer(images)  # warm-up
-        deadline = time.monotonic() + duration
-        client_cpu = time.process_time()
-
-        async def lane() -> None:
-            while time.monotonic() < deadline:
-                started = time.perf_counter()
-                await client.infer(images)
-                latencies.append(time.perf_counter() - started)
-
-        started = time.monotonic()
-        await asyncio.gather(*(lane() for _ in range(in_flight)))
-        elapsed = time.monotonic() - started
-        client_cpu = time.process_time() - client_cpu
-    lat = np.array(latencies) * 1e3
-    return {
-        "batch": batch,
-        "requests": len(latencies),
-        "requests_per_s": len(latencies) / elapsed,
-        "inputs_per_s": len(latencies) * batch / elapsed,
-        "p50_ms": float(np.percentile(lat, 50)),
-        "p99_ms": float(np.percentile(lat, 99)),
-        "client_cpu_ms_per_request": client_cpu / len(latencies) * 1e3,
-    }
+        return await drive(client.infer, batch, in_flight, duration)
 
 
 def main() -> int:
@@ -91,7 +47,7 @@ def main() -> int:
     rows = []
     with (
         tempfile.TemporaryDirectory() as folder,
-        LocalCluster(write_config(Path(folder), args.variant, args.workers)) as local,
+        LocalCluster(unemulated_config(Path(folder), args.variant, args.workers)) as local,
     ):
         wait_until_ready(local.clients_endpoint, timeout_s=600)
         assert local.coordinator is not None

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import sys
 import tempfile
@@ -24,18 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import RESULTS, run_info, write_results
+from common import MANIFEST, RESULTS, cpu_seconds, run_info, write_results
 
 from edgecollab.client import Client
 from edgecollab.inspection import wait_until_ready
 from edgecollab.local import LocalCluster
 from edgecollab.plots import pyplot, save
 
-MANIFEST = Path(__file__).resolve().parents[1] / "models" / "zoo.toml"
 SHARD_SIZES = (1, 32, 256)
 # Inputs per measured request: enough shards for a steady state, a few seconds each.
 INPUTS = {1: 3_000, 32: 60_000, 256: 200_000}
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def write_config(folder: Path, shard_size: int) -> Path:
@@ -51,11 +48,6 @@ def write_config(folder: Path, shard_size: int) -> Path:
     path = folder / f"overhead-{shard_size}.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
 
 
 async def measure(endpoint: str, pid: int, inputs: int, shard_size: int, small_requests: int) -> dict[str, Any]:

@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import RESULTS, run_info, write_results
+from common import RESULTS, drive, run_info, unemulated_config, write_results
 
 from edgecollab.client import Client
 from edgecollab.config import ClusterConfig, load_config
@@ -262,48 +262,8 @@ CLOSED_LOOP_WORKERS = 4
 CLOSED_LOOP_BATCHES = (1, 32, 256)
 
 
-def machine_busy_s() -> float:
-    """CPU seconds every core of the machine spent busy so far (all processes)."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-async def drive(infer: Any, batch: int, in_flight: int, duration: float) -> dict[str, Any]:
-    """``in_flight`` lanes, each sending its next request when its last is answered."""
-    images = np.random.default_rng(batch).integers(0, 256, (batch, 1, 28, 28)).astype(np.uint8)
-    await infer(images)  # warm-up
-    latencies: list[float] = []
-    deadline = time.monotonic() + duration
-
-    async def lane() -> None:
-        while time.monotonic() < deadline:
-            started = time.perf_counter()
-            await infer(images)
-            latencies.append(time.perf_counter() - started)
-
-    busy, started = machine_busy_s(), time.monotonic()
-    await asyncio.gather(*(lane() for _ in range(in_flight)))
-    elapsed, busy = time.monotonic() - started, machine_busy_s() - busy
-    lat = np.array(latencies) * 1e3
-    return {
-        "batch": batch,
-        "requests": len(latencies),
-        "requests_per_s": len(latencies) / elapsed,
-        "inputs_per_s": len(latencies) * batch / elapsed,
-        "p50_ms": float(np.percentile(lat, 50)),
-        "p99_ms": float(np.percentile(lat, 99)),
-        "machine_cpu_ms_per_request": busy / len(latencies) * 1e3,
-    }
-
-
 def closed_loop_config(folder: Path) -> Path:
-    lines = ["[models]", f'manifest = "{Path(__file__).resolve().parents[1] / "models" / "zoo.toml"}"']
-    for k in range(CLOSED_LOOP_WORKERS):
-        lines += ["[[nodes]]", f'name = "w{k}"', f'variants = ["{CLOSED_LOOP_VARIANT}"]']
-    path = folder / "cluster.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return unemulated_config(folder, CLOSED_LOOP_VARIANT, CLOSED_LOOP_WORKERS)
 
 
 def closed_edgecollab(config_path: Path, in_flight: int, duration: float) -> list[dict[str, Any]]:

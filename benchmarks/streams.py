@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from common import RESULTS, run_info, write_results
+from common import RESULTS, cpu_seconds, run_info, write_results
 
 from edgecollab.cameras import CameraSpec, run_cameras, totals
 from edgecollab.config import load_config
@@ -33,13 +32,7 @@ from edgecollab.local import LocalCluster
 from edgecollab.plots import pyplot, save
 from edgecollab.zoo import LabelledSet, load_manifest, load_test_set
 
-TICKS = os.sysconf("SC_CLK_TCK")
 LATENCY_BOUND_MS = 100.0
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
 
 
 def run_once(endpoint: str, pid: int, test_set: LabelledSet, spec: CameraSpec) -> dict[str, Any]:

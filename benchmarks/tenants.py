@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import RESULTS, run_info, write_results
+from common import RESULTS, cpu_seconds, run_info, write_results
 
 from edgecollab.client import Client, InferenceResult
 from edgecollab.config import load_config
@@ -34,13 +33,6 @@ from edgecollab.inspection import ask, wait_until_ready
 from edgecollab.local import LocalCluster
 from edgecollab.plots import pyplot, save
 from edgecollab.zoo import load_manifest, load_test_set
-
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
 
 
 async def small_requests(
