@@ -46,11 +46,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import sys
 import sysconfig
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -142,11 +144,12 @@ def run_edgecollab(config_path: Path, test_set: LabelledSet) -> tuple[dict[str, 
 
 
 # --- Ray Serve ----------------------------------------------------------------------------------
-def run_ray(config_path: Path, config: ClusterConfig, test_set: LabelledSet, table: ExplorationTable) -> dict[str, Any]:
+@contextlib.contextmanager
+def ray_boards(config_path: Path, nodes: list[str], app: str) -> Iterator[Any]:
+    """A Ray Serve deployment with one replica per board, at most ``WINDOW`` requests each; yields its
+    handle, called as ``handle.remote(variant, inputs)``."""
     import ray
     from ray import serve
-
-    nodes = [n.name for n in config.nodes]
 
     @ray.remote(num_cpus=0)
     class BoardNames:  # hands each replica a different board
@@ -159,63 +162,83 @@ def run_ray(config_path: Path, config: ClusterConfig, test_set: LabelledSet, tab
     @serve.deployment(num_replicas=len(nodes), max_ongoing_requests=WINDOW, ray_actor_options={"num_cpus": 0})
     class Board:
         def __init__(self, config_path: str, names: Any) -> None:
-            self.node = ray.get(names.take.remote())
-            self.board = EmulatedBoard(config_path, self.node)
+            self.board = EmulatedBoard(config_path, ray.get(names.take.remote()))
 
         def __call__(self, variant: str, inputs: np.ndarray) -> np.ndarray:
             return self.board.run(variant, inputs)
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
-        names = BoardNames.remote(nodes)
-        handle = serve.run(Board.bind(str(config_path), names), name="edgecollab-peer", route_prefix=None)
+        yield serve.run(Board.bind(str(config_path), BoardNames.remote(nodes)), name=app, route_prefix=None)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def run_ray(config_path: Path, config: ClusterConfig, test_set: LabelledSet, table: ExplorationTable) -> dict[str, Any]:
+    with ray_boards(config_path, [n.name for n in config.nodes], "edgecollab-peer") as handle:
 
         async def infer(variant: str, inputs: np.ndarray) -> np.ndarray:
             parts = [handle.remote(variant, inputs[i : i + SHARD]) for i in range(0, len(inputs), SHARD)]
             return np.concatenate(await asyncio.gather(*parts))
 
         return asyncio.run(_serve_workload("ray-serve", infer, test_set, table))
-    finally:
-        serve.shutdown()
-        ray.shutdown()
 
 
 # --- PyTriton -----------------------------------------------------------------------------------
+def triton_environment() -> None:
+    """Triton's Python stub links the system's libpython; make it load this interpreter's own,
+    whose standard library is the one on its path."""
+    libdir = sysconfig.get_config_var("LIBDIR")
+    os.environ["LD_LIBRARY_PATH"] = ":".join(filter(None, [libdir, os.environ.get("LD_LIBRARY_PATH")]))
+
+
+def bind_boards(triton: Any, model: str, boards: list[EmulatedBoard], fixed_variant: str | None = None) -> None:
+    """One Triton model with an instance per board (Triton hands each batch to a free one), dynamic
+    batching up to 256. With ``fixed_variant`` every request runs it; without, each names its own in a
+    ``variant`` input."""
+    from pytriton.decorators import batch
+    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+
+    def instance(board: EmulatedBoard) -> Any:
+        if fixed_variant is not None:
+            chosen = fixed_variant
+
+            @batch
+            def fixed(inputs: np.ndarray) -> dict[str, np.ndarray]:
+                return {"predictions": board.run(chosen, inputs).reshape(-1, 1)}
+
+            return fixed
+
+        @batch
+        def named(inputs: np.ndarray, variant: np.ndarray) -> dict[str, np.ndarray]:
+            return {"predictions": board.run(bytes(variant[0][0]).decode(), inputs).reshape(-1, 1)}
+
+        return named
+
+    inputs = [Tensor(name="inputs", dtype=np.uint8, shape=(1, 28, 28))]
+    if fixed_variant is None:
+        inputs.append(Tensor(name="variant", dtype=bytes, shape=(1,)))
+    triton.bind(
+        model_name=model,
+        infer_func=[instance(board) for board in boards],
+        inputs=inputs,
+        outputs=[Tensor(name="predictions", dtype=np.int64, shape=(1,))],
+        config=ModelConfig(max_batch_size=256, batcher=DynamicBatcher(max_queue_delay_microseconds=500)),
+    )
+
+
 def run_pytriton(config_path: Path, config: ClusterConfig, test_set: LabelledSet,
                  table: ExplorationTable) -> dict[str, Any]:  # fmt: skip
     from pytriton.client import AsyncioModelClient
-    from pytriton.decorators import batch
-    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
     from pytriton.triton import Triton, TritonConfig
 
     nodes = [n.name for n in config.nodes]
-    # Triton's Python stub links the system's libpython; make it load this interpreter's own,
-    # whose standard library is the one on its path.
-    libdir = sysconfig.get_config_var("LIBDIR")
-    os.environ["LD_LIBRARY_PATH"] = ":".join(filter(None, [libdir, os.environ.get("LD_LIBRARY_PATH")]))
+    triton_environment()
     ports = {"http_port": 18_000, "grpc_port": 18_001, "metrics_port": 18_002}
     with Triton(config=TritonConfig(**ports)) as triton:
-        for node in nodes:
-            board = EmulatedBoard(str(config_path), node)
-
-            def make(board: EmulatedBoard = board) -> Any:
-                @batch
-                def infer(inputs: np.ndarray, variant: np.ndarray) -> dict[str, np.ndarray]:
-                    name = bytes(variant[0][0]).decode()
-                    return {"predictions": board.run(name, inputs).reshape(-1, 1)}
-
-                return infer
-
-            triton.bind(
-                model_name=node,
-                infer_func=make(),
-                inputs=[
-                    Tensor(name="inputs", dtype=np.uint8, shape=(1, 28, 28)),
-                    Tensor(name="variant", dtype=bytes, shape=(1,)),
-                ],
-                outputs=[Tensor(name="predictions", dtype=np.int64, shape=(1,))],
-                config=ModelConfig(max_batch_size=256, batcher=DynamicBatcher(max_queue_delay_microseconds=500)),
-            )
+        for node in nodes:  # a model per board: the client splits each request over them
+            bind_boards(triton, node, [EmulatedBoard(str(config_path), node)])
         triton.run()
 
         async def infer(variant: str, inputs: np.ndarray) -> np.ndarray:
@@ -281,65 +304,23 @@ def closed_edgecollab(config_path: Path, in_flight: int, duration: float) -> lis
 
 
 def closed_ray(config_path: Path, in_flight: int, duration: float) -> list[dict[str, Any]]:
-    import ray
-    from ray import serve
-
-    @ray.remote(num_cpus=0)
-    class BoardNames:
-        def __init__(self, names: list[str]) -> None:
-            self.names = list(names)
-
-        def take(self) -> str:
-            return self.names.pop(0)
-
-    @serve.deployment(num_replicas=CLOSED_LOOP_WORKERS, max_ongoing_requests=WINDOW, ray_actor_options={"num_cpus": 0})
-    class Board:
-        def __init__(self, config_path: str, names: Any) -> None:
-            self.board = EmulatedBoard(config_path, ray.get(names.take.remote()))
-
-        def __call__(self, inputs: np.ndarray) -> np.ndarray:
-            return self.board.run(CLOSED_LOOP_VARIANT, inputs)
-
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        names = BoardNames.remote([f"w{k}" for k in range(CLOSED_LOOP_WORKERS)])
-        handle = serve.run(Board.bind(str(config_path), names), name="closed-loop", route_prefix=None)
+    with ray_boards(config_path, [f"w{k}" for k in range(CLOSED_LOOP_WORKERS)], "closed-loop") as handle:
 
         async def infer(inputs: np.ndarray) -> np.ndarray:
-            return await handle.remote(inputs)
+            return await handle.remote(CLOSED_LOOP_VARIANT, inputs)
 
         return [asyncio.run(drive(infer, batch, in_flight, duration)) for batch in CLOSED_LOOP_BATCHES]
-    finally:
-        serve.shutdown()
-        ray.shutdown()
 
 
 def closed_pytriton(config_path: Path, in_flight: int, duration: float) -> list[dict[str, Any]]:
     from pytriton.client import AsyncioModelClient
-    from pytriton.decorators import batch as batched
-    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
     from pytriton.triton import Triton, TritonConfig
 
-    libdir = sysconfig.get_config_var("LIBDIR")
-    os.environ["LD_LIBRARY_PATH"] = ":".join(filter(None, [libdir, os.environ.get("LD_LIBRARY_PATH")]))
+    triton_environment()
     ports = {"http_port": 18_010, "grpc_port": 18_011, "metrics_port": 18_012}
-
-    def instance(board: EmulatedBoard) -> Any:
-        @batched
-        def infer(inputs: np.ndarray) -> dict[str, np.ndarray]:
-            return {"predictions": board.run(CLOSED_LOOP_VARIANT, inputs).reshape(-1, 1)}
-
-        return infer
-
     with Triton(config=TritonConfig(**ports)) as triton:
         boards = [EmulatedBoard(str(config_path), f"w{k}") for k in range(CLOSED_LOOP_WORKERS)]
-        triton.bind(
-            model_name="cnn8",
-            infer_func=[instance(b) for b in boards],  # one model, an instance per worker
-            inputs=[Tensor(name="inputs", dtype=np.uint8, shape=(1, 28, 28))],
-            outputs=[Tensor(name="predictions", dtype=np.int64, shape=(1,))],
-            config=ModelConfig(max_batch_size=256, batcher=DynamicBatcher(max_queue_delay_microseconds=500)),
-        )
+        bind_boards(triton, "cnn8", boards, CLOSED_LOOP_VARIANT)  # one model, an instance per worker
         triton.run()
         rows = []
         for batch in CLOSED_LOOP_BATCHES:
@@ -432,30 +413,7 @@ def cameras_edgecollab(
 
 def cameras_ray(config_path: Path, config: ClusterConfig, test_set: LabelledSet, table: ExplorationTable,
                 counts: list[int], duration: float) -> list[dict[str, Any]]:  # fmt: skip
-    import ray
-    from ray import serve
-
-    nodes = [n.name for n in config.nodes]
-
-    @ray.remote(num_cpus=0)
-    class BoardNames:
-        def __init__(self, names: list[str]) -> None:
-            self.names = list(names)
-
-        def take(self) -> str:
-            return self.names.pop(0)
-
-    @serve.deployment(num_replicas=len(nodes), max_ongoing_requests=WINDOW, ray_actor_options={"num_cpus": 0})
-    class Board:
-        def __init__(self, config_path: str, names: Any) -> None:
-            self.board = EmulatedBoard(config_path, ray.get(names.take.remote()))
-
-        def __call__(self, variant: str, inputs: np.ndarray) -> np.ndarray:
-            return self.board.run(variant, inputs)
-
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        handle = serve.run(Board.bind(str(config_path), BoardNames.remote(nodes)), name="cameras", route_prefix=None)
+    with ray_boards(config_path, [n.name for n in config.nodes], "cameras") as handle:
         rows = []
         for count in counts:
             variant = uniform_variant(table, int(count * CAMERA_FPS * duration), count * CAMERA_FPS)
@@ -467,41 +425,17 @@ def cameras_ray(config_path: Path, config: ClusterConfig, test_set: LabelledSet,
             if not within_bound(rows[-1]):
                 break  # more cameras only take longer to drain; the largest count served is known
         return rows
-    finally:
-        serve.shutdown()
-        ray.shutdown()
 
 
 def cameras_pytriton(config_path: Path, config: ClusterConfig, test_set: LabelledSet, table: ExplorationTable,
                      counts: list[int], duration: float) -> list[dict[str, Any]]:  # fmt: skip
     from pytriton.client import AsyncioModelClient
-    from pytriton.decorators import batch as batched
-    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
     from pytriton.triton import Triton, TritonConfig
 
-    libdir = sysconfig.get_config_var("LIBDIR")
-    os.environ["LD_LIBRARY_PATH"] = ":".join(filter(None, [libdir, os.environ.get("LD_LIBRARY_PATH")]))
+    triton_environment()
     ports = {"http_port": 18_030, "grpc_port": 18_031, "metrics_port": 18_032}
-
-    def instance(board: EmulatedBoard) -> Any:
-        @batched
-        def infer(inputs: np.ndarray, variant: np.ndarray) -> dict[str, np.ndarray]:
-            return {"predictions": board.run(bytes(variant[0][0]).decode(), inputs).reshape(-1, 1)}
-
-        return infer
-
     with Triton(config=TritonConfig(**ports)) as triton:
-        boards = [EmulatedBoard(str(config_path), n.name) for n in config.nodes]
-        triton.bind(
-            model_name="cameras",
-            infer_func=[instance(b) for b in boards],  # Triton hands each batch to a free board
-            inputs=[
-                Tensor(name="inputs", dtype=np.uint8, shape=(1, 28, 28)),
-                Tensor(name="variant", dtype=bytes, shape=(1,)),
-            ],
-            outputs=[Tensor(name="predictions", dtype=np.int64, shape=(1,))],
-            config=ModelConfig(max_batch_size=256, batcher=DynamicBatcher(max_queue_delay_microseconds=500)),
-        )
+        bind_boards(triton, "cameras", [EmulatedBoard(str(config_path), n.name) for n in config.nodes])
         triton.run()
         rows = []
         for count in counts:
