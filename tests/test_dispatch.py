@@ -17,9 +17,6 @@ from edgecollab.coordinator.dispatch import (
     FailRequest,
     Instruction,
     NodeLost,
-    NodeProfiled,
-    NodeRegistered,
-    PlanSolved,
     Replan,
     RequestOpened,
     SendShard,
@@ -33,36 +30,21 @@ from edgecollab.planner import ExplorationTable, Measurement
 from edgecollab.planner.joint import plan_jointly
 from edgecollab.protocol import Error, ShardResult, Submit
 
+from .core_helpers import ACCURACY, core_with, sends, solve
+
 SHAPE = (1, 4, 4)
-ACCURACY = {"fast": 0.85, "slow": 0.92}
 # Node b is four times as fast as a; "slow" costs four times "fast".
 SPEEDS = {"a": {"fast": 2000.0, "slow": 500.0}, "b": {"fast": 8000.0, "slow": 2000.0}}
 
 
 def make_core(**settings: Any) -> DispatchCore:
-    config = CoordinatorConfig(shard_size=8, window=2, startup_timeout_s=5.0, **settings)
-    rm = ResourceManager(SPEEDS, ExplorationTable(ACCURACY))
-    core = DispatchCore(config, rm, SHAPE, np.dtype(np.uint8))
-    for node, rows in SPEEDS.items():
-        core.handle(NodeRegistered(node, tuple(rows), 0.0))
-        core.handle(NodeProfiled(node, {v: Measurement(ips, 4.0) for v, ips in rows.items()}, 0.0))
-    return core
-
-
-def solve(core: DispatchCore, out: list[Instruction], now: float = 0.0) -> list[Instruction]:
-    """Carry out the Replan in ``out`` (as the shell would, on its solver thread) and feed the result back."""
-    (replan,) = [i for i in out if isinstance(i, Replan)]
-    plan = plan_jointly(replan.table, replan.demands, replan.nodes)
-    return core.handle(PlanSolved(replan.generation, plan, "", now))
+    rows = {node: {v: Measurement(ips, 4.0) for v, ips in speeds.items()} for node, speeds in SPEEDS.items()}
+    return core_with(rows, SHAPE, **{"shard_size": 8, "window": 2, **settings})
 
 
 def submit(n: int, client: bytes = b"c", **fields: Any) -> Submit:
     inputs = np.arange(n * 16, dtype=np.uint64).astype(np.uint8).reshape(n, *SHAPE)
     return Submit(uuid.uuid4().hex, inputs, **fields)
-
-
-def sends(out: list[Instruction]) -> list[SendShard]:
-    return [i for i in out if isinstance(i, SendShard)]
 
 
 def answer(send: SendShard, now: float, busy_s: float = 0.004) -> ShardReturned:

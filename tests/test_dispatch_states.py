@@ -17,10 +17,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from edgecollab.config import CoordinatorConfig
 from edgecollab.coordinator.dispatch import (
     AnswerRequest,
-    DispatchCore,
     FailRequest,
     FramesArrived,
     Instruction,
@@ -38,25 +36,18 @@ from edgecollab.coordinator.dispatch import (
     StreamReply,
     Tick,
 )
-from edgecollab.coordinator.resource_manager import ResourceManager
-from edgecollab.planner import ExplorationTable, Measurement
 from edgecollab.planner.joint import plan_jointly
 from edgecollab.protocol import Answer, Error, FrameResults, Frames, ShardResult, StreamClose, StreamOpen, Submit
 
+from .core_helpers import core_with, cpu_like
+
 SHAPE = (1, 2, 2)
-ACCURACY = {"fast": 0.85, "slow": 0.92}
-
-
-def measured(per_input_ms: float) -> Measurement:
-    return Measurement(
-        1000.0 / per_input_ms, 1.0 + 16 * per_input_ms, ((1, 1.0 + per_input_ms), (16, 1.0 + 16 * per_input_ms))
-    )
 
 
 ROWS = {
-    "a": {"fast": measured(0.5), "slow": measured(2.0)},
-    "b": {"fast": measured(0.25), "slow": measured(1.0)},
-    "c": {"fast": measured(1.0), "slow": measured(4.0)},
+    "a": {"fast": cpu_like(0.5), "slow": cpu_like(2.0)},
+    "b": {"fast": cpu_like(0.25), "slow": cpu_like(1.0)},
+    "c": {"fast": cpu_like(1.0), "slow": cpu_like(4.0)},
 }
 MAX_OPEN = 6
 EXAMPLES = 300 if os.environ.get("HYPOTHESIS_PROFILE") == "long" else 25
@@ -66,8 +57,7 @@ STEPS = 200 if os.environ.get("HYPOTHESIS_PROFILE") == "long" else 40
 class DispatchStates(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        config = CoordinatorConfig(shard_size=4, window=2, startup_timeout_s=5.0, stream_queue_frames=16)
-        self.core = DispatchCore(config, ResourceManager(ROWS, ExplorationTable(ACCURACY)), SHAPE, np.dtype(np.uint8))
+        self.core = core_with(ROWS, SHAPE, shard_size=4, window=2, stream_queue_frames=16)
         self.now = 0.0
         self.out: list[SendShard] = []  # shards sent and not answered yet (answers may repeat them)
         self.replans: list[Replan] = []
@@ -77,9 +67,6 @@ class DispatchStates(RuleBasedStateMachine):
         self.frames_answered: Counter[tuple[str, int]] = Counter()
         self.failed_streams: set[str] = set()
         self.down: set[str] = set()
-        for node, rows in ROWS.items():
-            self.feed(NodeRegistered(node, tuple(rows), self.now))
-            self.feed(NodeProfiled(node, rows, self.now))
 
     # --- carrying out ----------------------------------------------------------------------
     def feed(self, event: Any) -> None:
@@ -201,27 +188,25 @@ class DispatchStates(RuleBasedStateMachine):
     def no_shard_is_booked_on_a_node_that_is_down(self) -> None:
         assert not (set(self.core.nodes) & self.down)
 
+    def drain(self) -> None:
+        """Solve every plan asked for and answer every shard out, until nothing more is asked or sent."""
+        for _ in range(5_000):
+            if self.replans:
+                self.solve()
+            elif self.out:
+                self.answer(0, False)
+            else:
+                break
+
     def teardown(self) -> None:
         """Answer everything still out (and what that releases) until nothing moves; then all ended."""
         for node in sorted(self.down):
             self.come_back(node)
-        for _ in range(5_000):
-            if self.replans:
-                self.solve()
-            elif self.out:
-                self.answer(0, False)
-            else:
-                break
+        self.drain()
         for sid, stream in list(self.core.streams.items()):
             if stream.status == "open":
                 self.feed(StreamClosed(b"c", StreamClose(sid), self.step()))
-        for _ in range(5_000):
-            if self.replans:
-                self.solve()
-            elif self.out:
-                self.answer(0, False)
-            else:
-                break
+        self.drain()
         for rid in self.requests:
             assert self.ended[rid] == 1, f"request {rid} ended {self.ended[rid]} times"
         for sid, sent in self.streams.items():

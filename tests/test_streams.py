@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 from edgecollab.client import Client, SyncClient
-from edgecollab.config import CoordinatorConfig
 from edgecollab.coordinator.dispatch import (
     FRAMES_REQUEST,
     DispatchCore,
@@ -24,10 +23,6 @@ from edgecollab.coordinator.dispatch import (
     FramesArrived,
     Instruction,
     NodeLost,
-    NodeProfiled,
-    NodeRegistered,
-    PlanSolved,
-    Replan,
     SendShard,
     ShardReturned,
     StreamClosed,
@@ -36,7 +31,6 @@ from edgecollab.coordinator.dispatch import (
     Tick,
     WakeAt,
 )
-from edgecollab.coordinator.resource_manager import ResourceManager
 from edgecollab.errors import InfeasibleTargetError
 from edgecollab.local import LocalCluster
 from edgecollab.planner import ExplorationTable, Measurement
@@ -44,15 +38,9 @@ from edgecollab.planner.joint import Demand, plan_jointly
 from edgecollab.protocol import Answer, FrameResults, Frames, ShardResult, StreamClose, StreamOpen
 
 from .cluster_helpers import edgecollab, write_cluster_config
+from .core_helpers import ACCURACY, core_with, cpu_like, sends, solve
 
 SHAPE = (1, 4, 4)
-ACCURACY = {"fast": 0.85, "slow": 0.92}
-
-
-def cpu_like(per_input_ms: float) -> Measurement:
-    """Each input adds its cost: batching barely pays."""
-    points = tuple((b, 1.0 + b * per_input_ms) for b in (1, 4, 16))
-    return Measurement(1000.0 / per_input_ms, 1.0 + 16 * per_input_ms, points)
 
 
 def gpu_like(flat_ms: float, ips: float) -> Measurement:
@@ -61,18 +49,7 @@ def gpu_like(flat_ms: float, ips: float) -> Measurement:
 
 
 def make_core(rows: dict[str, dict[str, Measurement]], **settings: Any) -> DispatchCore:
-    config = CoordinatorConfig(shard_size=16, window=1, startup_timeout_s=5.0, **settings)
-    rm = ResourceManager(rows, ExplorationTable(ACCURACY))
-    core = DispatchCore(config, rm, SHAPE, np.dtype(np.uint8), task="toy")
-    for node, measurements in rows.items():
-        core.handle(NodeRegistered(node, tuple(measurements), 0.0))
-        core.handle(NodeProfiled(node, measurements, 0.0))
-    return core
-
-
-def solve(core: DispatchCore, out: list[Instruction], now: float) -> list[Instruction]:
-    (replan,) = [i for i in out if isinstance(i, Replan)]
-    return core.handle(PlanSolved(replan.generation, plan_jointly(replan.table, replan.demands, replan.nodes), "", now))
+    return core_with(rows, SHAPE, task="toy", **{"shard_size": 16, "window": 1, **settings})
 
 
 def open_stream(core: DispatchCore, now: float = 0.0, **fields: Any) -> tuple[str, list[Instruction]]:
@@ -84,10 +61,6 @@ def open_stream(core: DispatchCore, now: float = 0.0, **fields: Any) -> tuple[st
 def frames(sid: str, first: int, count: int) -> Frames:
     data = (np.arange(count * 16) % 251).astype(np.uint8).reshape(count, *SHAPE)
     return Frames(sid, first, data)
-
-
-def sends(out: list[Instruction]) -> list[SendShard]:
-    return [i for i in out if isinstance(i, SendShard)]
 
 
 def replies(out: list[Instruction], kind: type) -> list[Any]:
