@@ -31,6 +31,7 @@ models: $(STAMP)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[train]'
 	$(BIN)/python models/train.py --data $(FASHION_MNIST)
 	$(BIN)/python models/upscale.py
+	$(BIN)/python models/detect.py --data $(FASHION_MNIST)
 	$(BIN)/edgecollab models verify
 
 # Benchmarks write JSON and plots to benchmarks/results/ (see docs/benchmarks.md).

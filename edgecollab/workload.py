@@ -12,6 +12,7 @@ import numpy as np
 
 from .client import Client, ProgressCallback
 from .config import ClusterConfig
+from .errors import EdgecollabError
 from .security import ClientCurve
 from .zoo import LabelledSet, load_manifest, load_test_set
 
@@ -33,8 +34,12 @@ ProgressFactory = Callable[[int, RequestSpec], ProgressCallback | None]
 
 
 def workload_source(config: ClusterConfig) -> LabelledSet:
+    """The test set of the cluster's task: the inputs the workload sends, and their labels."""
     manifest = load_manifest(config.manifest_path, check_files=False)
-    return load_test_set(manifest, manifest.tasks[config.models.task])
+    test_set = load_test_set(manifest, manifest.tasks[config.models.task])
+    if not isinstance(test_set, LabelledSet):
+        raise EdgecollabError(f"task {config.models.task!r} is not scored top1: the workload needs labelled inputs")
+    return test_set
 
 
 def draw_indices(rng: np.random.Generator, available: int, count: int) -> np.ndarray:

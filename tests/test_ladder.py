@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edgecollab.zoo import (
@@ -22,6 +23,7 @@ from edgecollab.zoo import (
     predict,
 )
 from edgecollab.zoo.graph import graph_cost
+from edgecollab.zoo.scoring import DetectionSet, mean_average_precision, run_outputs
 
 from .conftest import SHIPPED_MANIFEST
 
@@ -86,9 +88,42 @@ def test_variant_rescores_to_its_manifest_accuracy(zoo: Manifest, test_sets: dic
     assert (cost.macs, cost.params) == (variant.macs, variant.params)
     if variant.quantized and int8_sums_saturate():
         pytest.skip("this x86 CPU has no VNNI: ONNX Runtime's u8s8 kernels sum in 16 bits here and can saturate")
-    predictions = predict(session, test_set.inputs)
-    assert len(test_set) == 10_000
-    assert abs(float((predictions == test_set.labels).mean()) - variant.accuracy) <= ACCURACY_TOLERANCE
+    if task.quality == "map50":
+        assert isinstance(test_set, DetectionSet) and len(test_set) == 1_000
+        measured = mean_average_precision(run_outputs(session, test_set.inputs), test_set)
+    else:
+        assert isinstance(test_set, LabelledSet) and len(test_set) == 10_000
+        measured = float((predict(session, test_set.inputs) == test_set.labels).mean())
+    assert abs(measured - variant.accuracy) <= ACCURACY_TOLERANCE
+
+
+def test_detection_ladder_spans_fifteen_points_of_map_with_an_int8_rung(zoo: Manifest) -> None:
+    task = zoo.tasks["fashion-detect"]
+    variants = zoo.for_task(task.name)
+    assert task.quality == "map50" and len(variants) >= 4
+    assert any(v.quantized for v in variants)
+    assert max(v.accuracy for v in variants) - min(v.accuracy for v in variants) >= 0.15
+
+
+def test_map50_counts_only_boxes_that_overlap_by_half(zoo: Manifest) -> None:
+    """The scorer's ground: the truth itself scores 1, boxes shifted by most of their width score 0."""
+    truth = load_test_set(zoo, zoo.tasks["fashion-detect"])
+    assert isinstance(truth, DetectionSet)
+    count = len(truth)
+    per_image = max(np.bincount(truth.image_index, minlength=count))
+    boxes = np.zeros((count, per_image, 4), np.float32)
+    scores = np.zeros((count, per_image), np.float32)
+    labels = np.zeros((count, per_image), np.int64)
+    slot = np.zeros(count, np.int64)
+    for box, label, image in zip(truth.boxes, truth.labels, truth.image_index, strict=True):
+        boxes[image, slot[image]], scores[image, slot[image]], labels[image, slot[image]] = box, 1.0, label
+        slot[image] += 1
+    exact = {"boxes": boxes, "scores": scores, "labels": labels}
+    assert mean_average_precision(exact, truth) == pytest.approx(1.0)
+    shifted = boxes.copy()
+    shifted[..., [0, 2]] += 0.8 * (boxes[..., 2:3] - boxes[..., 0:1])
+    # (IoU 0.11 with its own box; a few land on another item of the same class.)
+    assert mean_average_precision({**exact, "boxes": shifted}, truth) < 0.01
 
 
 def int8_sums_saturate() -> bool:

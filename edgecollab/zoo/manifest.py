@@ -11,33 +11,54 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .._toml import read_toml
 from ..errors import ManifestError
 
 DEFAULT_MANIFEST_ENV = "EDGECOLLAB_MANIFEST"
 # The first line of the shipped manifest, written by models/train.py and models/upscale.py.
+Quality = Literal["top1", "map50"]
 GENERATED_HEADER = "# Written by models/train.py and models/upscale.py (make models). Every figure is measured.\n\n"
 
 
 class TaskSpec(BaseModel):
-    """One inference task: what its models take and where its labelled test set is."""
+    """One inference task: what its models take, how their quality is scored, and on which test set."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     input_dtype: str = "uint8"
     input_shape: tuple[int, ...] = Field(description="shape of one input, without the batch dimension")
-    classes: int = Field(gt=1)
-    test_images: str = Field(description="IDX file of test inputs, relative to the manifest")
-    test_labels: str = Field(description="IDX file of test labels, relative to the manifest")
+    classes: int | None = Field(None, gt=1, description="classes of a classifier or detector")
+    quality: Quality = Field(
+        "top1",
+        description="how a variant is scored: top1 (the first output's argmax is the class) or map50"
+        " (outputs boxes, scores and labels; mAP at IoU 0.5 by pycocotools)",
+    )
+    test_images: str | None = Field(None, description="IDX file of test inputs, relative to the manifest")
+    test_labels: str | None = Field(None, description="IDX file of test labels, relative to the manifest")
+    test_set: str | None = Field(None, description=".npz test set relative to the manifest (instead of IDX files)")
     test_upscale: int = Field(
         1, ge=1, le=64, description="the test images are stored this many times smaller and enlarged (nearest)"
     )
+
+    @model_validator(mode="after")
+    def _one_test_set(self) -> TaskSpec:
+        if (self.test_images is None) != (self.test_labels is None):
+            raise ValueError("test_images and test_labels go together")
+        if self.test_images is not None and self.test_set is not None:
+            raise ValueError("give either test_images and test_labels (IDX) or test_set (.npz), not both")
+        if self.quality == "map50" and self.test_images is not None:
+            raise ValueError("a map50 task's test set is an .npz with boxes (test_set), not IDX files")
+        return self
+
+    @property
+    def has_test_set(self) -> bool:
+        return self.test_images is not None or self.test_set is not None
 
     @property
     def bytes_per_input(self) -> int:
@@ -65,7 +86,10 @@ class Variant(BaseModel):
     task: str
     file: str = Field(description="ONNX file, relative to the manifest")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    accuracy: float = Field(ge=0.0, le=1.0, description="top-1 accuracy on the task's test set")
+    accuracy: float = Field(ge=0.0, le=1.0, description="quality on the task's test set, as the task scores it")
+    quality_source: str | None = Field(
+        None, description="where a stated quality comes from, when it was not measured on the task's test set"
+    )
     macs: int = Field(gt=0, description="multiply-accumulates per input")
     params: int = Field(ge=0)
     quantized: bool = False

@@ -12,8 +12,9 @@ import numpy as np
 import onnxruntime as ort
 
 from ..errors import ModelError
-from .dataset import LabelledSet, load_labelled_set
+from .dataset import load_labelled_set
 from .manifest import Manifest, TaskSpec, Variant, sha256_of
+from .scoring import DETECTION_OUTPUTS, TestSet, load_npz_set, score_session
 
 log = logging.getLogger(__name__)
 
@@ -72,15 +73,21 @@ def check_session_spec(session: ort.InferenceSession, task: TaskSpec, path: Path
             f"{path}: input {model_input.name!r} is {dtype} of shape {tuple(shape)}; "
             f"task {task.name!r} expects {expected} with a dynamic batch dimension N"
         )
-    if len(outputs) != 1 or list(outputs[0].shape[1:]) != [task.classes]:
-        got = ", ".join(f"{o.name} {tuple(o.shape)}" for o in outputs)
+    got = ", ".join(f"{o.name} {tuple(o.shape)}" for o in outputs)
+    if task.quality == "top1" and task.classes is not None and list(outputs[0].shape[1:]) != [task.classes]:
         raise ModelError(
-            f"{path}: outputs are [{got}]; task {task.name!r} expects one output of shape (N, {task.classes})"
+            f"{path}: outputs are [{got}]; task {task.name!r} is scored top1 and expects its first output"
+            f" of shape (N, {task.classes})"
+        )
+    if task.quality == "map50" and sorted(o.name for o in outputs) != sorted(DETECTION_OUTPUTS):
+        raise ModelError(
+            f"{path}: outputs are [{got}]; task {task.name!r} is scored map50 and expects outputs"
+            f" {', '.join(DETECTION_OUTPUTS)}"
         )
 
 
 def predict(session: ort.InferenceSession, inputs: np.ndarray, batch: int = 256) -> np.ndarray:
-    """Predicted class of every input, run in batches of ``batch``."""
+    """Predicted class of every input (argmax of the first output), run in batches of ``batch``."""
     name = session.get_inputs()[0].name
     out = [session.run(None, {name: inputs[i : i + batch]})[0].argmax(axis=1) for i in range(0, len(inputs), batch)]
     return np.concatenate(out) if out else np.empty(0, dtype=np.int64)
@@ -102,7 +109,12 @@ def measure_throughput(
             return runs * batch / elapsed
 
 
-def load_test_set(manifest: Manifest, task: TaskSpec) -> LabelledSet:
+def load_test_set(manifest: Manifest, task: TaskSpec) -> TestSet:
+    """The task's test set: an IDX pair, or an ``.npz`` (the only form a detection set takes)."""
+    if task.test_set is not None:
+        return load_npz_set(manifest.resolve(task.test_set), task)
+    if task.test_images is None or task.test_labels is None:
+        raise ModelError(f"task {task.name!r} has no test set in {manifest.path}")
     images, labels = manifest.resolve(task.test_images), manifest.resolve(task.test_labels)
     return load_labelled_set(images, labels, task.input_shape, task.test_upscale)
 
@@ -128,11 +140,11 @@ ACCURACY_TOLERANCE = 0.002
 
 
 def verify_variant(
-    manifest: Manifest, variant: Variant, test_set: LabelledSet, *, timing_seconds: float = 0.5
+    manifest: Manifest, variant: Variant, test_set: TestSet, *, timing_seconds: float = 0.5
 ) -> VariantCheck:
     path = manifest.resolve(variant.file)
     session = open_session(path, manifest.task_of(variant), threads=1)
-    accuracy = float((predict(session, test_set.inputs) == test_set.labels).mean())
+    accuracy = score_session(session, manifest.task_of(variant), test_set)
     sample = test_set.inputs[:32]
     return VariantCheck(
         name=variant.name,
