@@ -84,9 +84,9 @@ class EmulatedBoard:
 
     def run(self, variant: str, inputs: np.ndarray) -> np.ndarray:
         started = time.perf_counter()
-        predictions, board_seconds = self.runner.run(variant, inputs)
-        time.sleep(max(0.0, started + board_seconds - time.perf_counter()))
-        return predictions
+        outcome = self.runner.run(variant, inputs)
+        time.sleep(max(0.0, started + outcome.board_seconds - time.perf_counter()))
+        return outcome.predictions
 
 
 def uniform_variant(table: ExplorationTable, inputs: int, target: float) -> str:

@@ -8,7 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
@@ -44,8 +44,13 @@ ProgressCallback = Callable[[int, int], None]  # (inputs predicted so far, input
 
 @dataclass(frozen=True)
 class InferenceResult:
-    predictions: np.ndarray  # predicted class per input, in input order
+    predictions: np.ndarray  # predicted class per input, in input order (-1 for a task not scored top1)
     report: dict[str, Any]  # the plan, achieved throughput, per-node figures (see docs/protocol.md)
+    # The outputs asked for with ``outputs=``, by name, one row per input in input order: ``top5`` and
+    # ``top5_scores``, or every output of the model under the model's own names.
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    variants: list[str] = field(default_factory=list)  # per input: the variant that produced it
+    nodes: list[str] = field(default_factory=list)  # per input: the board that ran it
 
     @property
     def achieved_ips(self) -> float:
@@ -69,6 +74,18 @@ class InferenceResult:
             if a["inputs"]:
                 shares.setdefault(a["node"], {})[a["variant"]] = int(a["inputs"])
         return shares
+
+
+def _inference_result(result: Result) -> InferenceResult:
+    """Copies out of the message's frames, and the provenance spelt out per input."""
+    variant_of, node_of = result.provenance[:, 0].tolist(), result.provenance[:, 1].tolist()
+    return InferenceResult(
+        result.predictions.copy(),
+        result.report,
+        {name: tensor.copy() for name, tensor in result.outputs.items()},
+        [result.variants[i] for i in variant_of],
+        [result.nodes[i] for i in node_of],
+    )
 
 
 @dataclass(frozen=True)
@@ -249,16 +266,19 @@ class Client:
         policy: str | None = None,
         strict: bool = False,
         progress: ProgressCallback | None = None,
+        outputs: str | None = None,
     ) -> InferenceResult:
         """Send one request and wait for all its predictions, in input order.
 
         The coordinator serves the most accurate plan that meets ``target_ips`` (inferences/s) and
         ``min_accuracy``; when none does, it serves the fastest plan and says so in the report's
         ``notes`` — or, with ``strict``, refuses with ``InfeasibleTargetError``. ``progress`` is
-        called with (inputs done, inputs) while the request runs. Raises a ``RequestFailed``.
+        called with (inputs done, inputs) while the request runs. ``outputs`` is ``"predictions"``
+        (the default for a classifier), ``"top5"`` or ``"all"`` (every model output; the default
+        for other tasks). Raises a ``RequestFailed``.
         """
         request_id = uuid.uuid4().hex
-        submit = Submit(request_id, np.ascontiguousarray(inputs), target_ips, min_accuracy, policy, strict)
+        submit = Submit(request_id, np.ascontiguousarray(inputs), target_ips, min_accuracy, policy, strict, outputs)
         reporter = None
         if progress is not None:
             reporter = asyncio.create_task(self._report_progress(request_id, len(inputs), progress))
@@ -271,7 +291,7 @@ class Client:
         assert isinstance(result, Result)
         if progress is not None:
             progress(len(inputs), len(inputs))
-        return InferenceResult(result.predictions.copy(), result.report)
+        return _inference_result(result)
 
     def stream(
         self,
@@ -416,12 +436,13 @@ class SyncClient:
         policy: str | None = None,
         strict: bool = False,
         progress: ProgressCallback | None = None,
+        outputs: str | None = None,
     ) -> InferenceResult:
         """Like ``Client.infer``, blocking; ``progress`` is called on the client's own thread."""
         return self._call(
             self._client.infer(
                 inputs, target_ips=target_ips, min_accuracy=min_accuracy, policy=policy, strict=strict,
-                progress=progress,
+                progress=progress, outputs=outputs,
             )
         )  # fmt: skip
 

@@ -250,3 +250,18 @@ def test_after_the_startup_timeout_a_request_runs_on_the_ready_nodes_and_says_so
     assert {a["node"] for a in result.report["assignment"]} == {"rpi4", "jetson-nano"}
     assert any("ran without odroid-xu4-a, odroid-xu4-b" in note for note in result.report["notes"])
     assert len(result.predictions) == 300
+
+
+def test_top5_gives_the_five_likeliest_classes_with_their_probabilities(
+    cluster: LocalCluster, test_set: LabelledSet
+) -> None:
+    result = infer(cluster.clients_endpoint, test_set.inputs[:50], outputs="top5")
+    top5, scores = result.outputs["top5"], result.outputs["top5_scores"]
+    assert top5.shape == scores.shape == (50, 5) and top5.dtype == np.int64
+    assert np.array_equal(top5[:, 0], result.predictions)
+    assert np.all(np.diff(scores, axis=1) <= 0) and np.all(scores.sum(axis=1) <= 1 + 1e-5)
+
+
+def test_outputs_a_task_cannot_give_are_refused_by_name(cluster: LocalCluster, test_set: LabelledSet) -> None:
+    with pytest.raises(RequestFailed, match="outputs must be one of predictions, top5, all"):
+        infer(cluster.clients_endpoint, test_set.inputs[:5], outputs="boxes")

@@ -38,7 +38,16 @@ MESSAGES: list[Message] = [
     ShardResult("req", 7, 1, np.array([3, 1, 4], dtype=np.int64), 0.012),
     Submit("req", IMAGES, 300.0, None, "equal"),
     Submit("req", IMAGES),
-    Result("req", np.array([1, 2, 3]), {"plan": [{"node": "rpi4", "inputs": 3}], "feasible": True, "x": None}),
+    Result(
+        "req",
+        np.array([1, 2, 3]),
+        np.zeros((3, 2), np.int16),
+        {"plan": [{"node": "rpi4", "inputs": 3}], "feasible": True, "x": None},
+        {"boxes": np.zeros((3, 64, 4), np.float32), "labels/class": np.ones((3, 64), np.int64)},
+        ["det-small"],
+        ["rpi4"],
+    ),
+    ShardResult("req", 7, 1, np.full(2, -1), 0.01, {"scores": np.ones((2, 64), np.float16)}),
     Error("invalid_input", "expected uint8", "req", 2, 0),
 ]
 
@@ -63,8 +72,27 @@ def test_every_message_round_trips(message: Message) -> None:
         got = getattr(decoded, name)
         if isinstance(value, np.ndarray):
             assert got.dtype == value.dtype and np.array_equal(got, value)
+        elif isinstance(value, dict) and any(isinstance(v, np.ndarray) for v in value.values()):
+            assert set(got) == set(value)
+            assert all(got[k].dtype == v.dtype and np.array_equal(got[k], v) for k, v in value.items())
         else:
             assert got == value
+
+
+def test_named_tensors_are_checked_like_arrays() -> None:
+    fields = {"request_id": "r", "shard_id": 0, "attempt": 0, "busy_s": 0.1}
+    predictions = ["predictions", "int64", [2]]
+    one = np.zeros(2, np.int64).tobytes()
+    with pytest.raises(ProtocolError, match="sent twice"):
+        scores = ["outputs", "float32", [2], "s"]
+        decode([header("shard_result", fields, [predictions, scores, scores]), one, one[:8], one[:8]])
+    with pytest.raises(ProtocolError, match=r"\[field, dtype, shape, name\]"):
+        decode([header("shard_result", fields, [predictions, ["nothing", "float32", [2], "s"]]), one, one[:8]])
+    with pytest.raises(ProtocolError, match="promises 8 bytes"):
+        decode([header("shard_result", fields, [predictions, ["outputs", "float32", [2], "s"]]), one, one])
+    with pytest.raises(ProtocolError, match="up to 63 named tensors"):
+        many = [["outputs", "uint8", [0], str(i)] for i in range(64)]
+        decode([header("shard_result", fields, [predictions, *many]), one, *([b""] * 64)])
 
 
 def test_arrays_travel_as_raw_frames_not_copies_in_the_header() -> None:

@@ -135,4 +135,6 @@ def test_the_timeline_of_a_long_request_stays_small_enough_for_the_report() -> N
     assert len(timeline["series"]) == 64 and len(cells) <= 2000
     assert sum(cells) == pytest.approx(run.total_inputs, rel=0.01)
     report = {"timeline": timeline}
-    assert decode(encode(Result("r", run.predictions, report))).report == report  # under the header limit
+    assert (
+        decode(encode(Result("r", run.predictions, run.provenance, report))).report == report
+    )  # under the header limit

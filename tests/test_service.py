@@ -188,7 +188,7 @@ from edgecollab.config import load_config
 from edgecollab.worker import ShardRunner, WorkerAgent
 cluster = load_config({str(config_path)!r})
 runner = ShardRunner(cluster, cluster.node("rpi4"))
-predictions, _ = runner.run("cnn-8", np.zeros((4, 1, 28, 28), np.uint8))
+predictions = runner.run("cnn-8", np.zeros((4, 1, 28, 28), np.uint8)).predictions
 print(len(predictions))
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)

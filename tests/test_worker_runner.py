@@ -32,7 +32,8 @@ def test_missing_provider_falls_back_to_cpu(runner: ShardRunner) -> None:
 
 def test_a_valid_shard_runs_and_takes_at_least_the_emulated_time(runner: ShardRunner) -> None:
     images = np.zeros((8, 1, 28, 28), np.uint8)
-    predictions, seconds = runner.run("cnn-8", images)
+    outcome = runner.run("cnn-8", images)
+    predictions, seconds = outcome.predictions, outcome.board_seconds
     assert predictions.shape == (8,) and predictions.dtype == np.int64
     assert runner.board is not None
     assert seconds >= runner.board.seconds(8, runner.variants["cnn-8"].variant.macs, False)
@@ -54,7 +55,7 @@ def test_bad_shards_are_rejected_with_what_was_expected(
         runner.run(variant, inputs)
     assert caught.value.code == code
     # The node stays healthy: the next good shard runs.
-    assert runner.run("linear", np.zeros((1, 1, 28, 28), np.uint8))[0].shape == (1,)
+    assert runner.run("linear", np.zeros((1, 1, 28, 28), np.uint8)).predictions.shape == (1,)
 
 
 def test_fingerprint_changes_with_the_models(runner: ShardRunner, tmp_path: Path) -> None:
@@ -71,7 +72,7 @@ def test_a_scheduled_speed_change_stretches_the_emulated_time(runner: ShardRunne
     normal = runner.board.seconds(32, runner.variants["cnn-8"].variant.macs, False)
     runner.speed = 0.25
     try:
-        _, seconds = runner.run("cnn-8", images)
+        seconds = runner.run("cnn-8", images).board_seconds
     finally:
         runner.speed = 1.0
     assert seconds >= 4 * normal * 0.999

@@ -54,6 +54,7 @@ from ..planner import (
 )
 from ..planner.joint import LATENCY_SHARE, Demand, DemandPlan, JointPlan
 from ..protocol import (
+    OUTPUT_MODES,
     Answer,
     Error,
     FrameResults,
@@ -275,6 +276,7 @@ class OpenRequest:
     policy: str
     arrived: float
     small: bool  # served from the current plan without a solve
+    outputs: str = "predictions"  # what its shards bring back: one of OUTPUT_MODES
     status: str = "waiting"  # waiting (for the cluster) | planning | queued (small) | running
     run: RequestRun | None = None
     first_plan: Plan | None = None
@@ -306,9 +308,11 @@ class DispatchCore:
         input_shape: tuple[int, ...],
         input_dtype: np.dtype[Any],
         task: str = "",
+        quality: str = "top1",
     ) -> None:
         self.settings = settings
         self.task = task  # the task the cluster serves: a stream naming another is refused
+        self.quality = quality  # how the task is scored: a top1 task's outputs have classes
         self.rm = rm  # cluster life cycle and the exploration table
         self.input_shape = input_shape
         self.input_dtype = input_dtype
@@ -377,6 +381,10 @@ class DispatchCore:
         submit = event.submit
         rid = submit.request_id
         problem = check_submit(submit, self.input_shape, self.input_dtype)
+        outputs = submit.outputs or ("predictions" if self.quality == "top1" else "all")
+        if problem is None and (outputs not in OUTPUT_MODES or (outputs != "all" and self.quality != "top1")):
+            modes = OUTPUT_MODES if self.quality == "top1" else ("all",)
+            problem = f"outputs must be one of {', '.join(modes)} for task {self.task!r}, or none; got {outputs!r}"
         if problem is None and (rid in self.requests or rid in self.streams):
             problem = f"request_id {rid!r} is already running; every request needs its own id"
         if problem is not None:
@@ -403,7 +411,7 @@ class DispatchCore:
             and submit.min_accuracy is None
             and not submit.strict
         )
-        self.requests[rid] = OpenRequest(event.client, submit, request, policy, event.now, small)
+        self.requests[rid] = OpenRequest(event.client, submit, request, policy, event.now, small, outputs=outputs)
         if self.rm.accepts_requests():
             self._start(self.requests[rid], event.now)
 
@@ -468,7 +476,10 @@ class DispatchCore:
             if any(o.joint and o.status == "running" for o in self.requests.values()):
                 self._want_replan(f"request {r.request_id[:8]} finished")
         self.outcomes["completed"] += 1
-        self._out.append(AnswerRequest(r.client, Result(r.request_id, run.predictions, report)))
+        result = Result(
+            r.request_id, run.predictions, run.provenance, report, run.outputs, run.variant_names, run.node_names
+        )
+        self._out.append(AnswerRequest(r.client, result))
 
     def _fail(self, r: OpenRequest, error: Error) -> None:
         self._close(r)
@@ -774,13 +785,22 @@ class DispatchCore:
             return
         sent_at, shard = sent
         predictions = result.predictions
+        problem = None
         if predictions.ndim != 1 or len(predictions) != shard.size or predictions.dtype.kind not in "iu":
+            problem = f"predictions {predictions.dtype} of shape {predictions.shape}"
+        elif (r.outputs == "predictions") != (not result.outputs):
+            problem = f"outputs {sorted(result.outputs)} where {r.outputs} were asked for"
+        elif result.outputs:
+            problem = r.run.outputs_problem(result.outputs, shard.size)
+        if problem is not None:
             self.counters["bad_results"] += 1
-            log.warning("dispatch: %s returned %s of shape %s for a shard of %d inputs; sending it again",
-                        event.node, predictions.dtype, predictions.shape, shard.size)  # fmt: skip
+            log.warning("dispatch: %s returned %s for a shard of %d inputs; sending it again",
+                        event.node, problem, shard.size)  # fmt: skip
             self._requeue(r, shard)
             return
-        if not r.run.complete(shard.shard_id, shard.attempt, predictions, event.node, result.busy_s, event.now):
+        if not r.run.complete(
+            shard.shard_id, shard.attempt, predictions, event.node, result.busy_s, event.now, result.outputs
+        ):
             self.counters["late_replies"] += 1
             return
         self._observe(slot, shard.variant, shard.size, sent_at, result.busy_s, event.now)
@@ -1064,7 +1084,7 @@ class DispatchCore:
     def _send(self, slot: NodeSlot, r: OpenRequest, shard: ShardTask, now: float) -> None:
         self._hand_out(slot, r, shard, now)
         inputs = r.submit.inputs[shard.start : shard.stop]
-        message = Shard(r.request_id, shard.shard_id, shard.attempt, shard.variant, inputs)
+        message = Shard(r.request_id, shard.shard_id, shard.attempt, shard.variant, inputs, r.outputs)
         self._out.append(SendShard(slot.name, message))
 
     def _hand_out(self, slot: NodeSlot, r: OpenRequest, shard: ShardTask, now: float) -> None:
@@ -1085,7 +1105,7 @@ class DispatchCore:
         taken = 0
         while self.small_queue:
             r = self.requests[self.small_queue[0]]
-            if pack and taken + min(r.request.inputs, limit) > limit:
+            if pack and (taken + min(r.request.inputs, limit) > limit or r.outputs != pack[0][0].outputs):
                 break
             self.small_queue.popleft()
             assignment = Assignment(slot.name, variant, r.request.inputs)
@@ -1106,7 +1126,8 @@ class DispatchCore:
             slot.packs[self._batch_ids].append((r.request_id, shard.shard_id, shard.attempt))
         inputs = np.concatenate([r.submit.inputs[shard.start : shard.stop] for r, shard in pack])
         self.counters["small_packs"] += 1
-        self._out.append(SendShard(slot.name, Shard(PACK_REQUEST, self._batch_ids, 0, variant, inputs)))
+        message = Shard(PACK_REQUEST, self._batch_ids, 0, variant, inputs, pack[0][0].outputs)
+        self._out.append(SendShard(slot.name, message))
 
     def _pack_returned(self, slot: NodeSlot, result: ShardResult, now: float) -> None:
         """A micro-batch of small requests came back: each request's slice is its own shard's result."""
@@ -1118,11 +1139,16 @@ class DispatchCore:
         predictions = result.predictions
         if predictions.ndim != 1 or len(predictions) != sum(sizes) or predictions.dtype.kind not in "iu":
             predictions = np.zeros((0, 0), np.int64)  # each slice is then of the wrong shape: sent again
+        outputs = result.outputs
+        if any(tensor.ndim == 0 or len(tensor) != sum(sizes) for tensor in outputs.values()):
+            outputs = {name: np.zeros(0, np.float32) for name in outputs}  # wrong length for each: sent again
         start = 0
         for (rid, shard_id, attempt), size in zip(keys, sizes, strict=True):
             part = predictions[start : start + size] if predictions.ndim == 1 else predictions
+            their = {name: tensor[start : start + size] if len(tensor) else tensor for name, tensor in outputs.items()}
             start += size
-            self._returned(ShardReturned(slot.name, ShardResult(rid, shard_id, attempt, part, result.busy_s), now))
+            answer = ShardResult(rid, shard_id, attempt, part, result.busy_s, their)
+            self._returned(ShardReturned(slot.name, answer, now))
 
     def _shard_size(self, node: str, variant: str) -> int:
         """A node's shards last about ``shard_seconds`` there: a fast board gets larger ones (less

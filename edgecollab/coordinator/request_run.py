@@ -72,6 +72,11 @@ class RequestRun:
         self.plan = plan  # the latest plan
         self.total_inputs = sum(a.inputs for a in plan.assignments)
         self.predictions = np.full(self.total_inputs, -1, dtype=np.int64)
+        self.outputs: dict[str, np.ndarray] = {}  # the asked-for outputs, made when the first shard brings them
+        # Per input: which variant (index into variant_names) on which node (into node_names) answered it.
+        self.provenance = np.full((self.total_inputs, 2), -1, dtype=np.int16)
+        self.variant_names: list[str] = []
+        self.node_names: list[str] = []
         self.shards: list[ShardTask] = []  # every shard ever cut, indexed by shard id
         self.tallies: dict[tuple[str, str], NodeTally] = {
             (a.node, a.variant): NodeTally(a.node, a.variant, a.inputs) for a in plan.assignments
@@ -138,9 +143,17 @@ class RequestRun:
 
     # --- results -----------------------------------------------------------------------------
     def complete(
-        self, shard_id: int, attempt: int, predictions: np.ndarray, node: str, busy_s: float, now: float | None = None
+        self,
+        shard_id: int,
+        attempt: int,
+        predictions: np.ndarray,
+        node: str,
+        busy_s: float,
+        now: float | None = None,
+        outputs: Mapping[str, np.ndarray] | None = None,
     ) -> bool:
-        """Accept a shard's predictions once, for its current attempt; False for a late or duplicate reply."""
+        """Accept a shard's predictions (and outputs) once, for its current attempt; False for a late or
+        duplicate reply. The caller has checked their shapes (``outputs_problem``)."""
         now = time.monotonic() if now is None else now
         if shard_id not in self._owed:
             return False
@@ -148,6 +161,14 @@ class RequestRun:
         if attempt != shard.attempt or len(predictions) != shard.size:
             return False
         self.predictions[shard.start : shard.stop] = predictions
+        for name, tensor in (outputs or {}).items():
+            if name not in self.outputs:
+                self.outputs[name] = np.zeros((self.total_inputs, *tensor.shape[1:]), tensor.dtype)
+            self.outputs[name][shard.start : shard.stop] = tensor
+        self.provenance[shard.start : shard.stop] = (
+            _index(self.variant_names, shard.variant),
+            _index(self.node_names, node),
+        )
         self._owed.discard(shard_id)
         tally = self.tallies.setdefault((node, shard.variant), NodeTally(node, shard.variant, 0))
         tally.inputs += shard.size
@@ -158,6 +179,19 @@ class RequestRun:
         if self.finished:
             self.finished_at = now
         return True
+
+    def outputs_problem(self, outputs: Mapping[str, np.ndarray], size: int) -> str | None:
+        """Why a shard's outputs cannot join the earlier shards' (None if they can)."""
+        if self.outputs and set(outputs) != set(self.outputs):
+            return f"outputs {sorted(outputs)} where earlier shards gave {sorted(self.outputs)}"
+        for name, tensor in outputs.items():
+            if tensor.ndim == 0 or len(tensor) != size:
+                return f"output {name!r} of shape {tensor.shape} for a shard of {size} inputs"
+            known = self.outputs.get(name)
+            if known is not None and (known.shape[1:] != tensor.shape[1:] or known.dtype != tensor.dtype):
+                earlier = f"{known.dtype} {known.shape[1:]}"
+                return f"output {name!r} is {tensor.dtype} {tensor.shape[1:]} where earlier shards gave {earlier}"
+        return None
 
     def requeue(self, shard: ShardTask) -> None:
         """Give a lost shard a new attempt for any node; ``ShardFailed`` after ``MAX_ATTEMPTS``."""
@@ -261,6 +295,13 @@ class RequestRun:
     def wall_seconds(self) -> float:
         end = self.finished_at if self.finished_at is not None else time.monotonic()
         return max(end - self.arrived, 1e-9)
+
+
+def _index(names: list[str], name: str) -> int:
+    """The position of ``name`` in ``names``, appended if new."""
+    if name not in names:
+        names.append(name)
+    return names.index(name)
 
 
 def _merge(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -129,7 +129,7 @@ class Coordinator:
         self.table = ExplorationTable({v.name: v.accuracy for v in manifest.for_task(task.name)})
         self.table.link_seconds.update(config.link_seconds_per_input(task.bytes_per_input))
         self.rm = ResourceManager([n.name for n in config.nodes], self.table)
-        self.core = DispatchCore(self.settings, self.rm, self.input_shape, self.input_dtype, task.name)
+        self.core = DispatchCore(self.settings, self.rm, self.input_shape, self.input_dtype, task.name, task.quality)
         self.counters = self.core.counters  # one tally for the shell and the core
         self.cache = ProfileCache(config.resolve(self.settings.profile_cache))
         self.workers: dict[bytes, WorkerLink] = {}

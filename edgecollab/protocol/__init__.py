@@ -6,6 +6,7 @@ from .codec import MAX_ARRAY_BYTES, ProtocolError, decode, encode
 from .messages import (
     BACKPRESSURE_POLICIES,
     ERROR_CODES,
+    OUTPUT_MODES,
     PROTOCOL_VERSION,
     QUERY_TOPICS,
     Answer,
@@ -30,6 +31,7 @@ __all__ = [
     "BACKPRESSURE_POLICIES",
     "ERROR_CODES",
     "MAX_ARRAY_BYTES",
+    "OUTPUT_MODES",
     "PROTOCOL_VERSION",
     "QUERY_TOPICS",
     "Answer",

@@ -1,6 +1,8 @@
 """Wire codec: one msgpack header frame, then one raw frame per ndarray field.
 
 Header: ``{"v": version, "k": kind, "f": {scalar fields}, "a": [[field, dtype, shape], ...]}``.
+A field typed ``dict[str, np.ndarray]`` (named tensors, e.g. a model's outputs) sends one
+``[field, dtype, shape, key]`` entry and one frame per tensor.
 Everything malformed — wrong frame count, not msgpack, trailing bytes, unknown kind or
 version, wrong field types, an array header that lies about its size, a dtype outside
 the allow-list — raises one ``ProtocolError``. Nothing is ever unpickled.
@@ -27,6 +29,8 @@ MAX_NDIM = 8
 ALLOWED_DTYPES = frozenset({"uint8", "int8", "int16", "int32", "int64", "float16", "float32", "float64", "bool"})
 # Reports carry nested JSON-like data; deeper nesting is refused.
 MAX_DEPTH = 8
+# Array frames per message, named tensors included.
+MAX_ARRAYS = 64
 
 
 class ProtocolError(EdgecollabError):
@@ -36,8 +40,24 @@ class ProtocolError(EdgecollabError):
 Frame = bytes | memoryview
 
 
+_ARRAYS: dict[str, tuple[list[str], list[str]]] = {}
+
+
 def _array_fields(cls: type[Message]) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls) if f.type in ("np.ndarray", np.ndarray)]
+    """Fields sent as one raw frame each (computed once per message type)."""
+    if cls.kind not in _ARRAYS:
+        fields = dataclasses.fields(cls)
+        _ARRAYS[cls.kind] = (
+            [f.name for f in fields if f.type in ("np.ndarray", np.ndarray)],
+            [f.name for f in fields if f.type in ("dict[str, np.ndarray]", dict[str, np.ndarray])],
+        )
+    return _ARRAYS[cls.kind][0]
+
+
+def _tensor_fields(cls: type[Message]) -> list[str]:
+    """Fields of named tensors, sent as one raw frame per tensor."""
+    _array_fields(cls)
+    return _ARRAYS[cls.kind][1]
 
 
 Checker = Callable[[Any, int], bool]  # (a decoded value, nesting depth) -> whether it fits
@@ -52,7 +72,7 @@ def _scalar_fields(cls: type[Message]) -> tuple[dict[str, Checker], frozenset[st
 
 
 def _describe(cls: type[Message]) -> tuple[dict[str, Checker], frozenset[str], frozenset[str]]:
-    arrays = set(_array_fields(cls))
+    arrays = set(_array_fields(cls)) | set(_tensor_fields(cls))
     allowed = frozenset(f.name for f in dataclasses.fields(cls)) - arrays
     required = frozenset(
         f.name
@@ -71,14 +91,20 @@ def encode(message: Message) -> list[Frame]:
     for f in dataclasses.fields(message):
         value = getattr(message, f.name)
         if isinstance(value, np.ndarray):
-            # The wire is little-endian, like every board we target.
-            contiguous = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<"))
-            arrays.append([f.name, contiguous.dtype.name, list(contiguous.shape)])
-            buffers.append(contiguous.reshape(-1).view(np.uint8).data)
+            arrays.append([f.name, *_raw(value, buffers)])
+        elif isinstance(value, dict) and f.name in _tensor_fields(type(message)):
+            arrays.extend([f.name, *_raw(tensor, buffers), key] for key, tensor in value.items())
         else:
             scalars[f.name] = value
     header = msgpack.packb({"v": PROTOCOL_VERSION, "k": message.kind, "f": scalars, "a": arrays}, use_bin_type=True)
     return [header, *buffers]
+
+
+def _raw(value: np.ndarray, buffers: list[Frame]) -> tuple[str, list[int]]:
+    """Append the array's bytes to ``buffers``; its dtype name and shape. The wire is little-endian."""
+    contiguous = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<"))
+    buffers.append(contiguous.reshape(-1).view(np.uint8).data)
+    return contiguous.dtype.name, list(contiguous.shape)
 
 
 def decode(frames: Sequence[Frame]) -> Message:
@@ -102,15 +128,7 @@ def decode(frames: Sequence[Frame]) -> Message:
     scalars, array_specs = header["f"], header["a"]
     if not isinstance(scalars, dict) or not isinstance(array_specs, list):
         raise ProtocolError("header fields 'f' must be a map and 'a' a list")
-    expected_arrays = _array_fields(cls)
-    if len(frames) != 1 + len(expected_arrays) or len(array_specs) != len(expected_arrays):
-        raise ProtocolError(
-            f"{cls.kind} carries {len(expected_arrays)} array frame(s); got {len(frames) - 1} frame(s) "
-            f"and {len(array_specs)} array header(s)"
-        )
-    values: dict[str, Any] = {}
-    for spec, frame, name in zip(array_specs, frames[1:], expected_arrays, strict=True):
-        values[name] = _array(spec, frame, name)
+    values: dict[str, Any] = _arrays(cls, array_specs, frames)
     checkers, allowed, required = _scalar_fields(cls)
     if not set(scalars) <= allowed or not required <= set(scalars):
         raise ProtocolError(
@@ -123,6 +141,28 @@ def decode(frames: Sequence[Frame]) -> Message:
             raise ProtocolError(f"{cls.kind}.{name}: {type(value).__name__} does not fit {hint}")
         values[name] = value
     return cls(**values)
+
+
+def _arrays(cls: type[Message], specs: list[Any], frames: Sequence[Frame]) -> dict[str, Any]:
+    """The array fields: each plain one exactly once, in order; then any named tensors."""
+    plain, named = _array_fields(cls), _tensor_fields(cls)
+    if len(specs) > MAX_ARRAYS or len(frames) != 1 + len(specs) or len(specs) < len(plain):
+        raise ProtocolError(
+            f"{cls.kind} carries {len(plain)} array frame(s) and up to {MAX_ARRAYS - len(plain)} named tensors,"
+            f" one frame per array header; got {len(frames) - 1} frame(s) and {len(specs)} array header(s)"
+        )
+    values: dict[str, Any] = {name: {} for name in named}
+    for i, (spec, frame) in enumerate(zip(specs, frames[1:], strict=True)):
+        if i < len(plain):
+            values[plain[i]] = _array(spec, frame, plain[i])
+            continue
+        if not (isinstance(spec, list) and len(spec) == 4 and spec[0] in values and isinstance(spec[3], str)):
+            raise ProtocolError(f"{cls.kind}: a named tensor's header must be [field, dtype, shape, name] of {named}")
+        tensors = values[spec[0]]
+        if spec[3] in tensors:
+            raise ProtocolError(f"{cls.kind}.{spec[0]}: tensor {spec[3]!r} sent twice")
+        tensors[spec[3]] = _array(spec[:3], frame, spec[0])
+    return values
 
 
 def _array(spec: Any, frame: Frame, name: str) -> np.ndarray:

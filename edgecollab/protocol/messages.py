@@ -67,6 +67,7 @@ class Shard(Message):
     attempt: int
     variant: str
     inputs: np.ndarray
+    outputs: str = "predictions"  # what to send back: one of OUTPUT_MODES
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,9 @@ class ShardResult(Message):
     request_id: str
     shard_id: int
     attempt: int
-    predictions: np.ndarray  # int64 class per input
+    predictions: np.ndarray  # int64 class per input (-1 for a task not scored top1)
     busy_s: float  # time the node spent on the shard, emulated hold included
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)  # per the shard's ``outputs``, by name
 
 
 # --- client <-> coordinator -------------------------------------------------------------
@@ -94,16 +96,25 @@ class Submit(Message):
     policy: str | None = None
     # Refuse with ``infeasible`` rather than serve the fastest plan when the target cannot be met.
     strict: bool = False
+    outputs: str | None = None  # one of OUTPUT_MODES; none: "predictions" for a top1 task, else "all"
 
 
 @dataclass(frozen=True)
 class Result(Message):
-    """Predictions in input order, and a report of how the request was served."""
+    """Predictions in input order, the asked-for outputs, which variant on which node ran each input,
+    and a report of how the request was served.
+
+    ``provenance`` is (N, 2) int16: per input, an index into ``variants`` and one into ``nodes``.
+    """
 
     kind: ClassVar[str] = "result"
     request_id: str
     predictions: np.ndarray
+    provenance: np.ndarray
     report: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    variants: list[str] = field(default_factory=list)
+    nodes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -128,6 +139,9 @@ class Answer(Message):
 
 
 QUERY_TOPICS = ("status", "table", "plan")
+# What a request gets back: class per input; the five likeliest classes and their probabilities
+# (outputs ``top5`` and ``top5_scores``); or every output of the model, by the model's names.
+OUTPUT_MODES = ("predictions", "top5", "all")
 
 
 # --- streams ------------------------------------------------------------------------------

@@ -173,7 +173,7 @@ class WorkerAgent:
             shard = await self._queue.get()
             started = time.perf_counter()
             try:
-                predictions, board_seconds = await asyncio.to_thread(self.runner.run, shard.variant, shard.inputs)
+                ran = await asyncio.to_thread(self.runner.run, shard.variant, shard.inputs, shard.outputs)
             except ShardRejected as exc:
                 await self._send(Error(exc.code, str(exc), shard.request_id, shard.shard_id, shard.attempt))
                 continue
@@ -184,11 +184,13 @@ class WorkerAgent:
                 )
                 continue
             # Hold the reply until the emulated board would have finished.
-            hold = started + board_seconds - time.perf_counter()
+            hold = started + ran.board_seconds - time.perf_counter()
             if hold > 0:
                 await asyncio.sleep(hold)
             busy = time.perf_counter() - started
-            await self._send(ShardResult(shard.request_id, shard.shard_id, shard.attempt, predictions, busy))
+            await self._send(
+                ShardResult(shard.request_id, shard.shard_id, shard.attempt, ran.predictions, busy, ran.outputs)
+            )
 
     def _drop_queued_shards(self) -> None:
         # After a reconnect the coordinator has given these shards to others.

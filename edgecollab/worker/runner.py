@@ -13,6 +13,7 @@ import onnxruntime as ort
 
 from ..config import ClusterConfig, NodeConfig
 from ..errors import EdgecollabError
+from ..protocol import OUTPUT_MODES
 from ..zoo import Manifest, Variant, load_manifest, open_session, select_providers
 from .emulation import BOARD_PROFILES, BoardProfile
 
@@ -27,6 +28,13 @@ class ShardRejected(EdgecollabError):
         self.code = code
 
 
+@dataclass(frozen=True)
+class ShardOutcome:
+    predictions: np.ndarray  # class per input (argmax of the first output; -1 for a task not scored top1)
+    outputs: dict[str, np.ndarray]  # what the shard asked for, by name
+    board_seconds: float  # how long the (emulated) board would take
+
+
 @dataclass
 class LoadedVariant:
     variant: Variant
@@ -34,6 +42,7 @@ class LoadedVariant:
     input_name: str
     input_shape: tuple[int, ...]  # one input, without the batch dimension
     input_dtype: np.dtype
+    top1: bool  # scored by the argmax of its first output
 
 
 class ShardRunner:
@@ -59,7 +68,7 @@ class ShardRunner:
             )
             spec = session.get_inputs()[0]
             self.variants[name] = LoadedVariant(
-                variant, session, spec.name, task.input_shape, np.dtype(task.input_dtype)
+                variant, session, spec.name, task.input_shape, np.dtype(task.input_dtype), task.quality == "top1"
             )
 
     def fingerprint(self) -> str:
@@ -94,15 +103,25 @@ class ShardRunner:
             )
         return loaded
 
-    def run(self, variant: str, inputs: np.ndarray) -> tuple[np.ndarray, float]:
-        """Predicted classes, and the seconds the (emulated) board would need. Runs in a worker thread."""
+    def run(self, variant: str, inputs: np.ndarray, outputs: str = "predictions") -> ShardOutcome:
+        """Run a shard; what comes back follows ``outputs`` (see OUTPUT_MODES). Runs in a worker thread."""
         loaded = self.check(variant, inputs)
+        if outputs not in OUTPUT_MODES or (outputs == "top5" and not loaded.top1):
+            raise ShardRejected("invalid_input", f"outputs {outputs!r} cannot be given by variant {variant!r}")
         started = time.perf_counter()
-        logits = loaded.session.run(None, {loaded.input_name: inputs})[0]
-        predictions = np.asarray(logits).argmax(axis=1).astype(np.int64)
+        values = loaded.session.run(None, {loaded.input_name: inputs})
+        if loaded.top1:
+            predictions = np.asarray(values[0]).argmax(axis=1).astype(np.int64)
+        else:
+            predictions = np.full(len(inputs), -1, np.int64)
+        chosen: dict[str, np.ndarray] = {}
+        if outputs == "all":
+            chosen = {o.name: np.asarray(v) for o, v in zip(loaded.session.get_outputs(), values, strict=True)}
+        elif outputs == "top5":
+            chosen = _top5(np.asarray(values[0]))
         real = time.perf_counter() - started
         if self.board is None:
-            return predictions, real
+            return ShardOutcome(predictions, chosen, real)
         emulated = self.board.seconds(len(inputs), loaded.variant.macs, loaded.variant.quantized)
         if real > emulated:
             log.debug(
@@ -111,4 +130,13 @@ class ShardRunner:
                 real * 1e3,
                 emulated * 1e3,
             )
-        return predictions, max(real, emulated) / self.speed
+        return ShardOutcome(predictions, chosen, max(real, emulated) / self.speed)
+
+
+def _top5(scores: np.ndarray) -> dict[str, np.ndarray]:
+    """The five likeliest classes per input, likeliest first, and their softmax probabilities."""
+    k = min(5, scores.shape[1])
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
+    probabilities = shifted / shifted.sum(axis=1, keepdims=True)
+    return {"top5": top.astype(np.int64), "top5_scores": np.take_along_axis(probabilities, top, 1).astype(np.float32)}
