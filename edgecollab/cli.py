@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import sys
@@ -17,7 +18,7 @@ from rich.table import Table
 
 from . import logs
 from .config import DEFAULT_CONFIG, ClusterConfig, load_config, with_faults
-from .errors import EdgecollabError, InvalidInputError, RequestFailed
+from .errors import ConfigError, EdgecollabError, InvalidInputError, RequestFailed
 from .security import client_curve, node_curve
 from .zoo import load_manifest, load_test_set, pareto_front, sha256_of, verify_variant
 
@@ -54,6 +55,13 @@ MinAccuracyOption = Annotated[float | None, typer.Option("--min-accuracy", help=
 SeedOption = Annotated[int, typer.Option("--seed", help="seed for drawing inputs from the test set")]
 SavePredictionsOption = Annotated[
     Path | None, typer.Option("--save-predictions", help="write test-set indices and predictions to this .npz")
+]
+TaskOption = Annotated[
+    str | None, typer.Option("--task", help="the application the request is for (default: the config's default task)")
+]
+OutputsOption = Annotated[
+    str | None,
+    typer.Option("--outputs", help="what comes back: predictions, top5 or all (saved with --save-predictions)"),
 ]
 StrictOption = Annotated[
     bool, typer.Option("--strict", help="fail (exit 3) instead of serving the fastest plan if the target is infeasible")
@@ -246,18 +254,22 @@ def submit(
     json_output: JsonOption = False,
     save_predictions: SavePredictionsOption = None,
     strict: StrictOption = False,
+    task: TaskOption = None,
+    outputs: OutputsOption = None,
 ) -> None:
     """Send one request of test-set images to a running coordinator and print what happened.
 
     Exits 3 if the cluster could not serve it (busy, infeasible with --strict, boards lost).
     """
-    from .workload import RequestSpec, run_sync, workload_source
+    from .workload import RequestSpec, run_sync, workload_sources
 
     cluster = load_config(config)
     endpoint = coordinator or _client_endpoint(cluster)
-    spec = RequestSpec(inputs, target_ips, min_accuracy, policy, strict)
+    if task is not None and task not in cluster.models.tasks:
+        raise ConfigError(f"--task {task!r} is not served by {config}; its tasks: {', '.join(cluster.models.tasks)}")
+    spec = RequestSpec(inputs, target_ips, min_accuracy, policy, strict, task, outputs)
     with _progress_bars(not json_output) as progress:
-        rows = run_sync(endpoint, workload_source(cluster), [spec], seed, client_curve(cluster), progress)
+        rows = run_sync(endpoint, workload_sources(cluster), [spec], seed, client_curve(cluster), progress)
     _print_outcome(policy or cluster.coordinator.policy, cluster, rows, json_output, save_predictions)
 
 
@@ -281,25 +293,31 @@ def run(
         Path | None, typer.Option("--plot", help="draw per-node throughput and variants over time to this PNG")
     ] = None,
     strict: StrictOption = False,
+    task: TaskOption = None,
 ) -> None:
     """Start a coordinator and a worker per node of the config here, run a workload, and stop them.
 
-    With no flags it runs a default workload of several requests of varied sizes and targets.
+    With no flags it runs a default workload of several requests of varied sizes and targets, on every
+    task the config serves at the same time (each task's requests one after another).
     """
     from .inspection import wait_until_ready
     from .local import LocalCluster
-    from .workload import DEFAULT_WORKLOAD, RequestSpec, run_sync, workload_source
+    from .workload import RequestSpec, default_workload, run_sync, workload_sources
 
     cluster = load_config(config)
     if plot is not None:
         from .plots import pyplot
 
         pyplot()  # refuse before starting anything if matplotlib is missing
-    if requests is None and inputs is None and target_ips is None:
-        specs = [RequestSpec(n, t, min_accuracy, policy, strict) for n, t in DEFAULT_WORKLOAD]
+    if task is not None and task not in cluster.models.tasks:
+        raise ConfigError(f"--task {task!r} is not served by {config}; its tasks: {', '.join(cluster.models.tasks)}")
+    if requests is None and inputs is None and target_ips is None and task is None:
+        specs = default_workload(cluster, policy, strict)
+        if min_accuracy is not None:
+            specs = [dataclasses.replace(s, min_accuracy=min_accuracy) if s.task is None else s for s in specs]
     else:
-        specs = [RequestSpec(inputs or 1000, target_ips, min_accuracy, policy, strict)] * (requests or 1)
-    test_set = workload_source(cluster)
+        specs = [RequestSpec(inputs or 1000, target_ips, min_accuracy, policy, strict, task)] * (requests or 1)
+    test_set = workload_sources(cluster)
     log_dir = cluster.resolve(".edgecollab/logs")
     faults: dict[str, list[str]] = {}
     for item in fault or []:
@@ -612,11 +630,14 @@ def _print_outcome(
         print(json.dumps(outcome, indent=2))
         return
     table = Table(title=f"policy {policy}: {len(rows)} request(s) on {len(cluster.nodes)} nodes")
-    for column in ("#", "inputs", "target inf/s", "achieved inf/s", "accuracy", "met", "node: variant x inputs"):
-        table.add_column(column, justify="left" if column.startswith("node") else "right")
+    several = len(outcome["tasks"]) > 1
+    columns = ("#", *(("task",) if several else ()), "inputs", "target inf/s", "achieved inf/s", "accuracy", "met")
+    for column in (*columns, "node: variant x inputs"):
+        table.add_column(column, justify="left" if column.startswith("node") or column == "task" else "right")
     for r in outcome["requests"]:
         table.add_row(
             str(r["id"]),
+            *((r["task"],) if several else ()),
             f"{r['inputs']:,}",
             f"{r['target_ips']:,.0f}" if r["target_ips"] else "-",
             f"{r['achieved_ips']:,.0f}",
@@ -626,6 +647,14 @@ def _print_outcome(
         )
     _console().print(table)
     s = outcome["summary"]
+    if several:  # each task in its own measure: top-1 accuracy, or mAP@0.5 for detection
+        for name, t in outcome["tasks"].items():
+            print(
+                f"{name}: {t['inputs']:,} inputs in {t['requests']} requests, quality {t['accuracy'] * 100:.2f} %,"
+                f" targets met {t['targets_met']}/{t['requests']}"
+            )
+        print(f"targets met {s['targets_met']}/{len(rows)}")
+        return
     print(
         f"{s['inputs']:,} inputs in {s['requests']} requests: {s['achieved_ips']:,.0f} inf/s, "
         f"accuracy {s['accuracy'] * 100:.2f} %, targets met {s['targets_met']}/{s['requests']}"

@@ -100,6 +100,7 @@ class FrameResult:
     latency_ms: float  # from ``send`` to its answer's arrival here
     dropped: bool = False  # dropped by the stream's back-pressure policy; ``reason`` says why
     reason: str = ""
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)  # this frame's outputs, if asked for
 
 
 class Stream:
@@ -206,13 +207,14 @@ class Stream:
 
     def _deliver(self, message: FrameResults) -> None:
         now = time.monotonic()
-        for seq, prediction in zip(message.seqs.tolist(), message.predictions.tolist(), strict=True):
+        for row, (seq, prediction) in enumerate(zip(message.seqs.tolist(), message.predictions.tolist(), strict=True)):
             sent = self._sent.pop(seq, None)
             if sent is None:
                 continue  # not a frame this stream is waiting for
+            outputs = {name: tensor[row].copy() for name, tensor in message.outputs.items() if len(tensor) > row}
             self._ready[seq] = FrameResult(
                 seq, sent[1], prediction, message.variant, message.node, (now - sent[0]) * 1e3, message.dropped,
-                message.reason,
+                message.reason, outputs,
             )  # fmt: skip
         self._changed.set()
 
@@ -267,6 +269,7 @@ class Client:
         strict: bool = False,
         progress: ProgressCallback | None = None,
         outputs: str | None = None,
+        task: str | None = None,
     ) -> InferenceResult:
         """Send one request and wait for all its predictions, in input order.
 
@@ -275,10 +278,13 @@ class Client:
         ``notes`` — or, with ``strict``, refuses with ``InfeasibleTargetError``. ``progress`` is
         called with (inputs done, inputs) while the request runs. ``outputs`` is ``"predictions"``
         (the default for a classifier), ``"top5"`` or ``"all"`` (every model output; the default
-        for other tasks). Raises a ``RequestFailed``.
+        for other tasks). ``task`` names the application (none: the cluster's default task).
+        Raises a ``RequestFailed``.
         """
         request_id = uuid.uuid4().hex
-        submit = Submit(request_id, np.ascontiguousarray(inputs), target_ips, min_accuracy, policy, strict, outputs)
+        submit = Submit(
+            request_id, np.ascontiguousarray(inputs), target_ips, min_accuracy, policy, strict, outputs, task
+        )
         reporter = None
         if progress is not None:
             reporter = asyncio.create_task(self._report_progress(request_id, len(inputs), progress))
@@ -302,6 +308,7 @@ class Client:
         task: str | None = None,
         degrade: bool = False,
         backpressure: str = "block",
+        outputs: str | None = None,
     ) -> Stream:
         """A stream of frames at ``target_fps``: ``async with client.stream(30) as s: ...``.
 
@@ -310,8 +317,11 @@ class Client:
         cannot, entry raises ``InfeasibleTargetError``, or with ``degrade`` the stream is admitted
         anyway and ``stream.admission["degraded"]`` says so. ``backpressure``: ``block`` (``send``
         waits), ``drop-oldest`` (queued frames are dropped, each answered as dropped) or ``fail``.
+        ``outputs`` as for ``infer``: each ``FrameResult.outputs`` then holds that frame's row of each.
         """
-        spec = StreamOpen(uuid.uuid4().hex, target_fps, min_accuracy, max_latency_ms, degrade, backpressure, task)
+        spec = StreamOpen(
+            uuid.uuid4().hex, target_fps, min_accuracy, max_latency_ms, degrade, backpressure, task, outputs
+        )
         return Stream(self, spec)
 
     async def _send(self, message: Frames) -> None:
@@ -437,12 +447,13 @@ class SyncClient:
         strict: bool = False,
         progress: ProgressCallback | None = None,
         outputs: str | None = None,
+        task: str | None = None,
     ) -> InferenceResult:
         """Like ``Client.infer``, blocking; ``progress`` is called on the client's own thread."""
         return self._call(
             self._client.infer(
                 inputs, target_ips=target_ips, min_accuracy=min_accuracy, policy=policy, strict=strict,
-                progress=progress, outputs=outputs,
+                progress=progress, outputs=outputs, task=task,
             )
         )  # fmt: skip
 
@@ -459,11 +470,12 @@ class SyncClient:
         task: str | None = None,
         degrade: bool = False,
         backpressure: str = "block",
+        outputs: str | None = None,
     ) -> SyncStream:
         """Like ``Client.stream``, blocking: ``with client.stream(30) as s: s.send(frame); for r in s: ...``."""
         stream = self._client.stream(
             target_fps, min_accuracy=min_accuracy, max_latency_ms=max_latency_ms, task=task, degrade=degrade,
-            backpressure=backpressure,
+            backpressure=backpressure, outputs=outputs,
         )  # fmt: skip
         return SyncStream(self, stream)
 

@@ -117,8 +117,37 @@ class SecurityConfig(_Strict):
 
 
 class ModelsConfig(_Strict):
+    """Which tasks of the manifest the cluster serves. ``task = "x"`` alone (the one-task form) still works."""
+
     manifest: str | None = Field(None, description="model manifest (default: the repo's models/zoo.toml)")
-    task: str = "fashion-mnist"
+    tasks: tuple[str, ...] = Field(
+        ("fashion-mnist",), min_length=1, description="the tasks served; requests and streams name theirs"
+    )
+    task: str = Field("", description="the default task, for requests that name none (default: the first of tasks)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_task(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("task") and "tasks" not in data:
+            return {**data, "tasks": [data["task"]]}  # the one-task form: task = "x"
+        if isinstance(data, dict) and not data.get("task") and data.get("tasks"):
+            return {**data, "task": data["tasks"][0]}
+        return data
+
+    @property
+    def served(self) -> tuple[str, ...]:
+        """The tasks served, the default first."""
+        return (self.task, *(t for t in self.tasks if t != self.task))
+
+    @model_validator(mode="after")
+    def _default_is_served(self) -> ModelsConfig:
+        if not self.task:
+            object.__setattr__(self, "task", self.tasks[0])
+        if self.task not in self.tasks:
+            raise ValueError(f"task (the default) is {self.task!r}, which is not one of tasks {list(self.tasks)}")
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"tasks must not repeat; got {list(self.tasks)}")
+        return self
 
 
 class ClusterConfig(_Strict):

@@ -15,6 +15,7 @@ from edgecollab.coordinator.dispatch import (
     PlanSolved,
     Replan,
     SendShard,
+    ServedTask,
 )
 from edgecollab.coordinator.resource_manager import ResourceManager
 from edgecollab.planner import ExplorationTable, Measurement
@@ -28,7 +29,8 @@ def core_with(
 ) -> DispatchCore:
     """A core whose nodes (node -> variant -> measurement) have registered and been profiled at time 0."""
     config = CoordinatorConfig(startup_timeout_s=5.0, **settings)
-    core = DispatchCore(config, ResourceManager(rows, ExplorationTable(ACCURACY)), shape, np.dtype(np.uint8), task)
+    served = [ServedTask(task, shape, np.dtype(np.uint8))]
+    core = DispatchCore(config, ResourceManager(rows, ExplorationTable(ACCURACY)), served)
     for node, measurements in rows.items():
         core.handle(NodeRegistered(node, tuple(measurements), 0.0))
         core.handle(NodeProfiled(node, measurements, 0.0))

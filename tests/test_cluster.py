@@ -129,7 +129,7 @@ def test_submit_prints_json_and_saves_predictions(
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
-    assert set(out) == {"policy", "nodes", "requests", "summary"}
+    assert set(out) == {"policy", "nodes", "requests", "summary", "tasks"}
     assert [n["name"] for n in out["nodes"]] == NODES
     (request,) = out["requests"]
     assert {"id", "inputs", "target_ips", "achieved_ips", "accuracy", "met", "assignment"} <= set(request)

@@ -22,6 +22,7 @@ def test_shipped_config_is_the_papers_testbed() -> None:
     ]
     assert config.node("jetson-nano").providers[0] == "CUDAExecutionProvider"
     assert config.coordinator.workers.startswith("tcp://127.0.0.1:")
+    assert config.models.served == ("fashion-mnist", "fashion-detect")  # two applications share the boards
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -85,3 +86,24 @@ def test_faults_from_the_command_line_become_validated_events(tmp_path: Path) ->
         parse_fault("explode@1")
     with pytest.raises(ConfigError, match=r"node b: events can only be scheduled on an emulated node"):
         with_faults(config.node("b"), ["vanish@1"])
+
+
+NODE = '[[nodes]]\nname = "a"\n'
+
+
+def test_the_one_task_form_still_loads_as_the_only_task(tmp_path: Path) -> None:
+    (tmp_path / "c.toml").write_text('[models]\ntask = "fashion-mnist-224"\n' + NODE)
+    models = load_config(tmp_path / "c.toml").models
+    assert models.tasks == ("fashion-mnist-224",) and models.task == "fashion-mnist-224"
+
+
+def test_several_tasks_default_to_the_first_or_the_named_one(tmp_path: Path) -> None:
+    (tmp_path / "c.toml").write_text('[models]\ntasks = ["fashion-mnist", "fashion-detect"]\n' + NODE)
+    assert load_config(tmp_path / "c.toml").models.served == ("fashion-mnist", "fashion-detect")
+    (tmp_path / "c.toml").write_text(
+        '[models]\ntasks = ["fashion-mnist", "fashion-detect"]\ntask = "fashion-detect"\n' + NODE
+    )
+    assert load_config(tmp_path / "c.toml").models.served == ("fashion-detect", "fashion-mnist")
+    (tmp_path / "c.toml").write_text('[models]\ntasks = ["fashion-mnist"]\ntask = "fashion-detect"\n' + NODE)
+    with pytest.raises(ConfigError, match=r"task \(the default\) is 'fashion-detect', which is not one of tasks"):
+        load_config(tmp_path / "c.toml")

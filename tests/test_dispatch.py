@@ -20,6 +20,7 @@ from edgecollab.coordinator.dispatch import (
     Replan,
     RequestOpened,
     SendShard,
+    ServedTask,
     ShardRefused,
     ShardReturned,
     ShuttingDown,
@@ -248,7 +249,9 @@ def test_requests_fail_when_every_node_is_lost_and_on_shutdown() -> None:
 
 def test_a_request_waiting_for_the_cluster_times_out_busy() -> None:
     config = CoordinatorConfig(startup_timeout_s=1.0)
-    core = DispatchCore(config, ResourceManager(["a"], ExplorationTable(ACCURACY)), SHAPE, np.dtype(np.uint8))
+    core = DispatchCore(
+        config, ResourceManager(["a"], ExplorationTable(ACCURACY)), [ServedTask("", SHAPE, np.dtype(np.uint8))]
+    )
     assert core.handle(RequestOpened(b"c", submit(4), 0.0)) == []
     assert core.handle(Tick(0.5)) == []
     (busy,) = core.handle(Tick(1.1))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -153,3 +155,48 @@ def test_a_plan_of_rates_cuts_any_number_of_inputs() -> None:
         plan = demand.for_inputs("adaptive", inputs)
         assert sum(a.inputs for a in plan.assignments) == inputs
         assert plan.expected_accuracy == demand.expected_accuracy
+
+
+def two_task_table() -> tuple[ExplorationTable, list[str], frozenset[str], frozenset[str]]:
+    """Two boards serving a classifier ladder and a detector ladder (accuracies in their own measures)."""
+    classify = {"c-small": 0.88, "c-large": 0.92}
+    detect = {"d-small": 0.55, "d-large": 0.82}  # a detector's mAP: lower than any classifier's accuracy
+    table = ExplorationTable({**classify, **detect})
+    for node, speed in (("fast", 3.0), ("slow", 1.0)):
+        for variant, ips in (("c-small", 4000), ("c-large", 1000), ("d-small", 3000), ("d-large", 600)):
+            table.record(node, variant, Measurement(ips * speed, 10.0))
+    return table, ["fast", "slow"], frozenset(classify), frozenset(detect)
+
+
+def test_each_task_is_served_only_by_its_own_variants() -> None:
+    table, nodes, classify, detect = two_task_table()
+    plan = plan_jointly(
+        table, [Demand("c", 2000, variants=classify), Demand("d", None, variants=detect)], nodes
+    )  # the detector's best effort
+    check_consistent(plan, table)
+    assert {s.variant for s in plan.demands["c"].shares} <= classify
+    assert {s.variant for s in plan.demands["d"].shares} <= detect
+    # A detection demand's accuracy is its own task's: the classifier's 0.92 does not make it infeasible.
+    assert plan.demands["d"].feasible and plan.demands["d"].expected_accuracy == pytest.approx(0.82)
+
+
+def test_capacity_moves_to_the_task_whose_load_grows() -> None:
+    """The joint plan gives the boards to whichever application needs them: as detection's target grows,
+    classification keeps its target on cheaper variants (less of the boards), and the reverse."""
+    table, nodes, classify, detect = two_task_table()
+    accuracy, detection_time = [], []
+    for target in (300.0, 1500.0, 3000.0, 4500.0):
+        demands = [Demand("c", 3000, variants=classify), Demand("d", target, variants=detect)]
+        plan = plan_jointly(table, demands, nodes)
+        check_consistent(plan, table)
+        assert all(d.feasible for d in plan.demands.values())
+        assert plan.demands["c"].expected_ips >= 3000 * (1 + TARGET_HEADROOM) - 1e-6
+        assert plan.demands["d"].expected_ips >= target * (1 + TARGET_HEADROOM) - 1e-6
+        accuracy.append(plan.demands["c"].expected_accuracy)
+        detection_time.append(
+            plan.demands["d"].node_time(table).get("fast", 0.0)
+            + plan.demands["d"].node_time(table).get("slow", 0.0) / 3
+        )
+    assert all(b <= a + 1e-9 for a, b in itertools.pairwise(accuracy)) and accuracy[-1] < accuracy[0] - 0.01
+    # Detection's share, in fast-board seconds per second, grows with its load.
+    assert all(b > a for a, b in itertools.pairwise(detection_time))

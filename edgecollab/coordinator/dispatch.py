@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,6 +87,24 @@ SMALL_REPLAN_INTERVAL_S = 1.0
 SMALL_RATE_MARGIN = 1.5
 SMALL_MIN_RATE = 5.0
 SMALL_DEMAND = "small:requests"  # demand keys with ':' cannot be a client's id
+
+
+def small_demand(task: str, default: str) -> str:
+    """The pooled small requests' demand key of a task (the default task's is SMALL_DEMAND)."""
+    return SMALL_DEMAND if task == default else f"{SMALL_DEMAND} {task}"
+
+
+@dataclass(frozen=True)
+class ServedTask:
+    """A task the cluster serves: what its inputs are, how it is scored, and the variants that serve it."""
+
+    name: str
+    input_shape: tuple[int, ...]
+    input_dtype: np.dtype[Any]
+    quality: str = "top1"
+    variants: frozenset[str] | None = None  # None: every variant in the table (a one-task cluster)
+
+
 # A request's weight on a node its plan does not use (it runs there only orphans or steals).
 STRAY_WEIGHT = 0.01
 # Micro-batches of stream frames travel as shards of this pseudo request (client ids may not hold ':').
@@ -277,6 +296,7 @@ class OpenRequest:
     arrived: float
     small: bool  # served from the current plan without a solve
     outputs: str = "predictions"  # what its shards bring back: one of OUTPUT_MODES
+    task: str = ""  # the task it is for
     status: str = "waiting"  # waiting (for the cluster) | planning | queued (small) | running
     run: RequestRun | None = None
     first_plan: Plan | None = None
@@ -305,17 +325,12 @@ class DispatchCore:
         self,
         settings: CoordinatorConfig,
         rm: ResourceManager,
-        input_shape: tuple[int, ...],
-        input_dtype: np.dtype[Any],
-        task: str = "",
-        quality: str = "top1",
+        tasks: Sequence[ServedTask],
     ) -> None:
         self.settings = settings
-        self.task = task  # the task the cluster serves: a stream naming another is refused
-        self.quality = quality  # how the task is scored: a top1 task's outputs have classes
+        self.tasks = {t.name: t for t in tasks}  # the tasks served; requests and streams name theirs
+        self.default_task = tasks[0].name  # for requests and streams that name none
         self.rm = rm  # cluster life cycle and the exploration table
-        self.input_shape = input_shape
-        self.input_dtype = input_dtype
         self.nodes: dict[str, NodeSlot] = {}  # registered nodes; usable once rm has profiled them
         self.requests: dict[str, OpenRequest] = {}  # every admitted request not yet answered; ≤ max_requests
         self.small_queue: deque[str] = deque()  # ids of small requests not yet sent, in arrival order
@@ -331,9 +346,9 @@ class DispatchCore:
         self.counters: Counter[str] = Counter()  # replans, solves, late replies, nodes lost, ...
         self.outcomes: Counter[str] = Counter()  # requests answered, by outcome ("completed" or an error code)
         self.last_request: dict[str, float] = {}  # expected and achieved figures of the last large request
-        self._small_arrivals: deque[tuple[float, int]] = deque()  # (time, inputs) within SMALL_RATE_WINDOW_S
-        self._small_inputs_in_window = 0
-        self._small_rate_planned = 0.0  # the small-request rate the current plan reserves for
+        self._small_arrivals: deque[tuple[float, int, str]] = deque()  # (time, inputs, task) in SMALL_RATE_WINDOW_S
+        self._small_inputs_in_window: Counter[str] = Counter()  # per task
+        self._small_rate_planned: dict[str, float] = {}  # per task: the small-request rate the plan reserves for
         self._last_small_replan = float("-inf")
         self._last_drift_replan = float("-inf")
         self._out: list[Instruction] = []
@@ -380,11 +395,11 @@ class DispatchCore:
     def _opened(self, event: RequestOpened) -> None:
         submit = event.submit
         rid = submit.request_id
-        problem = check_submit(submit, self.input_shape, self.input_dtype)
-        outputs = submit.outputs or ("predictions" if self.quality == "top1" else "all")
-        if problem is None and (outputs not in OUTPUT_MODES or (outputs != "all" and self.quality != "top1")):
-            modes = OUTPUT_MODES if self.quality == "top1" else ("all",)
-            problem = f"outputs must be one of {', '.join(modes)} for task {self.task!r}, or none; got {outputs!r}"
+        task, problem = self._task_named(submit.task)
+        if task is not None:
+            problem = check_submit(submit, task.input_shape, task.input_dtype)
+        outputs, wrong = _outputs_mode(task, submit.outputs)
+        problem = problem or wrong
         if problem is None and (rid in self.requests or rid in self.streams):
             problem = f"request_id {rid!r} is already running; every request needs its own id"
         if problem is not None:
@@ -411,9 +426,22 @@ class DispatchCore:
             and submit.min_accuracy is None
             and not submit.strict
         )
-        self.requests[rid] = OpenRequest(event.client, submit, request, policy, event.now, small, outputs=outputs)
+        assert task is not None
+        self.requests[rid] = OpenRequest(
+            event.client, submit, request, policy, event.now, small, outputs=outputs, task=task.name
+        )
         if self.rm.accepts_requests():
             self._start(self.requests[rid], event.now)
+
+    def _task_named(self, name: str | None) -> tuple[ServedTask | None, str | None]:
+        """The task a request or stream names (none: the default), or why there is none."""
+        task = self.tasks.get(name or self.default_task)
+        if task is None:
+            return (
+                None,
+                f"task must be one of {', '.join(self.tasks)} (the tasks this cluster serves), or none; got {name!r}",
+            )
+        return task, None
 
     def _start_waiting(self, now: float) -> None:
         if not self.rm.accepts_requests():
@@ -427,7 +455,7 @@ class DispatchCore:
         if r.small:  # served from the running plan: the resource manager's state is not about them
             r.status = "queued"
             self.small_queue.append(r.request_id)
-            self._count_small(r.request.inputs, now)
+            self._count_small(r.request.inputs, r.task, now)
             return
         self.rm.request_started(r.request_id)
         if r.joint:
@@ -436,7 +464,8 @@ class DispatchCore:
             return
         # The baselines plan alone, on the whole cluster, and follow that plan (no solve: they are cheap).
         try:
-            plan = make_plan(r.policy, self.rm.table, r.request, self.rm.usable_nodes())
+            table = self.rm.table.only(self.tasks[r.task].variants)
+            plan = make_plan(r.policy, table, r.request, self.rm.usable_nodes())
         except PlanningError as exc:
             self._fail(r, Error("invalid_input", str(exc), r.request_id))
             return
@@ -500,9 +529,10 @@ class DispatchCore:
     def _stream_opened(self, event: StreamOpened) -> None:
         spec = event.spec
         sid = spec.stream_id
-        problem = check_stream_open(spec)
-        if problem is None and spec.task is not None and spec.task != self.task:
-            problem = f"task must be {self.task!r} (the task this cluster serves) or none; got {spec.task!r}"
+        task, problem = self._task_named(spec.task)
+        problem = problem or check_stream_open(spec)
+        outputs, wrong = _outputs_mode(task, spec.outputs)
+        problem = problem or wrong
         if problem is None and (sid in self.streams or sid in self.requests):
             problem = f"stream_id {sid!r} is already open; every stream needs its own id"
         if problem is not None:
@@ -517,7 +547,10 @@ class DispatchCore:
             self._answer_error(event.client, Error("busy", why, sid))
             return
         latency_ms = spec.max_latency_ms if spec.max_latency_ms is not None else self.settings.stream_latency_ms
-        stream = OpenStream(event.client, spec, event.now, latency_ms / 1e3, self.settings.stream_queue_frames)
+        assert task is not None
+        label = "" if task.name == self.default_task else task.name
+        queue = self.settings.stream_queue_frames
+        stream = OpenStream(event.client, spec, event.now, latency_ms / 1e3, queue, label, outputs)
         self.streams[sid] = stream
         if self.rm.accepts_requests():
             self._admit(stream)
@@ -560,8 +593,8 @@ class DispatchCore:
             "expected_accuracy": demand.expected_accuracy,
             "max_latency_ms": stream.max_latency_s * 1e3,
             "queue_frames": stream.queue_frames,
-            "input_shape": list(self.input_shape),
-            "input_dtype": self.input_dtype.name,
+            "input_shape": list(self._stream_task(stream).input_shape),
+            "input_dtype": self._stream_task(stream).input_dtype.name,
         }
         self._out.append(StreamReply(stream.client, Answer(stream.stream_id, answer)))
 
@@ -576,7 +609,8 @@ class DispatchCore:
         elif stream.status != "open":
             problem = f"stream {frames.stream_id!r} is not admitted yet: wait for the answer to its open"
         else:
-            problem = check_frames(frames, stream.next_seq, self.input_shape, self.input_dtype)
+            task = self._stream_task(stream)
+            problem = check_frames(frames, stream.next_seq, task.input_shape, task.input_dtype)
         if stream is None or problem is not None:
             self.counters["frames_refused"] += len(frames.inputs) if frames.inputs.ndim else 0
             self._answer_error(event.client, Error("invalid_input", problem or "", frames.stream_id))
@@ -593,6 +627,9 @@ class DispatchCore:
                 stream.stream_id, seqs, np.full(len(seqs), -1, np.int64), "", "", True, accepted.reason
             )
             self._out.append(StreamReply(stream.client, dropped))
+
+    def _stream_task(self, stream: OpenStream) -> ServedTask:
+        return self.tasks[stream.task or self.default_task]
 
     def _stream_closed(self, event: StreamClosed) -> None:
         sid = event.close.stream_id
@@ -631,10 +668,13 @@ class DispatchCore:
         if key in self._stream_variants:
             return self._stream_variants[key]
         table = self.rm.table
+        allowed = self._stream_task(stream).variants  # its task's
         fast_enough = [
             v
             for v in table.variants_of(slot.name)
-            if v in slot.variants and table.latency_s(slot.name, v, 1) <= LATENCY_SHARE * stream.max_latency_s
+            if v in slot.variants
+            and (allowed is None or v in allowed)
+            and table.latency_s(slot.name, v, 1) <= LATENCY_SHARE * stream.max_latency_s
         ]
         chosen = None
         demand = self.plan.demands.get(stream.pool) if self.plan else None
@@ -651,28 +691,29 @@ class DispatchCore:
 
     def _send_frames(self, slot: NodeSlot, now: float) -> bool:
         """Send a node the micro-batch of frames due soonest that it can run in time, if any waits."""
-        due: tuple[float, str, OpenStream] | None = None
-        by_variant: dict[str, list[OpenStream]] = {}
+        due: tuple[float, tuple[str, str], OpenStream] | None = None
+        # Frames of streams that run the same variant here and want the same outputs ride together.
+        by_variant: dict[tuple[str, str], list[OpenStream]] = {}
         for stream in self.streams.values():
             if not stream.pending:
                 continue
             variant = self._stream_variant(stream, slot)
             if variant is None:
                 continue
-            by_variant.setdefault(variant, []).append(stream)
+            by_variant.setdefault((variant, stream.outputs), []).append(stream)
             head = stream.pending[0].deadline
             if due is None or head < due[0]:
-                due = (head, variant, stream)
+                due = (head, (variant, stream.outputs), stream)
         if due is None:
             return False
-        _, variant, first = due
+        _, (variant, outputs), first = due
         # The batch waits behind what the node has in flight, then must answer by the soonest deadline.
         table = self.rm.table
         start = max((b.expected_done for b in slot.batches.values()), default=now)
         for sent_at, shard in slot.in_flight.values():
             start = max(start, sent_at + shard.size * table.seconds_per_input(slot.name, shard.variant))
         start = max(start, now)
-        streams = by_variant[variant]
+        streams = by_variant[(variant, outputs)]
         waiting = sum(len(s.pending) for s in streams)
         most = self.settings.shard_size
         size, send_by = plan_batch(
@@ -688,7 +729,8 @@ class DispatchCore:
         slot.batches[batch.batch_id] = batch
         inputs = np.stack([f.data for _, f in frames])
         self.counters["frame_batches"] += 1
-        self._out.append(SendShard(slot.name, Shard(FRAMES_REQUEST, batch.batch_id, 0, variant, inputs)))
+        message = Shard(FRAMES_REQUEST, batch.batch_id, 0, variant, inputs, outputs)
+        self._out.append(SendShard(slot.name, message))
         return True
 
     def _wake_at(self, when: float) -> None:
@@ -702,11 +744,19 @@ class DispatchCore:
         if batch is None or result.attempt != 0:
             self.counters["late_replies"] += 1
             return
-        predictions = result.predictions
-        if predictions.ndim != 1 or len(predictions) != len(batch.frames) or predictions.dtype.kind not in "iu":
+        predictions, outputs, count = result.predictions, result.outputs, len(batch.frames)
+        wanted = batch.frames[0][0].outputs
+        if (
+            predictions.ndim != 1
+            or len(predictions) != count
+            or predictions.dtype.kind not in "iu"
+            or (wanted == "predictions") != (not outputs)
+            or any(tensor.ndim == 0 or len(tensor) != count for tensor in outputs.values())
+        ):
             self.counters["bad_results"] += 1
-            log.warning("dispatch: %s returned %s of shape %s for a batch of %d frames; sending them again",
-                        slot.name, predictions.dtype, predictions.shape, len(batch.frames))  # fmt: skip
+            log.warning("dispatch: %s returned predictions %s of shape %s and outputs %s for a batch of %d frames;"
+                        " sending them again", slot.name, predictions.dtype, predictions.shape, sorted(outputs),
+                        count)  # fmt: skip
             self._requeue_batch(batch)
             return
         if batch.alone:
@@ -715,17 +765,18 @@ class DispatchCore:
             slot.last_result_at = now
         accuracy = self.rm.table.accuracy.get(batch.variant, 0.0)
         by_stream: dict[str, tuple[OpenStream, list[PendingFrame], list[int]]] = {}
-        for (stream, frame), prediction in zip(batch.frames, predictions.tolist(), strict=True):
-            _, frames, answers = by_stream.setdefault(stream.stream_id, (stream, [], []))
+        for row, (stream, frame) in enumerate(batch.frames):
+            _, frames, rows = by_stream.setdefault(stream.stream_id, (stream, [], []))
             frames.append(frame)
-            answers.append(prediction)
-        for sid, (stream, frames, answers) in by_stream.items():
+            rows.append(row)
+        for sid, (stream, frames, rows) in by_stream.items():
             if self.streams.get(sid) is not stream:
                 continue  # failed or gone meanwhile: nobody waits for these answers
             stream.answered(frames, batch.variant, accuracy, now)
             self.counters["frames_served"] += len(frames)
             seqs = np.fromiter((f.seq for f in frames), np.int64, len(frames))
-            message = FrameResults(sid, seqs, np.array(answers, np.int64), batch.variant, slot.name)
+            mine = {name: tensor[rows] for name, tensor in outputs.items()}
+            message = FrameResults(sid, seqs, predictions[rows], batch.variant, slot.name, outputs=mine)
             self._out.append(StreamReply(stream.client, message))
             self._finish_stream_if_done(stream, now)
 
@@ -923,21 +974,22 @@ class DispatchCore:
     def _want_replan(self, reason: str) -> None:
         self.replan_reason = self.replan_reason or reason
 
-    def _count_small(self, inputs: int, now: float) -> None:
-        """Track the pooled small-request rate; ask for a plan when it moved materially."""
-        self._small_arrivals.append((now, inputs))
-        self._small_inputs_in_window += inputs
+    def _count_small(self, inputs: int, task: str, now: float) -> None:
+        """Track each task's pooled small-request rate; ask for a plan when one moved materially."""
+        self._small_arrivals.append((now, inputs, task))
+        self._small_inputs_in_window[task] += inputs
         while self._small_arrivals and self._small_arrivals[0][0] < now - SMALL_RATE_WINDOW_S:
-            self._small_inputs_in_window -= self._small_arrivals.popleft()[1]
-        rate = self._small_rate()
-        planned = self._small_rate_planned
+            _, old_inputs, old_task = self._small_arrivals.popleft()
+            self._small_inputs_in_window[old_task] -= old_inputs
+        rate = self._small_rate(task)
+        planned = self._small_rate_planned.get(task, 0.0)
         moved = planned == 0 or abs(rate / planned - 1) > SMALL_RATE_CHANGE
         if moved and now - self._last_small_replan >= SMALL_REPLAN_INTERVAL_S:
             self._last_small_replan = now
             self._want_replan("the small-request rate changed")
 
-    def _small_rate(self) -> float:
-        return self._small_inputs_in_window / SMALL_RATE_WINDOW_S
+    def _small_rate(self, task: str) -> float:
+        return self._small_inputs_in_window[task] / SMALL_RATE_WINDOW_S
 
     def _maybe_replan(self, now: float) -> None:
         if self.replan_reason is None or self.solving or not self.rm.usable_nodes():
@@ -974,7 +1026,10 @@ class DispatchCore:
                     # own target: time gained early is kept as slack for the tail, not spent on accuracy.
                     time_left = r.arrived + r.request.inputs / target - now
                     target = max(target, remaining / max(time_left, 1e-3))
-            demands.append(Demand(r.request_id, target, r.request.min_accuracy, r.policy == "adaptive"))
+            variants = self.tasks[r.task].variants
+            demands.append(
+                Demand(r.request_id, target, r.request.min_accuracy, r.policy == "adaptive", variants=variants)
+            )
         # Streams with the same conditions are one demand at their summed rate: the plan's size does
         # not grow with the number of cameras, and each of them runs what the pool runs on a node.
         pools: dict[str, tuple[float, OpenStream]] = {}
@@ -984,10 +1039,15 @@ class DispatchCore:
                 pools[stream.pool] = (rate + stream.spec.target_fps, stream)
         for key, (rate, stream) in pools.items():
             latency, batch = stream.max_latency_s, self.settings.shard_size
-            demands.append(Demand(key, rate, stream.spec.min_accuracy, True, latency, batch))
-        rate = self._small_rate()
-        if rate > 0 or self.small_queue:
-            demands.append(Demand(SMALL_DEMAND, max(rate * SMALL_RATE_MARGIN, SMALL_MIN_RATE)))
+            variants = self._stream_task(stream).variants
+            demands.append(Demand(key, rate, stream.spec.min_accuracy, True, latency, batch, variants))
+        queued = {self.requests[rid].task for rid in self.small_queue if rid in self.requests}
+        for task in self.tasks.values():
+            rate = self._small_rate(task.name)
+            if rate > 0 or task.name in queued:
+                key = small_demand(task.name, self.default_task)
+                rate = max(rate * SMALL_RATE_MARGIN, SMALL_MIN_RATE)
+                demands.append(Demand(key, rate, variants=task.variants))
         return tuple(demands)
 
     def _solved(self, event: PlanSolved) -> None:
@@ -1009,8 +1069,10 @@ class DispatchCore:
             demand = event.plan.demands.get(stream.pool)
             if demand is not None:
                 self._stream_admitted(stream, demand)
-        small = event.plan.demands.get(SMALL_DEMAND)
-        self._small_rate_planned = small.expected_ips if small else 0.0
+        self._small_rate_planned = {}
+        for task in self.tasks:
+            small = event.plan.demands.get(small_demand(task, self.default_task))
+            self._small_rate_planned[task] = small.expected_ips if small else 0.0
         self.rm.plan_adopted()
         for r in list(self.requests.values()):
             demand = event.plan.demands.get(r.request_id)
@@ -1051,7 +1113,7 @@ class DispatchCore:
         if self._send_frames(slot, now):
             return True
         self._drop_closed_small()
-        variant = self._small_variant(slot) if self.small_queue else None
+        variant = self._small_variant(slot, self.requests[self.small_queue[0]].task) if self.small_queue else None
         if variant is not None:
             self._send_small(slot, variant, now)
             return True
@@ -1105,7 +1167,10 @@ class DispatchCore:
         taken = 0
         while self.small_queue:
             r = self.requests[self.small_queue[0]]
-            if pack and (taken + min(r.request.inputs, limit) > limit or r.outputs != pack[0][0].outputs):
+            if pack and (
+                taken + min(r.request.inputs, limit) > limit
+                or (r.outputs, r.task) != (pack[0][0].outputs, pack[0][0].task)
+            ):
                 break
             self.small_queue.popleft()
             assignment = Assignment(slot.name, variant, r.request.inputs)
@@ -1161,15 +1226,16 @@ class DispatchCore:
         while self.small_queue and self.small_queue[0] not in self.requests:
             self.small_queue.popleft()
 
-    def _small_variant(self, slot: NodeSlot) -> str | None:
-        """The variant small requests run on a node: the pooled demand's there, else the plan's most
-        accurate one there, else (no plan uses the node) its most accurate profiled variant."""
+    def _small_variant(self, slot: NodeSlot, task: str) -> str | None:
+        """The variant a task's small requests run on a node: the pooled demand's there, else the plan's
+        most accurate one of the task there, else (no plan uses the node) its most accurate profiled one."""
         table = self.rm.table
-        profiled = [v for v in table.variants_of(slot.name) if v in slot.variants]
+        allowed = self.tasks[task].variants
+        profiled = [v for v in table.variants_of(slot.name) if v in slot.variants and (allowed is None or v in allowed)]
         if not profiled:
             return None
         if self.plan is not None:
-            small = self.plan.demands.get(SMALL_DEMAND)
+            small = self.plan.demands.get(small_demand(task, self.default_task))
             chosen = small.variant_on(slot.name) if small else None
             if chosen in profiled:
                 return chosen
@@ -1195,6 +1261,7 @@ class DispatchCore:
             notes.append(f"ran without {', '.join(missing)} (not registered, not profiled in time, or not needed)")
         return {
             "request_id": run.request_id,
+            "task": r.task,
             "policy": r.policy,
             "inputs": run.total_inputs,
             "target_ips": request.target_ips,
@@ -1264,6 +1331,17 @@ class DispatchCore:
                 for d in self.plan.demands.values()
             ],
         }
+
+
+def _outputs_mode(task: ServedTask | None, asked: str | None) -> tuple[str, str | None]:
+    """What a request's or stream's answers carry (none asked: predictions for a top1 task, else all
+    outputs), or why it cannot have what it asked for."""
+    top1 = task is None or task.quality == "top1"
+    mode = asked or ("predictions" if top1 else "all")
+    if task is not None and (mode not in OUTPUT_MODES or (mode != "all" and not top1)):
+        modes = OUTPUT_MODES if top1 else ("all",)
+        return mode, f"outputs must be one of {', '.join(modes)} for task {task.name!r}, or none; got {mode!r}"
+    return mode, None
 
 
 def _weights(plan: Plan, table: ExplorationTable) -> dict[str, float]:

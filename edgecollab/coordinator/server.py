@@ -69,6 +69,7 @@ from .dispatch import (
     Replan,
     RequestOpened,
     SendShard,
+    ServedTask,
     ShardRefused,
     ShardReturned,
     ShuttingDown,
@@ -121,15 +122,23 @@ class Coordinator:
         self.workers_endpoint = workers_endpoint or self.settings.workers
         self.clients_endpoint = clients_endpoint or self.settings.clients
         manifest = load_manifest(config.manifest_path)
-        task = manifest.tasks.get(config.models.task)
-        if task is None:
-            raise EdgecollabError(f"task {config.models.task!r} is not in the manifest {manifest.path}")
-        self.input_shape = task.input_shape
-        self.input_dtype = np.dtype(task.input_dtype)
-        self.table = ExplorationTable({v.name: v.accuracy for v in manifest.for_task(task.name)})
-        self.table.link_seconds.update(config.link_seconds_per_input(task.bytes_per_input))
+        tasks = manifest.served(config.models.served)  # the default task first
+        variants = {t.name: manifest.for_task(t.name) for t in tasks}
+        self.table = ExplorationTable({v.name: v.accuracy for t in tasks for v in variants[t.name]})
+        self.table.link_seconds.update(config.link_seconds_per_input(tasks[0].bytes_per_input))
+        self.table.input_scale.update(
+            {v.name: t.bytes_per_input / tasks[0].bytes_per_input for t in tasks for v in variants[t.name]}
+        )
+        # What a profiling shard of each variant holds: inputs of its own task.
+        self._task_of_variant = {v.name: t for t in tasks for v in variants[t.name]}
         self.rm = ResourceManager([n.name for n in config.nodes], self.table)
-        self.core = DispatchCore(self.settings, self.rm, self.input_shape, self.input_dtype, task.name, task.quality)
+        served = [
+            ServedTask(
+                t.name, t.input_shape, np.dtype(t.input_dtype), t.quality, frozenset(v.name for v in variants[t.name])
+            )
+            for t in tasks
+        ]
+        self.core = DispatchCore(self.settings, self.rm, served)
         self.counters = self.core.counters  # one tally for the shell and the core
         self.cache = ProfileCache(config.resolve(self.settings.profile_cache))
         self.workers: dict[bytes, WorkerLink] = {}
@@ -482,7 +491,10 @@ class Coordinator:
         """
         size = self.settings.shard_size
         rows = max(size, *LATENCY_BATCHES)
-        sample = np.random.default_rng(0).integers(0, 256, (rows, *self.input_shape)).astype(self.input_dtype)
+        samples = {
+            t.name: np.random.default_rng(0).integers(0, 256, (rows, *t.input_shape)).astype(t.input_dtype)
+            for t in self._task_of_variant.values()
+        }
         window = asyncio.Semaphore(self.settings.window)
         measurements: dict[str, Measurement] = {}
 
@@ -492,7 +504,8 @@ class Coordinator:
                 key = (f"profile:{link.name}:{variant}", shard_id, 0)
                 waiter: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
                 self._profiling[key] = waiter
-                if not link.alive or not await self._send_worker(link.identity, Shard(*key, variant, sample[:batch])):
+                sample = samples[self._task_of_variant[variant].name][:batch]
+                if not link.alive or not await self._send_worker(link.identity, Shard(*key, variant, sample)):
                     self._profiling.pop(key, None)
                     raise WorkerGone(f"node {link.name} is unreachable")
                 reply = await waiter

@@ -52,6 +52,8 @@ class OpenStream:
     opened: float
     max_latency_s: float
     queue_frames: int  # most frames unanswered (queued + in flight) before back-pressure acts
+    task: str = ""  # the task its frames are for, when it is not the cluster's default task
+    outputs: str = "predictions"  # what its frames' answers carry: one of OUTPUT_MODES
     status: str = "waiting"  # waiting (for the cluster) | planning (admission) | open | closing
     degraded: bool = False  # admitted although the plan cannot meet its rate or accuracy
     notes: tuple[str, ...] = ()
@@ -75,7 +77,8 @@ class OpenStream:
     def pool(self) -> str:
         """The joint plan's demand this stream is part of: every stream with the same conditions."""
         accuracy = f", min accuracy {self.spec.min_accuracy:g}" if self.spec.min_accuracy is not None else ""
-        return f"streams: {self.max_latency_s * 1e3:g} ms{accuracy}"
+        task = f", task {self.task}" if self.task else ""
+        return f"streams: {self.max_latency_s * 1e3:g} ms{accuracy}{task}"
 
     @property
     def outstanding(self) -> int:

@@ -75,6 +75,9 @@ class Demand:
     # LATENCY_SHARE of it get no share of this demand (the rest is for waiting and batching).
     max_latency_s: float | None = None
     max_batch: int = 32  # the largest micro-batch dispatch sends (a latency-bound demand's cost depends on it)
+    # The variants that may serve it (its task's); None: any. Accuracies of different tasks are in
+    # each task's own measure (top-1, mAP): the plan only compares them within a demand.
+    variants: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -129,7 +132,7 @@ def plan_jointly(table: ExplorationTable, demands: Sequence[Demand], nodes: Sequ
     """The joint plan for ``demands`` on the usable ``nodes``; ``PlanningError`` if no node is profiled."""
     started = time.perf_counter()
     options = [
-        Option(n, v, table.seconds_per_input(n, v), table.accuracy[v])
+        Option(n, v, table.seconds_per_input(n, v), table.accuracy[v], _serves(demands, v))
         for n in sorted(nodes)
         for v in sorted(table.variants_of(n))
         if table.ips(n, v) > 0 and v in table.accuracy
@@ -146,9 +149,10 @@ def plan_jointly(table: ExplorationTable, demands: Sequence[Demand], nodes: Sequ
         if not any(np.isfinite(cost)):
             notes[key].append(f"no board answers one frame within {LATENCY_SHARE:.0%} of the latency bound")
     for d in demands:
-        if d.min_accuracy is not None and d.min_accuracy > best_accuracy:
+        best = max((o.accuracy for o in options if d.variants is None or o.variant in d.variants), default=0.0)
+        if d.min_accuracy is not None and d.min_accuracy > best:
             notes[d.key].append(
-                f"minimum accuracy {d.min_accuracy:g} is unreachable: the best variant scores {best_accuracy:.4f}"
+                f"minimum accuracy {d.min_accuracy:g} is unreachable: the best variant scores {best:.4f}"
             )
     targeted = [d for d in demands if d.target_ips is not None]
     best_effort = [d for d in demands if d.target_ips is None]
@@ -208,14 +212,26 @@ def _costs(table: ExplorationTable, options: Sequence[Option], demand: Demand) -
     that cannot answer one frame within ``LATENCY_SHARE`` of the bound are closed to it.
     """
     if demand.max_latency_s is None:
-        return [o.seconds_per_input for o in options]
+        return [o.seconds_per_input if _may_serve(demand, o) else np.inf for o in options]
     budget = LATENCY_SHARE * demand.max_latency_s
     costs = []
     for o in options:
+        if not _may_serve(demand, o):
+            costs.append(np.inf)
+            continue
         batch = table.largest_batch(o.node, o.variant, budget, demand.max_batch)
         per_input = max(o.seconds_per_input, table.latency_s(o.node, o.variant, batch) / batch) if batch else np.inf
         costs.append(per_input / LATENCY_BOUND_LOAD)
     return costs
+
+
+def _may_serve(demand: Demand, option: Option) -> bool:
+    return demand.variants is None or option.variant in demand.variants
+
+
+def _serves(demands: Sequence[Demand], variant: str) -> str:
+    """Which demands a variant may serve, as a key: options are compared (``dominated``) only within one."""
+    return "".join("1" if d.variants is None or variant in d.variants else "0" for d in demands)
 
 
 def _node_time(
@@ -325,6 +341,11 @@ class _Program:
             [[costs[d.key][k] if d.key in costs else options[k].seconds_per_input for k in self.keep] for d in demands]
         ).reshape(len(demands), self.k)
         self.acc = np.array([options[k].accuracy for k in self.keep])
+        # Per demand, the best accuracy it can have: of the options that may serve it (its task's).
+        self.best_for = [
+            max((a for a, c in zip(self.acc, self.cost[d], strict=True) if np.isfinite(c)), default=best_accuracy)
+            for d in range(len(demands))
+        ]
         self.node_of = [options[k].node for k in self.keep]
 
     def x(self, d: int, i: int) -> int:
@@ -390,9 +411,9 @@ class _Program:
         wanted = {}
         for d, demand in enumerate(self.demands):
             if demand.min_accuracy is not None:
-                wanted[d] = min(demand.min_accuracy, self.best_accuracy)
+                wanted[d] = min(demand.min_accuracy, self.best_for[d])
             elif best_effort:
-                wanted[d] = self.best_accuracy  # best effort wants the most accurate answers
+                wanted[d] = self.best_for[d]  # best effort wants the most accurate answers
             if demand.key in self.floors:
                 wanted[d] = max(wanted.get(d, 0.0), self.floors[demand.key])
         return wanted

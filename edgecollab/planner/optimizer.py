@@ -45,6 +45,7 @@ class Option:
     variant: str
     seconds_per_input: float
     accuracy: float
+    group: str = ""  # options of different groups (e.g. tasks) never replace one another
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,12 @@ def dominated(options: Sequence[Option]) -> set[int]:
     """Indices of options their own node can replace by one that is no slower and no less accurate."""
 
     def beats(p: Option, o: Option, p_first: bool) -> bool:
-        no_worse = p.node == o.node and p.accuracy >= o.accuracy and p.seconds_per_input <= o.seconds_per_input
+        no_worse = (
+            p.node == o.node
+            and p.group == o.group
+            and p.accuracy >= o.accuracy
+            and p.seconds_per_input <= o.seconds_per_input
+        )
         # Of two identical options keep the first.
         return no_worse and (p.accuracy > o.accuracy or p.seconds_per_input < o.seconds_per_input or p_first)
 

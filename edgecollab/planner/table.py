@@ -42,6 +42,8 @@ class ExplorationTable:
         self._rows: dict[tuple[str, str], Measurement] = {}
         # node -> seconds to ship one input over its link (bytes per input ÷ bandwidth); 0 when unknown
         self.link_seconds: dict[str, float] = {}
+        # variant -> its inputs' size relative to the inputs link_seconds is for (another task's may differ)
+        self.input_scale: dict[str, float] = {}
         # achieved ÷ expected throughput of recent requests, in (0, 1]: start-up, the tail and contention
         # between nodes that the per-node rows do not see
         self.efficiency = 1.0
@@ -73,7 +75,17 @@ class ExplorationTable:
         copy = ExplorationTable(self.accuracy)
         copy._rows = {k: Measurement(m.ips * share, m.latency_ms, m.latencies) for k, m in self._rows.items()}
         copy.link_seconds = {n: s / share for n, s in self.link_seconds.items()}
+        copy.input_scale = dict(self.input_scale)
         copy.efficiency = self.efficiency
+        return copy
+
+    def only(self, variants: frozenset[str] | None) -> ExplorationTable:
+        """A copy that knows only ``variants`` (one task's), for the planners that plan one request alone."""
+        if variants is None:
+            return self
+        copy = self.scaled(1.0)
+        copy.accuracy = {v: a for v, a in self.accuracy.items() if v in variants}
+        copy._rows = {k: m for k, m in copy._rows.items() if k[1] in variants}
         return copy
 
     def forget(self, node: str) -> None:
@@ -113,7 +125,7 @@ class ExplorationTable:
         """
         ips = self.ips(node, variant)
         compute = 1.0 / ips if ips > 0 else float("inf")
-        return max(compute, self.link_seconds.get(node, 0.0))
+        return max(compute, self.link_seconds.get(node, 0.0) * self.input_scale.get(variant, 1.0))
 
     def nodes(self) -> list[str]:
         return sorted({n for n, _ in self._rows})

@@ -97,6 +97,7 @@ class Submit(Message):
     # Refuse with ``infeasible`` rather than serve the fastest plan when the target cannot be met.
     strict: bool = False
     outputs: str | None = None  # one of OUTPUT_MODES; none: "predictions" for a top1 task, else "all"
+    task: str | None = None  # the application it is for; none: the cluster's default task
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,8 @@ class StreamOpen(Message):
     # When the cluster cannot meet the rate and accuracy: refuse (``infeasible``) or admit degraded.
     degrade: bool = False
     backpressure: str = "block"  # one of BACKPRESSURE_POLICIES
-    task: str | None = None  # the application it is for; none: the cluster's task
+    task: str | None = None  # the application it is for; none: the cluster's default task
+    outputs: str | None = None  # one of OUTPUT_MODES; none: "predictions" for a top1 task, else "all"
 
     @property
     def request_id(self) -> str:  # errors about a stream carry its id where a request's would go
@@ -201,6 +203,7 @@ class FrameResults(Message):
     node: str
     dropped: bool = False
     reason: str = ""
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)  # the asked-for outputs, a row per frame
 
 
 @dataclass(frozen=True)

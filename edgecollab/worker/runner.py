@@ -51,10 +51,15 @@ class ShardRunner:
     def __init__(self, config: ClusterConfig, node: NodeConfig) -> None:
         self.node = node
         self.manifest: Manifest = load_manifest(config.manifest_path)
-        task = self.manifest.tasks.get(config.models.task)
-        if task is None:
-            raise EdgecollabError(f"task {config.models.task!r} is not in the manifest {self.manifest.path}")
-        names = node.variants or tuple(v.name for v in self.manifest.for_task(task.name))
+        tasks = self.manifest.served(config.models.served)
+        served = {t.name for t in tasks}
+        names = node.variants or tuple(v.name for t in tasks for v in self.manifest.for_task(t.name))
+        foreign = [n for n in names if self.manifest.variant(n).task not in served]
+        if foreign:
+            raise EdgecollabError(
+                f"node {node.name}: variant(s) {', '.join(foreign)} are of tasks the cluster does not serve"
+                f" ({', '.join(served)}); add their task to [models] tasks"
+            )
         self.providers, missing = select_providers(node.providers)
         if missing:
             log.warning("node %s: provider(s) %s not available; falling back to %s", node.name, missing, self.providers)
@@ -63,6 +68,7 @@ class ShardRunner:
         self.variants: dict[str, LoadedVariant] = {}
         for name in names:
             variant = self.manifest.variant(name)
+            task = self.manifest.task_of(variant)
             session = open_session(
                 self.manifest.resolve(variant.file), task, providers=self.providers, threads=node.threads
             )

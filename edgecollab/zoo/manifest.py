@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,7 +22,9 @@ from ..errors import ManifestError
 
 DEFAULT_MANIFEST_ENV = "EDGECOLLAB_MANIFEST"
 # The first line of the shipped manifest, written by models/train.py and models/upscale.py.
-Quality = Literal["top1", "map50"]
+# top1: the first output's argmax is the class; map50: outputs boxes, scores, labels, scored by
+# pycocotools; stated: no scorer here, each variant states its figure and where it comes from.
+Quality = Literal["top1", "map50", "stated"]
 GENERATED_HEADER = "# Written by models/train.py and models/upscale.py (make models). Every figure is measured.\n\n"
 
 
@@ -36,8 +39,8 @@ class TaskSpec(BaseModel):
     classes: int | None = Field(None, gt=1, description="classes of a classifier or detector")
     quality: Quality = Field(
         "top1",
-        description="how a variant is scored: top1 (the first output's argmax is the class) or map50"
-        " (outputs boxes, scores and labels; mAP at IoU 0.5 by pycocotools)",
+        description="how a variant is scored: top1 (the first output's argmax is the class), map50"
+        " (outputs boxes, scores and labels; mAP at IoU 0.5 by pycocotools) or stated (a figure and its source)",
     )
     test_images: str | None = Field(None, description="IDX file of test inputs, relative to the manifest")
     test_labels: str | None = Field(None, description="IDX file of test labels, relative to the manifest")
@@ -128,6 +131,16 @@ class Manifest:
 
     def for_task(self, task: str) -> list[Variant]:
         return [v for v in self.variants.values() if v.task == task]
+
+    def served(self, names: Sequence[str]) -> list[TaskSpec]:
+        """The named tasks, in that order; ``ManifestError`` naming any the manifest lacks."""
+        missing = [n for n in names if n not in self.tasks]
+        if missing:
+            known = ", ".join(self.tasks)
+            raise ManifestError(
+                f"task(s) {', '.join(map(repr, missing))} not in the manifest {self.path}; it has: {known}"
+            )
+        return [self.tasks[n] for n in names]
 
 
 def sha256_of(path: Path) -> str:

@@ -37,6 +37,15 @@ class DetectionSet:
     def __len__(self) -> int:
         return len(self.inputs)
 
+    def subset(self, indices: np.ndarray) -> DetectionSet:
+        """The images at ``indices`` (repeats allowed), numbered 0.. in that order, with their boxes."""
+        order = np.argsort(self.image_index, kind="stable")
+        starts = np.searchsorted(self.image_index[order], np.arange(len(self.inputs) + 1))
+        picked = [order[starts[i] : starts[i + 1]] for i in indices]
+        rows = np.concatenate(picked) if picked else np.zeros(0, np.int64)
+        owners = np.repeat(np.arange(len(indices)), [len(p) for p in picked])
+        return DetectionSet(self.inputs[indices], self.boxes[rows], self.labels[rows], owners.astype(np.int64))
+
 
 TestSet = LabelledSet | DetectionSet
 
@@ -126,6 +135,8 @@ def mean_average_precision(outputs: dict[str, np.ndarray], truth: DetectionSet) 
 
 def score_session(session: ort.InferenceSession, task: TaskSpec, test_set: TestSet) -> float:
     """The task's quality figure for one model on its test set."""
+    if task.quality == "stated":
+        raise ModelError(f"task {task.name!r} has no scorer: its variants state their quality and its source")
     outputs = run_outputs(session, test_set.inputs)
     if isinstance(test_set, DetectionSet):
         return mean_average_precision(outputs, test_set)
