@@ -149,7 +149,10 @@ def models_verify(
     """
     zoo = load_manifest(manifest, check_files=False)
     chosen = [zoo.variant(name) for name in variant] if variant else list(zoo.variants.values())
-    test_sets = {task: load_test_set(zoo, zoo.tasks[task]) for task in {v.task for v in chosen}}
+    test_sets = {
+        task: load_test_set(zoo, zoo.tasks[task]) if zoo.tasks[task].has_test_set else None
+        for task in {v.task for v in chosen}
+    }
     checks = [verify_variant(zoo, v, test_sets[v.task]) for v in chosen]
     failed = [c.name for c in checks if not (c.sha256_ok and c.accuracy_ok)]
     if json_output:
@@ -176,7 +179,9 @@ def models_verify(
             table.add_row(
                 c.name,
                 f"{c.accuracy_manifest * 100:.2f} %",
-                f"{c.accuracy_measured * 100:.2f} %",
+                f"{c.accuracy_measured * 100:.2f} %"
+                if c.accuracy_measured is not None
+                else f"stated: {c.quality_source}",
                 "ok" if c.sha256_ok else "MISMATCH",
                 f"{c.ips_b1:,.0f}",
                 f"{c.ips_b32:,.0f}",
@@ -185,6 +190,57 @@ def models_verify(
     if failed:
         print(f"verification failed for: {', '.join(failed)}", file=sys.stderr)
         raise typer.Exit(EXIT_CHECK_FAILED)
+
+
+@models_app.command("add")
+@_reports_errors
+def models_add(
+    model: Annotated[Path, typer.Argument(help="the ONNX file to add")],
+    task: Annotated[str, typer.Option("--task", help="the task it serves: an existing one, or a new one")],
+    manifest: ManifestOption = None,
+    name: Annotated[str | None, typer.Option("--name", help="the variant's name (default: the file's)")] = None,
+    labelled: Annotated[
+        Path | None,
+        typer.Option("--labelled", help="a new task's labelled test set: .npz, IDX images (with --labels) or a folder"),
+    ] = None,
+    labels: Annotated[Path | None, typer.Option("--labels", help="the IDX labels of IDX --labelled images")] = None,
+    quality: Annotated[
+        str | None,
+        typer.Option("--quality", help="a new task's scoring: top1, map50 or stated (default: from outputs)"),
+    ] = None,
+    figure: Annotated[
+        float | None, typer.Option("--quality-figure", help="a stated quality (0..1) when there is no labelled set")
+    ] = None,
+    source: Annotated[str | None, typer.Option("--source", help="where the stated quality comes from")] = None,
+    base: Annotated[str | None, typer.Option("--base", help="the float variant a quantized one was made from")] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Add an ONNX file to the manifest: inspect its graph, measure its quality, write its entry.
+
+    The file is copied next to the manifest, as TASK/NAME.onnx. Its quality is measured on the task's
+    labelled test set (a new task takes --labelled as its own), or stated with --quality-figure and --source.
+    """
+    from .zoo.manifest import default_manifest_path
+    from .zoo.onboard import add_model
+
+    if quality is not None and quality not in ("top1", "map50", "stated"):
+        raise EdgecollabError(f"--quality must be top1, map50 or stated; got {quality!r}")
+    path = manifest or default_manifest_path()
+    added = add_model(
+        path, model, task, name=name, labelled=labelled, labels=labels, quality=quality, stated=figure,
+        source=source, base=base,
+    )  # fmt: skip
+    v = added.variant
+    if json_output:
+        row = {"manifest": str(path), "variant": v.model_dump(exclude_none=True), "new_task": added.new_task}
+        print(json.dumps({**row, "task": added.task.model_dump(), "graph": added.graph.as_dict()}, indent=2))
+        return
+    how = f"measured ({added.task.quality})" if added.measured else f"stated ({v.quality_source})"
+    new = " (new)" if added.new_task else ""
+    print(
+        f"added {v.name} to task {v.task}{new} in {path}: quality {v.accuracy * 100:.2f} % {how},"
+        f" {v.macs:,} MACs, {v.params:,} params, sha256 {v.sha256[:12]}…"
+    )
 
 
 @models_app.command("inspect")
