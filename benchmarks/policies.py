@@ -1,11 +1,12 @@
 """Every policy on the same emulated cluster and the same workload, in one run.
 
-    .venv/bin/python benchmarks/policies.py [--config cluster.toml] [--seed 0]
+    .venv/bin/python benchmarks/policies.py [--config cluster.toml] [--seed 0] [--task fashion-detect]
 
 Starts the config's cluster on this machine, profiles it (or reuses the cache), derives a
 workload from the cluster's own capacity — requests that are easy, that need approximation,
-and that no plan can meet — and sends it through every policy. Writes
-benchmarks/results/policies.json and, with matplotlib, benchmarks/results/policies.png.
+and that no plan can meet — and sends it through every policy, on one task's ladder (default:
+the config's default task; accuracy is that task's measure, mAP@0.5 for detection). Writes
+benchmarks/results/policies.json (``--task``: policies-TASK.json) and a plot beside it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from edgecollab.inspection import ask, table_from_rows, wait_until_ready
 from edgecollab.local import LocalCluster
 from edgecollab.planner import POLICIES, PlanRequest, make_plan
 from edgecollab.plots import pyplot, save
-from edgecollab.workload import RequestSpec, run_sync, workload_source
+from edgecollab.workload import RequestSpec, run_sync, workload_sources
+from edgecollab.zoo import load_manifest
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # (inputs, target as a multiple of what the most accurate variant on every node reaches): from
@@ -61,14 +63,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=Path("cluster.toml"))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=RESULTS / "policies.json")
+    parser.add_argument("--task", help="the task whose ladder is compared (default: the config's default task)")
+    parser.add_argument("--out", type=Path, help="default: benchmarks/results/policies.json (policies-TASK.json)")
     args = parser.parse_args()
 
     config = load_config(args.config)
-    test_set = workload_source(config)
+    task = args.task or config.models.task
+    out = args.out or RESULTS / ("policies.json" if args.task is None else f"policies-{task}.json")
+    test_set = workload_sources(config)[task]
+    ladder = frozenset(v.name for v in load_manifest(config.manifest_path, check_files=False).for_task(task))
     with LocalCluster(args.config, log_dir=config.resolve(".edgecollab/logs")) as local:
         wait_until_ready(local.clients_endpoint, timeout_s=600)
-        table = table_from_rows(ask(local.clients_endpoint, "table")["rows"])
+        table = table_from_rows(ask(local.clients_endpoint, "table")["rows"]).only(ladder)
         nodes = table.nodes()
         accurate_ips = make_plan("proportional", table, PlanRequest(10_000), nodes).expected_ips
         fastest_ips = make_plan("adaptive", table, PlanRequest(10_000, target_ips=1e12), nodes).expected_ips
@@ -76,12 +82,12 @@ def main() -> int:
         workload.append((INFEASIBLE[0], round(fastest_ips * INFEASIBLE[1])))
         results: dict[str, Any] = {}
         for policy in POLICIES:
-            specs = [RequestSpec(n, float(target), None, policy) for n, target in workload]
+            specs = [RequestSpec(n, float(target), None, policy, task=task) for n, target in workload]
             started = time.monotonic()
-            rows = run_sync(local.clients_endpoint, test_set, specs, args.seed)
+            rows = run_sync(local.clients_endpoint, {task: test_set}, specs, args.seed)
             for r in rows:
-                r.pop("_indices")
-                r.pop("_predictions")
+                for key in [k for k in r if k.startswith("_")]:
+                    r.pop(key)
             results[policy] = {"summary": summarise(rows), "requests": rows, "seconds": time.monotonic() - started}
             s = results[policy]["summary"]
             print(
@@ -114,6 +120,7 @@ def main() -> int:
     }
     report = {
         "command": "python benchmarks/policies.py " + " ".join(sys.argv[1:]),
+        "task": task,
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
         "cluster": [{"name": n.name, "emulate": n.emulate} for n in config.nodes],
         "capacity": {"most_accurate_everywhere_ips": accurate_ips, "fastest_plan_ips": fastest_ips},
@@ -131,10 +138,10 @@ def main() -> int:
             "paper": {"performance_gain": 0.415, "accuracy_gain": 0.052},
         },
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.out}", file=sys.stderr)
-    _plot(report, args.out.with_suffix(".png"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}", file=sys.stderr)
+    _plot(report, out.with_suffix(".png"))
     return 0
 
 

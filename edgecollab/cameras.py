@@ -18,7 +18,7 @@ import numpy as np
 
 from .client import Client, Stream
 from .security import ClientCurve
-from .zoo import LabelledSet
+from .zoo.scoring import DetectionSet, TestSet, mean_average_precision
 
 
 @dataclass
@@ -33,6 +33,8 @@ class SourceTally:
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
     admission: dict[str, Any] = field(default_factory=dict)
+    # A detection stream's answers, for its mAP once it ends: (test-set index, the frame's outputs).
+    detections: list[tuple[int, dict[str, np.ndarray]]] = field(default_factory=list)
 
     def row(self) -> dict[str, Any]:
         lat = np.array(self.latencies_ms) if self.latencies_ms else np.array([np.nan])
@@ -45,7 +47,8 @@ class SourceTally:
             "fps": self.results / elapsed if elapsed > 0 else 0.0,
             "p50_ms": float(np.percentile(lat, 50)),
             "p99_ms": float(np.percentile(lat, 99)),
-            "accuracy": self.correct / self.results if self.results else None,
+            # A detection stream's quality is its mAP, over all sources together (see totals).
+            "accuracy": self.correct / self.results if self.results and not self.detections else None,
             "variants": dict(self.variants),
             "degraded": bool(self.admission.get("degraded", False)),
         }
@@ -60,10 +63,13 @@ class CameraSpec:
     min_accuracy: float | None = None
     degrade: bool = False
     backpressure: str = "block"
+    task: str | None = None  # none: the cluster's default task
+    outputs: str | None = None
 
 
-def totals(tallies: list[SourceTally]) -> dict[str, Any]:
-    """All sources together: frames, answers, drops, fps, pooled latency percentiles, accuracy."""
+def totals(tallies: list[SourceTally], test_set: TestSet | None = None) -> dict[str, Any]:
+    """All sources together: frames, answers, drops, fps, pooled latency percentiles, accuracy
+    (for a detection set: mAP@0.5 over every answered frame)."""
     latencies = np.array([x for t in tallies for x in t.latencies_ms]) if tallies else np.array([])
     results = sum(t.results for t in tallies)
     rows = [t.row() for t in tallies]
@@ -76,14 +82,23 @@ def totals(tallies: list[SourceTally]) -> dict[str, Any]:
         "p50_ms": float(np.percentile(latencies, 50)) if len(latencies) else None,
         "p99_ms": float(np.percentile(latencies, 99)) if len(latencies) else None,
         "worst_source_p99_ms": max((r["p99_ms"] for r in rows), default=None),
-        "accuracy": sum(t.correct for t in tallies) / results if results else None,
+        "accuracy": _quality(tallies, test_set) if results else None,
         "variants": dict(sum((t.variants for t in tallies), Counter())),
     }
 
 
+def _quality(tallies: list[SourceTally], test_set: TestSet | None) -> float:
+    found = [d for t in tallies for d in t.detections]
+    if isinstance(test_set, DetectionSet) and found:
+        indices = np.array([index for index, _ in found])
+        outputs = {name: np.stack([o[name] for _, o in found]) for name in found[0][1]}
+        return mean_average_precision(outputs, test_set.subset(indices))
+    return sum(t.correct for t in tallies) / sum(t.results for t in tallies)
+
+
 async def run_cameras(
     endpoint: str,
-    test_set: LabelledSet,
+    test_set: TestSet,
     spec: CameraSpec,
     curve: ClientCurve | None = None,
     on_tick: Callable[[list[SourceTally]], None] | None = None,
@@ -100,10 +115,10 @@ async def run_cameras(
     return tallies
 
 
-async def _camera(client: Client, test_set: LabelledSet, spec: CameraSpec, tally: SourceTally) -> None:
+async def _camera(client: Client, test_set: TestSet, spec: CameraSpec, tally: SourceTally) -> None:
     stream = client.stream(
         spec.fps, min_accuracy=spec.min_accuracy, max_latency_ms=spec.max_latency_ms, degrade=spec.degrade,
-        backpressure=spec.backpressure,
+        backpressure=spec.backpressure, task=spec.task, outputs=spec.outputs,
     )  # fmt: skip
     count = max(int(spec.fps * spec.duration_s), 1)
     # Each camera walks the test set from its own offset, so sources see different frames.
@@ -120,15 +135,16 @@ async def _camera(client: Client, test_set: LabelledSet, spec: CameraSpec, tally
                 tally.results += 1
                 tally.latencies_ms.append(result.latency_ms)
                 tally.variants[result.variant] += 1
-                tally.correct += int(result.prediction == test_set.labels[result.id])
+                if isinstance(test_set, DetectionSet):
+                    tally.detections.append((result.id, result.outputs))
+                else:
+                    tally.correct += int(result.prediction == test_set.labels[result.id])
         finally:
             await sender
     tally.finished = time.monotonic()
 
 
-async def _send_frames(
-    stream: Stream, test_set: LabelledSet, indices: np.ndarray, fps: float, tally: SourceTally
-) -> None:
+async def _send_frames(stream: Stream, test_set: TestSet, indices: np.ndarray, fps: float, tally: SourceTally) -> None:
     start = time.monotonic()
     for i, index in enumerate(indices):
         await asyncio.sleep(max(start + i / fps - time.monotonic(), 0.0))

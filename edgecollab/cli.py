@@ -419,6 +419,8 @@ def stream(
     config: ConfigOption = DEFAULT_CONFIG,
     coordinator: CoordinatorOption = None,
     json_output: JsonOption = False,
+    task: TaskOption = None,
+    outputs: OutputsOption = None,
 ) -> None:
     """Simulate cameras sending test-set frames, on the embedded cluster (or a running one with --coordinator).
 
@@ -427,14 +429,16 @@ def stream(
     """
     from .cameras import CameraSpec
     from .protocol import BACKPRESSURE_POLICIES
-    from .workload import workload_source
+    from .workload import workload_sources
 
     if backpressure not in BACKPRESSURE_POLICIES:
         expected = ", ".join(BACKPRESSURE_POLICIES)
         raise InvalidInputError("invalid_input", f"--backpressure must be one of {expected}; got {backpressure!r}")
     cluster = load_config(config)
-    spec = CameraSpec(sources, fps, duration, max_latency_ms, min_accuracy, degrade, backpressure)
-    test_set = workload_source(cluster)
+    if task is not None and task not in cluster.models.tasks:
+        raise ConfigError(f"--task {task!r} is not served by {config}; its tasks: {', '.join(cluster.models.tasks)}")
+    spec = CameraSpec(sources, fps, duration, max_latency_ms, min_accuracy, degrade, backpressure, task, outputs)
+    test_set = workload_sources(cluster)[task or cluster.models.task]
     if coordinator is not None:
         tallies = _run_cameras(coordinator, cluster, test_set, spec, json_output)
     else:
@@ -451,11 +455,12 @@ def stream(
     from .cameras import totals
 
     rows = [t.row() for t in tallies]
+    total = totals(tallies, test_set)
     if json_output:
-        print(json.dumps({"streams": rows, "total": totals(tallies)}, indent=2))
+        print(json.dumps({"streams": rows, "total": total}, indent=2))
         return
     _console().print(_stream_table(rows, f"{sources} camera(s) at {fps:g} fps for {duration:g} s"))
-    t = totals(tallies)
+    t = total
     print(
         f"{t['results']:,} of {t['frames']:,} frames answered, {t['dropped']:,} dropped; {t['fps']:,.0f} fps; "
         f"p50 {t['p50_ms']:.1f} ms, p99 {t['p99_ms']:.1f} ms (worst source {t['worst_source_p99_ms']:.1f} ms); "
