@@ -193,10 +193,16 @@ def test_capacity_moves_to_the_task_whose_load_grows() -> None:
         assert plan.demands["c"].expected_ips >= 3000 * (1 + TARGET_HEADROOM) - 1e-6
         assert plan.demands["d"].expected_ips >= target * (1 + TARGET_HEADROOM) - 1e-6
         accuracy.append(plan.demands["c"].expected_accuracy)
+        if target == 300.0:
+            first_detection_accuracy = plan.demands["d"].expected_accuracy
         detection_time.append(
             plan.demands["d"].node_time(table).get("fast", 0.0)
             + plan.demands["d"].node_time(table).get("slow", 0.0) / 3
         )
     assert all(b <= a + 1e-9 for a, b in itertools.pairwise(accuracy)) and accuracy[-1] < accuracy[0] - 0.01
-    # Detection's share, in fast-board seconds per second, grows with its load.
-    assert all(b > a for a, b in itertools.pairwise(detection_time))
+    # Detection's share, in fast-board seconds per second, grows with its load (until the boards are full).
+    assert all(b >= a - 1e-9 for a, b in itertools.pairwise(detection_time))
+    assert detection_time[-1] > 3 * detection_time[0]
+    # Across tasks the plan weighs each task's own quality: a light detection load is served at its
+    # best variant even though classification has many more inputs per second.
+    assert first_detection_accuracy == pytest.approx(0.82)

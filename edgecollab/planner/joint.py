@@ -262,23 +262,27 @@ def _priority_floors(
     """
     if len(targeted) < 2:
         return {}
-    # Demands of similar size (within PRIORITY_RATIO of the group's largest) are one group: no
-    # order among them, their accuracy is maximised together.
-    groups: list[list[str]] = []
-    for d in sorted(targeted, key=lambda d: -rates[d.key]):
-        if groups and rates[d.key] * PRIORITY_RATIO >= rates[groups[-1][0]]:
-            groups[-1].append(d.key)
-        else:
-            groups.append([d.key])
-    if len(groups) < 2:
-        return {}
+    # Priority is within a task: rates of different tasks do not compare (a detector's scene costs
+    # what many classifications do), and across tasks the objective weighs each task's own quality.
     floors: dict[str, float] = {}
-    for group in groups[:PRIORITY_STAGES]:
-        program = _Program(options, targeted, capacity, best_accuracy, relaxed=True, floors=floors, costs=costs)
-        x = program.solve_targeted(rates, scale, only=set(group))
-        if x is None:
-            break
-        floors.update({key: program.demand_accuracy(x, key) - FLOOR_SLACK for key in group})
+    for task in dict.fromkeys(d.variants for d in targeted):
+        mine = [d for d in targeted if d.variants == task]
+        # Demands of similar size (within PRIORITY_RATIO of the group's largest) are one group: no
+        # order among them, their accuracy is maximised together.
+        groups: list[list[str]] = []
+        for d in sorted(mine, key=lambda d: -rates[d.key]):
+            if groups and rates[d.key] * PRIORITY_RATIO >= rates[groups[-1][0]]:
+                groups[-1].append(d.key)
+            else:
+                groups.append([d.key])
+        if len(groups) < 2:
+            continue
+        for group in groups[:PRIORITY_STAGES]:
+            program = _Program(options, targeted, capacity, best_accuracy, relaxed=True, floors=floors, costs=costs)
+            x = program.solve_targeted(rates, scale, only=set(group))
+            if x is None:
+                break
+            floors.update({key: program.demand_accuracy(x, key) - FLOOR_SLACK for key in group})
     return floors
 
 
@@ -424,15 +428,31 @@ class _Program:
         for d, demand in enumerate(self.demands):
             rate = rates[demand.key] * scale
             constraints.add(self.rate_row(d), rate, rate)
-        total = sum(rates[d.key] for d in self.demands) * scale
         objective = np.zeros(self.n_vars)
+        weights = self._quality_weights({d.key: rates[d.key] * scale for d in self.demands})
         for d, demand in enumerate(self.demands):
             if only is not None and demand.key not in only:
                 continue
             for i in range(self.k):
                 cost = self.cost[d, i] if np.isfinite(self.cost[d, i]) else 0.0
-                objective[self.x(d, i)] = -_SCALE * (self.acc[i] / total - _TIE_BREAK * cost)
+                objective[self.x(d, i)] = -_SCALE * (self.acc[i] * weights[d] - _TIE_BREAK * cost)
         return self._run(objective, constraints, 0.0)
+
+    def _quality_weights(self, rates: dict[str, float]) -> list[float]:
+        """Per demand, the weight of one input's accuracy in the objective.
+
+        Within a task every input counts the same (expected correct answers per second). Each task's
+        sum is then divided by its rate and its best accuracy, so every task weighs its own mean quality
+        relative to the best it can reach: a point of a detector's mAP and a point of a classifier's
+        top-1 are not the same, and the task with more inputs per second must not win every trade.
+        With one task this is the expected correct answers per second, scaled.
+        """
+        totals: dict[frozenset[str] | None, float] = {}
+        best: dict[frozenset[str] | None, float] = {}
+        for d, demand in enumerate(self.demands):
+            totals[demand.variants] = totals.get(demand.variants, 0.0) + rates[demand.key]
+            best[demand.variants] = max(best.get(demand.variants, 0.0), self.best_for[d])
+        return [1.0 / max(totals[demand.variants] * best[demand.variants], 1e-12) for demand in self.demands]
 
     def largest_scale(self, rates: dict[str, float]) -> float:
         """The largest λ ≤ 1 at which every targeted rate × λ fits (0 when none does)."""
