@@ -102,17 +102,17 @@ def _reports_errors(command: Callable[P, R]) -> Callable[P, R]:
 def models_list(manifest: ManifestOption = None, json_output: JsonOption = False) -> None:
     """The variants of the manifest: accuracy, MACs, parameters, quantization and file size."""
     zoo = load_manifest(manifest)
-    front = {v.name for task in zoo.tasks for v in pareto_front(zoo.for_task(task))}
+    front = {zoo.id_of(v) for task in zoo.tasks for v in pareto_front(zoo.for_task(task))}
     rows: list[dict[str, Any]] = [
         {
-            "name": v.name,
+            "name": zoo.id_of(v),
             "task": v.task,
             "accuracy": v.accuracy,
             "macs": v.macs,
             "params": v.params,
             "quantized": v.quantized,
             "bytes": zoo.resolve(v.file).stat().st_size,
-            "pareto": v.name in front,
+            "pareto": zoo.id_of(v) in front,
         }
         for v in sorted(zoo.variants.values(), key=lambda v: (v.task, v.macs))
     ]

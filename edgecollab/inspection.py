@@ -40,7 +40,7 @@ def ask(
 def cached_table(config: ClusterConfig) -> ExplorationTable:
     """The exploration table from the profile cache, for every node of the config."""
     manifest = load_manifest(config.manifest_path, check_files=False)
-    table = ExplorationTable({v.name: v.accuracy for v in manifest.for_task(config.models.task)})
+    table = ExplorationTable({manifest.id_of(v): v.accuracy for v in manifest.for_task(config.models.task)})
     table.link_seconds.update(config.link_seconds_per_input(manifest.tasks[config.models.task].bytes_per_input))
     cache_path = config.resolve(config.coordinator.profile_cache)
     cache = ProfileCache(cache_path)

@@ -105,7 +105,7 @@ def test_sha256_mismatch_names_both_digests(model_dir: Path) -> None:
 def test_duplicate_names_and_unknown_base_are_refused(model_dir: Path) -> None:
     sha = sha256_of(model_dir / "good.onnx")
     twice = TASK + variant_table("lin", "good.onnx", sha) + variant_table("lin", "good.onnx", sha)
-    with pytest.raises(ManifestError, match=r"duplicate variant name\(s\): lin"):
+    with pytest.raises(ManifestError, match=r"duplicate variant name\(s\): digits/lin"):
         load_manifest(write_manifest(model_dir, twice))
     orphan = TASK + variant_table("lin-int8", "good.onnx", sha, extra='base = "lin"')
     with pytest.raises(ManifestError, match=r"variant 'lin-int8': base 'lin' is not a variant"):
@@ -184,3 +184,19 @@ def test_test_images_can_be_enlarged_to_the_tasks_input(tmp_path: Path) -> None:
         load_labelled_set(tmp_path / "x.idx", tmp_path / "y.idx", (1, 12, 9), upscale=4)
     with pytest.raises(ModelError, match=r"do not fit input shape \(1, 4, 2\)"):
         load_labelled_set(tmp_path / "x.idx", tmp_path / "y.idx", (1, 16, 8), upscale=4)
+
+
+def test_variant_names_are_scoped_by_task(model_dir: Path) -> None:
+    sha = sha256_of(model_dir / "good.onnx")
+    other = TASK.replace('name = "digits"', 'name = "letters"')
+    text = TASK + other + variant_table("lin", "good.onnx", sha) + variant_table("lin", "good.onnx", sha, "letters")
+    text += variant_table("only", "good.onnx", sha, "letters")
+    manifest = load_manifest(write_manifest(model_dir, text))
+    # A name two tasks use is known by task/name; a name only one uses, by itself.
+    assert sorted(manifest.variants) == ["digits/lin", "letters/lin", "only"]
+    assert manifest.variant("lin", task="letters").task == "letters"
+    assert manifest.variant("digits/lin").task == "digits"
+    with pytest.raises(ManifestError, match=r"used by tasks digits, letters .* as digits/lin or letters/lin"):
+        manifest.variant("lin")
+    with pytest.raises(ManifestError, match="duplicate variant name"):
+        load_manifest(write_manifest(model_dir, text + variant_table("lin", "good.onnx", sha, "letters")))

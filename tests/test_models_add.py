@@ -11,9 +11,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
+from edgecollab.local import LocalCluster
 from edgecollab.zoo import load_manifest, write_idx
 
-from .cluster_helpers import edgecollab
+from .cluster_helpers import edgecollab, infer
 
 SIDE, CLASSES = 8, 4
 
@@ -131,3 +132,26 @@ def test_a_model_that_does_not_fit_the_task_is_refused_with_what_it_expects(tmp_
     again = edgecollab("models", "add", str(tmp_path / "fresh.onnx"), "--task", "toy", "--manifest", str(manifest))
     assert again.returncode != 0 and "already has a variant 'fresh'" in again.stderr
     assert manifest.read_text() == before  # nothing written
+
+
+def test_two_tasks_may_each_have_a_variant_of_the_same_name_and_a_cluster_serves_both(tmp_path: Path) -> None:
+    small, _ = labelled_set()
+    np.savez(tmp_path / "small.npz", images=small, labels=np.zeros(len(small), np.int64))
+    wide = np.random.default_rng(2).integers(0, 256, (50, 1, 10, 10)).astype(np.uint8)
+    np.savez(tmp_path / "wide.npz", images=wide, labels=np.zeros(len(wide), np.int64))
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+    export_classifier(tmp_path / "a" / "net.onnx", seed=7)
+    export_classifier(tmp_path / "b" / "net.onnx", seed=8, side=10)
+    manifest = tmp_path / "zoo" / "zoo.toml"
+    add(manifest, str(tmp_path / "a" / "net.onnx"), "--task", "small", "--labelled", str(tmp_path / "small.npz"))
+    add(manifest, str(tmp_path / "b" / "net.onnx"), "--task", "wide", "--labelled", str(tmp_path / "wide.npz"))
+    assert sorted(load_manifest(manifest).variants) == ["small/net", "wide/net"]
+
+    config = tmp_path / "cluster.toml"
+    config.write_text(f'[models]\nmanifest = "{manifest}"\ntasks = ["small", "wide"]\n[[nodes]]\nname = "board"\n')
+    with LocalCluster(config, log_dir=tmp_path / "logs") as cluster:
+        on_small = infer(cluster.clients_endpoint, small[:20])
+        on_wide = infer(cluster.clients_endpoint, wide[:20], task="wide")
+    assert set(on_small.variants) == {"small/net"} and set(on_wide.variants) == {"wide/net"}
+    assert on_small.report["task"] == "small" and on_wide.report["task"] == "wide"

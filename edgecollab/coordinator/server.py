@@ -124,19 +124,17 @@ class Coordinator:
         manifest = load_manifest(config.manifest_path)
         tasks = manifest.served(config.models.served)  # the default task first
         variants = {t.name: manifest.for_task(t.name) for t in tasks}
-        self.table = ExplorationTable({v.name: v.accuracy for t in tasks for v in variants[t.name]})
+        ids = {t.name: [manifest.id_of(v) for v in variants[t.name]] for t in tasks}  # names scoped by task
+        self.table = ExplorationTable({manifest.id_of(v): v.accuracy for t in tasks for v in variants[t.name]})
         self.table.link_seconds.update(config.link_seconds_per_input(tasks[0].bytes_per_input))
         self.table.input_scale.update(
-            {v.name: t.bytes_per_input / tasks[0].bytes_per_input for t in tasks for v in variants[t.name]}
+            {v: t.bytes_per_input / tasks[0].bytes_per_input for t in tasks for v in ids[t.name]}
         )
         # What a profiling shard of each variant holds: inputs of its own task.
-        self._task_of_variant = {v.name: t for t in tasks for v in variants[t.name]}
+        self._task_of_variant = {v: t for t in tasks for v in ids[t.name]}
         self.rm = ResourceManager([n.name for n in config.nodes], self.table)
         served = [
-            ServedTask(
-                t.name, t.input_shape, np.dtype(t.input_dtype), t.quality, frozenset(v.name for v in variants[t.name])
-            )
-            for t in tasks
+            ServedTask(t.name, t.input_shape, np.dtype(t.input_dtype), t.quality, frozenset(ids[t.name])) for t in tasks
         ]
         self.core = DispatchCore(self.settings, self.rm, served)
         self.counters = self.core.counters  # one tally for the shell and the core

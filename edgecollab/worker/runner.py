@@ -53,7 +53,7 @@ class ShardRunner:
         self.manifest: Manifest = load_manifest(config.manifest_path)
         tasks = self.manifest.served(config.models.served)
         served = {t.name for t in tasks}
-        names = node.variants or tuple(v.name for t in tasks for v in self.manifest.for_task(t.name))
+        names = node.variants or tuple(self.manifest.id_of(v) for t in tasks for v in self.manifest.for_task(t.name))
         foreign = [n for n in names if self.manifest.variant(n).task not in served]
         if foreign:
             raise EdgecollabError(
@@ -73,7 +73,7 @@ class ShardRunner:
                 self.manifest.resolve(variant.file), task, providers=self.providers, threads=node.threads
             )
             spec = session.get_inputs()[0]
-            self.variants[name] = LoadedVariant(
+            self.variants[self.manifest.id_of(variant)] = LoadedVariant(
                 variant, session, spec.name, task.input_shape, np.dtype(task.input_dtype), task.quality == "top1"
             )
 
@@ -86,7 +86,7 @@ class ShardRunner:
             str(self.node.threads),
             platform.machine(),
             platform.processor(),
-            *sorted(f"{v.variant.name}={v.variant.sha256}" for v in self.variants.values()),
+            *sorted(f"{name}={v.variant.sha256}" for name, v in self.variants.items()),
         ]
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -108,23 +109,43 @@ class _ManifestFile(BaseModel):
 
 
 class Manifest:
-    """A loaded, validated manifest. Paths of files are resolved against its folder."""
+    """A loaded, validated manifest. Paths of files are resolved against its folder.
+
+    Variant names are scoped by task: two tasks may each have a ``cnn-8``. Everywhere else (configs,
+    the exploration table, shards, reports) a variant is known by its *id*: its name where no other
+    task uses it, else ``task/name``.
+    """
 
     def __init__(self, path: Path, tasks: list[TaskSpec], variants: list[Variant]) -> None:
         self.path = path
         self.tasks: dict[str, TaskSpec] = {t.name: t for t in tasks}
-        self.variants: dict[str, Variant] = {v.name: v for v in variants}
+        names = Counter(v.name for v in variants)
+        self._ids = {(v.task, v.name): v.name if names[v.name] == 1 else f"{v.task}/{v.name}" for v in variants}
+        self.variants: dict[str, Variant] = {self._ids[(v.task, v.name)]: v for v in variants}
 
     def resolve(self, relative: str) -> Path:
         return (self.path.parent / relative).resolve()
 
-    def variant(self, name: str) -> Variant:
-        try:
-            return self.variants[name]
-        except KeyError:
+    def id_of(self, variant: Variant) -> str:
+        """The variant's id: its name, or ``task/name`` where another task has a variant of that name."""
+        return self._ids[(variant.task, variant.name)]
+
+    def variant(self, ref: str, task: str | None = None) -> Variant:
+        """A variant by id (``name`` or ``task/name``), or by name within ``task``."""
+        if task is not None and (task, ref) in self._ids:
+            return self.variants[self._ids[(task, ref)]]
+        if ref in self.variants:
+            return self.variants[ref]
+        owner, _, name = ref.partition("/")
+        if (owner, name) in self._ids:
+            return self.variants[self._ids[(owner, name)]]
+        tasks = sorted(t for t, n in self._ids if n == ref)
+        if tasks:
             raise ManifestError(
-                f"unknown model variant {name!r}; the manifest {self.path} has: {', '.join(self.variants)}"
-            ) from None
+                f"variant name {ref!r} is used by tasks {', '.join(tasks)} in {self.path}: say which, as"
+                f" {' or '.join(f'{t}/{ref}' for t in tasks)}"
+            )
+        raise ManifestError(f"unknown model variant {ref!r}; the manifest {self.path} has: {', '.join(self.variants)}")
 
     def task_of(self, variant: Variant) -> TaskSpec:
         return self.tasks[variant.task]
@@ -191,7 +212,9 @@ def load_manifest(path: Path | str | None = None, *, check_files: bool = True) -
 
 
 def _check_consistency(manifest: Manifest, parsed: _ManifestFile) -> None:
-    for kind, names in (("task", [t.name for t in parsed.task]), ("variant", [v.name for v in parsed.variant])):
+    tasks = [t.name for t in parsed.task]
+    variants = [f"{v.task}/{v.name}" for v in parsed.variant]  # names are scoped by task
+    for kind, names in (("task", tasks), ("variant", variants)):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ManifestError(f"manifest {manifest.path}: duplicate {kind} name(s): {', '.join(duplicates)}")
@@ -201,8 +224,10 @@ def _check_consistency(manifest: Manifest, parsed: _ManifestFile) -> None:
                 f"variant {variant.name!r} names unknown task {variant.task!r}; "
                 f"tasks in {manifest.path}: {', '.join(manifest.tasks) or '(none)'}"
             )
-        if variant.base is not None and variant.base not in manifest.variants:
-            raise ManifestError(f"variant {variant.name!r}: base {variant.base!r} is not a variant in the manifest")
+        if variant.base is not None and (variant.task, variant.base) not in manifest._ids:
+            raise ManifestError(
+                f"variant {variant.name!r}: base {variant.base!r} is not a variant of task {variant.task!r}"
+            )
 
 
 def default_manifest_path() -> Path:

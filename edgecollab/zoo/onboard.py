@@ -229,17 +229,19 @@ def add_model(
     data.setdefault("variant", [])
     folder = manifest_path.parent.resolve()
     manifest = load_manifest(manifest_path, check_files=False) if manifest_path.is_file() else None
-    if any(v["name"] == name for v in data["variant"]):
-        raise ManifestError(f"{manifest_path} already has a variant {name!r}; give this one another --name")
+    if any(v["name"] == name and v["task"] == task_name for v in data["variant"]):
+        raise ManifestError(
+            f"{manifest_path} already has a variant {name!r} in task {task_name!r}; give this one another --name"
+        )
     if (stated is None) != (source is None):
         raise ManifestError("a stated quality (--quality-figure) needs its --source, and the other way round")
     existing = manifest.tasks.get(task_name) if manifest else None
-    if existing is not None:
+    if manifest is not None and existing is not None:
         if labelled is not None:
             raise ManifestError(
                 f"task {task_name!r} has its test set already; the model is scored on it (leave out --labelled)"
             )
-        siblings = [(v.name, inspect_graph(manifest.resolve(v.file))) for v in manifest.for_task(task_name)]  # type: ignore[union-attr]
+        siblings = [(v.name, inspect_graph(manifest.resolve(v.file))) for v in manifest.for_task(task_name)]
         check_fits_task(graph, existing, siblings)
         task, new_task = existing, False
     else:

@@ -157,7 +157,7 @@ def verify_variant(
         shape = (32, *task.input_shape)
         sample = np.random.default_rng(0).integers(0, 256, shape).astype(task.input_dtype)
     return VariantCheck(
-        name=variant.name,
+        name=manifest.id_of(variant),
         accuracy_manifest=variant.accuracy,
         accuracy_measured=accuracy,
         sha256_ok=sha256_of(path) == variant.sha256,
