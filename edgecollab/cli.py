@@ -266,7 +266,9 @@ def worker(
     coordinator: CoordinatorOption = None,
     fault: Annotated[
         list[str] | None,
-        typer.Option("--fault", help="emulated only: slow=FACTOR@S, hang@S or vanish@S after start (repeatable)"),
+        typer.Option(
+            "--fault", help="emulated only: slow=FACTOR@S, hang@S, stall@S or vanish@S after start (repeatable)"
+        ),
     ] = None,
 ) -> None:
     """Run one board's worker: connect to the coordinator, register, and serve shards."""
@@ -343,7 +345,9 @@ def run(
     save_predictions: SavePredictionsOption = None,
     fault: Annotated[
         list[str] | None,
-        typer.Option("--fault", help="NODE:slow=FACTOR@S, NODE:hang@S or NODE:vanish@S after start (repeatable)"),
+        typer.Option(
+            "--fault", help="NODE:slow=FACTOR@S, NODE:hang@S, NODE:stall@S or NODE:vanish@S after start (repeatable)"
+        ),
     ] = None,
     plot: Annotated[
         Path | None, typer.Option("--plot", help="draw per-node throughput and variants over time to this PNG")

@@ -51,6 +51,12 @@ class CoordinatorConfig(_Strict):
     shutdown_grace_s: float = Field(
         10.0, ge=0, description="on SIGTERM, how long running requests may finish before they fail 'shutting_down'"
     )
+    stall_factor: float = Field(
+        10.0, ge=1, le=1000, description="a node whose work in flight is this many times overdue is suspect"
+    )
+    stall_floor_s: float = Field(
+        3.0, gt=0, le=3600, description="...and at least this many seconds overdue (noise on a loaded host)"
+    )
 
     @field_validator("workers", "clients")
     @classmethod
@@ -65,7 +71,9 @@ class EmulationEvent(_Strict):
 
     at_s: float = Field(ge=0, description="seconds after the worker process started")
     speed: float | None = Field(None, gt=0, le=100, description="speed factor from then on (1 = the profile's)")
-    action: Literal["hang", "vanish"] | None = Field(None, description="hang: stop responding; vanish: exit at once")
+    action: Literal["hang", "vanish", "stall"] | None = Field(
+        None, description="hang: stop responding; vanish: exit at once; stall: inference stops, heartbeats go on"
+    )
 
     @model_validator(mode="after")
     def _one_change(self) -> EmulationEvent:
@@ -197,11 +205,11 @@ def parse_fault(text: str) -> EmulationEvent:
         at_s = float(at)
         if change.startswith("slow="):
             return EmulationEvent(at_s=at_s, speed=float(change.removeprefix("slow=")))
-        if change in ("hang", "vanish"):
+        if change in ("hang", "vanish", "stall"):
             return EmulationEvent(at_s=at_s, action=change)
     except (ValueError, ValidationError):
         pass
-    raise ConfigError(f"fault {text!r} is not one of slow=FACTOR@SECONDS, hang@SECONDS, vanish@SECONDS")
+    raise ConfigError(f"fault {text!r} is not one of slow=FACTOR@SECONDS, hang@SECONDS, vanish@SECONDS, stall@SECONDS")
 
 
 def with_faults(node: NodeConfig, faults: list[str]) -> NodeConfig:

@@ -259,3 +259,23 @@ def test_a_client_learns_at_once_that_a_restarted_coordinator_lost_its_request(
     assert time.monotonic() - started < 30, "well before the client's 120 s timeout"
     again = infer(cluster.clients_endpoint, test_set.inputs[:128], policy="proportional")  # the new one serves
     assert np.array_equal(again.predictions, cnn16_predictions(test_set.inputs[:128]))
+
+
+def test_a_board_whose_inference_stalls_while_it_heartbeats_is_worked_around(
+    profile: Path, tmp_path: Path, test_set: LabelledSet
+) -> None:
+    """The emulated ``stall`` stops the rpi4's inference but not its event loop: it stays alive (heartbeats),
+    so only the shard deadline can notice. Its shards go to the others, and every input ends exactly once."""
+    config = write_cluster_config(tmp_path, heartbeat_s=0.3)
+    config.write_text(config.read_text().replace("[coordinator]\n", "[coordinator]\nstall_floor_s = 1.0\n", 1))
+    (tmp_path / ".edgecollab").mkdir()
+    shutil.copy(profile, tmp_path / ".edgecollab" / "exploration.json")
+    inputs = test_set.inputs[np.random.default_rng(8).choice(len(test_set), 20000, replace=True)]
+    with LocalCluster(config, log_dir=tmp_path / "logs", faults={"rpi4": ["stall@1.5"]}) as local:
+        infer(local.clients_endpoint, np.zeros((8, 1, 28, 28), np.uint8))  # every board registered
+        result = infer(local.clients_endpoint, inputs, policy="proportional")
+        status = ask(local.clients_endpoint, "status")
+    assert np.array_equal(result.predictions, cnn16_predictions(inputs))
+    assert status["counters"].get("nodes_stalled", 0) >= 1 and status["counters"].get("nodes_lost", 0) == 0
+    rpi4 = next(n for n in status["nodes"] if n["name"] == "rpi4")
+    assert rpi4["alive"] and rpi4["suspect"], "alive (heartbeating) but given no work"

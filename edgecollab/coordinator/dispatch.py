@@ -820,8 +820,19 @@ class DispatchCore:
             self._last_drift_replan = now
             self._want_replan(f"{slot.name} drifted")
 
+    def _answered(self, node: str, now: float) -> None:
+        """Any answer from a node: it makes progress (and a suspect one is usable again)."""
+        slot = self.nodes.get(node)
+        if slot is not None:
+            slot.last_result_at = now
+        if self.rm.node_answered(node):
+            log.warning("dispatch: node %s answers again; it gets work again", node)
+            self._stream_variants.clear()
+            self._want_replan(f"{node} answers again")
+
     def _returned(self, event: ShardReturned) -> None:
         result = event.result
+        self._answered(event.node, event.now)
         slot = self.nodes.get(event.node)
         if slot is not None and result.request_id == FRAMES_REQUEST:
             self._batch_returned(slot, result, event.now)
@@ -860,6 +871,7 @@ class DispatchCore:
 
     def _refused(self, event: ShardRefused) -> None:
         error = event.error
+        self._answered(event.node, event.now)
         slot = self.nodes.get(event.node)
         if slot is not None and error.request_id == FRAMES_REQUEST:
             batch = slot.batches.pop(error.shard_id, None)
@@ -905,16 +917,7 @@ class DispatchCore:
         self.counters["nodes_lost"] += 1
         log.warning("dispatch: node %s lost (%s)", node, reason)
         self.rm.node_left(node)
-        for (rid, _, _), (_, shard) in slot.in_flight.items():
-            r = self.requests.get(rid)
-            if r is not None and r.run is not None:
-                self._requeue(r, shard)
-        for batch in slot.batches.values():
-            self._requeue_batch(batch)
-        self._stream_variants.clear()
-        for r in self.requests.values():
-            if r.run is not None:
-                r.run.orphan_queue_of(node)  # its unsent shards are now anyone's
+        self._take_work_from(slot)
         self._want_replan(f"{node} lost")
         self._fail_stranded()
 
@@ -950,7 +953,50 @@ class DispatchCore:
                 waited = now - stream.opened
                 why = f"no profiled node is available (cluster is {self.rm.state}) after waiting {waited:.0f} s"
                 self._fail_stream(stream, Error("busy", why, stream.stream_id))
+        for slot in list(self.nodes.values()):
+            self._check_stalled(slot, now)
         self._fail_stranded()
+
+    def _check_stalled(self, slot: NodeSlot, now: float) -> None:
+        """A node whose work in flight is far overdue is suspect: its work goes to the others.
+
+        Its process may be alive and heartbeating while its inference is stuck (a CUDA call that never
+        returns): each shard has a deadline of ``stall_factor`` times what the table expects of everything
+        the node has in flight, and at least ``stall_floor_s``, counted from its last answer or from the
+        oldest send. Results it sends later carry superseded attempts and are discarded.
+        """
+        if slot.name in self.rm.suspect or not (slot.in_flight or slot.batches):
+            return
+        table = self.rm.table
+        sent = [at for at, _ in slot.in_flight.values()] + [b.sent_at for b in slot.batches.values()]
+        since = max(min(sent), slot.last_result_at or 0.0)
+        expected = sum(s.size * table.seconds_per_input(slot.name, s.variant) for _, s in slot.in_flight.values())
+        expected += sum(table.latency_s(slot.name, b.variant, len(b.frames)) for b in slot.batches.values())
+        allowed = max(self.settings.stall_floor_s, self.settings.stall_factor * expected)
+        if not np.isfinite(allowed) or now - since <= allowed:
+            return
+        self.counters["nodes_stalled"] += 1
+        log.warning("dispatch: node %s answered nothing for %.1f s (%.2f s expected): suspect; its work goes "
+                    "to the others", slot.name, now - since, expected)  # fmt: skip
+        self.rm.node_suspect(slot.name)
+        self._take_work_from(slot)
+        self._want_replan(f"{slot.name} stalled")
+
+    def _take_work_from(self, slot: NodeSlot) -> None:
+        """Give everything a node holds — in flight or queued for it — to the other nodes."""
+        for (rid, _, _), (_, shard) in slot.in_flight.items():
+            r = self.requests.get(rid)
+            if r is not None and r.run is not None:
+                self._requeue(r, shard)
+        for batch in slot.batches.values():
+            self._requeue_batch(batch)
+        slot.in_flight.clear()
+        slot.batches.clear()
+        slot.packs.clear()
+        self._stream_variants.clear()
+        for r in self.requests.values():
+            if r.run is not None:
+                r.run.orphan_queue_of(slot.name)  # its unsent shards are now anyone's
 
     def _shutting_down(self, event: ShuttingDown) -> None:
         self.draining = True

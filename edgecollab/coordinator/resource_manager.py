@@ -65,6 +65,7 @@ class ResourceManager:
         self.table = table
         self.registered: set[str] = set()  # alive nodes that said hello; superset of profiled
         self.profiled: set[str] = set()  # registered nodes whose table rows are complete
+        self.suspect: set[str] = set()  # alive but not answering (a stuck inference): no work for them
         self.running: set[str] = set()  # ids of requests being dispatched
         # True after the start-up timeout or once the cluster was first ready: from then on a missing
         # node no longer holds requests back
@@ -125,6 +126,7 @@ class ResourceManager:
     def node_left(self, node: str) -> None:
         self.registered.discard(node)
         self.profiled.discard(node)
+        self.suspect.discard(node)
         self.table.forget(node)
         self.settle()
 
@@ -133,7 +135,19 @@ class ResourceManager:
         self.settle()
 
     def usable_nodes(self) -> list[str]:
-        return sorted(self.profiled & self.registered)
+        """Registered, profiled and not suspect: the nodes plans and dispatch may use."""
+        return sorted((self.profiled & self.registered) - self.suspect)
+
+    def node_suspect(self, node: str) -> None:
+        """A node stopped answering while alive: no work for it until it answers again."""
+        self.suspect.add(node)
+
+    def node_answered(self, node: str) -> bool:
+        """A node answered: usable again if it was suspect (True then)."""
+        if node in self.suspect:
+            self.suspect.discard(node)
+            return True
+        return False
 
     def accepts_requests(self) -> bool:
         return self.state in ("ready", "planning", "dispatching")

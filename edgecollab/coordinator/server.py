@@ -619,7 +619,8 @@ class Coordinator:
                 {
                     "name": link.name,
                     "alive": link.alive,
-                    "profiled": link.name in usable,
+                    "profiled": link.name in usable or link.name in self.rm.suspect,
+                    "suspect": link.name in self.rm.suspect,  # alive but its work in flight is far overdue
                     "providers": link.providers,
                     "variants": link.variants,
                     "in_flight": self.core.in_flight(link.name),

@@ -72,6 +72,7 @@ class WorkerAgent:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            self.runner.close()
             self._close_socket()
             self._context.term()
         return self._exit_code
@@ -154,7 +155,7 @@ class WorkerAgent:
         # Heartbeats only refresh _last_heard.
 
     async def _scheduled_events(self) -> None:
-        """Apply the node's emulation schedule: speed changes, a hang, or vanishing."""
+        """Apply the node's emulation schedule: speed changes, a hang, a stall, or vanishing."""
         started = time.monotonic()
         for event in sorted(self.runner.node.events, key=lambda e: e.at_s):
             await asyncio.sleep(max(0.0, started + event.at_s - time.monotonic()))
@@ -164,6 +165,9 @@ class WorkerAgent:
             elif event.action == "hang":
                 log.warning("node %s: emulating a hang", self.name)
                 os.kill(os.getpid(), signal.SIGSTOP)  # frozen, as a board that stopped responding
+            elif event.action == "stall":
+                log.warning("node %s: emulating a stuck inference (heartbeats go on)", self.name)
+                self.runner.stall()
             elif event.action == "vanish":
                 log.warning("node %s: emulating a board that vanishes", self.name)
                 os._exit(EXIT_VANISHED)  # no goodbye, no clean-up: as if the power went

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import platform
+import threading
 import time
 from dataclasses import dataclass
 
@@ -65,6 +66,10 @@ class ShardRunner:
             log.warning("node %s: provider(s) %s not available; falling back to %s", node.name, missing, self.providers)
         self.board: BoardProfile | None = BOARD_PROFILES[node.emulate] if node.emulate else None
         self.speed = 1.0  # emulated speed factor; scheduled events change it
+        # Cleared by the emulated ``stall``: inference waits (as on a stuck accelerator) while the loop runs.
+        self._inference_free = threading.Event()
+        self._inference_free.set()
+        self._closing = False
         self.variants: dict[str, LoadedVariant] = {}
         for name in names:
             variant = self.manifest.variant(name)
@@ -76,6 +81,14 @@ class ShardRunner:
             self.variants[self.manifest.id_of(variant)] = LoadedVariant(
                 variant, session, spec.name, task.input_shape, np.dtype(task.input_dtype), task.quality == "top1"
             )
+
+    def stall(self) -> None:
+        """Emulate inference that never returns (the event loop, and so heartbeats, go on)."""
+        self._inference_free.clear()
+
+    def close(self) -> None:
+        """Let a stalled inference thread end, so the process can exit."""
+        self._closing = True
 
     def fingerprint(self) -> str:
         """Changes whenever measurements of this node could: hardware, settings, or model files."""
@@ -112,6 +125,9 @@ class ShardRunner:
     def run(self, variant: str, inputs: np.ndarray, outputs: str = "predictions") -> ShardOutcome:
         """Run a shard; what comes back follows ``outputs`` (see OUTPUT_MODES). Runs in a worker thread."""
         loaded = self.check(variant, inputs)
+        while not self._inference_free.wait(0.1):  # stalled: hangs here until the worker stops
+            if self._closing:
+                raise ShardRejected("internal", f"node {self.node.name} stopped while its inference was stuck")
         if outputs not in OUTPUT_MODES or (outputs == "top5" and not loaded.top1):
             raise ShardRejected("invalid_input", f"outputs {outputs!r} cannot be given by variant {variant!r}")
         started = time.perf_counter()
