@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from typing import Any
 
@@ -10,9 +11,11 @@ import pytest
 
 from edgecollab.config import CoordinatorConfig
 from edgecollab.coordinator.dispatch import (
+    MAX_BAD_RESULTS,
     PACK_REQUEST,
     SMALL_DEMAND,
     AnswerRequest,
+    CutOff,
     DispatchCore,
     FailRequest,
     Instruction,
@@ -334,3 +337,98 @@ def test_a_pack_lost_with_its_board_is_sent_again_request_by_request() -> None:
     answered = [i.result.request_id for i in out + late + final if isinstance(i, AnswerRequest)]
     assert all(answered.count(r.request_id) == 1 for r in queued)  # each answered once, by b
     assert not core.requests
+
+
+def test_a_node_whose_inference_is_stuck_is_suspect_and_its_shards_go_elsewhere_once() -> None:
+    """Alive (its heartbeats go on) but answering nothing: past the deadline its shards are sent again
+    to the other node, it gets no new work, its late answers are discarded, and every input ends once."""
+    core = make_core(stall_floor_s=2.0, stall_factor=10.0)
+    out = solve(core, core.handle(RequestOpened(b"c", submit(200, target_ips=3000.0), 0.1)), 0.11)
+    stuck = [s for s in sends(out) if s.node == "a"]
+    assert stuck
+    pending = [s for s in sends(out) if s.node == "b"]
+    now, final, late = 0.2, [], []
+    # Node b answers everything; node a answers nothing. Ticks go on (the shell's clock).
+    for _ in range(400):
+        now += 0.01
+        more = core.handle(answer(pending.pop(0), now)) if pending else core.handle(Tick(now))
+        pending += [s for s in sends(more) if s.node == "b"]
+        late += [s for s in sends(more) if s.node == "a"]
+        final += [i for i in more if isinstance(i, AnswerRequest | FailRequest)]
+        if final:
+            break
+    assert "a" in core.rm.suspect and core.counters["nodes_stalled"] == 1
+    assert "a" not in core.rm.usable_nodes()
+    # Nothing new went to the stuck node after it became suspect, and the request finished.
+    assert all(s.shard.attempt == 0 for s in late)
+    (done,) = final
+    assert isinstance(done, AnswerRequest) and (done.result.predictions >= 0).all()
+    # Its late answers are discarded: the request is not answered twice.
+    before = core.counters["late_replies"]
+    assert not [i for s in stuck for i in core.handle(answer(s, now + 1)) if isinstance(i, AnswerRequest)]
+    assert core.counters["late_replies"] == before + len(stuck)
+    # Answering again makes it usable again.
+    assert "a" not in core.rm.suspect and "a" in core.rm.usable_nodes()
+
+
+def test_a_slow_node_within_its_deadline_is_not_suspect() -> None:
+    core = make_core(stall_floor_s=2.0)
+    out = solve(core, core.handle(RequestOpened(b"c", submit(64), 0.1)), 0.11)
+    for s in sends(out):
+        core.handle(Tick(1.9))  # under the floor: waiting is normal
+        core.handle(answer(s, 1.95))
+    assert not core.rm.suspect and core.counters["nodes_stalled"] == 0
+
+
+def bad_answer(send: SendShard, now: float) -> ShardReturned:
+    """A result of the wrong shape: a 2-D array where one prediction per input belongs."""
+    shard = send.shard
+    predictions = np.zeros((len(shard.inputs), 2), np.int64)
+    return ShardReturned(
+        send.node, ShardResult(shard.request_id, shard.shard_id, shard.attempt, predictions, 0.001), now
+    )
+
+
+def test_a_worker_that_keeps_returning_bad_results_is_cut_off_and_no_request_hangs() -> None:
+    core = make_core()
+    out = solve(core, core.handle(RequestOpened(b"c", submit(200, target_ips=3000.0), 0.1)), 0.11)
+    pending, now, final, cut = sends(out), 0.2, [], []
+    while pending:
+        send = pending.pop(0)
+        now += 0.001
+        event = bad_answer(send, now) if send.node == "a" else answer(send, now)
+        more = core.handle(event)
+        pending += sends(more)
+        cut += [i for i in more if isinstance(i, CutOff)]
+        final += [i for i in more if isinstance(i, AnswerRequest | FailRequest)]
+    (cutoff,) = cut
+    assert cutoff.node == "a" and "bad results" in cutoff.reason
+    assert core.counters["bad_results"] >= MAX_BAD_RESULTS and "a" not in core.nodes
+    (done,) = final
+    assert isinstance(done, AnswerRequest) and (done.result.predictions >= 0).all()
+    assert done.result.nodes == ["b"] or "a" not in [done.result.nodes[i] for i in done.result.provenance[:, 1]]
+
+
+def test_outputs_with_nan_are_a_bad_result_and_sent_again() -> None:
+    core = make_core()
+    out = solve(core, core.handle(RequestOpened(b"c", submit(200, target_ips=3000.0, outputs="all"), 0.1)), 0.11)
+    first = sends(out)[0]
+    shard = first.shard
+    size = len(shard.inputs)
+    scores = np.full((size, 3), np.nan, np.float32)
+    nan = ShardResult(shard.request_id, shard.shard_id, shard.attempt, np.zeros(size, np.int64), 0.001, {"s": scores})
+    more = core.handle(ShardReturned(first.node, nan, 0.2))
+    assert core.counters["bad_results"] == 1
+    pending, seen, final, now = [*sends(out)[1:], *sends(more)], [], [], 0.3
+    while pending:
+        send = pending.pop(0)
+        seen.append((send.shard.shard_id, send.shard.attempt))
+        now += 0.001
+        with_scores = answer(send, now)
+        good = dataclasses.replace(with_scores.result, outputs={"s": np.zeros((len(send.shard.inputs), 3), np.float32)})
+        more = core.handle(ShardReturned(send.node, good, now))
+        pending += sends(more)
+        final += [i for i in more if isinstance(i, AnswerRequest)]
+    assert (shard.shard_id, shard.attempt + 1) in seen  # sent again, with a new attempt
+    (done,) = final
+    assert done.result.outputs["s"].shape == (200, 3) and not np.isnan(done.result.outputs["s"]).any()

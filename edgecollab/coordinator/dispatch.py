@@ -87,6 +87,8 @@ SMALL_REPLAN_INTERVAL_S = 1.0
 SMALL_RATE_MARGIN = 1.5
 SMALL_MIN_RATE = 5.0
 SMALL_DEMAND = "small:requests"  # demand keys with ':' cannot be a client's id
+# A worker that returns this many malformed results in a row is cut off (its work goes elsewhere).
+MAX_BAD_RESULTS = 3
 
 
 def small_demand(task: str, default: str) -> str:
@@ -264,7 +266,15 @@ class Replan:
     reason: str
 
 
-Instruction = SendShard | AnswerRequest | FailRequest | StreamReply | WakeAt | Replan
+@dataclass(frozen=True)
+class CutOff:
+    """Stop serving a worker that keeps returning bad results: drop its link and refuse its messages."""
+
+    node: str
+    reason: str
+
+
+Instruction = SendShard | AnswerRequest | FailRequest | StreamReply | WakeAt | Replan | CutOff
 
 
 # --- state ---------------------------------------------------------------------------------
@@ -278,6 +288,7 @@ class NodeSlot:
     # micro-batches of small requests in flight, by id: the in_flight keys of the shards they carry
     packs: dict[int, list[tuple[str, int, int]]] = field(default_factory=dict)
     last_result_at: float | None = None  # when its latest shard result arrived
+    bad_streak: int = 0  # malformed results in a row (wrong shape, dtype or length, NaN outputs)
     clock: float = 0.0  # stride scheduling: the pass of the latest request served here
 
     @property
@@ -752,13 +763,15 @@ class DispatchCore:
             or predictions.dtype.kind not in "iu"
             or (wanted == "predictions") != (not outputs)
             or any(tensor.ndim == 0 or len(tensor) != count for tensor in outputs.values())
+            or _nan_in(outputs)
         ):
-            self.counters["bad_results"] += 1
             log.warning("dispatch: %s returned predictions %s of shape %s and outputs %s for a batch of %d frames;"
                         " sending them again", slot.name, predictions.dtype, predictions.shape, sorted(outputs),
                         count)  # fmt: skip
             self._requeue_batch(batch)
+            self._bad_result(slot, f"a malformed result for a batch of {count} frames")
             return
+        slot.bad_streak = 0
         if batch.alone:
             self._observe(slot, batch.variant, len(batch.frames), batch.sent_at, result.busy_s, now, batch=True)
         else:
@@ -830,7 +843,7 @@ class DispatchCore:
             self._stream_variants.clear()
             self._want_replan(f"{node} answers again")
 
-    def _returned(self, event: ShardReturned) -> None:
+    def _returned(self, event: ShardReturned, from_pack: bool = False) -> None:
         result = event.result
         self._answered(event.node, event.now)
         slot = self.nodes.get(event.node)
@@ -853,13 +866,15 @@ class DispatchCore:
         elif (r.outputs == "predictions") != (not result.outputs):
             problem = f"outputs {sorted(result.outputs)} where {r.outputs} were asked for"
         elif result.outputs:
-            problem = r.run.outputs_problem(result.outputs, shard.size)
+            problem = r.run.outputs_problem(result.outputs, shard.size) or _nan_in(result.outputs)
         if problem is not None:
-            self.counters["bad_results"] += 1
             log.warning("dispatch: %s returned %s for a shard of %d inputs; sending it again",
                         event.node, problem, shard.size)  # fmt: skip
             self._requeue(r, shard)
+            if not from_pack:
+                self._bad_result(slot, problem)
             return
+        slot.bad_streak = 0
         if not r.run.complete(
             shard.shard_id, shard.attempt, predictions, event.node, result.busy_s, event.now, result.outputs
         ):
@@ -1248,10 +1263,12 @@ class DispatchCore:
             return
         sizes = [slot.in_flight[key][1].size for key in keys]
         predictions = result.predictions
-        if predictions.ndim != 1 or len(predictions) != sum(sizes) or predictions.dtype.kind not in "iu":
+        malformed = predictions.ndim != 1 or len(predictions) != sum(sizes) or predictions.dtype.kind not in "iu"
+        if malformed:
             predictions = np.zeros((0, 0), np.int64)  # each slice is then of the wrong shape: sent again
         outputs = result.outputs
         if any(tensor.ndim == 0 or len(tensor) != sum(sizes) for tensor in outputs.values()):
+            malformed = True
             outputs = {name: np.zeros(0, np.float32) for name in outputs}  # wrong length for each: sent again
         start = 0
         for (rid, shard_id, attempt), size in zip(keys, sizes, strict=True):
@@ -1259,7 +1276,20 @@ class DispatchCore:
             their = {name: tensor[start : start + size] if len(tensor) else tensor for name, tensor in outputs.items()}
             start += size
             answer = ShardResult(rid, shard_id, attempt, part, result.busy_s, their)
-            self._returned(ShardReturned(slot.name, answer, now))
+            self._returned(ShardReturned(slot.name, answer, now), from_pack=True)
+        if malformed or _nan_in(result.outputs):  # one strike for the pack, however many requests it held
+            self._bad_result(slot, f"a malformed result for a pack of {len(keys)} requests")
+
+    def _bad_result(self, slot: NodeSlot, problem: str) -> None:
+        """Count a malformed result; past MAX_BAD_RESULTS in a row the worker is cut off and its work moves."""
+        self.counters["bad_results"] += 1
+        slot.bad_streak += 1
+        if slot.bad_streak < MAX_BAD_RESULTS or slot.name not in self.nodes:
+            return
+        reason = f"cut off after {slot.bad_streak} bad results in a row (the last: {problem})"
+        self.counters["nodes_cut_off"] += 1
+        self._lost(slot.name, reason, slot.last_result_at or 0.0)
+        self._out.append(CutOff(slot.name, reason))
 
     def _shard_size(self, node: str, variant: str) -> int:
         """A node's shards last about ``shard_seconds`` there: a fast board gets larger ones (less
@@ -1377,6 +1407,14 @@ class DispatchCore:
                 for d in self.plan.demands.values()
             ],
         }
+
+
+def _nan_in(outputs: dict[str, np.ndarray]) -> str | None:
+    """Which float output holds NaN, if one does: a model never means that."""
+    for name, tensor in outputs.items():
+        if tensor.dtype.kind == "f" and np.isnan(tensor).any():
+            return f"NaN in output {name!r}"
+    return None
 
 
 def _outputs_mode(task: ServedTask | None, asked: str | None) -> tuple[str, str | None]:

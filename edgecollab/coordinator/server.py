@@ -57,6 +57,7 @@ from ..security import authorized_keys, server_curve
 from ..zoo import load_manifest
 from .dispatch import (
     AnswerRequest,
+    CutOff,
     DispatchCore,
     Event,
     FailRequest,
@@ -277,6 +278,13 @@ class Coordinator:
                 self._spawn(self._solve(instruction))
             elif isinstance(instruction, WakeAt):
                 self._spawn(self._wake(instruction.at))
+            elif isinstance(instruction, CutOff):
+                link = self.by_name.get(instruction.node)
+                if link is not None:
+                    self._cut_off.add(link.identity)
+                    self.counters["peers_cut_off"] += 1
+                    await self._send_worker(link.identity, Error("refused", instruction.reason))
+                    await self._lose(link, instruction.reason)
 
     async def _solve(self, replan: Replan) -> None:
         log.info("coordinator: solving a joint plan of %d demand(s) (%s)", len(replan.demands), replan.reason)
