@@ -19,6 +19,7 @@ from . import transport
 from .errors import RequestFailed, request_failed
 from .protocol import (
     Answer,
+    Cancel,
     Error,
     FrameResults,
     Frames,
@@ -38,6 +39,7 @@ T = TypeVar("T")
 WATCH_INTERVAL_S = 2.0
 # With a progress callback, the client asks how far its request is this often.
 PROGRESS_INTERVAL_S = 0.25
+CLOSE_LINGER_MS = 200
 
 ProgressCallback = Callable[[int, int], None]  # (inputs predicted so far, inputs in the request)
 
@@ -255,7 +257,8 @@ class Client:
         if self._sock is not None:
             if self._io is not None:
                 self._io.close()
-            self._sock.close(linger=0)
+            # A moment for what is queued to leave (a cancel sent as the caller gave up), never longer.
+            self._sock.close(linger=CLOSE_LINGER_MS)
         if self._context is not None:
             self._context.term()
 
@@ -290,6 +293,11 @@ class Client:
             reporter = asyncio.create_task(self._report_progress(request_id, len(inputs), progress))
         try:
             result = await self._exchange(request_id, submit, watch=True)
+        except (asyncio.CancelledError, RequestFailed) as exc:
+            # Cancelled, or the client stopped waiting (its timeout): free the boards of what is left.
+            if not isinstance(exc, RequestFailed) or exc.code == "timeout":
+                self._cancel(request_id)
+            raise
         finally:
             if reporter is not None:
                 reporter.cancel()
@@ -323,6 +331,12 @@ class Client:
             uuid.uuid4().hex, target_fps, min_accuracy, max_latency_ms, degrade, backpressure, task, outputs
         )
         return Stream(self, spec)
+
+    def _cancel(self, request_id: str) -> None:
+        """Tell the coordinator to drop a request, without waiting (a send that would block is skipped)."""
+        if self._io is None:
+            return
+        self._io.send_now(encode(Cancel(request_id)))
 
     async def _send(self, message: Frames) -> None:
         if self._sock is None:

@@ -42,6 +42,9 @@ class CoordinatorConfig(_Strict):
     work_stealing: bool = Field(True, description="idle nodes take queued shards of slower ones near the end")
     replan_on_drift: bool = Field(True, description="re-plan running requests when a node's speed drifts")
     max_streams: int = Field(256, ge=1, description="streams open at once; more are refused 'busy'")
+    max_input_bytes: int = Field(
+        2 * 1024**3, ge=1, description="bytes of inputs held at once (requests waiting or running); past it 'busy'"
+    )
     stream_latency_ms: float = Field(
         100.0, gt=0, le=60_000, description="latency bound of a stream that states none (send to answer, ms)"
     )

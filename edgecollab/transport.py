@@ -95,6 +95,17 @@ class FastSocket:
             await self._send_when_possible(frames)
         self.unread()
 
+    def send_now(self, frames: Sequence[bytes | memoryview]) -> bool:
+        """Send at once if the socket can take it, without waiting (False when it could not)."""
+        if self._blocked.locked():
+            return False
+        try:
+            self._now.send_multipart(frames, flags=zmq.NOBLOCK, copy=_small(frames))
+        except zmq.ZMQError:
+            return False
+        self.unread()
+        return True
+
     async def _send_when_possible(self, frames: Sequence[bytes | memoryview]) -> None:
         while True:
             try:

@@ -21,6 +21,7 @@ from edgecollab.coordinator.dispatch import (
     Instruction,
     NodeLost,
     Replan,
+    RequestCancelled,
     RequestOpened,
     SendShard,
     ServedTask,
@@ -32,7 +33,7 @@ from edgecollab.coordinator.dispatch import (
 from edgecollab.coordinator.resource_manager import ResourceManager
 from edgecollab.planner import ExplorationTable, Measurement
 from edgecollab.planner.joint import plan_jointly
-from edgecollab.protocol import Error, ShardResult, Submit
+from edgecollab.protocol import Cancel, Error, ShardResult, Submit
 
 from .core_helpers import ACCURACY, core_with, sends, solve
 
@@ -432,3 +433,33 @@ def test_outputs_with_nan_are_a_bad_result_and_sent_again() -> None:
     assert (shard.shard_id, shard.attempt + 1) in seen  # sent again, with a new attempt
     (done,) = final
     assert done.result.outputs["s"].shape == (200, 3) and not np.isnan(done.result.outputs["s"]).any()
+
+
+def test_past_the_memory_cap_a_request_is_busy_at_once_and_the_others_run() -> None:
+    core = make_core(max_input_bytes=5_000)  # one 200-input request of 16-byte inputs holds 3,200 bytes
+    first = core.handle(RequestOpened(b"c", submit(200, target_ips=3000.0), 0.1))
+    second = core.handle(RequestOpened(b"d", submit(200, target_ips=3000.0), 0.1))
+    (refused,) = [i for i in second if isinstance(i, FailRequest)]
+    assert refused.error.code == "busy" and "max_input_bytes" in refused.error.message
+    assert "3,200 bytes" in refused.error.message and len(core.requests) == 1
+    final = run_to_end(core, solve(core, first, 0.11))
+    assert [type(i) for i in final if isinstance(i, AnswerRequest | FailRequest)] == [AnswerRequest]
+    # Once it is answered, there is room again.
+    again = core.handle(RequestOpened(b"d", submit(200, target_ips=3000.0), 2.0))
+    assert not [i for i in again if isinstance(i, FailRequest)]
+
+
+def test_a_cancelled_request_sends_nothing_more_and_its_late_results_are_discarded() -> None:
+    core = make_core()
+    opened = submit(400, target_ips=3000.0)
+    out = solve(core, core.handle(RequestOpened(b"c", opened, 0.1)), 0.11)
+    in_flight = sends(out)
+    # Another client cannot cancel it.
+    assert not core.handle(RequestCancelled(b"intruder", Cancel(opened.request_id), 0.12))
+    assert opened.request_id in core.requests and core.counters["cancels_ignored"] == 1
+    assert not core.handle(RequestCancelled(b"c", Cancel(opened.request_id), 0.13))
+    assert opened.request_id not in core.requests and core.outcomes["cancelled"] == 1
+    later = [i for s in in_flight for i in core.handle(answer(s, 0.2))]
+    assert not [i for i in later if isinstance(i, AnswerRequest | FailRequest)]
+    assert not [s for s in sends(later) if s.shard.request_id == opened.request_id]  # its rest was dropped
+    assert core.counters["late_replies"] == len(in_flight)

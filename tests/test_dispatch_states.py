@@ -27,6 +27,7 @@ from edgecollab.coordinator.dispatch import (
     NodeRegistered,
     PlanSolved,
     Replan,
+    RequestCancelled,
     RequestOpened,
     SendShard,
     ShardRefused,
@@ -37,7 +38,17 @@ from edgecollab.coordinator.dispatch import (
     Tick,
 )
 from edgecollab.planner.joint import plan_jointly
-from edgecollab.protocol import Answer, Error, FrameResults, Frames, ShardResult, StreamClose, StreamOpen, Submit
+from edgecollab.protocol import (
+    Answer,
+    Cancel,
+    Error,
+    FrameResults,
+    Frames,
+    ShardResult,
+    StreamClose,
+    StreamOpen,
+    Submit,
+)
 
 from .core_helpers import core_with, cpu_like
 
@@ -67,6 +78,7 @@ class DispatchStates(RuleBasedStateMachine):
         self.frames_answered: Counter[tuple[str, int]] = Counter()
         self.failed_streams: set[str] = set()
         self.down: set[str] = set()
+        self.cancelled: set[str] = set()  # requests their client gave up
 
     # --- carrying out ----------------------------------------------------------------------
     def feed(self, event: Any) -> None:
@@ -159,6 +171,16 @@ class DispatchStates(RuleBasedStateMachine):
         error = Error("internal", "try elsewhere", shard.request_id, shard.shard_id, shard.attempt)
         self.feed(ShardRefused(send.node, error, self.step()))
 
+    @precondition(lambda self: bool(self.core.requests))
+    @rule(pick=st.integers(0, 1000), intruder=st.booleans())
+    def cancel(self, pick: int, intruder: bool) -> None:
+        """The client gives up a request (or another client tries to: nothing changes)."""
+        rid = sorted(self.core.requests)[pick % len(self.core.requests)]
+        self.feed(RequestCancelled(b"x" if intruder else b"c", Cancel(rid), self.step()))
+        if not intruder:
+            self.cancelled.add(rid)
+        assert (rid in self.core.requests) == intruder
+
     @precondition(lambda self: len(self.down) < len(ROWS) - 1)
     @rule(node=st.sampled_from(sorted(ROWS)))
     def lose(self, node: str) -> None:
@@ -174,8 +196,9 @@ class DispatchStates(RuleBasedStateMachine):
             self.feed(NodeRegistered(node, tuple(ROWS[node]), self.step()))
             self.feed(NodeProfiled(node, ROWS[node], self.step()))
 
-    @rule(dt=st.sampled_from([0.001, 0.05, 0.5]))
+    @rule(dt=st.sampled_from([0.001, 0.05, 0.5, 5.0]))
     def tick(self, dt: float) -> None:
+        """Time passes; 5 s with shards out and no answer is past the stall deadline: those nodes are suspect."""
         self.feed(Tick(self.step(dt)))
 
     # --- invariants ------------------------------------------------------------------------
@@ -187,6 +210,16 @@ class DispatchStates(RuleBasedStateMachine):
     @invariant()
     def no_shard_is_booked_on_a_node_that_is_down(self) -> None:
         assert not (set(self.core.nodes) & self.down)
+
+    @invariant()
+    def a_suspect_node_holds_no_work_and_gets_none(self) -> None:
+        for node in self.core.rm.suspect:
+            slot = self.core.nodes[node]
+            assert not slot.in_flight and not slot.batches and node not in self.core.rm.usable_nodes()
+
+    @invariant()
+    def a_cancelled_request_is_forgotten(self) -> None:
+        assert not (self.cancelled & set(self.core.requests))
 
     def drain(self) -> None:
         """Solve every plan asked for and answer every shard out, until nothing more is asked or sent."""
@@ -208,6 +241,9 @@ class DispatchStates(RuleBasedStateMachine):
                 self.feed(StreamClosed(b"c", StreamClose(sid), self.step()))
         self.drain()
         for rid in self.requests:
+            if rid in self.cancelled:  # it may have been answered before the cancel came: never twice
+                assert self.ended[rid] <= 1, f"cancelled request {rid} ended {self.ended[rid]} times"
+                continue
             assert self.ended[rid] == 1, f"request {rid} ended {self.ended[rid]} times"
         for sid, sent in self.streams.items():
             if sid in self.failed_streams:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -279,3 +282,46 @@ def test_a_board_whose_inference_stalls_while_it_heartbeats_is_worked_around(
     assert status["counters"].get("nodes_stalled", 0) >= 1 and status["counters"].get("nodes_lost", 0) == 0
     rpi4 = next(n for n in status["nodes"] if n["name"] == "rpi4")
     assert rpi4["alive"] and rpi4["suspect"], "alive (heartbeating) but given no work"
+
+
+def test_a_cancelled_request_frees_the_boards_and_the_others_are_served(
+    cluster: LocalCluster, test_set: LabelledSet
+) -> None:
+    """Cancelling ``Client.infer`` sends a cancel: the coordinator forgets the request at once (nothing more
+    of it is dispatched), and the next request is served as usual."""
+    inputs = test_set.inputs[np.random.default_rng(9).choice(len(test_set), 30000, replace=True)]
+
+    async def cancel_midway() -> list[dict]:
+        async with Client(cluster.clients_endpoint, timeout_s=120) as client:
+            request = asyncio.create_task(client.infer(inputs, policy="proportional"))
+            await asyncio.sleep(0.5)
+            assert not request.done(), "the cancel should land mid-request"
+            request.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await request
+            await asyncio.sleep(0.3)
+            return (await client.query("status"))["requests"]
+
+    assert asyncio.run(cancel_midway()) == []
+    again = infer(cluster.clients_endpoint, inputs[:500], policy="proportional")
+    assert np.array_equal(again.predictions, cnn16_predictions(inputs[:500]))
+
+
+def test_ctrl_c_on_submit_cancels_its_request(cluster: LocalCluster, tmp_path: Path) -> None:
+    config = tmp_path / "cluster.toml"  # the fixture's
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edgecollab", "submit", "--config", str(config), "--coordinator",
+         cluster.clients_endpoint, "--inputs", "60000", "--policy", "proportional"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not ask(cluster.clients_endpoint, "status")["requests"]:  # wait until it runs
+        assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130, stderr
+    deadline = time.monotonic() + 2  # 60,000 inputs take several seconds here: only the cancel ends it this soon
+    while ask(cluster.clients_endpoint, "status")["requests"]:
+        assert time.monotonic() < deadline, "the interrupted request should have been cancelled"
+        time.sleep(0.1)

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from edgecollab.protocol import (
     PROTOCOL_VERSION,
+    Cancel,
     Error,
     Goodbye,
     Heartbeat,
@@ -49,6 +50,7 @@ MESSAGES: list[Message] = [
     ),
     ShardResult("req", 7, 1, np.full(2, -1), 0.01, {"scores": np.ones((2, 64), np.float16)}),
     Error("invalid_input", "expected uint8", "req", 2, 0),
+    Cancel("req"),
 ]
 
 

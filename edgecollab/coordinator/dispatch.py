@@ -57,6 +57,7 @@ from ..planner.joint import LATENCY_SHARE, Demand, DemandPlan, JointPlan
 from ..protocol import (
     OUTPUT_MODES,
     Answer,
+    Cancel,
     Error,
     FrameResults,
     Frames,
@@ -128,6 +129,13 @@ OBSERVE_MIN_BATCH = 4
 class RequestOpened:
     client: bytes  # routing id of the client that sent it
     submit: Submit
+    now: float
+
+
+@dataclass(frozen=True)
+class RequestCancelled:
+    client: bytes
+    cancel: Cancel
     now: float
 
 
@@ -216,7 +224,7 @@ class ShuttingDown:
 
 
 Event = (
-    RequestOpened | ShardReturned | ShardRefused | NodeRegistered | NodeProfiled | NodeLost | Tick
+    RequestOpened | RequestCancelled | ShardReturned | ShardRefused | NodeRegistered | NodeProfiled | NodeLost | Tick
     | StartupExpired | PlanSolved | ShuttingDown | StreamOpened | FramesArrived | StreamClosed
 )  # fmt: skip
 
@@ -369,6 +377,8 @@ class DispatchCore:
         self._out = []
         if isinstance(event, RequestOpened):
             self._opened(event)
+        elif isinstance(event, RequestCancelled):
+            self._cancelled(event)
         elif isinstance(event, ShardReturned):
             self._returned(event)
         elif isinstance(event, ShardRefused):
@@ -423,6 +433,15 @@ class DispatchCore:
         if len(self.requests) >= self.settings.max_requests:
             self.counters["busy"] += 1
             why = f"the coordinator is serving its limit of {self.settings.max_requests} requests; retry later"
+            self._answer_error(event.client, Error("busy", why, rid))
+            return
+        held = sum(r.submit.inputs.nbytes for r in self.requests.values())
+        if held + submit.inputs.nbytes > self.settings.max_input_bytes:
+            self.counters["busy"] += 1
+            why = (
+                f"the coordinator holds {held:,} bytes of inputs; this request's {submit.inputs.nbytes:,} would pass"
+                f" its limit of {self.settings.max_input_bytes:,} (max_input_bytes); retry later or send fewer inputs"
+            )
             self._answer_error(event.client, Error("busy", why, rid))
             return
         policy = submit.policy or self.settings.policy
@@ -520,6 +539,19 @@ class DispatchCore:
             r.request_id, run.predictions, run.provenance, report, run.outputs, run.variant_names, run.node_names
         )
         self._out.append(AnswerRequest(r.client, result))
+
+    def _cancelled(self, event: RequestCancelled) -> None:
+        """A client gave up its request: forget it (nothing more is sent, late results are discarded).
+        A request of another client, or one already answered, is left alone."""
+        r = self.requests.get(event.cancel.request_id)
+        if r is None or r.client != event.client:
+            self.counters["cancels_ignored"] += 1
+            return
+        planned = r.joint and r.status in ("planning", "running")
+        self.outcomes["cancelled"] += 1
+        self._close(r)
+        if planned and any(o.joint for o in self.requests.values()):
+            self._want_replan(f"request {r.request_id[:8]} cancelled")  # its share of the boards is free
 
     def _fail(self, r: OpenRequest, error: Error) -> None:
         self._close(r)

@@ -36,6 +36,7 @@ from ..planner.joint import Demand, plan_jointly
 from ..protocol import (
     QUERY_TOPICS,
     Answer,
+    Cancel,
     Error,
     Frames,
     Goodbye,
@@ -68,6 +69,7 @@ from .dispatch import (
     NodeRegistered,
     PlanSolved,
     Replan,
+    RequestCancelled,
     RequestOpened,
     SendShard,
     ServedTask,
@@ -556,6 +558,8 @@ class Coordinator:
             await self._feed(FramesArrived(identity, message, time.monotonic()))
         elif isinstance(message, Submit):
             await self._feed(RequestOpened(identity, message, time.monotonic()))
+        elif isinstance(message, Cancel):
+            await self._feed(RequestCancelled(identity, message, time.monotonic()))
         elif isinstance(message, StreamOpen):
             await self._feed(StreamOpened(identity, message, time.monotonic()))
         elif isinstance(message, StreamClose):

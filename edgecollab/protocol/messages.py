@@ -119,6 +119,17 @@ class Result(Message):
 
 
 @dataclass(frozen=True)
+class Cancel(Message):
+    """A client gives up a request of its own: its unsent shards are dropped, its late results discarded.
+
+    Answered by nothing (the client has stopped waiting); ``status`` counts it as ``cancelled``.
+    """
+
+    kind: ClassVar[str] = "cancel"
+    request_id: str
+
+
+@dataclass(frozen=True)
 class Query(Message):
     """A client asks the coordinator about the cluster without running anything.
 
@@ -249,7 +260,7 @@ ERROR_CODES = (
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.kind: cls
     for cls in (
-        Hello, Welcome, Heartbeat, Goodbye, Shard, ShardResult, Submit, Result, Query, Answer, Error,
+        Hello, Welcome, Heartbeat, Goodbye, Shard, ShardResult, Submit, Result, Cancel, Query, Answer, Error,
         StreamOpen, Frames, FrameResults, StreamClose,
     )
 }  # fmt: skip
