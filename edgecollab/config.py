@@ -42,6 +42,9 @@ class CoordinatorConfig(_Strict):
     work_stealing: bool = Field(True, description="idle nodes take queued shards of slower ones near the end")
     replan_on_drift: bool = Field(True, description="re-plan running requests when a node's speed drifts")
     max_streams: int = Field(256, ge=1, description="streams open at once; more are refused 'busy'")
+    client_queue_messages: int = Field(
+        1000, ge=1, le=100_000, description="answers a client may leave unread (twice: ZeroMQ's queue, then ours)"
+    )
     max_input_bytes: int = Field(
         2 * 1024**3, ge=1, description="bytes of inputs held at once (requests waiting or running); past it 'busy'"
     )

@@ -20,14 +20,18 @@ SEND_RETRY_S = 0.001
 COPY_BELOW_BYTES = 64 * 1024
 
 
-def router(context: zmq.asyncio.Context, endpoint: str, keys: KeyPair | None = None) -> zmq.asyncio.Socket:
+def router(
+    context: zmq.asyncio.Context, endpoint: str, keys: KeyPair | None = None, send_hwm: int = HIGH_WATER_MARK
+) -> zmq.asyncio.Socket:
     """A bound ROUTER that raises EHOSTUNREACH for unknown peers instead of dropping silently.
 
     With ``keys`` it is a CURVE server: only peers the context's authenticator admits get in.
+    ``send_hwm``: messages queued per peer before a send would block (set before bind: it is copied then).
     """
     sock = context.socket(zmq.ROUTER)
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     _limits(sock)
+    sock.setsockopt(zmq.SNDHWM, send_hwm)
     if keys is not None:
         sock.curve_secretkey = keys.secret
         sock.curve_publickey = keys.public
@@ -94,6 +98,15 @@ class FastSocket:
         async with self._blocked:  # a FIFO: blocked sends leave one by one, in order
             await self._send_when_possible(frames)
         self.unread()
+
+    def try_send(self, frames: Sequence[bytes | memoryview]) -> bool:
+        """Send at once, or return False when the peer's queue is full (other errors, e.g. EHOSTUNREACH, raise)."""
+        try:
+            self._now.send_multipart(frames, flags=zmq.NOBLOCK, copy=_small(frames))
+        except zmq.Again:
+            return False
+        self.unread()
+        return True
 
     def send_now(self, frames: Sequence[bytes | memoryview]) -> bool:
         """Send at once if the socket can take it, without waiting (False when it could not)."""

@@ -15,6 +15,7 @@ from edgecollab.coordinator.dispatch import (
     PACK_REQUEST,
     SMALL_DEMAND,
     AnswerRequest,
+    ClientGone,
     CutOff,
     DispatchCore,
     FailRequest,
@@ -463,3 +464,19 @@ def test_a_cancelled_request_sends_nothing_more_and_its_late_results_are_discard
     assert not [i for i in later if isinstance(i, AnswerRequest | FailRequest)]
     assert not [s for s in sends(later) if s.shard.request_id == opened.request_id]  # its rest was dropped
     assert core.counters["late_replies"] == len(in_flight)
+
+
+def test_a_client_that_is_gone_has_its_requests_dropped_and_the_others_go_on() -> None:
+    core = make_core()
+    gone, staying = submit(400, target_ips=3000.0), submit(400, b"d", target_ips=3000.0)
+    out = solve(core, core.handle(RequestOpened(b"c", gone, 0.1)), 0.11)
+    out += core.handle(RequestOpened(b"d", staying, 0.12))
+    out += core.handle(ClientGone(b"c", "it stopped reading", 0.13))
+    assert gone.request_id not in core.requests and core.outcomes["client_gone"] == 1
+    while [i for i in out if isinstance(i, Replan)]:  # the plans the arrival and the departure ask for
+        out = [i for i in out if not isinstance(i, Replan)] + solve(
+            core, [i for i in out if isinstance(i, Replan)][-1:], 0.14
+        )
+    final = run_to_end(core, out, 0.2)
+    (done,) = [i for i in final if isinstance(i, AnswerRequest | FailRequest)]
+    assert isinstance(done, AnswerRequest) and done.result.request_id == staying.request_id

@@ -16,6 +16,7 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import pytest
+import zmq
 
 from edgecollab.client import Client, InferenceResult
 from edgecollab.errors import RequestFailed
@@ -325,3 +326,40 @@ def test_ctrl_c_on_submit_cancels_its_request(cluster: LocalCluster, tmp_path: P
     while ask(cluster.clients_endpoint, "status")["requests"]:
         assert time.monotonic() < deadline, "the interrupted request should have been cancelled"
         time.sleep(0.1)
+
+
+def test_a_client_that_stops_reading_is_cut_off_and_no_one_else_waits(tmp_path: Path) -> None:
+    """A client sends requests whose answers are large and never reads them. Its answers pile up in a queue
+    of its own (``client_queue_messages`` in ZeroMQ, then as many in the coordinator); past that it is cut
+    off and its requests dropped, while another client's requests are served all along."""
+    config = tmp_path / "cluster.toml"
+    manifest = SHIPPED_MANIFEST
+    config.write_text(
+        f'[coordinator]\nclient_queue_messages = 4\nmax_requests = 100\n[models]\nmanifest = "{manifest}"\n'
+        '[[nodes]]\nname = "board"\nvariants = ["linear-7x7"]\n'
+    )
+    images = np.zeros((4096, 1, 28, 28), np.uint8)
+    with LocalCluster(config, log_dir=tmp_path / "logs") as local:
+        infer(local.clients_endpoint, images[:8])  # the board is registered and profiled
+        context = zmq.Context()
+        slow = context.socket(zmq.DEALER)
+        slow.setsockopt(zmq.RCVHWM, 1)
+        slow.setsockopt(zmq.RCVBUF, 4096)  # the kernel holds little for it either
+        slow.setsockopt(zmq.LINGER, 0)
+        slow.connect(local.clients_endpoint)
+        try:
+            for i in range(60):  # each answer carries every output: 4096 x 10 float32, 160 KiB
+                slow.send_multipart(encode(Submit(f"slow{i}", images, outputs="all")))
+            served = []
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                served.append(infer(local.clients_endpoint, images[:64]))
+                counters = ask(local.clients_endpoint, "status")["counters"]
+                if counters.get("clients_cut_off"):
+                    break
+            assert counters.get("clients_cut_off") == 1, counters
+            assert all(len(r.predictions) == 64 for r in served)
+            assert not [r for r in ask(local.clients_endpoint, "status")["requests"] if r["id"].startswith("slow")]
+        finally:
+            slow.close()
+            context.term()

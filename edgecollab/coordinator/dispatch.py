@@ -140,6 +140,15 @@ class RequestCancelled:
 
 
 @dataclass(frozen=True)
+class ClientGone:
+    """A client is gone or cut off (it stopped reading): its requests and streams are dropped."""
+
+    client: bytes
+    reason: str
+    now: float
+
+
+@dataclass(frozen=True)
 class ShardReturned:
     node: str
     result: ShardResult
@@ -224,8 +233,8 @@ class ShuttingDown:
 
 
 Event = (
-    RequestOpened | RequestCancelled | ShardReturned | ShardRefused | NodeRegistered | NodeProfiled | NodeLost | Tick
-    | StartupExpired | PlanSolved | ShuttingDown | StreamOpened | FramesArrived | StreamClosed
+    RequestOpened | RequestCancelled | ClientGone | ShardReturned | ShardRefused | NodeRegistered | NodeProfiled
+    | NodeLost | Tick | StartupExpired | PlanSolved | ShuttingDown | StreamOpened | FramesArrived | StreamClosed
 )  # fmt: skip
 
 
@@ -379,6 +388,8 @@ class DispatchCore:
             self._opened(event)
         elif isinstance(event, RequestCancelled):
             self._cancelled(event)
+        elif isinstance(event, ClientGone):
+            self._client_gone(event)
         elif isinstance(event, ShardReturned):
             self._returned(event)
         elif isinstance(event, ShardRefused):
@@ -552,6 +563,18 @@ class DispatchCore:
         self._close(r)
         if planned and any(o.joint for o in self.requests.values()):
             self._want_replan(f"request {r.request_id[:8]} cancelled")  # its share of the boards is free
+
+    def _client_gone(self, event: ClientGone) -> None:
+        """Drop everything of a client that is gone: nothing more of it is dispatched; its boards are free."""
+        mine = [r for r in self.requests.values() if r.client == event.client]
+        for r in mine:
+            self.outcomes["client_gone"] += 1
+            self._close(r)
+        for stream in [s for s in self.streams.values() if s.client == event.client]:
+            self.counters["frames_failed"] += stream.outstanding
+            self._forget_stream(stream)
+        if mine and any(o.joint for o in self.requests.values()):
+            self._want_replan(f"a client is gone ({event.reason})")
 
     def _fail(self, r: OpenRequest, error: Error) -> None:
         self._close(r)

@@ -16,6 +16,7 @@ import logging
 import signal
 import statistics
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ from ..security import authorized_keys, server_curve
 from ..zoo import load_manifest
 from .dispatch import (
     AnswerRequest,
+    ClientGone,
     CutOff,
     DispatchCore,
     Event,
@@ -90,6 +92,7 @@ log = logging.getLogger(__name__)
 
 # A peer that sends this many malformed messages is cut off: its later messages are dropped unanswered.
 MAX_PROTOCOL_STRIKES = 10
+CLIENT_RETRY_S = 0.005  # how often a slow client's queued messages are offered again
 # The core's timer: waiting requests time out, stranded ones fail.
 TICK_S = 0.1
 # Profiling times one shard at a time at these batch sizes, this many times each (the median counts).
@@ -149,6 +152,7 @@ class Coordinator:
         self._key_owner: dict[str, str] = {}  # with CURVE: z85 public key -> certificate name (node or client)
         self._strikes: dict[bytes, int] = {}  # peer identity -> malformed messages it sent; offenders only
         self._cut_off: set[bytes] = set()  # identities whose messages are dropped
+        self._client_backlog: dict[bytes, deque[list[Any]]] = {}  # slow clients' messages not yet taken
         self._solver = ThreadPoolExecutor(1, thread_name_prefix="edgecollab-solver")  # HiGHS releases the GIL
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stop = asyncio.Event()
@@ -178,7 +182,9 @@ class Coordinator:
             authenticator.start()
             authenticator.configure_curve(domain="*", location=str(allowed))
         self._workers_sock = transport.router(context, self.workers_endpoint, keys)
-        self._clients_sock = transport.router(context, self.clients_endpoint, keys)
+        # A client's own queue in ZeroMQ; past it, its messages wait in the shell (_send_client), bounded too.
+        hwm = self.settings.client_queue_messages
+        self._clients_sock = transport.router(context, self.clients_endpoint, keys, send_hwm=hwm)
         self._workers_io = transport.FastSocket(self._workers_sock)
         self._clients_io = transport.FastSocket(self._clients_sock)
         log.info("coordinator: workers on %s, clients on %s", self.workers_endpoint, self.clients_endpoint)
@@ -375,12 +381,47 @@ class Coordinator:
             return False
 
     async def _send_client(self, identity: bytes, message: Message) -> None:
+        """Send to a client without ever waiting: a client that does not read gets a queue of its own
+        (``client_queue_messages`` at most, then it is cut off and its work dropped), so no one else waits."""
+        if identity in self._cut_off:
+            return
+        frames = [identity, *encode(message)]
+        backlog = self._client_backlog.get(identity)
         try:
-            await self._clients_io.send([identity, *encode(message)])
+            if backlog is None and self._clients_io.try_send(frames):
+                return
         except zmq.ZMQError as exc:
             if exc.errno != zmq.EHOSTUNREACH:
                 raise
             log.warning("coordinator: client gone before its %s could be sent", message.kind)
+            return
+        if backlog is None:
+            backlog = self._client_backlog[identity] = deque()
+            self._spawn(self._flush_client(identity, backlog))
+        backlog.append(frames)
+        if len(backlog) > self.settings.client_queue_messages:
+            await self._drop_client(identity, f"it left {len(backlog)} messages unread")
+
+    async def _flush_client(self, identity: bytes, backlog: deque[list[Any]]) -> None:
+        """Send a slow client's queued messages, in order, as it reads them."""
+        while backlog and self._client_backlog.get(identity) is backlog:
+            try:
+                if self._clients_io.try_send(backlog[0]):
+                    backlog.popleft()
+                    continue
+            except zmq.ZMQError:  # gone meanwhile
+                break
+            await asyncio.sleep(CLIENT_RETRY_S)
+        if self._client_backlog.get(identity) is backlog:
+            del self._client_backlog[identity]
+
+    async def _drop_client(self, identity: bytes, reason: str) -> None:
+        """Cut off a client that stopped reading: its messages are dropped, its requests and streams too."""
+        self._client_backlog.pop(identity, None)
+        self._cut_off.add(identity)
+        self.counters["clients_cut_off"] += 1
+        log.warning("coordinator: cut off a client: %s", reason)
+        await self._feed(ClientGone(identity, reason, time.monotonic()))
 
     # --- workers ---------------------------------------------------------------------------
     async def _on_worker(self, identity: bytes, message: Message, user_id: str | None) -> None:
