@@ -888,11 +888,9 @@ class DispatchCore:
             self._last_drift_replan = now
             self._want_replan(f"{slot.name} drifted")
 
-    def _answered(self, node: str, now: float) -> None:
-        """Any answer from a node: it makes progress (and a suspect one is usable again)."""
-        slot = self.nodes.get(node)
-        if slot is not None:
-            slot.last_result_at = now
+    def _answered(self, node: str) -> None:
+        """Any answer from a node: a suspect one is usable again. (``last_result_at`` is left to the result
+        paths: ``_observe`` measures a shard's cost from the node's previous result.)"""
         if self.rm.node_answered(node):
             log.warning("dispatch: node %s answers again; it gets work again", node)
             self._stream_variants.clear()
@@ -900,7 +898,7 @@ class DispatchCore:
 
     def _returned(self, event: ShardReturned, from_pack: bool = False) -> None:
         result = event.result
-        self._answered(event.node, event.now)
+        self._answered(event.node)
         slot = self.nodes.get(event.node)
         if slot is not None and result.request_id == FRAMES_REQUEST:
             self._batch_returned(slot, result, event.now)
@@ -941,7 +939,7 @@ class DispatchCore:
 
     def _refused(self, event: ShardRefused) -> None:
         error = event.error
-        self._answered(event.node, event.now)
+        self._answered(event.node)
         slot = self.nodes.get(event.node)
         if slot is not None and error.request_id == FRAMES_REQUEST:
             batch = slot.batches.pop(error.shard_id, None)
@@ -1032,7 +1030,7 @@ class DispatchCore:
 
         Its process may be alive and heartbeating while its inference is stuck (a CUDA call that never
         returns): each shard has a deadline of ``stall_factor`` times what the table expects of everything
-        the node has in flight, and at least ``stall_floor_s``, counted from its last answer or from the
+        the node has in flight, and at least ``stall_floor_s``, counted from its last result or from the
         oldest send. Results it sends later carry superseded attempts and are discarded.
         """
         if slot.name in self.rm.suspect or not (slot.in_flight or slot.batches):
