@@ -323,8 +323,7 @@ def submit(
 
     cluster = load_config(config)
     endpoint = coordinator or _client_endpoint(cluster)
-    if task is not None and task not in cluster.models.tasks:
-        raise ConfigError(f"--task {task!r} is not served by {config}; its tasks: {', '.join(cluster.models.tasks)}")
+    _check_task(cluster, task, config)
     spec = RequestSpec(inputs, target_ips, min_accuracy, policy, strict, task, outputs)
     with _progress_bars(not json_output) as progress:
         rows = run_sync(endpoint, workload_sources(cluster), [spec], seed, client_curve(cluster), progress)
@@ -369,8 +368,7 @@ def run(
         from .plots import pyplot
 
         pyplot()  # refuse before starting anything if matplotlib is missing
-    if task is not None and task not in cluster.models.tasks:
-        raise ConfigError(f"--task {task!r} is not served by {config}; its tasks: {', '.join(cluster.models.tasks)}")
+    _check_task(cluster, task, config)
     if requests is None and inputs is None and target_ips is None and task is None:
         specs = default_workload(cluster, policy, strict)
         if min_accuracy is not None:
@@ -439,8 +437,7 @@ def stream(
         expected = ", ".join(BACKPRESSURE_POLICIES)
         raise InvalidInputError("invalid_input", f"--backpressure must be one of {expected}; got {backpressure!r}")
     cluster = load_config(config)
-    if task is not None and task not in cluster.models.tasks:
-        raise ConfigError(f"--task {task!r} is not served by {config}; its tasks: {', '.join(cluster.models.tasks)}")
+    _check_task(cluster, task, config)
     spec = CameraSpec(sources, fps, duration, max_latency_ms, min_accuracy, degrade, backpressure, task, outputs)
     test_set = workload_sources(cluster)[task or cluster.models.task]
     if coordinator is not None:
@@ -675,6 +672,12 @@ def keys_generate(
         f'client_key = "{folder}/{clients[0]}.key_secret"\n# and in each [[nodes]]: key = "{folder}/NODE.key_secret"',
         file=sys.stderr,
     )
+
+
+def _check_task(cluster: ClusterConfig, task: str | None, config: Path) -> None:
+    """Refuse a --task the config does not serve, before anything starts."""
+    if task is not None and task not in cluster.models.tasks:
+        raise ConfigError(f"--task {task!r} is not served by {config}; its tasks: {', '.join(cluster.models.tasks)}")
 
 
 def _client_endpoint(cluster: ClusterConfig) -> str:

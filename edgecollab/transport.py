@@ -88,16 +88,11 @@ class FastSocket:
         self._loop.remove_reader(self._fd)
 
     async def send(self, frames: Sequence[bytes | memoryview]) -> None:
-        if not self._blocked.locked():
-            try:
-                self._now.send_multipart(frames, flags=zmq.NOBLOCK, copy=_small(frames))
-                self.unread()  # the send may have taken the signal of a message that arrived
-                return
-            except zmq.Again:
-                pass
+        if not self._blocked.locked() and self.try_send(frames):
+            return
         async with self._blocked:  # a FIFO: blocked sends leave one by one, in order
-            await self._send_when_possible(frames)
-        self.unread()
+            while not self.try_send(frames):
+                await asyncio.sleep(SEND_RETRY_S)
 
     def try_send(self, frames: Sequence[bytes | memoryview]) -> bool:
         """Send at once, or return False when the peer's queue is full (other errors, e.g. EHOSTUNREACH, raise)."""
@@ -105,7 +100,7 @@ class FastSocket:
             self._now.send_multipart(frames, flags=zmq.NOBLOCK, copy=_small(frames))
         except zmq.Again:
             return False
-        self.unread()
+        self.unread()  # the send may have taken the signal of a message that arrived
         return True
 
     def send_now(self, frames: Sequence[bytes | memoryview]) -> bool:
@@ -113,19 +108,9 @@ class FastSocket:
         if self._blocked.locked():
             return False
         try:
-            self._now.send_multipart(frames, flags=zmq.NOBLOCK, copy=_small(frames))
+            return self.try_send(frames)
         except zmq.ZMQError:
             return False
-        self.unread()
-        return True
-
-    async def _send_when_possible(self, frames: Sequence[bytes | memoryview]) -> None:
-        while True:
-            try:
-                self._now.send_multipart(frames, flags=zmq.NOBLOCK, copy=_small(frames))
-                return
-            except zmq.Again:
-                await asyncio.sleep(SEND_RETRY_S)
 
     def unread(self) -> bool:
         """Whether a message waits to be received (and if so, the receiver is woken for it)."""

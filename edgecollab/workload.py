@@ -40,7 +40,8 @@ ProgressFactory = Callable[[int, RequestSpec], ProgressCallback | None]
 
 def workload_source(config: ClusterConfig) -> LabelledSet:
     """The test set of the cluster's default task: the inputs the workload sends, and their labels."""
-    test_set = workload_sources(config)[config.models.task]
+    manifest = load_manifest(config.manifest_path, check_files=False)
+    test_set = load_test_set(manifest, manifest.tasks[config.models.task])  # not the other tasks' sets
     if not isinstance(test_set, LabelledSet):
         raise EdgecollabError(f"task {config.models.task!r} is not scored top1: the workload needs labelled inputs")
     return test_set

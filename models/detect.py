@@ -30,11 +30,10 @@ import tomli_w
 import torch
 import torch.nn.functional as F
 from torch import nn
-from train import QUANTIZATION, SEED, quantize
+from train import QUANTIZATION, SEED, manifest_entry, quantize
 
 from edgecollab.zoo.dataset import load_labelled_set
-from edgecollab.zoo.graph import graph_cost
-from edgecollab.zoo.manifest import GENERATED_HEADER, TaskSpec, sha256_of
+from edgecollab.zoo.manifest import GENERATED_HEADER, TaskSpec
 from edgecollab.zoo.scoring import load_detection_set, score_variant
 
 MODELS_DIR = Path(__file__).resolve().parent
@@ -233,16 +232,7 @@ def main() -> int:
 
     def describe(name: str, path: Path, quantized: bool, base: str | None, training: dict[str, object]) -> dict:
         quality = score_variant(path, TASK, test_scenes)
-        cost = graph_cost(path)
-        entry: dict[str, object] = {
-            "name": name, "task": TASK.name, "file": str(path.relative_to(MODELS_DIR)), "sha256": sha256_of(path),
-            "accuracy": round(quality, 4), "macs": cost.macs, "params": cost.params, "quantized": quantized,
-        }  # fmt: skip
-        if base:
-            entry["base"] = base
-        entry["training"] = training
-        print(f"{name}: mAP@0.5 {quality:.4f}, {cost.macs:,} MACs, {cost.params:,} params", flush=True)
-        return entry
+        return manifest_entry(TASK, name, path, MODELS_DIR, quality, quantized, base, training, "mAP@0.5")
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     variants = []

@@ -207,6 +207,36 @@ def quantize(float_path: Path, out_path: Path, calibration: np.ndarray) -> None:
         )  # fmt: skip
 
 
+def manifest_entry(
+    task: TaskSpec,
+    name: str,
+    path: Path,
+    root: Path,
+    quality: float,
+    quantized: bool,
+    base: str | None,
+    training: dict[str, object],
+    measure: str = "accuracy",
+) -> dict[str, object]:
+    """A variant's manifest entry: its measured ``quality`` and the cost counted from its graph."""
+    cost = graph_cost(path)
+    entry: dict[str, object] = {
+        "name": name,
+        "task": task.name,
+        "file": str(path.relative_to(root)),
+        "sha256": sha256_of(path),
+        "accuracy": round(quality, 4),
+        "macs": cost.macs,
+        "params": cost.params,
+        "quantized": quantized,
+    }
+    if base:
+        entry["base"] = base
+    entry["training"] = training
+    print(f"{name}: {measure} {quality:.4f}, {cost.macs:,} MACs, {cost.params:,} params", flush=True)
+    return entry
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("/usr/share/datasets/fashion-mnist"))
@@ -240,16 +270,7 @@ def main() -> int:
     def describe(name: str, path: Path, quantized: bool, base: str | None, training: dict[str, object]) -> dict:
         session = open_session(path, TASK, threads=torch.get_num_threads())
         accuracy = float((predict(session, test_set.inputs) == test_set.labels).mean())
-        cost = graph_cost(path)
-        entry: dict[str, object] = {
-            "name": name, "task": TASK.name, "file": str(path.relative_to(out_dir)), "sha256": sha256_of(path),
-            "accuracy": round(accuracy, 4), "macs": cost.macs, "params": cost.params, "quantized": quantized,
-        }  # fmt: skip
-        if base:
-            entry["base"] = base
-        entry["training"] = training
-        print(f"{name}: accuracy {accuracy:.4f}, {cost.macs:,} MACs, {cost.params:,} params", flush=True)
-        return entry
+        return manifest_entry(TASK, name, path, out_dir, accuracy, quantized, base, training)
 
     variants = []
     for recipe in LADDER:

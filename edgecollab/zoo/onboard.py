@@ -23,18 +23,8 @@ from .dataset import LabelledSet, load_labelled_set
 from .graph import graph_cost
 from .manifest import TaskSpec, Variant, load_manifest, sha256_of
 from .scoring import DETECTION_OUTPUTS, TestSet, load_npz_set, score_session
-from .session import open_session
+from .session import ORT_DTYPES, load_test_set, open_session
 
-ORT_DTYPES = {
-    "tensor(uint8)": "uint8",
-    "tensor(int8)": "int8",
-    "tensor(float)": "float32",
-    "tensor(float16)": "float16",
-    "tensor(int64)": "int64",
-    "tensor(int32)": "int32",
-    "tensor(double)": "float64",
-    "tensor(bool)": "bool",
-}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pgm", ".ppm", ".bmp")
 LABEL_FILES = ("labels.txt", "labels.csv")
 QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"}
@@ -267,8 +257,6 @@ def add_model(
         if test_set is not None and new_task:
             _save_test_set(folder / str(task.test_set), test_set)
         if test_set is None:
-            from .session import load_test_set
-
             assert manifest is not None
             test_set = load_test_set(manifest, task)
         session = open_session(destination, task, threads=2)

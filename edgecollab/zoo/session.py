@@ -18,12 +18,16 @@ from .scoring import DETECTION_OUTPUTS, TestSet, load_npz_set, score_session
 
 log = logging.getLogger(__name__)
 
-_ORT_DTYPES = {
+# ONNX Runtime's tensor types as numpy dtype names.
+ORT_DTYPES = {
     "tensor(uint8)": "uint8",
     "tensor(int8)": "int8",
     "tensor(float)": "float32",
     "tensor(float16)": "float16",
     "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(double)": "float64",
+    "tensor(bool)": "bool",
 }
 
 
@@ -65,7 +69,7 @@ def check_session_spec(session: ort.InferenceSession, task: TaskSpec, path: Path
     if len(inputs) != 1:
         raise ModelError(f"{path}: model has {len(inputs)} inputs; task {task.name!r} expects {expected}")
     model_input = inputs[0]
-    dtype = _ORT_DTYPES.get(model_input.type, model_input.type)
+    dtype = ORT_DTYPES.get(model_input.type, model_input.type)
     shape = list(model_input.shape)
     dynamic_batch = bool(shape) and not isinstance(shape[0], int)
     if dtype != task.input_dtype or not dynamic_batch or tuple(shape[1:]) != task.input_shape:
