@@ -36,6 +36,7 @@ from edgecollab.coordinator.dispatch import (
     StreamOpened,
     StreamReply,
     Tick,
+    WakeAt,
 )
 from edgecollab.planner.joint import plan_jointly
 from edgecollab.protocol import (
@@ -79,6 +80,7 @@ class DispatchStates(RuleBasedStateMachine):
         self.failed_streams: set[str] = set()
         self.down: set[str] = set()
         self.cancelled: set[str] = set()  # requests their client gave up
+        self.wake_at: float | None = None  # the earliest Tick the core asked for (WakeAt), not yet fed
 
     # --- carrying out ----------------------------------------------------------------------
     def feed(self, event: Any) -> None:
@@ -90,6 +92,8 @@ class DispatchStates(RuleBasedStateMachine):
                 self.out.append(i)
             elif isinstance(i, Replan):
                 self.replans.append(i)
+            elif isinstance(i, WakeAt):
+                self.wake_at = i.at if self.wake_at is None else min(self.wake_at, i.at)
             elif isinstance(i, AnswerRequest):
                 assert len(i.result.predictions) == self.requests[i.result.request_id]
                 self.ended[i.result.request_id] += 1
@@ -228,6 +232,9 @@ class DispatchStates(RuleBasedStateMachine):
                 self.solve()
             elif self.out:
                 self.answer(0, False)
+            elif self.wake_at is not None:  # frames held for a fuller batch: the shell's timer fires
+                at, self.wake_at = self.wake_at, None
+                self.feed(Tick(self.step(max(at - self.now, 0.0) + 0.001)))
             else:
                 break
 

@@ -79,8 +79,13 @@ async def exchange(endpoint: str, frames: list[bytes]) -> Any:
 def assert_answered_clearly(reply: Any, request_id: str, fields: dict[str, Any]) -> None:
     assert isinstance(reply, Result | Answer | Error)
     if isinstance(reply, Error):
-        assert reply.code in ("invalid_input", "protocol", "busy"), reply
+        # A strict request that no plan can serve is refused as such (its contract), naming what it asked.
+        strict = fields.get("strict") is True
+        assert reply.code in ("invalid_input", "protocol", "busy", *(("infeasible",) if strict else ())), reply
         assert reply.code != "internal"
+        if reply.code == "infeasible":
+            assert reply.request_id == request_id
+            assert "target_ips=" in reply.message and "min_accuracy=" in reply.message, reply.message
         if reply.code == "invalid_input":
             assert reply.request_id == request_id
             assert any(name in reply.message for name in (*fields, "inputs")), reply.message
