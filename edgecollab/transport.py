@@ -100,7 +100,10 @@ class FastSocket:
             self._now.send_multipart(frames, flags=zmq.NOBLOCK, copy=_small(frames))
         except zmq.Again:
             return False
-        self.unread()  # the send may have taken the signal of a message that arrived
+        finally:
+            # Any send, done, refused (EAGAIN) or failed, may have taken the signal of a message that
+            # arrived: without this check the receiver could sleep on a message already there.
+            self.unread()
         return True
 
     def send_now(self, frames: Sequence[bytes | memoryview]) -> bool:
