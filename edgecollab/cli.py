@@ -267,7 +267,8 @@ def worker(
     fault: Annotated[
         list[str] | None,
         typer.Option(
-            "--fault", help="emulated only: slow=FACTOR@S, hang@S, stall@S or vanish@S after start (repeatable)"
+            "--fault",
+            help="emulated only: slow=FACTOR@S, hang@S, stall@S, garble@S or vanish@S after start (repeatable)",
         ),
     ] = None,
 ) -> None:
@@ -345,7 +346,9 @@ def run(
     fault: Annotated[
         list[str] | None,
         typer.Option(
-            "--fault", help="NODE:slow=FACTOR@S, NODE:hang@S, NODE:stall@S or NODE:vanish@S after start (repeatable)"
+            "--fault",
+            help="NODE:slow=FACTOR@S, NODE:hang@S, NODE:stall@S, NODE:garble@S or NODE:vanish@S after start"
+            " (repeatable)",
         ),
     ] = None,
     plot: Annotated[
@@ -645,7 +648,14 @@ def status(
         )  # fmt: skip
     _console().print(table)
     for r in outcome["requests"]:
-        print(f"request {r['id'][:8]}: {r['done']:,}/{r['inputs']:,} inputs, policy {r['policy']}")
+        owner = f" ({r['client']})" if "client" in r else ""
+        print(f"request {r['id'][:8]}{owner}: {r['done']:,}/{r['inputs']:,} inputs, policy {r['policy']}")
+    for st in outcome["streams"]:
+        owner = f" ({st['client']})" if "client" in st else ""
+        print(f"stream {st['id'][:8]}{owner}: {st['status']}, {st['results']:,}/{st['frames']:,} frames answered")
+    others = outcome["others"]
+    if others["requests"] or others["streams"]:
+        print(f"other clients: {others['requests']} requests, {others['streams']} streams (an operator sees them)")
     if outcome["counters"]:
         print("counters: " + ", ".join(f"{k}={v}" for k, v in sorted(outcome["counters"].items())))
 
@@ -656,20 +666,26 @@ def keys_generate(
     folder: Annotated[Path, typer.Argument(help="where to write the certificates")],
     config: ConfigOption = DEFAULT_CONFIG,
     client: Annotated[list[str] | None, typer.Option("--client", help="client names (default: client)")] = None,
+    operator: Annotated[
+        list[str] | None, typer.Option("--operator", help="operator names: clients whose status shows everyone's work")
+    ] = None,
 ) -> None:
     """Key pairs for the coordinator, every node of the config and the clients, plus their allow-list."""
     from .security import generate_keys
 
     cluster = load_config(config)
     clients = client or ["client"]
-    written = generate_keys(folder, [n.name for n in cluster.nodes], clients)
+    operators = operator or []
+    written = generate_keys(folder, [n.name for n in cluster.nodes], [*clients, *operators])
     for path in written:
         print(path)
     print(
         f"\n# add to {config} (secret certificates: copy each only to the machine that uses it)\n"
         f'[security]\ncurve = true\ncoordinator_key = "{folder}/coordinator.key_secret"\n'
         f'coordinator_public_key = "{folder}/coordinator.key"\nauthorized_keys = "{folder}/authorized"\n'
-        f'client_key = "{folder}/{clients[0]}.key_secret"\n# and in each [[nodes]]: key = "{folder}/NODE.key_secret"',
+        f'client_key = "{folder}/{clients[0]}.key_secret"\n'
+        + (f"operators = {json.dumps(operators)}\n" if operators else "")
+        + f'# and in each [[nodes]]: key = "{folder}/NODE.key_secret"',
         file=sys.stderr,
     )
 

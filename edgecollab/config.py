@@ -73,12 +73,14 @@ class CoordinatorConfig(_Strict):
 
 
 class EmulationEvent(_Strict):
-    """A scheduled change of an emulated board: a new speed, a hang, or vanishing."""
+    """A scheduled change of an emulated board: a new speed, a hang, a stall, bad results, or vanishing."""
 
     at_s: float = Field(ge=0, description="seconds after the worker process started")
     speed: float | None = Field(None, gt=0, le=100, description="speed factor from then on (1 = the profile's)")
-    action: Literal["hang", "vanish", "stall"] | None = Field(
-        None, description="hang: stop responding; vanish: exit at once; stall: inference stops, heartbeats go on"
+    action: Literal["hang", "vanish", "stall", "garble"] | None = Field(
+        None,
+        description="hang: stop responding; vanish: exit at once; stall: inference stops, heartbeats go on;"
+        " garble: results come back malformed (a prediction short, NaN in float outputs)",
     )
 
     @model_validator(mode="after")
@@ -120,9 +122,14 @@ class SecurityConfig(_Strict):
     coordinator_public_key: str | None = Field(None, description="the coordinator's public certificate (for peers)")
     authorized_keys: str | None = Field(None, description="folder of public certificates allowed to connect")
     client_key: str | None = Field(None, description="this client's secret certificate (submit, status, run, ...)")
+    operators: tuple[str, ...] = Field(
+        (), description="names of the certificates (in authorized_keys) whose status shows every client's work"
+    )
 
     @model_validator(mode="after")
     def _complete(self) -> SecurityConfig:
+        if self.operators and not self.curve:
+            raise ValueError("operators need curve = true: without CURVE no client can prove who it is")
         if self.curve and not self.authorized_keys:
             raise ValueError("curve = true needs authorized_keys, an allow-list of public certificates")
         if self.curve and not self.coordinator_public_key:
@@ -205,17 +212,19 @@ class ClusterConfig(_Strict):
 
 
 def parse_fault(text: str) -> EmulationEvent:
-    """``slow=FACTOR@SECONDS``, ``hang@SECONDS`` or ``vanish@SECONDS`` as an emulation event."""
+    """``slow=FACTOR@SECONDS``, or ``hang``, ``stall``, ``garble`` or ``vanish`` ``@SECONDS``, as an emulation event."""
     change, _, at = text.partition("@")
     try:
         at_s = float(at)
         if change.startswith("slow="):
             return EmulationEvent(at_s=at_s, speed=float(change.removeprefix("slow=")))
-        if change in ("hang", "vanish", "stall"):
+        if change in ("hang", "vanish", "stall", "garble"):
             return EmulationEvent(at_s=at_s, action=change)
     except (ValueError, ValidationError):
         pass
-    raise ConfigError(f"fault {text!r} is not one of slow=FACTOR@SECONDS, hang@SECONDS, vanish@SECONDS, stall@SECONDS")
+    raise ConfigError(
+        f"fault {text!r} is not one of slow=FACTOR@SECONDS, hang@SECONDS, vanish@SECONDS, stall@SECONDS, garble@SECONDS"
+    )
 
 
 def with_faults(node: NodeConfig, faults: list[str]) -> NodeConfig:

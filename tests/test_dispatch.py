@@ -31,6 +31,7 @@ from edgecollab.coordinator.dispatch import (
     ShuttingDown,
     Tick,
 )
+from edgecollab.coordinator.ownership import scoped_key
 from edgecollab.coordinator.resource_manager import ResourceManager
 from edgecollab.planner import ExplorationTable, Measurement
 from edgecollab.planner.joint import plan_jointly
@@ -166,13 +167,14 @@ def test_two_requests_share_the_boards_by_their_planned_rates() -> None:
     out += core.handle(RequestOpened(b"l", loose, 0.0))
     out = solve(core, out)  # planned for the tight one; the loose one arrived during the solve: one more
     out = [*sends(out), *solve(core, out)]
-    assert {s.shard.request_id for s in sends(out)} <= {tight.request_id, loose.request_id}
+    tight_key, loose_key = scoped_key(b"t", tight.request_id), scoped_key(b"l", loose.request_id)
+    assert {s.shard.request_id for s in sends(out)} <= {tight_key, loose_key}
     plan = core.plan
     assert plan is not None
-    assert plan.demands[tight.request_id].feasible and plan.demands[loose.request_id].feasible
+    assert plan.demands[tight_key].feasible and plan.demands[loose_key].feasible
     # Alone, the tight request would get the same accuracy (the loose one takes only spare time).
-    alone = plan_jointly(core.rm.table, [d for d in core.running_demands(0.0) if d.key == tight.request_id], ["a", "b"])
-    assert plan.demands[tight.request_id].expected_accuracy >= alone.demands[tight.request_id].expected_accuracy - 1e-3
+    alone = plan_jointly(core.rm.table, [d for d in core.running_demands(0.0) if d.key == tight_key], ["a", "b"])
+    assert plan.demands[tight_key].expected_accuracy >= alone.demands[tight_key].expected_accuracy - 1e-3
     final = run_to_end(core, out)
     assert sorted(i.client for i in final if isinstance(i, AnswerRequest)) == [b"l", b"t"]
 
@@ -457,13 +459,41 @@ def test_a_cancelled_request_sends_nothing_more_and_its_late_results_are_discard
     in_flight = sends(out)
     # Another client cannot cancel it.
     assert not core.handle(RequestCancelled(b"intruder", Cancel(opened.request_id), 0.12))
-    assert opened.request_id in core.requests and core.counters["cancels_ignored"] == 1
+    key = scoped_key(b"c", opened.request_id)
+    assert key in core.requests and core.counters["cancels_ignored"] == 1
     assert not core.handle(RequestCancelled(b"c", Cancel(opened.request_id), 0.13))
-    assert opened.request_id not in core.requests and core.outcomes["cancelled"] == 1
+    assert key not in core.requests and core.outcomes["cancelled"] == 1
     later = [i for s in in_flight for i in core.handle(answer(s, 0.2))]
     assert not [i for i in later if isinstance(i, AnswerRequest | FailRequest)]
-    assert not [s for s in sends(later) if s.shard.request_id == opened.request_id]  # its rest was dropped
+    assert not [s for s in sends(later) if s.shard.request_id == key]  # its rest was dropped
     assert core.counters["late_replies"] == len(in_flight)
+
+
+def test_an_id_names_only_its_own_clients_work_and_status_shows_a_client_only_its_own() -> None:
+    core = make_core()
+    inputs = submit(400).inputs
+    mine, theirs = Submit("job-1", inputs, 3000.0), Submit("job-1", inputs[:200], 3000.0)  # the same id
+    out = core.handle(RequestOpened(b"c", mine, 0.1, owner="alice"))
+    out += core.handle(RequestOpened(b"d", theirs, 0.1, owner="bob"))
+    assert not [i for i in out if isinstance(i, FailRequest)]  # no "already running": ids are per client
+    while [i for i in out if isinstance(i, Replan)]:  # the second arrived during the first solve
+        out = [i for i in out if not isinstance(i, Replan)] + solve(
+            core, [i for i in out if isinstance(i, Replan)][-1:], 0.11
+        )
+    alice = core.work_seen_by("alice", 0.12)
+    assert [r["id"] for r in alice["requests"]] == ["job-1"] and alice["requests"][0]["inputs"] == 400
+    assert alice["others"] == {"requests": 1, "streams": 0} and "client" not in alice["requests"][0]
+    keys = sorted(d["key"] for d in alice["plan"]["demands"])
+    assert keys == ["another client's request", "job-1"]  # bob's id is not shown to alice
+    operator = core.work_seen_by(None, 0.12)
+    assert sorted((r["client"], r["inputs"]) for r in operator["requests"]) == [("alice", 400), ("bob", 200)]
+    assert sorted(d["key"] for d in operator["plan"]["demands"]) == ["alice: job-1", "bob: job-1"]
+    # Bob cancels "job-1": his own goes, alice's runs on and is answered with all its inputs.
+    out += core.handle(RequestCancelled(b"d", Cancel("job-1"), 0.13))
+    assert scoped_key(b"d", "job-1") not in core.requests and scoped_key(b"c", "job-1") in core.requests
+    final = run_to_end(core, out, 0.2)
+    (done,) = [i for i in final if isinstance(i, AnswerRequest | FailRequest)]
+    assert isinstance(done, AnswerRequest) and done.client == b"c" and len(done.result.predictions) == 400
 
 
 def test_a_client_that_is_gone_has_its_requests_dropped_and_the_others_go_on() -> None:
@@ -472,7 +502,7 @@ def test_a_client_that_is_gone_has_its_requests_dropped_and_the_others_go_on() -
     out = solve(core, core.handle(RequestOpened(b"c", gone, 0.1)), 0.11)
     out += core.handle(RequestOpened(b"d", staying, 0.12))
     out += core.handle(ClientGone(b"c", "it stopped reading", 0.13))
-    assert gone.request_id not in core.requests and core.outcomes["client_gone"] == 1
+    assert scoped_key(b"c", gone.request_id) not in core.requests and core.outcomes["client_gone"] == 1
     while [i for i in out if isinstance(i, Replan)]:  # the plans the arrival and the departure ask for
         out = [i for i in out if not isinstance(i, Replan)] + solve(
             core, [i for i in out if isinstance(i, Replan)][-1:], 0.14

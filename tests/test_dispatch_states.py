@@ -1,5 +1,6 @@
 """The dispatch core explored by random interleavings (Hypothesis state machine): requests, small
-requests, streams, results in any order, duplicates, refusals, boards lost and back, timers.
+requests, streams, results in any order, duplicates, refusals, boards lost and back, timers, and
+two clients that use the same ids (each id names only its own client's work).
 
 After every step nothing has been answered twice; at the end, once every shard still out is
 answered, every request has ended exactly once and every frame of an open stream has been
@@ -38,6 +39,7 @@ from edgecollab.coordinator.dispatch import (
     Tick,
     WakeAt,
 )
+from edgecollab.coordinator.ownership import scoped_key
 from edgecollab.planner.joint import plan_jointly
 from edgecollab.protocol import (
     Answer,
@@ -62,6 +64,8 @@ ROWS = {
     "c": {"fast": cpu_like(1.0), "slow": cpu_like(4.0)},
 }
 MAX_OPEN = 6
+CLIENTS = [b"c", b"d"]
+Owned = tuple[bytes, str]  # (client, the id it gave)
 EXAMPLES = 300 if os.environ.get("HYPOTHESIS_PROFILE") == "long" else 25
 STEPS = 200 if os.environ.get("HYPOTHESIS_PROFILE") == "long" else 40
 
@@ -73,13 +77,13 @@ class DispatchStates(RuleBasedStateMachine):
         self.now = 0.0
         self.out: list[SendShard] = []  # shards sent and not answered yet (answers may repeat them)
         self.replans: list[Replan] = []
-        self.requests: dict[str, int] = {}  # id -> inputs
-        self.ended: Counter[str] = Counter()  # request or stream id -> answers and failures seen
-        self.streams: dict[str, int] = {}  # open stream id -> frames sent
-        self.frames_answered: Counter[tuple[str, int]] = Counter()
-        self.failed_streams: set[str] = set()
+        self.requests: dict[Owned, int] = {}  # -> inputs
+        self.ended: Counter[Owned] = Counter()  # request or stream -> answers and failures seen
+        self.streams: dict[Owned, int] = {}  # open stream -> frames sent
+        self.frames_answered: Counter[tuple[Owned, int]] = Counter()
+        self.failed_streams: set[Owned] = set()
         self.down: set[str] = set()
-        self.cancelled: set[str] = set()  # requests their client gave up
+        self.cancelled: set[Owned] = set()  # requests their client gave up
         self.wake_at: float | None = None  # the earliest Tick the core asked for (WakeAt), not yet fed
 
     # --- carrying out ----------------------------------------------------------------------
@@ -95,19 +99,19 @@ class DispatchStates(RuleBasedStateMachine):
             elif isinstance(i, WakeAt):
                 self.wake_at = i.at if self.wake_at is None else min(self.wake_at, i.at)
             elif isinstance(i, AnswerRequest):
-                assert len(i.result.predictions) == self.requests[i.result.request_id]
-                self.ended[i.result.request_id] += 1
+                assert len(i.result.predictions) == self.requests[(i.client, i.result.request_id)]
+                self.ended[(i.client, i.result.request_id)] += 1
             elif isinstance(i, FailRequest):
-                rid = i.error.request_id
-                if rid in self.requests:
-                    self.ended[rid] += 1
-                elif rid in self.streams:
-                    self.failed_streams.add(rid)
+                owned = (i.client, i.error.request_id)
+                if owned in self.requests:
+                    self.ended[owned] += 1
+                elif owned in self.streams:
+                    self.failed_streams.add(owned)
             elif isinstance(i, StreamReply) and isinstance(i.message, FrameResults):
                 for seq in i.message.seqs.tolist():
-                    self.frames_answered[(i.message.stream_id, seq)] += 1
+                    self.frames_answered[((i.client, i.message.stream_id), seq)] += 1
             elif isinstance(i, StreamReply) and isinstance(i.message, Answer) and i.message.data.get("frames"):
-                self.ended[i.message.request_id] += 1  # a closed stream's summary
+                self.ended[(i.client, i.message.request_id)] += 1  # a closed stream's summary
 
     def step(self, dt: float = 0.001) -> float:
         self.now += dt
@@ -116,18 +120,27 @@ class DispatchStates(RuleBasedStateMachine):
     # --- rules -----------------------------------------------------------------------------
     # Few open at once: joint plans then solve well within the MILP's time limit, so a replay is exact.
     @precondition(lambda self: len(self.core.requests) + len(self.core.streams) < MAX_OPEN)
-    @rule(inputs=st.integers(1, 60), rate=st.one_of(st.none(), st.sampled_from([50.0, 2000.0, 1e6])))
-    def submit(self, inputs: int, rate: float | None) -> None:
-        submit = Submit(f"r{len(self.requests)}", np.zeros((inputs, *SHAPE), np.uint8), rate)  # replayable ids
-        self.requests[submit.request_id] = inputs
-        self.feed(RequestOpened(b"c", submit, self.step()))
+    @rule(
+        inputs=st.integers(1, 60),
+        rate=st.one_of(st.none(), st.sampled_from([50.0, 2000.0, 1e6])),
+        client=st.sampled_from(CLIENTS),
+    )
+    def submit(self, inputs: int, rate: float | None, client: bytes) -> None:
+        # Each client counts its own ids (replayable): both clients use r0, r1, ...
+        rid = f"r{sum(c == client for c, _ in self.requests)}"
+        self.requests[(client, rid)] = inputs
+        self.feed(RequestOpened(client, Submit(rid, np.zeros((inputs, *SHAPE), np.uint8), rate), self.step()))
 
     @precondition(lambda self: len(self.core.requests) + len(self.core.streams) < MAX_OPEN)
-    @rule(fps=st.sampled_from([20.0, 200.0, 1e6]), policy=st.sampled_from(["block", "drop-oldest"]))
-    def open_stream(self, fps: float, policy: str) -> None:
-        sid = f"s{len(self.streams)}"
-        self.streams[sid] = 0
-        self.feed(StreamOpened(b"c", StreamOpen(sid, fps, degrade=True, backpressure=policy), self.step()))
+    @rule(
+        fps=st.sampled_from([20.0, 200.0, 1e6]),
+        policy=st.sampled_from(["block", "drop-oldest"]),
+        client=st.sampled_from(CLIENTS),
+    )
+    def open_stream(self, fps: float, policy: str, client: bytes) -> None:
+        sid = f"s{sum(c == client for c, _ in self.streams)}"
+        self.streams[(client, sid)] = 0
+        self.feed(StreamOpened(client, StreamOpen(sid, fps, degrade=True, backpressure=policy), self.step()))
 
     @precondition(lambda self: bool(self.replans))
     @rule()
@@ -140,20 +153,21 @@ class DispatchStates(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.streams))
     @rule(pick=st.integers(0, 1000), count=st.integers(1, 6))
     def send_frames(self, pick: int, count: int) -> None:
-        sid = sorted(self.streams)[pick % len(self.streams)]
-        stream = self.core.streams.get(sid)
+        client, sid = owned = sorted(self.streams)[pick % len(self.streams)]
+        stream = self.core.streams.get(scoped_key(client, sid))
         if stream is None or stream.status != "open":
             return
-        first = self.streams[sid]
-        self.streams[sid] += count
-        self.feed(FramesArrived(b"c", Frames(sid, first, np.zeros((count, *SHAPE), np.uint8)), self.step()))
+        first = self.streams[owned]
+        self.streams[owned] += count
+        self.feed(FramesArrived(client, Frames(sid, first, np.zeros((count, *SHAPE), np.uint8)), self.step()))
 
     @precondition(lambda self: bool(self.streams))
     @rule(pick=st.integers(0, 1000))
     def close_stream(self, pick: int) -> None:
-        sid = sorted(self.streams)[pick % len(self.streams)]
-        if sid in self.core.streams and self.core.streams[sid].status == "open":
-            self.feed(StreamClosed(b"c", StreamClose(sid), self.step()))
+        client, sid = sorted(self.streams)[pick % len(self.streams)]
+        stream = self.core.streams.get(scoped_key(client, sid))
+        if stream is not None and stream.status == "open":
+            self.feed(StreamClosed(client, StreamClose(sid), self.step()))
 
     @precondition(lambda self: bool(self.out))
     @rule(pick=st.integers(0, 1000), duplicate=st.booleans())
@@ -178,12 +192,12 @@ class DispatchStates(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.core.requests))
     @rule(pick=st.integers(0, 1000), intruder=st.booleans())
     def cancel(self, pick: int, intruder: bool) -> None:
-        """The client gives up a request (or another client tries to: nothing changes)."""
-        rid = sorted(self.core.requests)[pick % len(self.core.requests)]
-        self.feed(RequestCancelled(b"x" if intruder else b"c", Cancel(rid), self.step()))
+        """The client gives up a request (or another client tries to, with the same id: nothing changes)."""
+        r = self.core.requests[sorted(self.core.requests)[pick % len(self.core.requests)]]
+        self.feed(RequestCancelled(b"x" if intruder else r.client, Cancel(r.request_id), self.step()))
         if not intruder:
-            self.cancelled.add(rid)
-        assert (rid in self.core.requests) == intruder
+            self.cancelled.add((r.client, r.request_id))
+        assert (r.key in self.core.requests) == intruder
 
     @precondition(lambda self: len(self.down) < len(ROWS) - 1)
     @rule(node=st.sampled_from(sorted(ROWS)))
@@ -223,7 +237,7 @@ class DispatchStates(RuleBasedStateMachine):
 
     @invariant()
     def a_cancelled_request_is_forgotten(self) -> None:
-        assert not (self.cancelled & set(self.core.requests))
+        assert not ({scoped_key(client, rid) for client, rid in self.cancelled} & set(self.core.requests))
 
     def drain(self) -> None:
         """Solve every plan asked for and answer every shard out, until nothing more is asked or sent."""
@@ -243,20 +257,20 @@ class DispatchStates(RuleBasedStateMachine):
         for node in sorted(self.down):
             self.come_back(node)
         self.drain()
-        for sid, stream in list(self.core.streams.items()):
+        for stream in list(self.core.streams.values()):
             if stream.status == "open":
-                self.feed(StreamClosed(b"c", StreamClose(sid), self.step()))
+                self.feed(StreamClosed(stream.client, StreamClose(stream.stream_id), self.step()))
         self.drain()
-        for rid in self.requests:
-            if rid in self.cancelled:  # it may have been answered before the cancel came: never twice
-                assert self.ended[rid] <= 1, f"cancelled request {rid} ended {self.ended[rid]} times"
+        for owned in self.requests:
+            if owned in self.cancelled:  # it may have been answered before the cancel came: never twice
+                assert self.ended[owned] <= 1, f"cancelled request {owned} ended {self.ended[owned]} times"
                 continue
-            assert self.ended[rid] == 1, f"request {rid} ended {self.ended[rid]} times"
-        for sid, sent in self.streams.items():
-            if sid in self.failed_streams:
+            assert self.ended[owned] == 1, f"request {owned} ended {self.ended[owned]} times"
+        for owned, sent in self.streams.items():
+            if owned in self.failed_streams:
                 continue
-            answered = [self.frames_answered[(sid, seq)] for seq in range(sent)]  # a drop is an answer too
-            assert all(n == 1 for n in answered), (sid, answered)
+            answered = [self.frames_answered[(owned, seq)] for seq in range(sent)]  # a drop is an answer too
+            assert all(n == 1 for n in answered), (owned, answered)
         assert not self.core.requests and not self.core.streams
 
 

@@ -1,4 +1,5 @@
-"""With CURVE on, only allow-listed keys get in, and a node's name is bound to its key."""
+"""With CURVE on, only allow-listed keys get in, a node's name is bound to its key, and a client's
+key is who it is: status shows it its own work only, an operator's key sees everyone's."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,7 +18,7 @@ from edgecollab.config import load_config
 from edgecollab.errors import ConfigError
 from edgecollab.inspection import ask
 from edgecollab.local import LocalCluster
-from edgecollab.protocol import Error, Hello, Submit, decode, encode
+from edgecollab.protocol import Cancel, Error, Hello, StreamClose, Submit, decode, encode
 from edgecollab.security import ClientCurve, load_key_pair, load_public_key
 
 from .cluster_helpers import edgecollab, raw_peer
@@ -37,6 +39,7 @@ def secured_config(folder: Path) -> Path:
         'coordinator_public_key = "keys/coordinator.key"',
         'authorized_keys = "keys/authorized"',
         'client_key = "keys/client.key_secret"',
+        'operators = ["ops"]',
     ]
     for name in NODES:
         lines += [
@@ -56,8 +59,9 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalClu
     folder = tmp_path_factory.mktemp("secured")
     config = secured_config(folder)
     done = edgecollab(
-        "keys", "generate", str(folder / "keys"), "--config", str(config), "--client", "client", "--client", "stranger"
-    )
+        "keys", "generate", str(folder / "keys"), "--config", str(config),
+        "--client", "client", "--client", "other", "--client", "stranger", "--operator", "ops",
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert {path.stat().st_mode & 0o777 for path in (folder / "keys").glob("*.key_secret")} == {0o600}
     (folder / "keys" / "authorized" / "stranger.key").unlink()  # a valid key pair, not allowed in
@@ -105,6 +109,40 @@ def test_peers_without_an_allowed_key_get_nothing_through(secured: tuple[LocalCl
     assert after["requests"] == [] and sorted(n["name"] for n in after["nodes"]) == sorted(NODES)
 
 
+def test_a_client_sees_only_its_own_work_and_cannot_touch_anothers_an_operator_sees_all(
+    secured: tuple[LocalCluster, Path],
+) -> None:
+    local, keys = secured
+
+    async def status(name: str) -> dict[str, Any]:
+        async with Client(local.clients_endpoint, timeout_s=30, curve=client_keys(keys, name)) as asker:
+            return await asker.query("status")
+
+    async def go() -> None:
+        owner = Client(local.clients_endpoint, timeout_s=60, curve=client_keys(keys, "client"))
+        async with owner as client, client.stream(20.0) as stream:
+            sid = stream.stream_id
+            other = await status("other")
+            assert other["streams"] == [] and other["others"] == {"requests": 0, "streams": 1}
+            assert sid not in str(other), "another client's ids are never shown"
+            # The same key on another connection is the same client; the operator sees it with its owner.
+            assert [st["id"] for st in (await status("client"))["streams"]] == [sid]
+            assert [(st["id"], st["client"]) for st in (await status("ops"))["streams"]] == [(sid, "client")]
+            # Another client naming this stream's id touches nothing: to it, no such stream exists.
+            reply = await silent_peer(local.clients_endpoint, client_keys(keys, "other"), StreamClose(sid))
+            assert reply is not None
+            error = decode(reply)
+            assert isinstance(error, Error) and f"stream_id {sid!r} is not an open stream" in error.message
+            assert await silent_peer(local.clients_endpoint, client_keys(keys, "other"), Cancel(sid)) is None
+            await stream.send(np.zeros((3, 1, 28, 28), np.uint8))
+            await stream.close()
+            results = [r async for r in stream]
+            assert [r.seq for r in results] == [0, 1, 2]  # the stream ran on, untouched
+            assert (await status("ops"))["counters"]["cancels_ignored"] >= 1
+
+    asyncio.run(go())
+
+
 def test_a_valid_key_cannot_register_under_another_nodes_name(secured: tuple[LocalCluster, Path]) -> None:
     local, keys = secured
     impostor = Hello("jetson-nano", ["CPUExecutionProvider"], ["cnn-8"], "x")
@@ -116,6 +154,9 @@ def test_a_valid_key_cannot_register_under_another_nodes_name(secured: tuple[Loc
 
 
 def test_the_config_refuses_curve_without_an_allow_list(tmp_path: Path) -> None:
+    (tmp_path / "cluster.toml").write_text('[security]\noperators = ["ops"]\n[[nodes]]\nname = "a"\n')
+    with pytest.raises(ConfigError, match=r"operators need curve = true"):
+        load_config(tmp_path / "cluster.toml")
     (tmp_path / "cluster.toml").write_text(
         '[security]\ncurve = true\ncoordinator_public_key = "c.key"\n[[nodes]]\nname = "a"\nkey = "a.key_secret"\n'
     )

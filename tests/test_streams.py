@@ -31,6 +31,7 @@ from edgecollab.coordinator.dispatch import (
     Tick,
     WakeAt,
 )
+from edgecollab.coordinator.ownership import scoped_key
 from edgecollab.errors import InfeasibleTargetError
 from edgecollab.local import LocalCluster
 from edgecollab.planner import ExplorationTable, Measurement
@@ -96,7 +97,7 @@ def test_a_stream_is_admitted_by_the_joint_plan_served_in_batches_and_closed_wit
     out = core.handle(StreamClosed(b"c", StreamClose(sid), 0.03))
     (summary,) = replies(out, Answer)
     assert summary.data["frames"] == summary.data["results"] == 5 and summary.data["dropped"] == 0
-    assert sid not in core.streams and not core.rm.running
+    assert scoped_key(b"c", sid) not in core.streams and not core.rm.running
 
 
 def test_a_stream_the_cluster_cannot_serve_is_refused_with_the_reason_or_admitted_degraded() -> None:
@@ -106,10 +107,10 @@ def test_a_stream_the_cluster_cannot_serve_is_refused_with_the_reason_or_admitte
     out = solve(core, core.handle(StreamOpened(b"c", StreamOpen(sid, 5000.0), 0.0)), 0.0)
     (refused,) = [i for i in out if isinstance(i, FailRequest)]
     assert refused.error.code == "infeasible" and "5000 fps" in refused.error.message
-    assert "degrade" in refused.error.message and sid not in core.streams
+    assert "degrade" in refused.error.message and scoped_key(b"c", sid) not in core.streams
     sid, out = open_stream(core, target_fps=5000.0, degrade=True)
     (admitted,) = replies(out, Answer)
-    assert admitted.data["degraded"] and admitted.data["notes"] and core.streams[sid].status == "open"
+    assert admitted.data["degraded"] and admitted.data["notes"] and core.streams[scoped_key(b"c", sid)].status == "open"
 
 
 def test_no_batch_is_larger_than_its_soonest_deadline_allows() -> None:
@@ -119,7 +120,9 @@ def test_no_batch_is_larger_than_its_soonest_deadline_allows() -> None:
     core.handle(FramesArrived(b"c", frames(sid, 0, 1), 0.0))  # occupies the node (window 1)
     busy = sends(core.handle(FramesArrived(b"c", frames(sid, 1, 12), 0.0)))
     assert not busy
-    core.streams[sid].pending[0].deadline = 0.035  # the next frame is due soon: 35 ms after it was sent
+    core.streams[scoped_key(b"c", sid)].pending[
+        0
+    ].deadline = 0.035  # the next frame is due soon: 35 ms after it was sent
     (in_flight,) = core.nodes["a"].batches.values()
     out = core.handle(
         ShardReturned("a", ShardResult(FRAMES_REQUEST, in_flight.batch_id, 0, np.array([1]), 0.005), 0.005)
@@ -148,7 +151,7 @@ def test_back_pressure_drops_the_oldest_refuses_the_newest_or_fails_and_says_so(
         core.handle(FramesArrived(b"c", frames(sid, 0, 1), 0.0))  # in flight: the node is busy
         core.handle(FramesArrived(b"c", frames(sid, 1, 3), 0.0))  # the queue is full: 4 unanswered
         out = core.handle(FramesArrived(b"c", frames(sid, 4, 2), 0.001))
-        stream = core.streams.get(sid)
+        stream = core.streams.get(scoped_key(b"c", sid))
         if policy == "fail":
             (failed,) = [i for i in out if isinstance(i, FailRequest)]
             assert failed.error.code == "busy" and "'fail'" in failed.error.message and stream is None
@@ -170,7 +173,7 @@ def test_frames_on_a_board_that_is_lost_are_sent_again_and_answered_once() -> No
     on_b = next(s for s in first + second if s.node == "b")
     out = core.handle(NodeLost("a", "test", 0.002))
     assert not sends(out)  # b is busy (window 1): a's frames wait in the queue, in order
-    assert len(core.streams[sid].pending) == len(on_a.shard.inputs)
+    assert len(core.streams[scoped_key(b"c", sid)].pending) == len(on_a.shard.inputs)
     answered: Counter[int] = Counter()
     out = core.handle(answer(on_b, 0.003))
     for message in replies(out, FrameResults):

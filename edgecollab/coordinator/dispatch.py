@@ -68,6 +68,7 @@ from ..protocol import (
     StreamOpen,
     Submit,
 )
+from .ownership import principal, scoped_key
 from .request_run import RequestRun, ShardFailed, ShardTask
 from .resource_manager import NotReady, ResourceManager, shard_cost_s
 from .streams import FrameBatch, OpenStream, PendingFrame, coalesce, plan_batch
@@ -130,6 +131,7 @@ class RequestOpened:
     client: bytes  # routing id of the client that sent it
     submit: Submit
     now: float
+    owner: str | None = None  # who sent it, when CURVE says (its key's name); None: the connection is all we know
 
 
 @dataclass(frozen=True)
@@ -208,6 +210,7 @@ class StreamOpened:
     client: bytes
     spec: StreamOpen
     now: float
+    owner: str | None = None  # as in RequestOpened
 
 
 @dataclass(frozen=True)
@@ -331,9 +334,15 @@ class OpenRequest:
     dispatch_started: float | None = None
     weights: dict[str, float] = field(default_factory=dict)  # node -> planned fraction of its time
     passes: dict[str, float] = field(default_factory=dict)  # node -> stride-scheduling pass
+    owner: str = ""  # who may see it in status (see principal)
+    key: str = field(init=False)  # the core's name for it: requests, shards, demands
+
+    def __post_init__(self) -> None:
+        self.key = scoped_key(self.client, self.submit.request_id)
 
     @property
     def request_id(self) -> str:
+        """The id its client gave it, in every answer to that client."""
         return self.submit.request_id
 
     @property
@@ -432,7 +441,8 @@ class DispatchCore:
             problem = check_submit(submit, task.input_shape, task.input_dtype)
         outputs, wrong = _outputs_mode(task, submit.outputs)
         problem = problem or wrong
-        if problem is None and (rid in self.requests or rid in self.streams):
+        key = scoped_key(event.client, rid)
+        if problem is None and (key in self.requests or key in self.streams):
             problem = f"request_id {rid!r} is already running; every request needs its own id"
         if problem is not None:
             self._answer_error(event.client, Error("invalid_input", problem, rid))
@@ -468,11 +478,13 @@ class DispatchCore:
             and not submit.strict
         )
         assert task is not None
-        self.requests[rid] = OpenRequest(
-            event.client, submit, request, policy, event.now, small, outputs=outputs, task=task.name
-        )
+        r = OpenRequest(
+            event.client, submit, request, policy, event.now, small, outputs=outputs, task=task.name,
+            owner=principal(event.client, event.owner),
+        )  # fmt: skip
+        self.requests[r.key] = r
         if self.rm.accepts_requests():
-            self._start(self.requests[rid], event.now)
+            self._start(r, event.now)
 
     def _task_named(self, name: str | None) -> tuple[ServedTask | None, str | None]:
         """The task a request or stream names (none: the default), or why there is none."""
@@ -495,10 +507,10 @@ class DispatchCore:
     def _start(self, r: OpenRequest, now: float) -> None:
         if r.small:  # served from the running plan: the resource manager's state is not about them
             r.status = "queued"
-            self.small_queue.append(r.request_id)
+            self.small_queue.append(r.key)
             self._count_small(r.request.inputs, r.task, now)
             return
-        self.rm.request_started(r.request_id)
+        self.rm.request_started(r.key)
         if r.joint:
             r.status = "planning"
             self._want_replan(f"request {r.request_id[:8]} arrived")
@@ -554,8 +566,8 @@ class DispatchCore:
     def _cancelled(self, event: RequestCancelled) -> None:
         """A client gave up its request: forget it (nothing more is sent, late results are discarded).
         A request of another client, or one already answered, is left alone."""
-        r = self.requests.get(event.cancel.request_id)
-        if r is None or r.client != event.client:
+        r = self.requests.get(scoped_key(event.client, event.cancel.request_id))
+        if r is None:
             self.counters["cancels_ignored"] += 1
             return
         planned = r.joint and r.status in ("planning", "running")
@@ -582,9 +594,9 @@ class DispatchCore:
 
     def _close(self, r: OpenRequest) -> None:
         """Forget a request: late results for it are discarded; nothing of it is sent again."""
-        self.requests.pop(r.request_id, None)
+        self.requests.pop(r.key, None)
         if not r.small:
-            self.rm.finish_request(r.request_id)
+            self.rm.finish_request(r.key)
         r.status = "closed"
 
     def _answer_error(self, client: bytes, error: Error) -> None:
@@ -599,7 +611,8 @@ class DispatchCore:
         problem = problem or check_stream_open(spec)
         outputs, wrong = _outputs_mode(task, spec.outputs)
         problem = problem or wrong
-        if problem is None and (sid in self.streams or sid in self.requests):
+        key = scoped_key(event.client, sid)
+        if problem is None and (key in self.streams or key in self.requests):
             problem = f"stream_id {sid!r} is already open; every stream needs its own id"
         if problem is not None:
             self._answer_error(event.client, Error("invalid_input", problem, sid))
@@ -616,15 +629,16 @@ class DispatchCore:
         assert task is not None
         label = "" if task.name == self.default_task else task.name
         queue = self.settings.stream_queue_frames
-        stream = OpenStream(event.client, spec, event.now, latency_ms / 1e3, queue, label, outputs)
-        self.streams[sid] = stream
+        owner = principal(event.client, event.owner)
+        stream = OpenStream(event.client, spec, event.now, latency_ms / 1e3, queue, label, outputs, owner=owner)
+        self.streams[stream.key] = stream
         if self.rm.accepts_requests():
             self._admit(stream)
 
     def _admit(self, stream: OpenStream) -> None:
         """A stream is admitted by the next joint plan (see ``_solved``): its rate is a demand of it."""
         stream.status = "planning"
-        self.rm.request_started(stream.stream_id)
+        self.rm.request_started(stream.key)
         self._want_replan(f"stream {stream.stream_id[:8]} opened")
 
     def _stream_admitted(self, stream: OpenStream, demand: DemandPlan) -> None:
@@ -666,9 +680,9 @@ class DispatchCore:
 
     def _frames_arrived(self, event: FramesArrived) -> None:
         frames = event.frames
-        stream = self.streams.get(frames.stream_id)
+        stream = self.streams.get(scoped_key(event.client, frames.stream_id))
         problem = None
-        if stream is None or stream.client != event.client:
+        if stream is None:
             problem = f"stream_id {frames.stream_id!r} is not an open stream of this client"
         elif stream.status == "closing":
             problem = f"stream {frames.stream_id!r} is closing: no frames may follow its close"
@@ -699,8 +713,8 @@ class DispatchCore:
 
     def _stream_closed(self, event: StreamClosed) -> None:
         sid = event.close.stream_id
-        stream = self.streams.get(sid)
-        if stream is None or stream.client != event.client:
+        stream = self.streams.get(scoped_key(event.client, sid))
+        if stream is None:
             self._answer_error(event.client, Error("invalid_input", f"stream_id {sid!r} is not an open stream", sid))
             return
         stream.status = "closing"  # closed before admission too: it has no frames, and its answer is the summary
@@ -720,9 +734,9 @@ class DispatchCore:
 
     def _forget_stream(self, stream: OpenStream) -> None:
         """A closed or failed stream: late answers for its frames are discarded; its demand leaves the plan."""
-        if self.streams.pop(stream.stream_id, None) is None:
+        if self.streams.pop(stream.key, None) is None:
             return
-        self.rm.finish_request(stream.stream_id)
+        self.rm.finish_request(stream.key)
         stream.pending.clear()
         if any(o.joint for o in self.requests.values()) or self.streams:
             self._want_replan(f"stream {stream.stream_id[:8]} closed")
@@ -834,26 +848,26 @@ class DispatchCore:
         accuracy = self.rm.table.accuracy.get(batch.variant, 0.0)
         by_stream: dict[str, tuple[OpenStream, list[PendingFrame], list[int]]] = {}
         for row, (stream, frame) in enumerate(batch.frames):
-            _, frames, rows = by_stream.setdefault(stream.stream_id, (stream, [], []))
+            _, frames, rows = by_stream.setdefault(stream.key, (stream, [], []))
             frames.append(frame)
             rows.append(row)
-        for sid, (stream, frames, rows) in by_stream.items():
-            if self.streams.get(sid) is not stream:
+        for key, (stream, frames, rows) in by_stream.items():
+            if self.streams.get(key) is not stream:
                 continue  # failed or gone meanwhile: nobody waits for these answers
             stream.answered(frames, batch.variant, accuracy, now)
             self.counters["frames_served"] += len(frames)
             seqs = np.fromiter((f.seq for f in frames), np.int64, len(frames))
             mine = {name: tensor[rows] for name, tensor in outputs.items()}
-            message = FrameResults(sid, seqs, predictions[rows], batch.variant, slot.name, outputs=mine)
+            message = FrameResults(stream.stream_id, seqs, predictions[rows], batch.variant, slot.name, outputs=mine)
             self._out.append(StreamReply(stream.client, message))
             self._finish_stream_if_done(stream, now)
 
     def _requeue_batch(self, batch: FrameBatch) -> None:
         by_stream: dict[str, tuple[OpenStream, list[PendingFrame]]] = {}
         for stream, frame in batch.frames:
-            by_stream.setdefault(stream.stream_id, (stream, []))[1].append(frame)
-        for sid, (stream, frames) in by_stream.items():
-            if self.streams.get(sid) is stream:
+            by_stream.setdefault(stream.key, (stream, []))[1].append(frame)
+        for key, (stream, frames) in by_stream.items():
+            if self.streams.get(key) is stream:
                 stream.requeue(frames)
                 self.counters["frames_resent"] += len(frames)
 
@@ -1141,9 +1155,7 @@ class DispatchCore:
                     time_left = r.arrived + r.request.inputs / target - now
                     target = max(target, remaining / max(time_left, 1e-3))
             variants = self.tasks[r.task].variants
-            demands.append(
-                Demand(r.request_id, target, r.request.min_accuracy, r.policy == "adaptive", variants=variants)
-            )
+            demands.append(Demand(r.key, target, r.request.min_accuracy, r.policy == "adaptive", variants=variants))
         # Streams with the same conditions are one demand at their summed rate: the plan's size does
         # not grow with the number of cameras, and each of them runs what the pool runs on a node.
         pools: dict[str, tuple[float, OpenStream]] = {}
@@ -1189,7 +1201,7 @@ class DispatchCore:
             self._small_rate_planned[task] = small.expected_ips if small else 0.0
         self.rm.plan_adopted()
         for r in list(self.requests.values()):
-            demand = event.plan.demands.get(r.request_id)
+            demand = event.plan.demands.get(r.key)
             if demand is None or not r.joint:
                 continue
             try:
@@ -1260,12 +1272,12 @@ class DispatchCore:
     def _send(self, slot: NodeSlot, r: OpenRequest, shard: ShardTask, now: float) -> None:
         self._hand_out(slot, r, shard, now)
         inputs = r.submit.inputs[shard.start : shard.stop]
-        message = Shard(r.request_id, shard.shard_id, shard.attempt, shard.variant, inputs, r.outputs)
+        message = Shard(r.key, shard.shard_id, shard.attempt, shard.variant, inputs, r.outputs)
         self._out.append(SendShard(slot.name, message))
 
     def _hand_out(self, slot: NodeSlot, r: OpenRequest, shard: ShardTask, now: float) -> None:
         """Book a shard as in flight on a node, and charge its request's stride pass there."""
-        slot.in_flight[(r.request_id, shard.shard_id, shard.attempt)] = (now, shard)
+        slot.in_flight[(r.key, shard.shard_id, shard.attempt)] = (now, shard)
         weight = r.weights.get(slot.name, STRAY_WEIGHT)
         cost = shard.size * self.rm.table.seconds_per_input(slot.name, shard.variant)
         pass_ = r.passes.get(slot.name, slot.clock)
@@ -1302,7 +1314,7 @@ class DispatchCore:
         slot.packs[self._batch_ids] = []
         for r, shard in pack:
             self._hand_out(slot, r, shard, now)
-            slot.packs[self._batch_ids].append((r.request_id, shard.shard_id, shard.attempt))
+            slot.packs[self._batch_ids].append((r.key, shard.shard_id, shard.attempt))
         inputs = np.concatenate([r.submit.inputs[shard.start : shard.stop] for r, shard in pack])
         self.counters["small_packs"] += 1
         message = Shard(PACK_REQUEST, self._batch_ids, 0, variant, inputs, pack[0][0].outputs)
@@ -1426,32 +1438,56 @@ class DispatchCore:
         slot = self.nodes.get(node)
         return slot.busy if slot else 0
 
-    def running(self, now: float) -> list[dict[str, Any]]:
-        """Open requests as ``status`` lists them."""
-        return [
+    def work_seen_by(self, viewer: str | None, now: float) -> dict[str, Any]:
+        """Requests, streams and the joint plan as ``status`` shows them to ``viewer`` (a principal).
+
+        A client sees its own work, and of others' only how much there is; ``None`` (an operator)
+        sees everyone's, each with its owner.
+        """
+        requests = [r for r in self.requests.values() if viewer is None or r.owner == viewer]
+        streams = [s for s in self.streams.values() if viewer is None or s.owner == viewer]
+        shown = [
             {
-                "id": rid,
+                "id": r.request_id,
                 "policy": r.policy,
                 "status": r.status,
                 "inputs": r.request.inputs,
                 "done": r.done_inputs,
                 "target_ips": r.request.target_ips,
                 "elapsed_s": now - r.arrived,
+                **({"client": r.owner} if viewer is None else {}),
             }
-            for rid, r in self.requests.items()
+            for r in requests
         ]
+        return {
+            "requests": [r for r in shown if r["status"] != "waiting"],
+            "waiting": sorted(r["id"] for r in shown if r["status"] == "waiting"),
+            "streams": [{**s.summary(now), **({"client": s.owner} if viewer is None else {})} for s in streams],
+            "others": {"requests": len(self.requests) - len(requests), "streams": len(self.streams) - len(streams)},
+            "plan": self._plan_seen_by(viewer),
+        }
 
-    def plan_summary(self) -> dict[str, Any] | None:
-        """The joint plan as ``status`` shows it: per demand its rate, accuracy and shares."""
+    def _plan_seen_by(self, viewer: str | None) -> dict[str, Any] | None:
+        """The joint plan: per demand its rate, accuracy and shares; another client's request is not named."""
         if self.plan is None:
             return None
+        names = {r.key: (r.request_id, r.owner) for r in self.requests.values()}
+
+        def shown_key(key: str) -> str:
+            if key not in names:  # pooled small requests or streams (no one's id), or a request since ended
+                return "a request since ended" if key.startswith("@") else key
+            request_id, owner = names[key]
+            if viewer is None:
+                return f"{owner}: {request_id}"
+            return request_id if owner == viewer else "another client's request"
+
         return {
             "solve_s": self.plan.solve_s,
             "loss_to_bound": self.plan.loss_to_bound,
             "node_load": self.plan.node_load,
             "demands": [
                 {
-                    "key": d.key,
+                    "key": shown_key(d.key),
                     "expected_ips": d.expected_ips,
                     "expected_accuracy": d.expected_accuracy,
                     "feasible": d.feasible,

@@ -30,7 +30,7 @@ from zmq.auth.asyncio import AsyncioAuthenticator
 
 from .. import transport
 from ..config import ClusterConfig
-from ..errors import EdgecollabError
+from ..errors import ConfigError, EdgecollabError
 from ..metrics import registry_for
 from ..planner import ExplorationTable, Measurement, PlanningError, PlanRequest, ProfileCache, make_plan
 from ..planner.joint import Demand, plan_jointly
@@ -85,6 +85,7 @@ from .dispatch import (
     Tick,
     WakeAt,
 )
+from .ownership import principal
 from .resource_manager import ResourceManager
 from .validation import check_plan_params
 
@@ -178,6 +179,12 @@ class Coordinator:
         if curve is not None:
             keys, allowed = curve
             self._key_owner = {k.decode(): name for k, name in authorized_keys(allowed).items()}
+            unknown = sorted(set(self.config.security.operators) - set(self._key_owner.values()))
+            if unknown:
+                raise ConfigError(
+                    f"[security] operators {', '.join(unknown)}: no such certificate in {allowed}"
+                    f" (it holds {', '.join(sorted(self._key_owner.values()))})"
+                )
             authenticator = AsyncioAuthenticator(context)
             authenticator.start()
             authenticator.configure_curve(domain="*", location=str(allowed))
@@ -595,35 +602,40 @@ class Coordinator:
 
     # --- clients ---------------------------------------------------------------------------
     async def _on_client(self, identity: bytes, message: Message, user_id: str | None) -> None:
+        # With CURVE a client is its key (every connection with it); without, its connection.
+        owner = self._key_owner.get(user_id or "") if self._key_owner else None
         if isinstance(message, Frames):
             await self._feed(FramesArrived(identity, message, time.monotonic()))
         elif isinstance(message, Submit):
-            await self._feed(RequestOpened(identity, message, time.monotonic()))
+            await self._feed(RequestOpened(identity, message, time.monotonic(), owner))
         elif isinstance(message, Cancel):
             await self._feed(RequestCancelled(identity, message, time.monotonic()))
         elif isinstance(message, StreamOpen):
-            await self._feed(StreamOpened(identity, message, time.monotonic()))
+            await self._feed(StreamOpened(identity, message, time.monotonic(), owner))
         elif isinstance(message, StreamClose):
             await self._feed(StreamClosed(identity, message, time.monotonic()))
         elif isinstance(message, Query):
-            self._spawn(self._answer_query(identity, message))
+            operator = owner is not None and owner in self.config.security.operators
+            viewer = None if operator else principal(identity, owner)
+            self._spawn(self._answer_query(identity, message, viewer))
         else:
             self.counters["protocol_errors"] += 1
             await self._send_client(identity, Error("protocol", f"a client may not send {message.kind}"))
 
-    async def _answer_query(self, identity: bytes, query: Query) -> None:
+    async def _answer_query(self, identity: bytes, query: Query, viewer: str | None) -> None:
+        """Answer a query; ``viewer`` is who asks (None: an operator, who sees every client's work)."""
         try:
-            answer = await self._answer(query)
+            answer = await self._answer(query, viewer)
         except Exception:  # the boundary: a query never stops anything
             self.counters["handler_errors"] += 1
             log.exception("coordinator: answering a %r query failed", query.topic)
             answer = Error("internal", f"the coordinator failed on this {query.topic!r} query", query.request_id)
         await self._send_client(identity, answer)
 
-    async def _answer(self, query: Query) -> Answer | Error:
+    async def _answer(self, query: Query, viewer: str | None) -> Answer | Error:
         """Answer a query from the coordinator's current state; nothing is dispatched."""
         if query.topic == "status":
-            return Answer(query.request_id, self.status())
+            return Answer(query.request_id, self.status(viewer))
         if query.topic == "table":
             return Answer(query.request_id, {"rows": self.table.rows(), "efficiency": self.table.efficiency})
         if query.topic == "plan":
@@ -659,11 +671,11 @@ class Coordinator:
             return Error("invalid_input", f"cannot plan {dict(params)}: {exc}", query.request_id)
         return Answer(query.request_id, plan.as_dict())
 
-    def status(self) -> dict[str, Any]:
-        """Nodes, the resource manager's state, open requests, the joint plan and counters."""
+    def status(self, viewer: str | None = None) -> dict[str, Any]:
+        """Nodes, the resource manager's state, the joint plan, counters, and the requests and streams
+        ``viewer`` may see: its own, or every client's for an operator (None)."""
         usable = set(self.rm.usable_nodes())
         now = time.monotonic()
-        requests = self.core.running(now)
         return {
             "state": self.rm.state,
             "expected_nodes": sorted(self.rm.expected),
@@ -682,9 +694,6 @@ class Coordinator:
                 }
                 for link in sorted(self.by_name.values(), key=lambda c: c.name)
             ],
-            "requests": [r for r in requests if r["status"] != "waiting"],
-            "waiting": sorted(r["id"] for r in requests if r["status"] == "waiting"),
-            "streams": self.core.streams_status(now),
-            "plan": self.core.plan_summary(),
+            **self.core.work_seen_by(viewer, now),
             "counters": dict(self.counters),
         }

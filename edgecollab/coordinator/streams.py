@@ -19,6 +19,7 @@ import numpy as np
 
 from ..planner import ExplorationTable
 from ..protocol import StreamOpen
+from .ownership import scoped_key
 
 # A free node holds frames for a fuller batch only if that batch costs at most this share per frame.
 BATCHING_PAYS = 0.67
@@ -68,9 +69,15 @@ class OpenStream:
     accuracy_sum: float = 0.0  # Σ the test-set accuracy of the variant each answered frame ran on
     latency_counts: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS_S))
     latency_sum_s: float = 0.0
+    owner: str = ""  # who may see it in status (see ownership.principal)
+    key: str = field(init=False)  # the core's name for it
+
+    def __post_init__(self) -> None:
+        self.key = scoped_key(self.client, self.spec.stream_id)
 
     @property
     def stream_id(self) -> str:
+        """The id its client gave it, in every answer to that client."""
         return self.spec.stream_id
 
     @property

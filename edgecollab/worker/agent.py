@@ -59,6 +59,9 @@ class WorkerAgent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
+        if self.runner.board is not None:  # emulated: faults on demand, for soak tests (benchmarks/chaos.py)
+            loop.add_signal_handler(signal.SIGUSR1, self._toggle_stall)
+            loop.add_signal_handler(signal.SIGUSR2, self._toggle_garble)
         tasks = [
             asyncio.create_task(self._connection()),
             asyncio.create_task(self._execute()),
@@ -154,6 +157,14 @@ class WorkerAgent:
             log.warning("node %s: coordinator error %s: %s", self.name, message.code, message.message)
         # Heartbeats only refresh _last_heard.
 
+    def _toggle_stall(self) -> None:
+        stalled = self.runner.toggle_stall()
+        log.warning("node %s: %s", self.name, "emulating a stuck inference" if stalled else "inference unstuck")
+
+    def _toggle_garble(self) -> None:
+        self.runner.garbled = not self.runner.garbled
+        log.warning("node %s: results %s", self.name, "garbled from now on" if self.runner.garbled else "sound again")
+
     async def _scheduled_events(self) -> None:
         """Apply the node's emulation schedule: speed changes, a hang, a stall, or vanishing."""
         started = time.monotonic()
@@ -168,6 +179,9 @@ class WorkerAgent:
             elif event.action == "stall":
                 log.warning("node %s: emulating a stuck inference (heartbeats go on)", self.name)
                 self.runner.stall()
+            elif event.action == "garble":
+                log.warning("node %s: emulating malformed results", self.name)
+                self.runner.garbled = True
             elif event.action == "vanish":
                 log.warning("node %s: emulating a board that vanishes", self.name)
                 os._exit(EXIT_VANISHED)  # no goodbye, no clean-up: as if the power went

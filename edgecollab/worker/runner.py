@@ -69,6 +69,7 @@ class ShardRunner:
         # Cleared by the emulated ``stall``: inference waits (as on a stuck accelerator) while the loop runs.
         self._inference_free = threading.Event()
         self._inference_free.set()
+        self.garbled = False  # emulated ``garble``: results come back malformed, as from failing memory
         self._closing = False
         self.variants: dict[str, LoadedVariant] = {}
         for name in names:
@@ -85,6 +86,14 @@ class ShardRunner:
     def stall(self) -> None:
         """Emulate inference that never returns (the event loop, and so heartbeats, go on)."""
         self._inference_free.clear()
+
+    def toggle_stall(self) -> bool:
+        """Stall, or end a stall (stuck inferences then finish); whether inference is now stalled."""
+        if self._inference_free.is_set():
+            self._inference_free.clear()
+            return True
+        self._inference_free.set()
+        return False
 
     def close(self) -> None:
         """Let a stalled inference thread end, so the process can exit."""
@@ -142,6 +151,9 @@ class ShardRunner:
         elif outputs == "top5":
             chosen = _top5(np.asarray(values[0]))
         real = time.perf_counter() - started
+        if self.garbled:
+            predictions = predictions[:-1]
+            chosen = {k: np.full_like(v, np.nan) if v.dtype.kind == "f" else v for k, v in chosen.items()}
         if self.board is None:
             return ShardOutcome(predictions, chosen, real)
         emulated = self.board.seconds(len(inputs), loaded.variant.macs, loaded.variant.quantized)
