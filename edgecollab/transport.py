@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import zmq
 import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
 
 from .protocol import MAX_ARRAY_BYTES
 from .security import ClientCurve, KeyPair
@@ -155,3 +156,44 @@ class FastSocket:
 def _small(frames: Sequence[bytes | memoryview]) -> bool:
     """Whether to copy: small frames are cheaper copied than tracked as zero-copy frames."""
     return all(memoryview(f).nbytes <= COPY_BELOW_BYTES for f in frames)
+
+
+class ConnectionWatch:
+    """Which peer of a ROUTER came on which connection, and whose connection has closed.
+
+    ZeroMQ does not tell a ROUTER that a peer left. Its socket monitor reports a closed connection
+    by file descriptor, and every message carries the descriptor it came on (``SRCFD``). Look at
+    ``closed()`` before ``seen()`` for each message: the kernel may hand a closed connection's
+    descriptor to a new one, and its ``disconnected`` event is queued before the new peer's first
+    message arrives.
+    """
+
+    def __init__(self, sock: zmq.asyncio.Socket) -> None:
+        self._monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._events: zmq.Socket[bytes] = zmq.Socket.shadow(self._monitor.underlying)  # read without waiting
+        self._sock = sock
+        self._fd_of: dict[bytes, int] = {}  # peer identity -> descriptor of its connection
+        self._peers_on: dict[int, set[bytes]] = {}
+
+    def seen(self, identity: bytes, frame: zmq.Frame) -> None:
+        fd = int(frame.get(zmq.SRCFD))
+        if self._fd_of.get(identity) != fd:
+            self._fd_of[identity] = fd
+            self._peers_on.setdefault(fd, set()).add(identity)
+
+    def closed(self) -> list[bytes]:
+        """Peers whose connection closed since the last call."""
+        gone: list[bytes] = []
+        while True:
+            try:
+                event = parse_monitor_message(self._events.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                return gone
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                for identity in self._peers_on.pop(int(event["value"]), set()):
+                    del self._fd_of[identity]
+                    gone.append(identity)
+
+    def close(self) -> None:
+        self._sock.disable_monitor()
+        self._monitor.close(linger=0)

@@ -85,6 +85,8 @@ def test_a_board_killed_mid_request_loses_no_input(cluster: LocalCluster, test_s
     planned = sum(a["planned_inputs"] for a in result.report["assignment"] if a["node"] == board)
     assert done_by_board < planned
     assert sum(a["inputs"] for a in result.report["assignment"]) == len(inputs)
+    # Its connection closed with it: lost at once (the socket monitor), not after missed heartbeats.
+    assert ask(cluster.clients_endpoint, "status")["counters"]["nodes_disconnected"] == 1
 
 
 def test_a_hung_board_is_declared_dead_and_its_late_replies_are_ignored(
@@ -361,6 +363,33 @@ def test_ctrl_c_on_submit_cancels_its_request(cluster: LocalCluster, tmp_path: P
     while ask(cluster.clients_endpoint, "status")["others"]["requests"]:
         assert time.monotonic() < deadline, "the interrupted request should have been cancelled"
         time.sleep(0.1)
+
+
+def test_a_client_that_disconnects_without_cancelling_frees_the_boards(
+    cluster: LocalCluster, test_set: LabelledSet
+) -> None:
+    """ZeroMQ does not tell a ROUTER that a peer left; the socket monitor does: the request is dropped."""
+    inputs = test_set.inputs[np.random.default_rng(12).choice(len(test_set), 60000, replace=True)]
+    context = zmq.Context()
+    leaving = context.socket(zmq.DEALER)
+    leaving.setsockopt(zmq.LINGER, 1000)
+    leaving.connect(cluster.clients_endpoint)
+    try:
+        leaving.send_multipart(encode(Submit("leaving", inputs, policy="proportional")))
+        deadline = time.monotonic() + 30
+        while not ask(cluster.clients_endpoint, "status")["others"]["requests"]:  # wait until it runs
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        leaving.close()  # no cancel: the connection just closes
+        context.term()
+    left = time.monotonic()
+    while (status := ask(cluster.clients_endpoint, "status"))["others"]["requests"]:
+        assert time.monotonic() - left < 2, "60,000 inputs take several seconds: only the disconnect ends it this soon"
+        time.sleep(0.05)
+    assert status["counters"]["clients_disconnected"] == 1
+    again = infer(cluster.clients_endpoint, inputs[:500], policy="proportional")
+    assert np.array_equal(again.predictions, cnn16_predictions(inputs[:500]))
 
 
 def test_a_client_that_stops_reading_is_cut_off_and_no_one_else_waits(tmp_path: Path) -> None:

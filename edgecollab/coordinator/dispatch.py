@@ -1434,6 +1434,12 @@ class DispatchCore:
             ],
         }
 
+    def has_work_of(self, client: bytes) -> bool:
+        """Whether a client has a request or stream open."""
+        return any(r.client == client for r in self.requests.values()) or any(
+            s.client == client for s in self.streams.values()
+        )
+
     def in_flight(self, node: str) -> int:
         slot = self.nodes.get(node)
         return slot.busy if slot else 0

@@ -192,6 +192,9 @@ class Coordinator:
         # A client's own queue in ZeroMQ; past it, its messages wait in the shell (_send_client), bounded too.
         hwm = self.settings.client_queue_messages
         self._clients_sock = transport.router(context, self.clients_endpoint, keys, send_hwm=hwm)
+        # A peer whose connection closes is gone at once: a worker is lost, a client's work dropped.
+        self._workers_watch = transport.ConnectionWatch(self._workers_sock)
+        self._clients_watch = transport.ConnectionWatch(self._clients_sock)
         self._workers_io = transport.FastSocket(self._workers_sock)
         self._clients_io = transport.FastSocket(self._clients_sock)
         log.info("coordinator: workers on %s, clients on %s", self.workers_endpoint, self.clients_endpoint)
@@ -229,6 +232,8 @@ class Coordinator:
             self._solver.shutdown(wait=False, cancel_futures=True)
             self._workers_io.close()
             self._clients_io.close()
+            self._workers_watch.close()
+            self._clients_watch.close()
             self._workers_sock.close(linger=linger_ms)
             self._clients_sock.close(linger=linger_ms)
             if authenticator is not None:
@@ -348,6 +353,8 @@ class Coordinator:
                 self.counters["dropped_from_cut_off_peers"] += 1
                 continue
             user_id = str(frames[-1].get("User-Id")) if self._key_owner and len(frames) > 1 else None
+            await self._peers_gone()
+            (self._clients_watch if sock is self._clients_io else self._workers_watch).seen(identity, frames[0])
             try:
                 message = decode(payload)
             except ProtocolError as exc:
@@ -421,6 +428,20 @@ class Coordinator:
             await asyncio.sleep(CLIENT_RETRY_S)
         if self._client_backlog.get(identity) is backlog:
             del self._client_backlog[identity]
+
+    async def _peers_gone(self) -> None:
+        """Workers whose connection closed are lost; clients whose connection closed have their work dropped."""
+        for identity in self._workers_watch.closed():
+            link = self.workers.get(identity)
+            if link is not None:
+                self.counters["nodes_disconnected"] += 1
+                await self._lose(link, "its connection closed")
+        for identity in self._clients_watch.closed():
+            self._client_backlog.pop(identity, None)
+            self._cut_off.discard(identity)  # that identity will not come back
+            if self.core.has_work_of(identity):
+                self.counters["clients_disconnected"] += 1
+                await self._feed(ClientGone(identity, "it disconnected", time.monotonic()))
 
     async def _drop_client(self, identity: bytes, reason: str) -> None:
         """Cut off a client that stopped reading: its messages are dropped, its requests and streams too."""
@@ -531,6 +552,7 @@ class Coordinator:
             if lag > interval / 2:  # the loop was busy: that time is not the workers' silence
                 for link in self.workers.values():
                     link.last_seen += lag
+            await self._peers_gone()
             unread = self._workers_io.unread()
             for link in list(self.workers.values()):
                 if now - link.last_seen > limit and not unread:
