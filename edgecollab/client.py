@@ -142,10 +142,15 @@ class Stream:
         self.admission = answer.data
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        """Left normally: close (every frame sent is answered). Left by an exception or a cancel: the
+        coordinator is told to drop the stream at once, frames queued included."""
         try:
             if self._failure is None and self.summary is None:
-                await self.close()
+                if exc_type is None:
+                    await self.close()
+                else:
+                    self.client._cancel(self.stream_id)
         finally:
             self.client._streams.pop(self.stream_id, None)
 
@@ -333,7 +338,7 @@ class Client:
         return Stream(self, spec)
 
     def _cancel(self, request_id: str) -> None:
-        """Tell the coordinator to drop a request, without waiting (a send that would block is skipped)."""
+        """Tell the coordinator to drop a request or stream, without waiting (a send that would block is skipped)."""
         if self._io is None:
             return
         self._io.send_now(encode(Cancel(request_id)))
@@ -523,8 +528,8 @@ class SyncStream:
         self._owner._call(self.stream.__aenter__())
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._owner._call(self.stream.__aexit__(*exc))
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        self._owner._call(self.stream.__aexit__(exc_type, *exc))
 
     def send(self, frames: np.ndarray, ids: Sequence[Any] | None = None) -> list[int]:
         return self._owner._call(self.stream.send(frames, ids))

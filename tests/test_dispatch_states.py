@@ -199,6 +199,15 @@ class DispatchStates(RuleBasedStateMachine):
             self.cancelled.add((r.client, r.request_id))
         assert (r.key in self.core.requests) == intruder
 
+    @precondition(lambda self: bool(self.core.streams))
+    @rule(pick=st.integers(0, 1000))
+    def cancel_stream(self, pick: int) -> None:
+        """The client gives up a stream: it is forgotten, frames still out are never answered."""
+        stream = self.core.streams[sorted(self.core.streams)[pick % len(self.core.streams)]]
+        self.feed(RequestCancelled(stream.client, Cancel(stream.stream_id), self.step()))
+        self.failed_streams.add((stream.client, stream.stream_id))  # its frames need no answer now
+        assert stream.key not in self.core.streams
+
     @precondition(lambda self: len(self.down) < len(ROWS) - 1)
     @rule(node=st.sampled_from(sorted(ROWS)))
     def lose(self, node: str) -> None:

@@ -4,6 +4,7 @@ back-pressure, a board lost mid-stream, in-order delivery on a real cluster."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import uuid
@@ -23,6 +24,7 @@ from edgecollab.coordinator.dispatch import (
     FramesArrived,
     Instruction,
     NodeLost,
+    RequestCancelled,
     SendShard,
     ShardReturned,
     StreamClosed,
@@ -36,7 +38,7 @@ from edgecollab.errors import InfeasibleTargetError
 from edgecollab.local import LocalCluster
 from edgecollab.planner import ExplorationTable, Measurement
 from edgecollab.planner.joint import Demand, plan_jointly
-from edgecollab.protocol import Answer, FrameResults, Frames, ShardResult, StreamClose, StreamOpen
+from edgecollab.protocol import Answer, Cancel, FrameResults, Frames, ShardResult, StreamClose, StreamOpen
 
 from .cluster_helpers import edgecollab, write_cluster_config
 from .core_helpers import ACCURACY, core_with, cpu_like, sends, solve
@@ -236,6 +238,19 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
         yield local
 
 
+def test_a_cancelled_stream_is_forgotten_at_once_and_its_queued_frames_are_not_sent() -> None:
+    core = make_core({"a": {"slow": cpu_like(4.0)}})
+    sid, _ = open_stream(core, target_fps=10.0, max_latency_ms=1000.0)
+    (in_flight,) = sends(core.handle(FramesArrived(b"c", frames(sid, 0, 1), 0.0)))  # the node is busy (window 1)
+    core.handle(FramesArrived(b"c", frames(sid, 1, 5), 0.0))  # queued behind it
+    assert not core.handle(RequestCancelled(b"intruder", Cancel(sid), 0.001))  # another client's: ignored
+    assert core.streams[scoped_key(b"c", sid)].outstanding == 6
+    assert not core.handle(RequestCancelled(b"c", Cancel(sid), 0.002))  # no answer to a cancel
+    assert scoped_key(b"c", sid) not in core.streams and core.counters["frames_cancelled"] == 6
+    late = core.handle(answer(in_flight, 0.01))
+    assert not replies(late, FrameResults) and not sends(late)  # its late answer is discarded; nothing more sent
+
+
 def test_streams_on_a_real_cluster_answer_every_frame_once_in_send_order(cluster: LocalCluster) -> None:
     async def camera(client: Client, k: int) -> tuple[list[int], list[Any], dict[str, Any]]:
         images = np.random.default_rng(k).integers(0, 256, (60, *REAL_SHAPE)).astype(np.uint8)
@@ -261,6 +276,26 @@ def test_streams_on_a_real_cluster_answer_every_frame_once_in_send_order(cluster
         assert seqs == list(range(60))  # every frame, once, in send order
         assert ids == [f"{k}-{j}" for j in range(60)]
         assert summary["frames"] == summary["results"] == 60 and summary["dropped"] == 0
+
+
+def test_leaving_a_stream_by_an_exception_cancels_it(cluster: LocalCluster) -> None:
+    """The application gives up with frames still queued: the coordinator drops them at once."""
+    many = np.zeros((4096, 1, 28, 28), np.uint8)
+
+    class GaveUp(Exception):
+        pass
+
+    async def go() -> dict[str, Any]:
+        async with Client(cluster.clients_endpoint, timeout_s=60) as client:
+            with contextlib.suppress(GaveUp):
+                async with client.stream(20.0, backpressure="drop-oldest") as stream:
+                    await stream.send(many)  # past the queue: the oldest are dropped, the rest queue
+                    raise GaveUp
+            await asyncio.sleep(0.3)
+            return await client.query("status")
+
+    status = asyncio.run(go())
+    assert status["streams"] == [] and status["counters"]["frames_cancelled"] > 0
 
 
 def test_a_sync_stream_and_a_stream_refused_for_an_impossible_accuracy(cluster: LocalCluster) -> None:

@@ -564,11 +564,19 @@ class DispatchCore:
         self._out.append(AnswerRequest(r.client, result))
 
     def _cancelled(self, event: RequestCancelled) -> None:
-        """A client gave up its request: forget it (nothing more is sent, late results are discarded).
-        A request of another client, or one already answered, is left alone."""
-        r = self.requests.get(scoped_key(event.client, event.cancel.request_id))
+        """A client gave up a request or stream: forget it (nothing more is sent, late results are
+        discarded; a stream's queued frames are not answered). Another client's, or one already
+        answered, is left alone."""
+        key = scoped_key(event.client, event.cancel.request_id)
+        r = self.requests.get(key)
         if r is None:
-            self.counters["cancels_ignored"] += 1
+            stream = self.streams.get(key)
+            if stream is None:
+                self.counters["cancels_ignored"] += 1
+                return
+            self.outcomes["stream_cancelled"] += 1
+            self.counters["frames_cancelled"] += stream.outstanding
+            self._forget_stream(stream)
             return
         planned = r.joint and r.status in ("planning", "running")
         self.outcomes["cancelled"] += 1
