@@ -1,5 +1,5 @@
 """The dispatch core explored by random interleavings (Hypothesis state machine): requests, small
-requests, streams, results in any order, duplicates, refusals, boards lost and back, timers, and
+requests, streams, results in any order, duplicates, refusals, drift, boards lost and back, timers, and
 two clients that use the same ids (each id names only its own client's work).
 
 After every step nothing has been answered twice; at the end, once every shard still out is
@@ -170,16 +170,18 @@ class DispatchStates(RuleBasedStateMachine):
             self.feed(StreamClosed(client, StreamClose(sid), self.step()))
 
     @precondition(lambda self: bool(self.out))
-    @rule(pick=st.integers(0, 1000), duplicate=st.booleans())
-    def answer(self, pick: int, duplicate: bool) -> None:
+    @rule(pick=st.integers(0, 1000), duplicate=st.booleans(), slow=st.booleans())
+    def answer(self, pick: int, duplicate: bool, slow: bool = False) -> None:
+        """A shard's result; ``slow``: it took 0.3 s of the board's time, far off the table (drift)."""
         send = self.out[pick % len(self.out)]
         if not duplicate:
             self.out.remove(send)
         shard = send.shard
+        busy_s = 0.3 if slow else 0.001
         result = ShardResult(
-            shard.request_id, shard.shard_id, shard.attempt, np.zeros(len(shard.inputs), np.int64), 0.001
+            shard.request_id, shard.shard_id, shard.attempt, np.zeros(len(shard.inputs), np.int64), busy_s
         )
-        self.feed(ShardReturned(send.node, result, self.step()))
+        self.feed(ShardReturned(send.node, result, self.step(busy_s)))
 
     @precondition(lambda self: bool(self.out))
     @rule(pick=st.integers(0, 1000))

@@ -438,7 +438,6 @@ class Coordinator:
                 await self._lose(link, "its connection closed")
         for identity in self._clients_watch.closed():
             self._client_backlog.pop(identity, None)
-            self._cut_off.discard(identity)  # that identity will not come back
             if self.core.has_work_of(identity):
                 self.counters["clients_disconnected"] += 1
                 await self._feed(ClientGone(identity, "it disconnected", time.monotonic()))
