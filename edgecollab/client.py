@@ -111,7 +111,8 @@ class Stream:
     ``await stream.send(frames)`` sends one frame or a batch; ``async for r in stream`` yields a
     ``FrameResult`` per frame, in send order, as soon as each (and every earlier one) is answered.
     Iteration ends once the stream is closed and every frame sent has been yielded. With the
-    ``block`` policy, ``send`` waits while ``queue_frames`` frames are unanswered.
+    ``block`` policy, ``send`` waits while ``queue_frames`` frames are unanswered. ``close()``
+    waits for every frame sent; ``cancel()`` gives the stream up at once.
     """
 
     def __init__(self, client: Client, spec: StreamOpen) -> None:
@@ -126,6 +127,7 @@ class Stream:
         self._changed = asyncio.Event()
         self._failure: BaseException | None = None
         self._closing = False
+        self._cancelled = False
 
     @property
     def stream_id(self) -> str:
@@ -146,11 +148,11 @@ class Stream:
         """Left normally: close (every frame sent is answered). Left by an exception or a cancel: the
         coordinator is told to drop the stream at once, frames queued included."""
         try:
-            if self._failure is None and self.summary is None:
+            if self._failure is None and self.summary is None and not self._cancelled:
                 if exc_type is None:
                     await self.close()
                 else:
-                    self.client._cancel(self.stream_id)
+                    await self.cancel()
         finally:
             self.client._streams.pop(self.stream_id, None)
 
@@ -158,7 +160,7 @@ class Stream:
         """Send one frame (of the model's input shape) or a batch of them; their sequence numbers."""
         if self._failure is not None:
             raise self._failure
-        if self._closing:
+        if self._closing or self._cancelled:
             raise RuntimeError("the stream is closed; open a new one to send more frames")
         batch = np.ascontiguousarray(frames)
         if list(batch.shape) == list(self.admission.get("input_shape", ())):
@@ -189,6 +191,8 @@ class Stream:
 
     async def __anext__(self) -> FrameResult:
         while True:
+            if self._cancelled:
+                raise StopAsyncIteration
             result = self._ready.pop(self._next_out, None)
             if result is not None:
                 self._next_out += 1
@@ -211,6 +215,15 @@ class Stream:
         self.summary = answer.data
         self._changed.set()
         return self.summary
+
+    async def cancel(self) -> None:
+        """Give the stream up: the coordinator drops it and the frames it still holds at once (they are
+        never answered); iteration ends. No summary comes back."""
+        if self.summary is not None or self._failure is not None or self._cancelled:
+            return
+        self._cancelled = True
+        self.client._cancel(self.stream_id)
+        self._changed.set()
 
     def _deliver(self, message: FrameResults) -> None:
         now = time.monotonic()
@@ -536,6 +549,9 @@ class SyncStream:
 
     def close(self) -> dict[str, Any]:
         return self._owner._call(self.stream.close())
+
+    def cancel(self) -> None:
+        self._owner._call(self.stream.cancel())
 
     def __iter__(self) -> Iterator[FrameResult]:
         while True:

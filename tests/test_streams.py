@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import signal
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -296,6 +297,20 @@ def test_leaving_a_stream_by_an_exception_cancels_it(cluster: LocalCluster) -> N
 
     status = asyncio.run(go())
     assert status["streams"] == [] and status["counters"]["frames_cancelled"] > 0
+
+
+def test_a_cancelled_sync_stream_ends_at_once_and_the_coordinator_forgets_it(cluster: LocalCluster) -> None:
+    with SyncClient(cluster.clients_endpoint, timeout_s=60) as client:
+        before = client.query("status")["counters"].get("frames_cancelled", 0)
+        with client.stream(20.0, backpressure="drop-oldest") as stream:
+            stream.send(np.zeros((4096, 1, 28, 28), np.uint8))
+            stream.cancel()
+            assert list(stream) == []  # iteration ends at once, whatever was still out
+            with pytest.raises(RuntimeError, match="the stream is closed"):
+                stream.send(np.zeros((1, 1, 28, 28), np.uint8))
+        time.sleep(0.3)
+        status = client.query("status")
+    assert status["streams"] == [] and status["counters"]["frames_cancelled"] > before
 
 
 def test_a_sync_stream_and_a_stream_refused_for_an_impossible_accuracy(cluster: LocalCluster) -> None:
