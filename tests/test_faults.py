@@ -377,9 +377,11 @@ def test_a_client_that_disconnects_without_cancelling_frees_the_boards(
     try:
         leaving.send_multipart(encode(Submit("leaving", inputs, policy="proportional")))
         deadline = time.monotonic() + 30
-        while not ask(cluster.clients_endpoint, "status")["others"]["requests"]:  # wait until it runs
+        while not (seen := ask(cluster.clients_endpoint, "status"))["others"]["requests"]:  # wait until it runs
             assert time.monotonic() < deadline
             time.sleep(0.05)
+        # Another client is told that one request is open, not which: no id, no size.
+        assert seen["requests"] == [] and seen["waiting"] == [] and "leaving" not in json.dumps(seen)
     finally:
         leaving.close()  # no cancel: the connection just closes
         context.term()
