@@ -175,6 +175,13 @@ def test_two_requests_share_the_boards_by_their_planned_rates() -> None:
     # Alone, the tight request would get the same accuracy (the loose one takes only spare time).
     alone = plan_jointly(core.rm.table, [d for d in core.running_demands(0.0) if d.key == tight_key], ["a", "b"])
     assert plan.demands[tight_key].expected_accuracy >= alone.demands[tight_key].expected_accuracy - 1e-3
+    # Each request's stride weight on a node is the fraction of that node's time the joint plan gave it:
+    # together they are the node's planned load, and the loose one's is the smaller.
+    tight_run, loose_run = core.requests[tight_key], core.requests[loose_key]
+    for node, load in plan.node_load.items():
+        together = tight_run.weights.get(node, 0.0) + loose_run.weights.get(node, 0.0)
+        assert together == pytest.approx(load, rel=0.05, abs=0.02), (node, tight_run.weights, loose_run.weights)
+        assert loose_run.weights.get(node, 0.0) < tight_run.weights.get(node, 1.0)
     final = run_to_end(core, out)
     assert sorted(i.client for i in final if isinstance(i, AnswerRequest)) == [b"l", b"t"]
 

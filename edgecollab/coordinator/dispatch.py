@@ -1532,15 +1532,18 @@ def _outputs_mode(task: ServedTask | None, asked: str | None) -> tuple[str, str 
 
 
 def _weights(plan: Plan, table: ExplorationTable) -> dict[str, float]:
-    """Each node's share of a plan's work in node time, normalised: the request's stride weights."""
+    """The fraction of each node's time a plan asks for — its work there over the plan's duration —
+    as the request's stride weights: on a node shared with other requests it gets what the joint plan
+    gave it, no more and no less. (Normalising by the busiest node instead gave every request weight 1
+    on its main node, so a heavy task shared a board equally with a light one and fell short.)"""
     seconds: dict[str, float] = {}
     for a in plan.assignments:
         seconds[a.node] = seconds.get(a.node, 0.0) + a.inputs * table.seconds_per_input(a.node, a.variant)
-    longest = max(seconds.values(), default=0.0)
-    if longest <= 0 or not np.isfinite(longest):
+    total = sum(a.inputs for a in plan.assignments)
+    duration = total / plan.expected_ips if plan.expected_ips > 0 else max(seconds.values(), default=0.0)
+    if duration <= 0 or not np.isfinite(duration) or not all(np.isfinite(s) for s in seconds.values()):
         return {n: 1.0 for n in seconds}
-    # A node working the whole plan long gets weight 1: the request wants all of its time.
-    return {n: max(s / longest, STRAY_WEIGHT) for n, s in seconds.items()}
+    return {n: min(max(s / duration, STRAY_WEIGHT), 1.0) for n, s in seconds.items()}
 
 
 def _differs(plan: Plan, demand: DemandPlan) -> bool:
