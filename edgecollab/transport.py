@@ -176,7 +176,10 @@ class ConnectionWatch:
         self._peers_on: dict[int, set[bytes]] = {}
 
     def seen(self, identity: bytes, frame: zmq.Frame) -> None:
-        fd = int(frame.get(zmq.SRCFD))
+        try:
+            fd = int(frame.get(zmq.SRCFD))  # deprecated in libzmq: a build without it leaves heartbeats alone
+        except zmq.ZMQError:
+            return
         if self._fd_of.get(identity) != fd:
             self._fd_of[identity] = fd
             self._peers_on.setdefault(fd, set()).add(identity)
