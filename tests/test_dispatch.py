@@ -420,6 +420,34 @@ def test_a_worker_that_keeps_returning_bad_results_is_cut_off_and_no_request_han
     assert done.result.nodes == ["b"] or "a" not in [done.result.nodes[i] for i in done.result.provenance[:, 1]]
 
 
+def test_a_worker_that_fails_every_shard_is_cut_off_and_fails_no_request() -> None:
+    """A board whose inference always errs (say, ORT fails on a corrupted model file) answers each shard
+    with an ``internal`` error. It is idle at once, so it would take the same shard back again and again:
+    its refusals count against it (cut off after MAX_BAD_RESULTS), not against the shard's tries on distinct
+    boards, so the request completes on the other board."""
+    core = make_core()
+    out = solve(core, core.handle(RequestOpened(b"c", submit(200, target_ips=3000.0), 0.1)), 0.11)
+    pending, now, final, cut = sends(out), 0.2, [], []
+    while pending:
+        send = pending.pop(0)
+        now += 0.001
+        shard = send.shard
+        if send.node == "a":
+            event: Any = ShardRefused("a", Error("internal", "ORT failed", shard.request_id, shard.shard_id,
+                                                 shard.attempt), now)  # fmt: skip
+        else:
+            event = answer(send, now)
+        more = core.handle(event)
+        pending += sends(more)
+        cut += [i for i in more if isinstance(i, CutOff)]
+        final += [i for i in more if isinstance(i, AnswerRequest | FailRequest)]
+    (cutoff,) = cut
+    assert cutoff.node == "a" and "internal: ORT failed" in cutoff.reason
+    (done,) = final
+    assert isinstance(done, AnswerRequest), done
+    assert core.counters["shards_refused"] == MAX_BAD_RESULTS
+
+
 def test_outputs_with_nan_are_a_bad_result_and_sent_again() -> None:
     core = make_core()
     out = solve(core, core.handle(RequestOpened(b"c", submit(200, target_ips=3000.0, outputs="all"), 0.1)), 0.11)

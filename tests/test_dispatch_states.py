@@ -20,6 +20,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from edgecollab.coordinator.dispatch import (
     AnswerRequest,
+    CutOff,
     FailRequest,
     FramesArrived,
     Instruction,
@@ -98,6 +99,8 @@ class DispatchStates(RuleBasedStateMachine):
                 self.replans.append(i)
             elif isinstance(i, WakeAt):
                 self.wake_at = i.at if self.wake_at is None else min(self.wake_at, i.at)
+            elif isinstance(i, CutOff):  # refused too often: gone until its worker registers again
+                self.down.add(i.node)
             elif isinstance(i, AnswerRequest):
                 assert len(i.result.predictions) == self.requests[(i.client, i.result.request_id)]
                 self.ended[(i.client, i.result.request_id)] += 1

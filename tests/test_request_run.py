@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
-from edgecollab.coordinator import MAX_ATTEMPTS, RequestRun, ShardFailed
+from edgecollab.coordinator import MAX_ATTEMPTS, MAX_TRIES, RequestRun, ShardFailed
 from edgecollab.planner import Assignment, Plan
 from edgecollab.protocol import Result, decode, encode
 
@@ -40,7 +42,7 @@ def test_duplicates_and_stale_attempts_are_refused() -> None:
     run = RequestRun("r", plan(("a", "big", 10)), shard_size=10)
     shard = run.next_shard("a")
     assert shard is not None
-    run.requeue(shard)  # node lost: attempt 1 goes to someone else
+    run.requeue(shard, "a")  # node lost: attempt 1 goes to someone else
     assert not run.complete(0, 0, np.zeros(10), "a", 0.1), "a reply for attempt 0 is late"
     again = run.next_shard("b")
     assert again is not None and again.attempt == 1
@@ -60,7 +62,7 @@ def test_orphans_go_to_other_nodes_on_their_own_variant() -> None:
     run = RequestRun("r", plan(("a", "big", 64), ("b", "small", 32)), shard_size=32)
     first = run.next_shard("a")
     assert first is not None
-    run.requeue(first)
+    run.requeue(first, "a")
     run.orphan_queue_of("a")  # a is gone: its unsent shard becomes an orphan too
     drain(run, "b")
     assert run.finished and run.tallies[("b", "small")].inputs == 96
@@ -70,22 +72,43 @@ def test_an_unplanned_node_takes_only_orphans_of_variants_it_has() -> None:
     run = RequestRun("r", plan(("a", "big", 32)), shard_size=32)
     shard = run.next_shard("a")
     assert shard is not None
-    run.requeue(shard)
+    run.requeue(shard, "a")
     assert run.next_shard("c", loaded={"small"}) is None
     taken = run.next_shard("c", loaded={"big", "small"})
     assert taken is not None and taken.variant == "big"
 
 
-def test_a_shard_lost_too_often_fails_the_request() -> None:
+def test_a_shard_lost_on_too_many_nodes_fails_the_request() -> None:
+    """A shard that kills every board it lands on: lost on MAX_ATTEMPTS distinct nodes, its request fails."""
+    run = RequestRun("r", plan(("a", "big", 4)), shard_size=4)
+    nodes = ["a", "b", "c", "d"][:MAX_ATTEMPTS]
+    shard = run.next_shard(nodes[0])
+    assert shard is not None
+    for lost_on, next_node in itertools.pairwise(nodes):
+        run.requeue(shard, lost_on)
+        shard = run.next_shard(next_node)
+        assert shard is not None
+    with pytest.raises(ShardFailed, match=f"lost on {MAX_ATTEMPTS} nodes"):
+        run.requeue(shard, nodes[-1])
+
+
+def test_the_same_node_failing_a_shard_again_does_not_use_up_its_tries_on_other_nodes() -> None:
     run = RequestRun("r", plan(("a", "big", 4)), shard_size=4)
     shard = run.next_shard("a")
     assert shard is not None
-    for _ in range(MAX_ATTEMPTS - 1):
-        run.requeue(shard)
+    for _ in range(MAX_ATTEMPTS + 1):  # more than the distinct-node limit, all on a
+        run.requeue(shard, "a")
         shard = run.next_shard("a")
         assert shard is not None
-    with pytest.raises(ShardFailed, match=f"lost on {MAX_ATTEMPTS} nodes"):
-        run.requeue(shard)
+    assert run.complete(shard.shard_id, shard.attempt, np.ones(4), "b", 0.1) and run.finished
+    endless = RequestRun("r", plan(("a", "big", 4)), shard_size=4)
+    shard = endless.next_shard("a")
+    assert shard is not None
+    with pytest.raises(ShardFailed, match=f"in {MAX_TRIES} attempts"):  # but not for ever
+        for _ in range(MAX_TRIES):
+            endless.requeue(shard, "a")
+            shard = endless.next_shard("a")
+            assert shard is not None
 
 
 def cost(node: str, variant: str) -> float:

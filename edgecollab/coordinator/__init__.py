@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from .request_run import MAX_ATTEMPTS, RequestRun, ShardFailed, ShardTask
+from .request_run import MAX_ATTEMPTS, MAX_TRIES, RequestRun, ShardFailed, ShardTask
 from .resource_manager import STATES, NotReady, ResourceManager
 from .server import Coordinator
 
 __all__ = [
     "MAX_ATTEMPTS",
+    "MAX_TRIES",
     "STATES",
     "Coordinator",
     "NotReady",

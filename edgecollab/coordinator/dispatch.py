@@ -846,7 +846,7 @@ class DispatchCore:
                         " sending them again", slot.name, predictions.dtype, predictions.shape, sorted(outputs),
                         count)  # fmt: skip
             self._requeue_batch(batch)
-            self._bad_result(slot, f"a malformed result for a batch of {count} frames")
+            self._strike(slot, f"a malformed result for a batch of {count} frames")
             return
         slot.bad_streak = 0
         if batch.alone:
@@ -945,9 +945,9 @@ class DispatchCore:
         if problem is not None:
             log.warning("dispatch: %s returned %s for a shard of %d inputs; sending it again",
                         event.node, problem, shard.size)  # fmt: skip
-            self._requeue(r, shard)
+            self._requeue(r, shard, event.node)
             if not from_pack:
-                self._bad_result(slot, problem)
+                self._strike(slot, problem)
             return
         slot.bad_streak = 0
         if not r.run.complete(
@@ -959,35 +959,46 @@ class DispatchCore:
         if r.run.finished:
             self._finish(r, event.now)
 
-    def _refused(self, event: ShardRefused) -> None:
+    def _refused(self, event: ShardRefused, from_pack: bool = False) -> None:
+        """A node could not run a shard. If the request is at fault (``NON_RETRYABLE``) it fails; else the
+        shard goes to the next free node and the refusal counts against the node, as a bad result does:
+        a board whose every inference errs is cut off rather than handed the same shards again and again."""
         error = event.error
         self._answered(event.node)
         slot = self.nodes.get(event.node)
+        why = f"refused a shard: {error.code}: {error.message}"
         if slot is not None and error.request_id == FRAMES_REQUEST:
             batch = slot.batches.pop(error.shard_id, None)
             if batch is not None:  # the node could not run it; the frames go to the next free node
                 self._requeue_batch(batch)
+                self._strike(slot, why, refused=True)
             return
         if slot is not None and error.request_id == PACK_REQUEST:
-            for rid, shard_id, attempt in slot.packs.pop(error.shard_id, []):  # as if each shard was refused
+            keys = slot.packs.pop(error.shard_id, [])
+            for rid, shard_id, attempt in keys:  # as if each shard was refused
                 self._refused(
-                    ShardRefused(event.node, Error(error.code, error.message, rid, shard_id, attempt), event.now)
+                    ShardRefused(event.node, Error(error.code, error.message, rid, shard_id, attempt), event.now),
+                    from_pack=True,
                 )
+            if keys and error.code not in NON_RETRYABLE:
+                self._strike(slot, why, refused=True)  # one strike for the pack, however many requests it held
             return
         sent = slot.in_flight.pop((error.request_id, error.shard_id, error.attempt), None) if slot else None
         r = self.requests.get(error.request_id)
-        if sent is None or r is None or r.run is None:
+        if slot is None or sent is None or r is None or r.run is None:
             self.counters["late_replies"] += 1
             return
         if error.code in NON_RETRYABLE:
             self._fail(r, Error(error.code, f"node {event.node}: {error.message}", r.request_id))
             return
-        self._requeue(r, sent[1])
+        self._requeue(r, sent[1], event.node)
+        if not from_pack:
+            self._strike(slot, why, refused=True)
 
-    def _requeue(self, r: OpenRequest, shard: ShardTask) -> None:
+    def _requeue(self, r: OpenRequest, shard: ShardTask, lost_on: str) -> None:
         assert r.run is not None
         try:
-            r.run.requeue(shard)
+            r.run.requeue(shard, lost_on)
         except ShardFailed as exc:
             self._fail(r, Error("node_lost", str(exc), r.request_id))
 
@@ -1077,7 +1088,7 @@ class DispatchCore:
         for (rid, _, _), (_, shard) in slot.in_flight.items():
             r = self.requests.get(rid)
             if r is not None and r.run is not None:
-                self._requeue(r, shard)
+                self._requeue(r, shard, slot.name)
         for batch in slot.batches.values():
             self._requeue_batch(batch)
         slot.in_flight.clear()
@@ -1351,15 +1362,16 @@ class DispatchCore:
             answer = ShardResult(rid, shard_id, attempt, part, result.busy_s, their)
             self._returned(ShardReturned(slot.name, answer, now), from_pack=True)
         if malformed or _nan_in(result.outputs):  # one strike for the pack, however many requests it held
-            self._bad_result(slot, f"a malformed result for a pack of {len(keys)} requests")
+            self._strike(slot, f"a malformed result for a pack of {len(keys)} requests")
 
-    def _bad_result(self, slot: NodeSlot, problem: str) -> None:
-        """Count a malformed result; past MAX_BAD_RESULTS in a row the worker is cut off and its work moves."""
-        self.counters["bad_results"] += 1
+    def _strike(self, slot: NodeSlot, problem: str, refused: bool = False) -> None:
+        """Count a malformed result (or with ``refused``, a refusal); past MAX_BAD_RESULTS in a row (a good
+        result resets the count) the worker is cut off and its work moves."""
+        self.counters["shards_refused" if refused else "bad_results"] += 1
         slot.bad_streak += 1
         if slot.bad_streak < MAX_BAD_RESULTS or slot.name not in self.nodes:
             return
-        reason = f"cut off after {slot.bad_streak} bad results in a row (the last: {problem})"
+        reason = f"cut off after {slot.bad_streak} bad results or refusals in a row (the last: {problem})"
         self.counters["nodes_cut_off"] += 1
         self._lost(slot.name, reason, slot.last_result_at or 0.0)
         self._out.append(CutOff(slot.name, reason))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,7 +19,8 @@ import numpy as np
 from ..errors import EdgecollabError
 from ..planner import Plan
 
-MAX_ATTEMPTS = 3
+MAX_ATTEMPTS = 3  # distinct nodes a shard may be lost on before its request fails
+MAX_TRIES = 10  # attempts in all (the same node may take a shard back): a bound for the unforeseen
 # A request's timeline has at most this many bins, and this many numbers in all.
 TIMELINE_BINS = 50
 TIMELINE_CELLS = 2000
@@ -37,6 +38,7 @@ class ShardTask:
     variant: str
     planned_node: str
     attempt: int = 0
+    lost_on: set[str] = field(default_factory=set)  # nodes an attempt of it was lost, refused or garbled on
 
     @property
     def size(self) -> int:
@@ -193,14 +195,19 @@ class RequestRun:
                 return f"output {name!r} is {tensor.dtype} {tensor.shape[1:]} where earlier shards gave {earlier}"
         return None
 
-    def requeue(self, shard: ShardTask) -> None:
-        """Give a lost shard a new attempt for any node; ``ShardFailed`` after ``MAX_ATTEMPTS``."""
+    def requeue(self, shard: ShardTask, node: str) -> None:
+        """Give a shard lost on ``node`` a new attempt for any node; ``ShardFailed`` once it was lost on
+        ``MAX_ATTEMPTS`` distinct nodes (a shard that kills every board), or tried ``MAX_TRIES`` times.
+        The same node failing it again does not count: that is the node's fault, and the dispatcher
+        strikes the node."""
         if shard.shard_id not in self._owed:
             return
-        if shard.attempt + 1 >= MAX_ATTEMPTS:
+        shard.lost_on.add(node)
+        if len(shard.lost_on) >= MAX_ATTEMPTS or shard.attempt + 1 >= MAX_TRIES:
             raise ShardFailed(
                 f"request {self.request_id}: shard {shard.shard_id} (inputs {shard.start}..{shard.stop - 1}) "
-                f"was lost on {MAX_ATTEMPTS} nodes; giving up"
+                f"was lost on {len(shard.lost_on)} nodes ({', '.join(sorted(shard.lost_on))}) in"
+                f" {shard.attempt + 1} attempts; giving up"
             )
         shard.attempt += 1
         self.retries += 1
