@@ -382,6 +382,29 @@ def test_a_node_whose_inference_is_stuck_is_suspect_and_its_shards_go_elsewhere_
     assert "a" not in core.rm.suspect and "a" in core.rm.usable_nodes()
 
 
+def test_a_stalled_nodes_answer_that_comes_before_the_resent_one_wins() -> None:
+    core = make_core(stall_floor_s=2.0, stall_factor=10.0)
+    out = solve(core, core.handle(RequestOpened(b"c", submit(200, target_ips=3000.0), 0.1)), 0.11)
+    stuck = [s for s in sends(out) if s.node == "a"]
+    pending, now = [s for s in sends(out) if s.node == "b"], 0.2
+    while pending:  # b does all it can (its own shards, then a's queued ones); a answers nothing
+        now += 0.001
+        pending += [s for s in sends(core.handle(answer(pending.pop(0), now))) if s.node == "b"]
+    assert stuck and not core.requests[next(iter(core.requests))].run.finished  # type: ignore[union-attr]
+    more = core.handle(Tick(3.0))  # past the deadline: a is suspect, its shards go to b with a new attempt
+    copies = sends(more)
+    assert core.rm.suspect == {"a"} and copies and all(c.node == "b" and c.shard.attempt == 1 for c in copies)
+    # a answers after all, before b has answered any copy: its answers count, the copies' are discarded.
+    final = [i for s in stuck for i in core.handle(answer(s, 3.1)) if isinstance(i, AnswerRequest | FailRequest)]
+    assert core.counters["stalled_answers_used"] == len(stuck) and "a" not in core.rm.suspect
+    (done,) = final  # every input had an answer: the request is answered at once
+    assert isinstance(done, AnswerRequest) and (done.result.predictions >= 0).all()
+    by_node = [done.result.nodes[i] for i in done.result.provenance[:, 1]]
+    assert by_node.count("a") == sum(len(s.shard.inputs) for s in stuck)  # a's answers are the ones kept
+    later = [i for c in copies for i in core.handle(answer(c, 3.2))]
+    assert not [i for i in later if isinstance(i, AnswerRequest | FailRequest)]  # b's copies: discarded
+
+
 def test_a_slow_node_within_its_deadline_is_not_suspect() -> None:
     core = make_core(stall_floor_s=2.0)
     out = solve(core, core.handle(RequestOpened(b"c", submit(64), 0.1)), 0.11)

@@ -308,7 +308,10 @@ class NodeSlot:
     # micro-batches of small requests in flight, by id: the in_flight keys of the shards they carry
     packs: dict[int, list[tuple[str, int, int]]] = field(default_factory=dict)
     last_result_at: float | None = None  # when its latest shard result arrived
-    bad_streak: int = 0  # malformed results in a row (wrong shape, dtype or length, NaN outputs)
+    # Shards taken from it when it stalled, by the in_flight key: (when sent, the shard, the variant it ran).
+    # If it answers one before the shard's new attempt does, its answer is the one that counts.
+    stalled: dict[tuple[str, int, int], tuple[float, ShardTask, str]] = field(default_factory=dict)
+    bad_streak: int = 0  # malformed results (wrong shape, dtype or length, NaN outputs) or refusals in a row
     clock: float = 0.0  # stride scheduling: the pass of the latest request served here
 
     @property
@@ -928,12 +931,20 @@ class DispatchCore:
         if slot is not None and result.request_id == PACK_REQUEST:
             self._pack_returned(slot, result, event.now)
             return
-        sent = slot.in_flight.pop((result.request_id, result.shard_id, result.attempt), None) if slot else None
+        key = (result.request_id, result.shard_id, result.attempt)
+        sent = slot.in_flight.pop(key, None) if slot else None
+        # A stalled node answering after all: its shard was sent again, and the first answer wins.
+        superseded = slot.stalled.pop(key, None) if slot is not None and sent is None else None
         r = self.requests.get(result.request_id)
-        if slot is None or sent is None or r is None or r.run is None:
+        if slot is None or (sent is None and superseded is None) or r is None or r.run is None:
             self.counters["late_replies"] += 1
             return
-        sent_at, shard = sent
+        if superseded is not None:
+            sent_at, shard, variant = superseded
+        else:
+            assert sent is not None
+            sent_at, shard = sent
+            variant = shard.variant
         predictions = result.predictions
         problem = None
         if predictions.ndim != 1 or len(predictions) != shard.size or predictions.dtype.kind not in "iu":
@@ -945,17 +956,22 @@ class DispatchCore:
         if problem is not None:
             log.warning("dispatch: %s returned %s for a shard of %d inputs; sending it again",
                         event.node, problem, shard.size)  # fmt: skip
-            self._requeue(r, shard, event.node)
+            if superseded is None:  # a superseded attempt is out again already
+                self._requeue(r, shard, event.node)
             if not from_pack:
                 self._strike(slot, problem)
             return
         slot.bad_streak = 0
         if not r.run.complete(
-            shard.shard_id, shard.attempt, predictions, event.node, result.busy_s, event.now, result.outputs
-        ):
+            shard.shard_id, result.attempt, predictions, event.node, result.busy_s, event.now, result.outputs,
+            variant=variant,
+        ):  # fmt: skip
             self.counters["late_replies"] += 1
             return
-        self._observe(slot, shard.variant, shard.size, sent_at, result.busy_s, event.now)
+        if superseded is not None:
+            self.counters["stalled_answers_used"] += 1
+        else:
+            self._observe(slot, shard.variant, shard.size, sent_at, result.busy_s, event.now)
         if r.run.finished:
             self._finish(r, event.now)
 
@@ -1064,7 +1080,7 @@ class DispatchCore:
         Its process may be alive and heartbeating while its inference is stuck (a CUDA call that never
         returns): each shard has a deadline of ``stall_factor`` times what the table expects of everything
         the node has in flight, and at least ``stall_floor_s``, counted from its last result or from the
-        oldest send. Results it sends later carry superseded attempts and are discarded.
+        oldest send. If it answers a shard later, before the shard's new attempt does, its answer wins.
         """
         if slot.name in self.rm.suspect or not (slot.in_flight or slot.batches):
             return
@@ -1080,6 +1096,9 @@ class DispatchCore:
         log.warning("dispatch: node %s answered nothing for %.1f s (%.2f s expected): suspect; its work goes "
                     "to the others", slot.name, now - since, expected)  # fmt: skip
         self.rm.node_suspect(slot.name)
+        # Its answers may still come: keep what each shard ran there, so the first answer can count.
+        slot.stalled = {k: v for k, v in slot.stalled.items() if k[0] in self.requests}
+        slot.stalled.update({k: (at, shard, shard.variant) for k, (at, shard) in slot.in_flight.items()})
         self._take_work_from(slot)
         self._want_replan(f"{slot.name} stalled")
 

@@ -100,6 +100,7 @@ class RequestRun:
         queue = self._queues.get(node)
         if queue:
             return self.shards[queue.popleft()]
+        self._drop_answered_orphans()
         if self._orphans:
             shard = self.shards[self._orphans[0]]
             variant = self._variant_for(node, shard, loaded)
@@ -113,7 +114,13 @@ class RequestRun:
         """Whether ``next_shard(node, loaded)`` would give a shard."""
         if self._queues.get(node):
             return True
+        self._drop_answered_orphans()
         return bool(self._orphans) and self._variant_for(node, self.shards[self._orphans[0]], loaded) is not None
+
+    def _drop_answered_orphans(self) -> None:
+        """An orphan answered meanwhile (a stalled node's late answer came first) is not sent again."""
+        while self._orphans and self._orphans[0] not in self._owed:
+            self._orphans.popleft()
 
     def steal(
         self, node: str, seconds_per_input: Callable[[str, str], float], loaded: Collection[str] | None = None
@@ -153,31 +160,36 @@ class RequestRun:
         busy_s: float,
         now: float | None = None,
         outputs: Mapping[str, np.ndarray] | None = None,
+        variant: str | None = None,
     ) -> bool:
-        """Accept a shard's predictions (and outputs) once, for its current attempt; False for a late or
-        duplicate reply. The caller has checked their shapes (``outputs_problem``)."""
+        """Accept a shard's predictions (and outputs) once; False for a late or duplicate reply. The caller
+        has checked their shapes (``outputs_problem``). An earlier attempt than the current one is taken
+        only with the ``variant`` it ran (the dispatcher knows it for a stalled node's shards): whichever
+        attempt answers first counts."""
         now = time.monotonic() if now is None else now
         if shard_id not in self._owed:
             return False
         shard = self.shards[shard_id]
-        if attempt != shard.attempt or len(predictions) != shard.size:
+        superseded = attempt < shard.attempt and variant is not None
+        if (attempt != shard.attempt and not superseded) or len(predictions) != shard.size:
             return False
+        variant = variant or shard.variant
         self.predictions[shard.start : shard.stop] = predictions
         for name, tensor in (outputs or {}).items():
             if name not in self.outputs:
                 self.outputs[name] = np.zeros((self.total_inputs, *tensor.shape[1:]), tensor.dtype)
             self.outputs[name][shard.start : shard.stop] = tensor
         self.provenance[shard.start : shard.stop] = (
-            _index(self.variant_names, shard.variant),
+            _index(self.variant_names, variant),
             _index(self.node_names, node),
         )
         self._owed.discard(shard_id)
-        tally = self.tallies.setdefault((node, shard.variant), NodeTally(node, shard.variant, 0))
+        tally = self.tallies.setdefault((node, variant), NodeTally(node, variant, 0))
         tally.inputs += shard.size
         tally.shards += 1
         tally.busy_s += busy_s
         tally.last_result_s = now - self.arrived
-        self._done.append((tally.last_result_s, node, shard.variant, shard.size, busy_s))
+        self._done.append((tally.last_result_s, node, variant, shard.size, busy_s))
         if self.finished:
             self.finished_at = now
         return True
