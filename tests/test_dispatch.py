@@ -423,22 +423,26 @@ def bad_answer(send: SendShard, now: float) -> ShardReturned:
     )
 
 
-def test_a_worker_that_keeps_returning_bad_results_is_cut_off_and_no_request_hangs() -> None:
-    core = make_core()
+def with_a_faulty_node(core: DispatchCore, fault: Any) -> tuple[list[CutOff], list[Instruction]]:
+    """Run a 200-input request to its end: node a answers every shard with ``fault(send, now)``, node b
+    answers well. The cut-offs and the request's answers or failures."""
     out = solve(core, core.handle(RequestOpened(b"c", submit(200, target_ips=3000.0), 0.1)), 0.11)
     pending, now, final, cut = sends(out), 0.2, [], []
     while pending:
         send = pending.pop(0)
         now += 0.001
-        event = bad_answer(send, now) if send.node == "a" else answer(send, now)
-        more = core.handle(event)
+        more = core.handle(fault(send, now) if send.node == "a" else answer(send, now))
         pending += sends(more)
         cut += [i for i in more if isinstance(i, CutOff)]
         final += [i for i in more if isinstance(i, AnswerRequest | FailRequest)]
-    (cutoff,) = cut
+    return cut, final
+
+
+def test_a_worker_that_keeps_returning_bad_results_is_cut_off_and_no_request_hangs() -> None:
+    core = make_core()
+    (cutoff,), (done,) = with_a_faulty_node(core, bad_answer)
     assert cutoff.node == "a" and "bad results" in cutoff.reason
     assert core.counters["bad_results"] >= MAX_BAD_RESULTS and "a" not in core.nodes
-    (done,) = final
     assert isinstance(done, AnswerRequest) and (done.result.predictions >= 0).all()
     assert done.result.nodes == ["b"] or "a" not in [done.result.nodes[i] for i in done.result.provenance[:, 1]]
 
@@ -448,25 +452,14 @@ def test_a_worker_that_fails_every_shard_is_cut_off_and_fails_no_request() -> No
     with an ``internal`` error. It is idle at once, so it would take the same shard back again and again:
     its refusals count against it (cut off after MAX_BAD_RESULTS), not against the shard's tries on distinct
     boards, so the request completes on the other board."""
-    core = make_core()
-    out = solve(core, core.handle(RequestOpened(b"c", submit(200, target_ips=3000.0), 0.1)), 0.11)
-    pending, now, final, cut = sends(out), 0.2, [], []
-    while pending:
-        send = pending.pop(0)
-        now += 0.001
+
+    def refuse(send: SendShard, now: float) -> ShardRefused:
         shard = send.shard
-        if send.node == "a":
-            event: Any = ShardRefused("a", Error("internal", "ORT failed", shard.request_id, shard.shard_id,
-                                                 shard.attempt), now)  # fmt: skip
-        else:
-            event = answer(send, now)
-        more = core.handle(event)
-        pending += sends(more)
-        cut += [i for i in more if isinstance(i, CutOff)]
-        final += [i for i in more if isinstance(i, AnswerRequest | FailRequest)]
-    (cutoff,) = cut
+        return ShardRefused("a", Error("internal", "ORT failed", shard.request_id, shard.shard_id, shard.attempt), now)
+
+    core = make_core()
+    (cutoff,), (done,) = with_a_faulty_node(core, refuse)
     assert cutoff.node == "a" and "internal: ORT failed" in cutoff.reason
-    (done,) = final
     assert isinstance(done, AnswerRequest), done
     assert core.counters["shards_refused"] == MAX_BAD_RESULTS
 
