@@ -308,9 +308,9 @@ class NodeSlot:
     # micro-batches of small requests in flight, by id: the in_flight keys of the shards they carry
     packs: dict[int, list[tuple[str, int, int]]] = field(default_factory=dict)
     last_result_at: float | None = None  # when its latest shard result arrived
-    # Shards taken from it when it stalled, by the in_flight key: (when sent, the shard, the variant it ran).
+    # Shards taken from it when it stalled, by the in_flight key: (the shard, the variant it ran here).
     # If it answers one before the shard's new attempt does, its answer is the one that counts.
-    stalled: dict[tuple[str, int, int], tuple[float, ShardTask, str]] = field(default_factory=dict)
+    stalled: dict[tuple[str, int, int], tuple[ShardTask, str]] = field(default_factory=dict)
     bad_streak: int = 0  # malformed results (wrong shape, dtype or length, NaN outputs) or refusals in a row
     clock: float = 0.0  # stride scheduling: the pass of the latest request served here
 
@@ -838,11 +838,9 @@ class DispatchCore:
         predictions, outputs, count = result.predictions, result.outputs, len(batch.frames)
         wanted = batch.frames[0][0].outputs
         if (
-            predictions.ndim != 1
-            or len(predictions) != count
-            or predictions.dtype.kind not in "iu"
+            _not_a_class_per_input(predictions, count)
             or (wanted == "predictions") != (not outputs)
-            or any(tensor.ndim == 0 or len(tensor) != count for tensor in outputs.values())
+            or _not_a_row_per_input(outputs, count)
             or _nan_in(outputs)
         ):
             log.warning("dispatch: %s returned predictions %s of shape %s and outputs %s for a batch of %d frames;"
@@ -940,14 +938,13 @@ class DispatchCore:
             self.counters["late_replies"] += 1
             return
         if superseded is not None:
-            sent_at, shard, variant = superseded
+            shard, variant = superseded
         else:
             assert sent is not None
-            sent_at, shard = sent
-            variant = shard.variant
+            shard, variant = sent[1], sent[1].variant
         predictions = result.predictions
         problem = None
-        if predictions.ndim != 1 or len(predictions) != shard.size or predictions.dtype.kind not in "iu":
+        if _not_a_class_per_input(predictions, shard.size):
             problem = f"predictions {predictions.dtype} of shape {predictions.shape}"
         elif (r.outputs == "predictions") != (not result.outputs):
             problem = f"outputs {sorted(result.outputs)} where {r.outputs} were asked for"
@@ -968,10 +965,10 @@ class DispatchCore:
         ):  # fmt: skip
             self.counters["late_replies"] += 1
             return
-        if superseded is not None:
-            self.counters["stalled_answers_used"] += 1
+        if sent is not None:
+            self._observe(slot, shard.variant, shard.size, sent[0], result.busy_s, event.now)
         else:
-            self._observe(slot, shard.variant, shard.size, sent_at, result.busy_s, event.now)
+            self.counters["stalled_answers_used"] += 1
         if r.run.finished:
             self._finish(r, event.now)
 
@@ -1098,7 +1095,7 @@ class DispatchCore:
         self.rm.node_suspect(slot.name)
         # Its answers may still come: keep what each shard ran there, so the first answer can count.
         slot.stalled = {k: v for k, v in slot.stalled.items() if k[0] in self.requests}
-        slot.stalled.update({k: (at, shard, shard.variant) for k, (at, shard) in slot.in_flight.items()})
+        slot.stalled.update({k: (shard, shard.variant) for k, (_, shard) in slot.in_flight.items()})
         self._take_work_from(slot)
         self._want_replan(f"{slot.name} stalled")
 
@@ -1366,11 +1363,11 @@ class DispatchCore:
             return
         sizes = [slot.in_flight[key][1].size for key in keys]
         predictions = result.predictions
-        malformed = predictions.ndim != 1 or len(predictions) != sum(sizes) or predictions.dtype.kind not in "iu"
+        malformed = _not_a_class_per_input(predictions, sum(sizes))
         if malformed:
             predictions = np.zeros((0, 0), np.int64)  # each slice is then of the wrong shape: sent again
         outputs = result.outputs
-        if any(tensor.ndim == 0 or len(tensor) != sum(sizes) for tensor in outputs.values()):
+        if _not_a_row_per_input(outputs, sum(sizes)):
             malformed = True
             outputs = {name: np.zeros(0, np.float32) for name in outputs}  # wrong length for each: sent again
         start = 0
@@ -1541,6 +1538,16 @@ class DispatchCore:
                 for d in self.plan.demands.values()
             ],
         }
+
+
+def _not_a_class_per_input(predictions: np.ndarray, size: int) -> bool:
+    """Whether a worker's predictions for ``size`` inputs are not one integer class per input."""
+    return predictions.ndim != 1 or len(predictions) != size or predictions.dtype.kind not in "iu"
+
+
+def _not_a_row_per_input(outputs: dict[str, np.ndarray], size: int) -> bool:
+    """Whether any output tensor lacks its one row per input."""
+    return any(tensor.ndim == 0 or len(tensor) != size for tensor in outputs.values())
 
 
 def _nan_in(outputs: dict[str, np.ndarray]) -> str | None:

@@ -166,7 +166,7 @@ class WorkerAgent:
         log.warning("node %s: results %s", self.name, "garbled from now on" if self.runner.garbled else "sound again")
 
     async def _scheduled_events(self) -> None:
-        """Apply the node's emulation schedule: speed changes, a hang, a stall, or vanishing."""
+        """Apply the node's emulation schedule: speed changes, a hang, a stall, garbled results, or vanishing."""
         started = time.monotonic()
         for event in sorted(self.runner.node.events, key=lambda e: e.at_s):
             await asyncio.sleep(max(0.0, started + event.at_s - time.monotonic()))
