@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -22,12 +23,31 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def run_info() -> dict[str, Any]:
-    """The command that produced a result, and the machine it ran on."""
+    """How a result was produced: the commit it ran on (and whether the tree differed from it), the date,
+    the command line, and the machine (CPU model, core count, Python)."""
     script = Path(sys.argv[0]).name
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=False)
+        return done.stdout.strip()
+
+    # Only the code counts: results and docs change after a run without changing what ran.
+    dirty = git("status", "--porcelain", "--", "edgecollab", "benchmarks/*.py", "models", "cluster.toml")
     return {
+        "commit": git("rev-parse", "HEAD") or "unknown",
+        "code_modified": bool(dirty),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": " ".join(["python", f"benchmarks/{script}", *sys.argv[1:]]),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "python": platform.python_version()},
     }
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
 
 
 def write_results(path: Path, results: dict[str, Any], plot: Callable[[Path], None]) -> None:

@@ -1,19 +1,21 @@
-"""Solve time of the adaptive policy as the cluster grows, against exhaustive enumeration.
+"""Solve time of the joint plan (``plan_jointly``, what the coordinator solves) as clusters and work grow.
 
-    .venv/bin/python benchmarks/planner_scaling.py
+    .venv/bin/python benchmarks/planner_scaling.py [--repeats 3]
 
-For 4 to 64 nodes × 4 to 12 variants (random but realistic tables: more accurate variants
-cost more, nodes differ in speed), times `adaptive` (MILP) and `mixed` (LP) plans of a
-10,000-input request at a target needing approximation. The paper's design-space
-exploration enumerates every variant choice per node, (variants + 1) ** nodes of them; we
-time that enumeration where it finishes within a few seconds and extrapolate from the
-measured cost per choice elsewhere. Writes benchmarks/results/planner_scaling.json (+ .png).
+The table is the one the coordinator gets: every variant of both shipped tasks (classification
+and detection, models/zoo.toml), on N boards drawn in turn from the default cluster's four
+(two Odroid XU4, a Raspberry Pi 4, a Jetson Nano), each row from the emulation cost model at the
+profiling shard size, each board a few per cent off its kind (no two are identical). The work is
+D demands: requests with targets on both tasks, a pool of camera streams (latency-bound) per
+eight demands, and the pooled small requests, with targets summing to half of what the
+cluster's fastest plan could give. Medians of ``--repeats`` solves, 4 to 128 nodes × 1 to 64
+demands. Writes benchmarks/results/planner_scaling.json (+ .png).
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
-import json
 import statistics
 import sys
 import time
@@ -21,129 +23,107 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from common import RESULTS, run_info, write_results
 
-from edgecollab.errors import EdgecollabError
-from edgecollab.planner import ExplorationTable, Measurement, PlanRequest, make_plan
+from edgecollab.config import load_config
+from edgecollab.planner import ExplorationTable, Measurement
+from edgecollab.planner.joint import Demand, plan_jointly
 from edgecollab.plots import pyplot, save
+from edgecollab.worker.emulation import BOARD_PROFILES
+from edgecollab.zoo import load_manifest
 
-RESULTS = Path(__file__).resolve().parent / "results"
-NODES = (4, 8, 16, 32, 64)
-VARIANTS = (4, 8, 12)
-REPEATS = 5
-ENUMERATION_BUDGET = 200_000  # choices enumerated for real; beyond, extrapolated
+NODES = (4, 8, 16, 32, 64, 128)
+DEMANDS = (1, 4, 16, 64)
+SHARD = 32
+LATENCY_BATCHES = (1, 4, 16)
 
 
-def random_table(nodes: int, variants: int, seed: int) -> ExplorationTable:
+def real_table(config_path: Path, nodes: int, seed: int) -> tuple[ExplorationTable, dict[str, frozenset[str]]]:
+    """The coordinator's table for ``nodes`` boards like the config's, and each task's variants."""
+    config = load_config(config_path)
+    manifest = load_manifest(config.manifest_path, check_files=False)
+    tasks = {
+        t.name: frozenset(manifest.id_of(v) for v in manifest.for_task(t.name))
+        for t in manifest.served(config.models.served)
+    }
+    variants = [v for t in tasks for v in manifest.for_task(t)]
+    table = ExplorationTable({manifest.id_of(v): v.accuracy for v in variants})
+    kinds = [n.emulate for n in config.nodes if n.emulate]
     rng = np.random.default_rng(seed)
-    accuracy = np.sort(rng.uniform(0.80, 0.93, variants))
-    cost = np.sort(rng.uniform(1.0, 50.0, variants))
-    table = ExplorationTable({f"v{i}": float(a) for i, a in enumerate(accuracy)})
-    for n in range(nodes):
-        speed = rng.uniform(0.5, 20.0)
-        for v in range(variants):
-            ips = 1000.0 * speed / cost[v]
-            table.record(f"n{n}", f"v{v}", Measurement(ips, 32_000 / ips))
-    return table
+    for k in range(nodes):
+        board = BOARD_PROFILES[kinds[k % len(kinds)]]
+        jitter = rng.uniform(0.95, 1.05)
+        for v in variants:
+            seconds = board.seconds(SHARD, v.macs, v.quantized) / jitter
+            latencies = tuple((b, 1e3 * board.seconds(b, v.macs, v.quantized) / jitter) for b in LATENCY_BATCHES)
+            table.record(f"n{k}", manifest.id_of(v), Measurement(SHARD / seconds, seconds * 1e3, latencies))
+    return table, tasks
 
 
-def time_plan(policy: str, table: ExplorationTable, request: PlanRequest) -> tuple[float, Any]:
-    timings, plan = [], None
-    for _ in range(REPEATS):
-        started = time.perf_counter()
-        plan = make_plan(policy, table, request, table.nodes())
-        timings.append(time.perf_counter() - started)
-    return statistics.median(timings), plan
-
-
-def enumerate_choices(table: ExplorationTable, request: PlanRequest, limit: int) -> tuple[int, float]:
-    """Evaluate up to ``limit`` variant choices (None = node unused) with the paper-style greedy split."""
-    assert request.target_ips is not None
-    deadline = request.inputs / request.target_ips
-    nodes = table.nodes()
-    options = [[None, *sorted(table.variants_of(n))] for n in nodes]
-    started = time.perf_counter()
-    count = 0
-    for combo in itertools.islice(itertools.product(*options), limit):
-        left = float(request.inputs)
-        for node, variant in sorted(
-            ((n, v) for n, v in zip(nodes, combo, strict=True) if v is not None), key=lambda nv: -table.accuracy[nv[1]]
-        ):
-            left -= min(left, deadline * table.ips(node, variant))
-        count += 1
-    return count, time.perf_counter() - started
+def workload(table: ExplorationTable, tasks: dict[str, frozenset[str]], count: int) -> list[Demand]:
+    """``count`` demands whose targets sum to half the fastest plan's throughput, per task."""
+    names = sorted(tasks)
+    demands: list[Demand] = []
+    for i in range(count):
+        task = names[i % len(names)]
+        fastest = sum(max(table.ips(n, v) for v in tasks[task] if table.get(n, v)) for n in table.nodes())
+        share = 0.5 * fastest / count
+        if i == count - 1 and count > 1:
+            demands.append(Demand(f"small:requests {task}", share, variants=tasks[task]))
+        elif i % 8 == 7:
+            demands.append(Demand(f"streams {i}", share, None, True, 0.1, SHARD, tasks[task]))
+        else:
+            demands.append(Demand(f"@request/{i}", share, None, True, variants=tasks[task]))
+    return demands
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=Path("cluster.toml"))
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
     rows = []
-    for nodes, variants in itertools.product(NODES, VARIANTS):
-        table = random_table(nodes, variants, seed=nodes * 100 + variants)
-        capacity_accurate = make_plan("proportional", table, PlanRequest(10_000), table.nodes()).expected_ips
-        request = PlanRequest(10_000, target_ips=2.0 * capacity_accurate)
-        adaptive_s, adaptive = time_plan("adaptive", table, request)
-        mixed_s, mixed = time_plan("mixed", table, request)
-        choices = (variants + 1) ** nodes
-        enumerated, seconds = enumerate_choices(table, request, min(choices, ENUMERATION_BUDGET))
-        per_choice = seconds / enumerated
-        rows.append(
-            {
-                "nodes": nodes,
-                "variants": variants,
-                "adaptive_ms": adaptive_s * 1e3,
-                "mixed_ms": mixed_s * 1e3,
-                "adaptive_accuracy": adaptive.expected_accuracy,
-                # The mixed plan is the LP relaxation of the adaptive one: no one-variant plan beats it.
-                "mixed_accuracy": mixed.expected_accuracy,
-                "feasible": bool(adaptive.feasible),
-                "enumeration_choices": float(choices),
-                "enumeration_seconds": per_choice * choices,
-                "enumeration_measured": enumerated == choices,
-            }
-        )
-        r = rows[-1]
-        how = "measured" if r["enumeration_measured"] else "extrapolated"
+    for nodes, count in itertools.product(NODES, DEMANDS):
+        table, tasks = real_table(args.config, nodes, seed=nodes)
+        demands = workload(table, tasks, count)
+        timings, plan = [], None
+        for _ in range(args.repeats):
+            started = time.perf_counter()
+            plan = plan_jointly(table, demands, table.nodes())
+            timings.append(time.perf_counter() - started)
+        assert plan is not None
+        row = {
+            "nodes": nodes,
+            "variants": len(table.accuracy),
+            "demands": count,
+            "solve_ms": statistics.median(timings) * 1e3,
+            "max_solve_ms": max(timings) * 1e3,
+            "loss_to_bound_points": plan.loss_to_bound * 100,
+            "feasible": all(d.feasible for d in plan.demands.values()),
+        }
+        rows.append(row)
         print(
-            f"{nodes:>3} nodes x {variants:>2} variants: adaptive {r['adaptive_ms']:8.1f} ms, "
-            f"mixed {r['mixed_ms']:7.1f} ms, enumeration {r['enumeration_seconds']:.3g} s ({how}), "
-            f"accuracy {r['adaptive_accuracy']:.5f} (LP bound {r['mixed_accuracy']:.5f})",
+            f"{nodes:>4} nodes x {count:>3} demands: {row['solve_ms']:8.1f} ms (max {row['max_solve_ms']:.1f}), "
+            f"{row['loss_to_bound_points']:.3f} points from the LP bound, feasible {row['feasible']}",
             file=sys.stderr,
         )
-    out = RESULTS / "planner_scaling.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps({"command": "python benchmarks/planner_scaling.py", "repeats": REPEATS, "rows": rows}, indent=2)
-    )
-    print(f"wrote {out}", file=sys.stderr)
-    _plot(rows, out.with_suffix(".png"))
+    out = {**run_info(), "repeats": args.repeats, "shard": SHARD, "rows": rows}
+    write_results(RESULTS / "planner_scaling.json", out, lambda png: _plot(rows, png))
     return 0
 
 
 def _plot(rows: list[dict[str, Any]], path: Path) -> None:
-    try:
-        plt = pyplot()
-    except EdgecollabError as exc:
-        print(f"no plot: {exc}", file=sys.stderr)
-        return
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for variants in VARIANTS:
-        sub = [r for r in rows if r["variants"] == variants]
-        ax.plot(
-            [r["nodes"] for r in sub],
-            [r["adaptive_ms"] / 1e3 for r in sub],
-            "o-",
-            label=f"adaptive, {variants} variants",
-        )
-        ax.plot(
-            [r["nodes"] for r in sub],
-            [r["enumeration_seconds"] for r in sub],
-            "x:",
-            label=f"enumeration, {variants} variants",
-        )
+    for count in DEMANDS:
+        sub = [r for r in rows if r["demands"] == count]
+        ax.plot([r["nodes"] for r in sub], [r["solve_ms"] for r in sub], "o-", label=f"{count} demands")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("nodes")
-    ax.set_ylabel("seconds to plan")
+    ax.set_ylabel("joint plan solve (ms, median)")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=8)
     save(fig, path)
     print(f"wrote {path}", file=sys.stderr)
 

@@ -548,24 +548,28 @@ def plan(
     target_ips: TargetOption = None,
     min_accuracy: MinAccuracyOption = None,
     policy: PolicyOption = None,
+    task: TaskOption = None,
     config: ConfigOption = DEFAULT_CONFIG,
     coordinator: Annotated[str | None, typer.Option("--coordinator", help="ask this running coordinator")] = None,
     json_output: JsonOption = False,
 ) -> None:
-    """The plan a request would get, without running it (from a running coordinator or the cached table)."""
+    """The plan a request would get, without running it: from a running coordinator (next to the work it
+    runs), or from the cached table (the request alone). ``--task`` picks the application."""
     from .inspection import ask, cached_table
     from .planner import PlanRequest, make_plan
 
     cluster = load_config(config)
+    _check_task(cluster, task, config)
     chosen = policy or cluster.coordinator.policy
     if coordinator:
         outcome = ask(
             coordinator, "plan", curve=client_curve(cluster),
-            inputs=inputs, target_ips=target_ips, min_accuracy=min_accuracy, policy=chosen,
+            inputs=inputs, target_ips=target_ips, min_accuracy=min_accuracy, policy=chosen, task=task,
         )  # fmt: skip
     else:
-        table = cached_table(cluster)
-        outcome = make_plan(chosen, table, PlanRequest(inputs, target_ips, min_accuracy), table.nodes()).as_dict()
+        table = cached_table(cluster, task)
+        request = PlanRequest(inputs, target_ips, min_accuracy)
+        outcome = {**make_plan(chosen, table, request, table.nodes()).as_dict(), "task": task or cluster.models.task}
     if json_output:
         print(json.dumps(outcome, indent=2))
         return

@@ -37,11 +37,13 @@ def ask(
         raise
 
 
-def cached_table(config: ClusterConfig) -> ExplorationTable:
-    """The exploration table from the profile cache, for every node of the config."""
+def cached_table(config: ClusterConfig, task: str | None = None) -> ExplorationTable:
+    """The exploration table of one task's variants (none: the default task's) from the profile cache,
+    for every node of the config."""
     manifest = load_manifest(config.manifest_path, check_files=False)
-    table = ExplorationTable({manifest.id_of(v): v.accuracy for v in manifest.for_task(config.models.task)})
-    table.link_seconds.update(config.link_seconds_per_input(manifest.tasks[config.models.task].bytes_per_input))
+    task = task or config.models.task
+    table = ExplorationTable({manifest.id_of(v): v.accuracy for v in manifest.for_task(task)})
+    table.link_seconds.update(config.link_seconds_per_input(manifest.tasks[task].bytes_per_input))
     cache_path = config.resolve(config.coordinator.profile_cache)
     cache = ProfileCache(cache_path)
     missing = []
@@ -74,7 +76,8 @@ def wait_until_ready(endpoint: str, timeout_s: float = 300.0, curve: ClientCurve
     deadline = time.monotonic() + timeout_s
     while True:
         status = ask(endpoint, "status", timeout_s=30, curve=curve)
-        if status["state"] in ("ready", "dispatching"):
+        serving = status["state"] in ("serving", "replanning", "degraded")
+        if serving and status["nodes"] and all(n["profiled"] for n in status["nodes"]):
             return status
         if time.monotonic() > deadline:
             raise EdgecollabError(f"the cluster at {endpoint} was not ready within {timeout_s:.0f} s")

@@ -60,10 +60,10 @@ class CoordinatorCollector(Collector):
         in_flight = GaugeMetricFamily(
             "edgecollab_node_in_flight_shards", "Shards sent and not answered", labels=["node"]
         )
-        for name in list(c.by_name):
+        for name in list(c.peers.links):
             in_flight.add_metric([name], c.core.in_flight(name))
         yield in_flight
-        yield GaugeMetricFamily("edgecollab_nodes_alive", "Registered boards", value=len(c.by_name))
+        yield GaugeMetricFamily("edgecollab_nodes_alive", "Registered boards", value=len(c.peers.links))
         yield GaugeMetricFamily("edgecollab_requests_running", "Requests being dispatched", value=len(c.core.requests))
         yield GaugeMetricFamily(
             "edgecollab_efficiency", "Achieved / expected throughput, learned", value=c.table.efficiency

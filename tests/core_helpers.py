@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 
 from edgecollab.config import CoordinatorConfig
-from edgecollab.coordinator.dispatch import (
-    DispatchCore,
+from edgecollab.coordinator.dispatch import DispatchCore
+from edgecollab.coordinator.events import (
     Instruction,
     NodeProfiled,
     NodeRegistered,
@@ -16,8 +16,9 @@ from edgecollab.coordinator.dispatch import (
     Replan,
     SendShard,
     ServedTask,
+    WorkId,
 )
-from edgecollab.coordinator.resource_manager import ResourceManager
+from edgecollab.coordinator.nodes import NodeStatus, Work
 from edgecollab.planner import ExplorationTable, Measurement
 from edgecollab.planner.joint import plan_jointly
 
@@ -30,7 +31,7 @@ def core_with(
     """A core whose nodes (node -> variant -> measurement) have registered and been profiled at time 0."""
     config = CoordinatorConfig(startup_timeout_s=5.0, **settings)
     served = [ServedTask(task, shape, np.dtype(np.uint8))]
-    core = DispatchCore(config, ResourceManager(rows, ExplorationTable(ACCURACY)), served)
+    core = DispatchCore(config, rows, ExplorationTable(ACCURACY), served)
     for node, measurements in rows.items():
         core.handle(NodeRegistered(node, tuple(measurements), 0.0))
         core.handle(NodeProfiled(node, measurements, 0.0))
@@ -52,3 +53,14 @@ def solve(core: DispatchCore, out: list[Instruction], now: float = 0.0) -> list[
 
 def sends(out: list[Instruction]) -> list[SendShard]:
     return [i for i in out if isinstance(i, SendShard)]
+
+
+def booked(core: DispatchCore, send: SendShard) -> Work:
+    """What the core booked a message it sent as (the node's in-flight entry for it)."""
+    work_id = WorkId.of(send.shard)
+    assert work_id is not None
+    return core.nodes[send.node].in_flight[work_id]
+
+
+def suspects(core: DispatchCore) -> set[str]:
+    return {name for name, state in core.nodes.nodes.items() if state.status is NodeStatus.SUSPECT}

@@ -10,14 +10,11 @@ import numpy as np
 import pytest
 
 from edgecollab.config import CoordinatorConfig
-from edgecollab.coordinator.dispatch import (
-    MAX_BAD_RESULTS,
-    PACK_REQUEST,
-    SMALL_DEMAND,
+from edgecollab.coordinator.dispatch import DispatchCore
+from edgecollab.coordinator.events import (
     AnswerRequest,
     ClientGone,
     CutOff,
-    DispatchCore,
     FailRequest,
     Instruction,
     NodeLost,
@@ -31,13 +28,14 @@ from edgecollab.coordinator.dispatch import (
     ShuttingDown,
     Tick,
 )
+from edgecollab.coordinator.nodes import MAX_BAD_RESULTS, SentPack
 from edgecollab.coordinator.ownership import scoped_key
-from edgecollab.coordinator.resource_manager import ResourceManager
+from edgecollab.coordinator.planning import SMALL_DEMAND
 from edgecollab.planner import ExplorationTable, Measurement
 from edgecollab.planner.joint import plan_jointly
 from edgecollab.protocol import Cancel, Error, ShardResult, Submit
 
-from .core_helpers import ACCURACY, core_with, sends, solve
+from .core_helpers import ACCURACY, booked, core_with, sends, solve, suspects
 
 SHAPE = (1, 4, 4)
 # Node b is four times as fast as a; "slow" costs four times "fast".
@@ -168,12 +166,12 @@ def test_two_requests_share_the_boards_by_their_planned_rates() -> None:
     out = solve(core, out)  # planned for the tight one; the loose one arrived during the solve: one more
     out = [*sends(out), *solve(core, out)]
     tight_key, loose_key = scoped_key(b"t", tight.request_id), scoped_key(b"l", loose.request_id)
-    assert {s.shard.request_id for s in sends(out)} <= {tight_key, loose_key}
-    plan = core.plan
+    assert {booked(core, s).request for s in sends(out)} <= {tight_key, loose_key}  # type: ignore[union-attr]
+    plan = core.planning.plan
     assert plan is not None
     assert plan.demands[tight_key].feasible and plan.demands[loose_key].feasible
     # Alone, the tight request would get the same accuracy (the loose one takes only spare time).
-    alone = plan_jointly(core.rm.table, [d for d in core.running_demands(0.0) if d.key == tight_key], ["a", "b"])
+    alone = plan_jointly(core.table, [d for d in core.planning.demands(0.0) if d.key == tight_key], ["a", "b"])
     assert plan.demands[tight_key].expected_accuracy >= alone.demands[tight_key].expected_accuracy - 1e-3
     # Each request's stride weight on a node is the fraction of that node's time the joint plan gave it:
     # together they are the node's planned load, and the loose one's is the smaller.
@@ -210,7 +208,7 @@ def test_drift_asks_for_a_new_plan_and_the_rest_is_cut_again() -> None:
         more = core.handle(answer(send, now, busy_s=0.05))
         replans += sum(isinstance(i, Replan) for i in more)
         pending += sends(more)
-    assert replans == 1 and core.solving
+    assert replans == 1 and core.manager.state == "replanning"
     solve(core, [i for i in more if isinstance(i, Replan)], now)
     assert core.counters["replans"] >= 1
 
@@ -243,7 +241,7 @@ def test_over_the_admission_cap_the_answer_is_busy() -> None:
 
 def test_requests_fail_when_every_node_is_lost_and_on_shutdown() -> None:
     core = make_core()
-    core.rm.expire_startup()
+    core.manager.expire_startup()
     out = solve(core, core.handle(RequestOpened(b"c", submit(100, target_ips=100.0), 0.0)))
     assert sends(out)
     core.handle(NodeLost("a", "gone", 0.1))
@@ -263,9 +261,7 @@ def test_requests_fail_when_every_node_is_lost_and_on_shutdown() -> None:
 
 def test_a_request_waiting_for_the_cluster_times_out_busy() -> None:
     config = CoordinatorConfig(startup_timeout_s=1.0)
-    core = DispatchCore(
-        config, ResourceManager(["a"], ExplorationTable(ACCURACY)), [ServedTask("", SHAPE, np.dtype(np.uint8))]
-    )
+    core = DispatchCore(config, ["a"], ExplorationTable(ACCURACY), [ServedTask("", SHAPE, np.dtype(np.uint8))])
     assert core.handle(RequestOpened(b"c", submit(4), 0.0)) == []
     assert core.handle(Tick(0.5)) == []
     (busy,) = core.handle(Tick(1.1))
@@ -297,14 +293,14 @@ def test_a_vanishingly_small_target_is_still_planned_and_served(fields: dict[str
 def test_shards_are_cut_by_each_board_speed_and_a_few_hundred_inputs_wait_for_no_solve() -> None:
     core = make_core(shard_seconds=0.02)  # shard_size 8: shards of 8 to 8 x 8 inputs
     out = solve(core, core.handle(RequestOpened(b"c", submit(2000, target_ips=4000.0), 0.0)))
-    table = core.rm.table
+    table = core.table
     for send in sends(out):  # about 0.02 s of work on its board, within [8, 64] (the last of a share: less)
         ips = table.ips(send.node, send.shard.variant)
         assert len(send.shard.inputs) <= int(min(max(8, ips * 0.02), 64)), (send.node, send.shard.variant)
     largest = {n: max(len(s.shard.inputs) for s in sends(out) if s.node == n) for n in "ab"}
     assert largest["b"] > largest["a"]  # b is four times as fast: its shards are larger
     small = core.handle(RequestOpened(b"c", submit(64), 0.01))  # 8 x shard_size: served from the plan at once
-    assert not sends(small) or sends(small)[0].shard.request_id != sends(out)[0].shard.request_id
+    assert not sends(small) or booked(core, sends(small)[0]).request != booked(core, sends(out)[0]).request  # type: ignore[union-attr]
     assert any(r.small for r in core.requests.values())
 
 
@@ -317,11 +313,11 @@ def test_small_requests_that_queue_while_the_boards_are_busy_go_out_together_and
         assert not sends(core.handle(RequestOpened(b"c", request, 0.001 + k * 1e-4)))  # every board busy
     out = core.handle(answer(first[0][0], 0.01))
     (pack,) = sends(out)  # the freed slot takes every queued request at once
-    assert pack.shard.request_id == PACK_REQUEST and len(pack.shard.inputs) == sum(len(r.inputs) for r in queued)
+    assert isinstance(booked(core, pack), SentPack) and len(pack.shard.inputs) == sum(len(r.inputs) for r in queued)
     assert core.in_flight(pack.node) == 2  # one message, one slot of the window
     predictions = np.arange(len(pack.shard.inputs), dtype=np.int64)
     done = core.handle(
-        ShardReturned(pack.node, ShardResult(PACK_REQUEST, pack.shard.shard_id, 0, predictions, 0.01), 0.02)
+        ShardReturned(pack.node, ShardResult(pack.shard.request_id, pack.shard.shard_id, 0, predictions, 0.01), 0.02)
     )
     answers = {i.result.request_id: i.result.predictions.tolist() for i in done if isinstance(i, AnswerRequest)}
     start = 0
@@ -338,10 +334,10 @@ def test_a_pack_lost_with_its_board_is_sent_again_request_by_request() -> None:
         core.handle(RequestOpened(b"c", request, 0.001))
     on_a = [send for send in initial if send.node == "a"]
     (pack,) = sends(core.handle(answer(on_a[0], 0.01)))  # a frees a slot and takes the three together
-    assert pack.node == "a" and pack.shard.request_id == PACK_REQUEST and len(pack.shard.inputs) == 6
+    assert pack.node == "a" and isinstance(booked(core, pack), SentPack) and len(pack.shard.inputs) == 6
     out = core.handle(NodeLost("a", "test", 0.02))
     late = core.handle(
-        ShardReturned("a", ShardResult(PACK_REQUEST, pack.shard.shard_id, 0, np.zeros(6, np.int64), 0.0), 0.03)
+        ShardReturned("a", ShardResult(pack.shard.request_id, pack.shard.shard_id, 0, np.zeros(6, np.int64), 0.0), 0.03)
     )
     assert not [i for i in late if isinstance(i, AnswerRequest)]  # the lost board's answer changes nothing
     final = run_to_end(core, [*[send for send in initial if send.node == "b"], *out, *late], 0.04)
@@ -368,8 +364,8 @@ def test_a_node_whose_inference_is_stuck_is_suspect_and_its_shards_go_elsewhere_
         final += [i for i in more if isinstance(i, AnswerRequest | FailRequest)]
         if final:
             break
-    assert "a" in core.rm.suspect and core.counters["nodes_stalled"] == 1
-    assert "a" not in core.rm.usable_nodes()
+    assert "a" in suspects(core) and core.counters["nodes_stalled"] == 1
+    assert "a" not in core.nodes.usable()
     # Nothing new went to the stuck node after it became suspect, and the request finished.
     assert all(s.shard.attempt == 0 for s in late)
     (done,) = final
@@ -379,7 +375,7 @@ def test_a_node_whose_inference_is_stuck_is_suspect_and_its_shards_go_elsewhere_
     assert not [i for s in stuck for i in core.handle(answer(s, now + 1)) if isinstance(i, AnswerRequest)]
     assert core.counters["late_replies"] == before + len(stuck)
     # Answering again makes it usable again.
-    assert "a" not in core.rm.suspect and "a" in core.rm.usable_nodes()
+    assert "a" not in suspects(core) and "a" in core.nodes.usable()
 
 
 def test_a_stalled_nodes_answer_that_comes_before_the_resent_one_wins() -> None:
@@ -393,10 +389,10 @@ def test_a_stalled_nodes_answer_that_comes_before_the_resent_one_wins() -> None:
     assert stuck and not core.requests[next(iter(core.requests))].run.finished  # type: ignore[union-attr]
     more = core.handle(Tick(3.0))  # past the deadline: a is suspect, its shards go to b with a new attempt
     copies = sends(more)
-    assert core.rm.suspect == {"a"} and copies and all(c.node == "b" and c.shard.attempt == 1 for c in copies)
+    assert suspects(core) == {"a"} and copies and all(c.node == "b" and c.shard.attempt == 1 for c in copies)
     # a answers after all, before b has answered any copy: its answers count, the copies' are discarded.
     final = [i for s in stuck for i in core.handle(answer(s, 3.1)) if isinstance(i, AnswerRequest | FailRequest)]
-    assert core.counters["stalled_answers_used"] == len(stuck) and "a" not in core.rm.suspect
+    assert core.counters["stalled_answers_used"] == len(stuck) and "a" not in suspects(core)
     (done,) = final  # every input had an answer: the request is answered at once
     assert isinstance(done, AnswerRequest) and (done.result.predictions >= 0).all()
     by_node = [done.result.nodes[i] for i in done.result.provenance[:, 1]]
@@ -411,7 +407,7 @@ def test_a_slow_node_within_its_deadline_is_not_suspect() -> None:
     for s in sends(out):
         core.handle(Tick(1.9))  # under the floor: waiting is normal
         core.handle(answer(s, 1.95))
-    assert not core.rm.suspect and core.counters["nodes_stalled"] == 0
+    assert not suspects(core) and core.counters["nodes_stalled"] == 0
 
 
 def bad_answer(send: SendShard, now: float) -> ShardReturned:
@@ -468,7 +464,7 @@ def test_outputs_with_nan_are_a_bad_result_and_sent_again() -> None:
     core = make_core()
     out = solve(core, core.handle(RequestOpened(b"c", submit(200, target_ips=3000.0, outputs="all"), 0.1)), 0.11)
     first = sends(out)[0]
-    shard = first.shard
+    shard, task = first.shard, booked(core, first).task  # type: ignore[union-attr]
     size = len(shard.inputs)
     scores = np.full((size, 3), np.nan, np.float32)
     nan = ShardResult(shard.request_id, shard.shard_id, shard.attempt, np.zeros(size, np.int64), 0.001, {"s": scores})
@@ -477,14 +473,14 @@ def test_outputs_with_nan_are_a_bad_result_and_sent_again() -> None:
     pending, seen, final, now = [*sends(out)[1:], *sends(more)], [], [], 0.3
     while pending:
         send = pending.pop(0)
-        seen.append((send.shard.shard_id, send.shard.attempt))
+        seen.append((booked(core, send).task.shard_id, send.shard.attempt))  # type: ignore[union-attr]
         now += 0.001
         with_scores = answer(send, now)
         good = dataclasses.replace(with_scores.result, outputs={"s": np.zeros((len(send.shard.inputs), 3), np.float32)})
         more = core.handle(ShardReturned(send.node, good, now))
         pending += sends(more)
         final += [i for i in more if isinstance(i, AnswerRequest)]
-    assert (shard.shard_id, shard.attempt + 1) in seen  # sent again, with a new attempt
+    assert (task.shard_id, shard.attempt + 1) in seen  # sent again, with a new attempt
     (done,) = final
     assert done.result.outputs["s"].shape == (200, 3) and not np.isnan(done.result.outputs["s"]).any()
 

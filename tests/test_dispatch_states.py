@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from edgecollab.coordinator.dispatch import (
+from edgecollab.coordinator.events import (
     AnswerRequest,
     CutOff,
     FailRequest,
@@ -41,6 +41,7 @@ from edgecollab.coordinator.dispatch import (
     WakeAt,
 )
 from edgecollab.coordinator.ownership import scoped_key
+from edgecollab.coordinator.streams import StreamStatus
 from edgecollab.planner.joint import plan_jointly
 from edgecollab.protocol import (
     Answer,
@@ -54,7 +55,7 @@ from edgecollab.protocol import (
     Submit,
 )
 
-from .core_helpers import core_with, cpu_like
+from .core_helpers import core_with, cpu_like, suspects
 
 SHAPE = (1, 2, 2)
 
@@ -169,7 +170,7 @@ class DispatchStates(RuleBasedStateMachine):
     def close_stream(self, pick: int) -> None:
         client, sid = sorted(self.streams)[pick % len(self.streams)]
         stream = self.core.streams.get(scoped_key(client, sid))
-        if stream is not None and stream.status == "open":
+        if stream is not None and stream.status is StreamStatus.OPEN:
             self.feed(StreamClosed(client, StreamClose(sid), self.step()))
 
     @precondition(lambda self: bool(self.out))
@@ -235,19 +236,22 @@ class DispatchStates(RuleBasedStateMachine):
 
     # --- invariants ------------------------------------------------------------------------
     @invariant()
+    def the_books_hold_their_invariants(self) -> None:
+        self.core.validate_state()
+
+    @invariant()
     def nothing_ends_twice(self) -> None:
         assert all(n == 1 for n in self.ended.values()), self.ended
         assert all(n == 1 for n in self.frames_answered.values())
 
     @invariant()
     def no_shard_is_booked_on_a_node_that_is_down(self) -> None:
-        assert not (set(self.core.nodes) & self.down)
+        assert not (self.core.nodes.registered() & self.down)
 
     @invariant()
     def a_suspect_node_holds_no_work_and_gets_none(self) -> None:
-        for node in self.core.rm.suspect:
-            slot = self.core.nodes[node]
-            assert not slot.in_flight and not slot.batches and node not in self.core.rm.usable_nodes()
+        for node in suspects(self.core):
+            assert not list(self.core.nodes[node].dispatched()) and node not in self.core.nodes.usable()
 
     @invariant()
     def a_cancelled_request_is_forgotten(self) -> None:
@@ -272,7 +276,7 @@ class DispatchStates(RuleBasedStateMachine):
             self.come_back(node)
         self.drain()
         for stream in list(self.core.streams.values()):
-            if stream.status == "open":
+            if stream.status is StreamStatus.OPEN:
                 self.feed(StreamClosed(stream.client, StreamClose(stream.stream_id), self.step()))
         self.drain()
         for owned in self.requests:

@@ -225,7 +225,7 @@ def test_a_board_joining_mid_request_takes_part_of_it(profile: Path, tmp_path: P
 
 
 def test_a_peer_that_keeps_sending_garbage_is_cut_off(cluster: LocalCluster, test_set: LabelledSet) -> None:
-    from edgecollab.coordinator.server import MAX_PROTOCOL_STRIKES
+    from edgecollab.coordinator.peers import MAX_PROTOCOL_STRIKES
 
     async def offender() -> tuple[int, list[bytes] | None]:
         answered = 0

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 from edgecollab.client import Client, SyncClient
-from edgecollab.coordinator.dispatch import (
-    FRAMES_REQUEST,
-    DispatchCore,
+from edgecollab.coordinator.batching import FrameBatch
+from edgecollab.coordinator.dispatch import DispatchCore
+from edgecollab.coordinator.events import (
     FailRequest,
     FramesArrived,
     Instruction,
@@ -35,6 +35,7 @@ from edgecollab.coordinator.dispatch import (
     WakeAt,
 )
 from edgecollab.coordinator.ownership import scoped_key
+from edgecollab.coordinator.streams import StreamStatus
 from edgecollab.errors import InfeasibleTargetError
 from edgecollab.local import LocalCluster
 from edgecollab.planner import ExplorationTable, Measurement
@@ -42,7 +43,7 @@ from edgecollab.planner.joint import Demand, plan_jointly
 from edgecollab.protocol import Answer, Cancel, FrameResults, Frames, ShardResult, StreamClose, StreamOpen
 
 from .cluster_helpers import edgecollab, write_cluster_config
-from .core_helpers import ACCURACY, core_with, cpu_like, sends, solve
+from .core_helpers import ACCURACY, booked, core_with, cpu_like, sends, solve
 
 SHAPE = (1, 4, 4)
 
@@ -88,7 +89,7 @@ def test_a_stream_is_admitted_by_the_joint_plan_served_in_batches_and_closed_wit
     assert admitted.data["input_shape"] == list(SHAPE) and admitted.data["expected_fps"] >= 100
     out = core.handle(FramesArrived(b"c", frames(sid, 0, 3), 0.01))
     (first,) = sends(out)  # window 1: one batch per node; the first free node takes all three frames
-    assert first.shard.request_id == FRAMES_REQUEST and len(first.shard.inputs) == 3
+    assert isinstance(booked(core, first), FrameBatch) and len(first.shard.inputs) == 3
     out = core.handle(FramesArrived(b"c", frames(sid, 3, 2), 0.012))
     (second,) = sends(out)
     assert second.node != first.node and len(second.shard.inputs) == 2
@@ -100,7 +101,9 @@ def test_a_stream_is_admitted_by_the_joint_plan_served_in_batches_and_closed_wit
     out = core.handle(StreamClosed(b"c", StreamClose(sid), 0.03))
     (summary,) = replies(out, Answer)
     assert summary.data["frames"] == summary.data["results"] == 5 and summary.data["dropped"] == 0
-    assert scoped_key(b"c", sid) not in core.streams and not core.rm.running
+    assert (
+        scoped_key(b"c", sid) not in core.streams and not core.table.assumed_ips
+    )  # nothing runs: no plan is relied on
 
 
 def test_a_stream_the_cluster_cannot_serve_is_refused_with_the_reason_or_admitted_degraded() -> None:
@@ -113,7 +116,11 @@ def test_a_stream_the_cluster_cannot_serve_is_refused_with_the_reason_or_admitte
     assert "degrade" in refused.error.message and scoped_key(b"c", sid) not in core.streams
     sid, out = open_stream(core, target_fps=5000.0, degrade=True)
     (admitted,) = replies(out, Answer)
-    assert admitted.data["degraded"] and admitted.data["notes"] and core.streams[scoped_key(b"c", sid)].status == "open"
+    assert (
+        admitted.data["degraded"]
+        and admitted.data["notes"]
+        and core.streams[scoped_key(b"c", sid)].status is StreamStatus.OPEN
+    )
 
 
 def test_no_batch_is_larger_than_its_soonest_deadline_allows() -> None:
@@ -126,13 +133,12 @@ def test_no_batch_is_larger_than_its_soonest_deadline_allows() -> None:
     core.streams[scoped_key(b"c", sid)].pending[
         0
     ].deadline = 0.035  # the next frame is due soon: 35 ms after it was sent
-    (in_flight,) = core.nodes["a"].batches.values()
-    out = core.handle(
-        ShardReturned("a", ShardResult(FRAMES_REQUEST, in_flight.batch_id, 0, np.array([1]), 0.005), 0.005)
-    )
-    (batch,) = sends(out)
+    (work_id,) = core.nodes["a"].in_flight
+    result = ShardResult(work_id.kind.value, work_id.number, 0, np.array([1]), 0.005)
+    (batch,) = sends(core.handle(ShardReturned("a", result, 0.005)))
     assert len(batch.shard.inputs) == 7  # 1 + 4 x 7 = 29 ms fits the 30 ms left; 8 would not
-    assert core.nodes["a"].batches[batch.shard.shard_id].expected_done <= 0.035
+    sent = booked(core, batch)
+    assert isinstance(sent, FrameBatch) and sent.expected_done <= 0.035
 
 
 def test_a_board_where_batching_pays_holds_a_lone_frame_briefly_then_sends_it() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 
 import numpy as np
@@ -14,7 +15,7 @@ from edgecollab.local import LocalCluster
 from edgecollab.zoo import load_manifest, load_test_set, open_session
 from edgecollab.zoo.scoring import DetectionSet, mean_average_precision
 
-from .cluster_helpers import infer
+from .cluster_helpers import edgecollab, infer
 from .conftest import SHIPPED_MANIFEST
 
 VARIANTS = ["mlp-64", "cnn-8", "det-tiny", "det-small"]
@@ -121,3 +122,24 @@ def test_a_detection_stream_answers_each_frame_with_its_detections(cluster: Loca
         assert r.variant in {"det-tiny", "det-small"} and set(r.outputs) == {"boxes", "scores", "labels"}
         (boxes,) = sessions[r.variant].run(["boxes"], {"images": frames[r.seq : r.seq + 1]})
         np.testing.assert_allclose(r.outputs["boxes"], boxes[0], atol=1e-4, rtol=0)
+
+
+def test_a_running_coordinator_plans_any_task_it_serves_with_that_tasks_variants_only(cluster: LocalCluster) -> None:
+    """The plan query's demand comes from the core's planning, for the task named (before, it planned the
+    default task whatever was asked)."""
+    from edgecollab.inspection import wait_until_ready
+
+    wait_until_ready(cluster.clients_endpoint, timeout_s=120)
+    config = str(cluster.config_path)
+    common = ["--config", config, "--coordinator", cluster.clients_endpoint, "--json"]
+    detect = edgecollab("plan", "--task", "fashion-detect", "--inputs", "1000", "--target-ips", "300", *common)
+    assert detect.returncode == 0, detect.stderr
+    planned = json.loads(detect.stdout)
+    assert planned["task"] == "fashion-detect" and planned["assignment"]
+    assert {a["variant"] for a in planned["assignment"]} <= {"det-tiny", "det-small"}
+    assert sum(a["inputs"] for a in planned["assignment"]) == 1000
+    classify = edgecollab("plan", "--inputs", "1000", "--target-ips", "300", *common)
+    assert classify.returncode == 0, classify.stderr
+    assert {a["variant"] for a in json.loads(classify.stdout)["assignment"]} <= {"mlp-64", "cnn-8"}
+    unknown = edgecollab("plan", "--task", "imagenet", "--inputs", "10", *common)
+    assert unknown.returncode == 2 and "imagenet" in unknown.stderr

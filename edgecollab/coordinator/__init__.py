@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .request_run import MAX_ATTEMPTS, MAX_TRIES, RequestRun, ShardFailed, ShardTask
-from .resource_manager import STATES, NotReady, ResourceManager
+from .resource_manager import STATES, ResourceManager
 from .server import Coordinator
 
 __all__ = [
@@ -11,7 +11,6 @@ __all__ = [
     "MAX_TRIES",
     "STATES",
     "Coordinator",
-    "NotReady",
     "RequestRun",
     "ResourceManager",
     "ShardFailed",

@@ -163,7 +163,7 @@ class RequestRun:
         variant: str | None = None,
     ) -> bool:
         """Accept a shard's predictions (and outputs) once; False for a late or duplicate reply. The caller
-        has checked their shapes (``outputs_problem``). An earlier attempt than the current one is taken
+        has checked their shapes (``nodes.result_problem``). An earlier attempt than the current one is taken
         only with the ``variant`` it ran (the dispatcher knows it for a stalled node's shards): whichever
         attempt answers first counts."""
         now = time.monotonic() if now is None else now
@@ -193,19 +193,6 @@ class RequestRun:
         if self.finished:
             self.finished_at = now
         return True
-
-    def outputs_problem(self, outputs: Mapping[str, np.ndarray], size: int) -> str | None:
-        """Why a shard's outputs cannot join the earlier shards' (None if they can)."""
-        if self.outputs and set(outputs) != set(self.outputs):
-            return f"outputs {sorted(outputs)} where earlier shards gave {sorted(self.outputs)}"
-        for name, tensor in outputs.items():
-            if tensor.ndim == 0 or len(tensor) != size:
-                return f"output {name!r} of shape {tensor.shape} for a shard of {size} inputs"
-            known = self.outputs.get(name)
-            if known is not None and (known.shape[1:] != tensor.shape[1:] or known.dtype != tensor.dtype):
-                earlier = f"{known.dtype} {known.shape[1:]}"
-                return f"output {name!r} is {tensor.dtype} {tensor.shape[1:]} where earlier shards gave {earlier}"
-        return None
 
     def requeue(self, shard: ShardTask, node: str) -> None:
         """Give a shard lost on ``node`` a new attempt for any node; ``ShardFailed`` once it was lost on

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from ..planner import POLICIES
-from ..protocol import BACKPRESSURE_POLICIES, Frames, StreamOpen, Submit
+from ..protocol import BACKPRESSURE_POLICIES, OUTPUT_MODES, Frames, StreamOpen, Submit
+from .events import ServedTask
 
 # Rates above this are not a target any cluster of boards could mean; they are refused, not planned.
 MAX_TARGET_IPS = 1e7
@@ -23,7 +24,7 @@ MAX_REQUEST_ID_CHARS = 128
 # A stream's latency bound may be at most this (ms); a stream sends at most this many frames per message.
 MAX_LATENCY_MS = 60_000
 MAX_FRAMES_PER_MESSAGE = 4096
-PLAN_PARAMS = ("inputs", "target_ips", "min_accuracy", "policy")
+PLAN_PARAMS = ("inputs", "target_ips", "min_accuracy", "policy", "task")
 
 
 def _number(value: Any) -> bool:
@@ -117,4 +118,20 @@ def check_plan_params(params: Mapping[str, Any]) -> str | None:
         check_target_ips(params.get("target_ips"))
         or check_min_accuracy(params.get("min_accuracy"))
         or check_policy(params.get("policy"))
+        or (
+            None
+            if params.get("task") is None or isinstance(params.get("task"), str)
+            else f"task must be a task's name, or none; got {params.get('task')!r}"
+        )
     )
+
+
+def outputs_mode(task: ServedTask | None, asked: str | None) -> tuple[str, str | None]:
+    """What a request's or stream's answers carry (none asked: predictions for a top1 task, else all
+    outputs), or why it cannot have what it asked for."""
+    top1 = task is None or task.quality == "top1"
+    mode = asked or ("predictions" if top1 else "all")
+    if task is not None and (mode not in OUTPUT_MODES or (mode != "all" and not top1)):
+        modes = OUTPUT_MODES if top1 else ("all",)
+        return mode, f"outputs must be one of {', '.join(modes)} for task {task.name!r}, or none; got {mode!r}"
+    return mode, None

@@ -7,6 +7,28 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+# Observed throughput is folded into the table with this weight (exponentially weighted average).
+OBSERVATION_WEIGHT = 0.3
+# A (node, variant) whose estimate moves this far (relative) from what the running plan assumed has
+# drifted, once that many of its shards have been observed since the plan was adopted.
+DRIFT_THRESHOLD = 0.3
+DRIFT_MIN_OBSERVATIONS = 3
+# Requests planned to take at least this long teach the table the cluster's efficiency; shorter
+# ones are dominated by fixed costs and would skew it.
+EFFICIENCY_MIN_MAKESPAN_S = 0.3
+
+
+def shard_cost_s(sent: float, previous_result: float | None, now: float, busy_s: float) -> float:
+    """What a shard cost its node, as profiling measures it: compute, or the link when that is slower.
+
+    From the later of the shard's sending and the node's previous result until this result:
+    while shards queue behind each other that is the node's pace, whichever of compute and
+    transfer sets it; after an idle spell it is the shard's round trip. Never less than the
+    compute time the worker reported.
+    """
+    start = sent if previous_result is None else max(sent, previous_result)
+    return max(busy_s, now - start)
+
 
 @dataclass(frozen=True)
 class Measurement:
@@ -47,6 +69,10 @@ class ExplorationTable:
         # achieved ÷ expected throughput of recent requests, in (0, 1]: start-up, the tail and contention
         # between nodes that the per-node rows do not see
         self.efficiency = 1.0
+        # (node, variant) pairs the adopted plan may use -> the throughput it assumed (drift is measured
+        # from it), and how many observations each had since; empty while nothing runs
+        self.assumed_ips: dict[tuple[str, str], float] = {}
+        self._observed_since_plan: dict[tuple[str, str], int] = {}
 
     def record(self, node: str, variant: str, measurement: Measurement) -> None:
         self._rows[(node, variant)] = measurement
@@ -63,6 +89,33 @@ class ExplorationTable:
         updated = Measurement(new_ips, old.latency_ms * slower, latencies)
         self._rows[(node, variant)] = updated
         return updated.ips
+
+    def observe_shard(self, node: str, variant: str, ips: float, evidence: float = 1.0) -> bool:
+        """Fold a throughput observed at run time into the row; True when the node drifted from what the
+        adopted plan assumed. ``evidence`` (0, 1] weighs it: a small micro-batch says less than a full shard."""
+        self.observe(node, variant, ips, OBSERVATION_WEIGHT * evidence)
+        key = (node, variant)
+        assumed = self.assumed_ips.get(key)
+        if assumed is None:
+            return False  # not something the running plan relies on
+        seen = self._observed_since_plan[key] = self._observed_since_plan.get(key, 0) + 1
+        estimate = 1.0 / self.seconds_per_input(node, variant)
+        return seen >= DRIFT_MIN_OBSERVATIONS and abs(estimate / assumed - 1) > DRIFT_THRESHOLD
+
+    def assume_current(self, nodes: list[str]) -> None:
+        """A plan made from the table as it is now was adopted: drift is measured from here."""
+        self.assumed_ips = {(n, v): 1.0 / self.seconds_per_input(n, v) for n in nodes for v in self.variants_of(n)}
+        self._observed_since_plan.clear()
+
+    def drop_assumptions(self) -> None:
+        """Nothing runs: nothing relies on the old assumptions any more."""
+        self.assumed_ips.clear()
+        self._observed_since_plan.clear()
+
+    def learn_efficiency(self, planned_inputs: int, expected_ips: float, achieved_ips: float) -> None:
+        """Learn from a finished request how much of its expected throughput the cluster delivered."""
+        if expected_ips > 0 and planned_inputs / expected_ips >= EFFICIENCY_MIN_MAKESPAN_S:
+            self.observe_efficiency(achieved_ips / expected_ips, OBSERVATION_WEIGHT)
 
     def observe_efficiency(self, achieved_over_expected: float, weight: float) -> float:
         """Fold one request's achieved ÷ expected throughput into ``efficiency`` (kept within [0.5, 1])."""

@@ -1,0 +1,171 @@
+"""Small requests: served from the running plan without a solve, packed several to a message. Pure: no I/O.
+
+Requests of at most a shard or so (see ``requests.MAX_SHARD_FACTOR``) with no conditions of their
+own queue in one FIFO; the first node with a free slot takes as many as fit one of its shards,
+at the variant the current plan runs there for their task, as one message. Their pooled rate
+per task is a demand of the joint plan, re-planned when it moves by half.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..planner import Assignment, Plan
+from ..protocol import Error, ShardResult
+from .events import Instruction, SendShard, WorkId, WorkKind
+from .nodes import NodeState, SentPack, SentShard, result_problem
+from .request_run import ShardTask
+from .requests import NON_RETRYABLE, OpenRequest
+
+if TYPE_CHECKING:
+    from .dispatch import DispatchCore
+
+# The pooled rate of small requests is measured over this window; a change by this factor
+# from what the plan assumed (at most once per interval) asks for a new plan.
+SMALL_RATE_WINDOW_S = 2.0
+SMALL_RATE_CHANGE = 0.5
+SMALL_REPLAN_INTERVAL_S = 1.0
+
+
+class SmallRequests:
+    def __init__(self, core: DispatchCore) -> None:
+        self.core = core
+        self.queue: deque[str] = deque()  # keys of small requests not yet sent, in arrival order
+        self._arrivals: deque[tuple[float, int, str]] = deque()  # (time, inputs, task) in SMALL_RATE_WINDOW_S
+        self._inputs_in_window: Counter[str] = Counter()  # per task
+        self.rate_planned: dict[str, float] = {}  # per task: the small-request rate the plan reserves for
+        self._last_replan = float("-inf")
+
+    def enqueue(self, r: OpenRequest, now: float) -> None:
+        self.queue.append(r.key)
+        self._count(r.request.inputs, r.task, now)
+
+    def _count(self, inputs: int, task: str, now: float) -> None:
+        """Track each task's pooled rate; ask for a plan when one moved materially."""
+        self._arrivals.append((now, inputs, task))
+        self._inputs_in_window[task] += inputs
+        while self._arrivals and self._arrivals[0][0] < now - SMALL_RATE_WINDOW_S:
+            _, old_inputs, old_task = self._arrivals.popleft()
+            self._inputs_in_window[old_task] -= old_inputs
+        rate = self.rate(task)
+        planned = self.rate_planned.get(task, 0.0)
+        moved = planned == 0 or abs(rate / planned - 1) > SMALL_RATE_CHANGE
+        if moved and now - self._last_replan >= SMALL_REPLAN_INTERVAL_S:
+            self._last_replan = now
+            self.core.planning.want("the small-request rate changed")
+
+    def rate(self, task: str) -> float:
+        return self._inputs_in_window[task] / SMALL_RATE_WINDOW_S
+
+    def queued_tasks(self) -> set[str]:
+        return {self.core.requests[k].task for k in self.queue if k in self.core.requests}
+
+    def head(self) -> OpenRequest | None:
+        """The small request waiting longest (closed ones are dropped on the way)."""
+        while self.queue and self.queue[0] not in self.core.requests:
+            self.queue.popleft()
+        return self.core.requests[self.queue[0]] if self.queue else None
+
+    def variant_for(self, node: NodeState, task: str) -> str | None:
+        """The variant a task's small requests run on a node: the pooled demand's there, else the plan's
+        most accurate one of the task there, else (no plan uses the node) its most accurate profiled one."""
+        core, table = self.core, self.core.table
+        allowed = core.tasks[task].variants
+        profiled = [v for v in table.variants_of(node.name) if v in node.variants and (allowed is None or v in allowed)]
+        if not profiled:
+            return None
+        plan = core.planning.plan
+        if plan is not None:
+            small = plan.demands.get(core.planning.small_key(task))
+            chosen = small.variant_on(node.name) if small else None
+            if chosen in profiled:
+                return chosen
+            planned = [
+                s.variant
+                for d in plan.demands.values()
+                for s in d.shares
+                if s.node == node.name and s.variant in profiled
+            ]
+            if planned:
+                return max(planned, key=lambda v: table.accuracy[v])
+        return max(profiled, key=lambda v: table.accuracy[v])
+
+    def send(self, node: NodeState, variant: str, now: float) -> list[Instruction]:
+        """Send the small requests at the head of the queue, as many as fit one shard of this node, as one
+        message: under load they queue while every node is busy, and a freed node takes them together."""
+        core = self.core
+        limit = core.request_dispatch.shard_size(node.name, variant)
+        expected_ips = 1.0 / core.table.seconds_per_input(node.name, variant)
+        pack: list[tuple[OpenRequest, ShardTask]] = []
+        taken = 0
+        out: list[Instruction] = []
+        while (r := self.head()) is not None:
+            first = pack[0][0] if pack else r
+            if pack and (
+                taken + min(r.request.inputs, limit) > limit or (r.outputs, r.task) != (first.outputs, first.task)
+            ):
+                break
+            self.queue.popleft()
+            assignment = Assignment(node.name, variant, r.request.inputs)
+            out += core.request_dispatch.run(
+                r, Plan(r.policy, (assignment,), expected_ips, core.table.accuracy[variant]), now
+            )
+            assert r.run is not None
+            shard = r.run.next_shard(node.name, node.variants)
+            assert shard is not None
+            pack.append((r, shard))
+            taken += shard.size
+        if len(pack) == 1:
+            return [*out, core.request_dispatch.send(node, *pack[0], now)]
+        for r, shard in pack:
+            core.request_dispatch.hand_out(node, r, shard, now)
+        work_id = WorkId(WorkKind.PACK, core.next_number())
+        node.in_flight[work_id] = SentPack([(r.key, shard) for r, shard in pack], variant, now)
+        inputs = np.concatenate([r.submit.inputs[shard.start : shard.stop] for r, shard in pack])
+        core.counters["small_packs"] += 1
+        return [*out, SendShard(node.name, work_id.shard(variant, inputs, pack[0][0].outputs))]
+
+    def returned(
+        self, node: NodeState, pack: SentPack, result: ShardResult, now: float
+    ) -> tuple[list[Instruction], str | None]:
+        """A pack came back: each request's slice is its own shard's answer. A malformed answer sends every
+        request's shard again, and is one strike for the node however many requests it held."""
+        core, out = self.core, list[Instruction]()
+        wanted = core.requests[pack.members[0][0]].outputs if pack.members[0][0] in core.requests else None
+        problem = result_problem(result.predictions, result.outputs, pack.size, wanted or "predictions")
+        start = 0
+        for key, shard in pack.members:
+            r, size = core.requests.get(key), shard.size
+            part = slice(start, start + size)
+            start += size
+            if r is None or r.run is None:
+                core.counters["late_replies"] += 1
+                continue
+            outputs = {name: tensor[part] for name, tensor in result.outputs.items()}
+            mine = problem or result_problem(result.predictions[part], outputs, size, r.outputs, r.run.outputs)
+            work = SentShard(key, shard, shard.attempt, pack.variant, pack.sent_at)
+            if mine is not None:
+                out += core.request_dispatch.requeue(r, shard, node.name)
+                problem = problem or mine
+                continue
+            out += core.request_dispatch.take(node, r, work, result.predictions[part], outputs, result.busy_s, now)
+        return out, problem
+
+    def refused(self, node: str, pack: SentPack, error: Error) -> tuple[list[Instruction], bool]:
+        """A node could not run a pack: as if it refused each request's shard; one strike for the pack."""
+        out: list[Instruction] = []
+        for key, shard in pack.members:
+            more, _ = self.core.request_dispatch.refused(
+                node, SentShard(key, shard, shard.attempt, pack.variant, 0.0), error
+            )
+            out += more
+        return out, bool(pack.members) and error.code not in NON_RETRYABLE
+
+    def take_back(self, pack: SentPack, node: str) -> list[Instruction]:
+        out: list[Instruction] = []
+        for key, shard in pack.members:
+            out += self.core.request_dispatch.take_back(SentShard(key, shard, shard.attempt, pack.variant, 0.0), node)
+        return out

@@ -1,0 +1,246 @@
+"""The coordinator's peers: the worker registry (CURVE identity, heartbeats), lost connections, misbehaving
+peers, and each slow client's outbox. An I/O shell: every decision about work is the core's; this module
+tells the core who is there (``NodeRegistered``, ``NodeLost``, ``ClientGone``) and moves messages."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from .. import transport
+from ..config import CoordinatorConfig
+from ..protocol import Error, Goodbye, Heartbeat, Hello, Welcome, encode
+from ..protocol.messages import Message
+from .events import ClientGone, Event, NodeLost
+
+log = logging.getLogger(__name__)
+
+# A peer that sends this many malformed messages is cut off: its later messages are dropped unanswered.
+MAX_PROTOCOL_STRIKES = 10
+CLIENT_RETRY_S = 0.005  # how often a slow client's queued messages are offered again
+
+
+@dataclass
+class WorkerLink:
+    """A registered worker's connection; a link not in the registry is gone."""
+
+    name: str
+    identity: bytes  # ZeroMQ routing id of the worker's DEALER
+    providers: list[str]
+    variants: list[str]
+    fingerprint: str
+    last_seen: float = field(default_factory=time.monotonic)
+
+
+class Peers:
+    def __init__(
+        self,
+        settings: CoordinatorConfig,
+        configured_nodes: list[str],
+        feed: Callable[[Event], Awaitable[None]],
+        spawn: Callable[[Any], None],
+        counters: Any,
+    ) -> None:
+        self.settings = settings
+        self.configured = configured_nodes
+        self._feed = feed  # hands an event to the core and carries out what it says
+        self._spawn = spawn
+        self.counters = counters
+        self.links: dict[str, WorkerLink] = {}  # registered workers by node name
+        self._by_identity: dict[bytes, WorkerLink] = {}  # the same links, by routing id
+        self.key_owner: dict[str, str] = {}  # with CURVE: z85 public key -> certificate name (node or client)
+        self._strikes: dict[bytes, int] = {}  # peer identity -> malformed messages it sent; offenders only
+        self.cut_off: set[bytes] = set()  # identities whose messages are dropped
+        self._client_backlog: dict[bytes, deque[list[Any]]] = {}  # slow clients' messages not yet taken
+        self.has_work_of: Callable[[bytes], bool] = lambda client: False  # set by the shell: the core's view
+
+    def attach(
+        self, workers: transport.FastSocket, clients: transport.FastSocket,
+        workers_watch: transport.ConnectionWatch, clients_watch: transport.ConnectionWatch,
+    ) -> None:  # fmt: skip
+        self._workers_io, self._clients_io = workers, clients
+        self._workers_watch, self._clients_watch = workers_watch, clients_watch
+
+    def worker(self, identity: bytes) -> WorkerLink | None:
+        return self._by_identity.get(identity)
+
+    def is_current(self, link: WorkerLink) -> bool:
+        return self.links.get(link.name) is link
+
+    # --- registration ------------------------------------------------------------------------
+    async def register(self, identity: bytes, hello: Hello, user_id: str | None) -> WorkerLink | None:
+        """Admit a worker that said hello, or refuse it with a reason (None then)."""
+        if hello.node not in self.configured:
+            await self._refuse(
+                identity, f"node {hello.node!r} is not in the coordinator's config ({', '.join(self.configured)})"
+            )
+            return None
+        # With CURVE the key decides who a worker is: its certificate must be the node's own.
+        owner = self.key_owner.get(user_id or "")
+        if self.key_owner and owner != hello.node:
+            await self._refuse(identity, f"this key belongs to {owner or 'nobody'!r}, not to node {hello.node!r}")
+            return None
+        existing = self.links.get(hello.node)
+        if existing is not None and existing.identity != identity:
+            if time.monotonic() - existing.last_seen < self.settings.heartbeat_s * self.settings.heartbeat_misses:
+                await self._refuse(identity, f"node name {hello.node!r} is already registered by another live worker")
+                return None
+            await self.lose(existing, "replaced by a new worker of the same name")
+        elif existing is not None:
+            await self.lose(existing, "registered again")
+        link = WorkerLink(hello.node, identity, hello.providers, hello.variants, hello.fingerprint)
+        self.links[link.name] = link
+        self._by_identity[identity] = link
+        await self.send_worker(identity, Welcome(link.name, self.settings.heartbeat_s))
+        return link
+
+    async def _refuse(self, identity: bytes, reason: str) -> None:
+        self.counters["refused_workers"] += 1
+        log.warning("coordinator: refused a worker: %s", reason)
+        await self.send_worker(identity, Error("refused", reason))
+
+    async def lose(self, link: WorkerLink, reason: str) -> None:
+        if not self.is_current(link):
+            return
+        log.warning("coordinator: node %s lost (%s)", link.name, reason)
+        del self.links[link.name]
+        self._by_identity.pop(link.identity, None)
+        await self._feed(NodeLost(link.name, reason, time.monotonic()))
+
+    async def lose_by_name(self, node: str, reason: str) -> None:
+        link = self.links.get(node)
+        if link is not None:
+            await self.lose(link, reason)
+        else:
+            await self._feed(NodeLost(node, reason, time.monotonic()))
+
+    async def cut_off_worker(self, node: str, reason: str) -> None:
+        """Stop serving a worker: refuse its later messages and tell it why."""
+        link = self.links.get(node)
+        if link is None:
+            return
+        self.cut_off.add(link.identity)
+        self.counters["peers_cut_off"] += 1
+        await self.send_worker(link.identity, Error("refused", reason))
+        await self.lose(link, reason)
+
+    async def say_goodbye(self, reason: str) -> None:
+        for link in list(self.links.values()):
+            await self.send_worker(link.identity, Goodbye(link.name, reason))
+
+    # --- liveness ----------------------------------------------------------------------------
+    async def liveness_loop(self) -> None:
+        """Heartbeats out; a worker silent for ``heartbeat_misses`` intervals is lost.
+
+        Silence counts only while the coordinator was reading: if the loop woke late, or messages
+        are still waiting on the socket, the verdict waits — a busy coordinator never declares a
+        live board dead.
+        """
+        interval = self.settings.heartbeat_s
+        limit = interval * self.settings.heartbeat_misses
+        expected = time.monotonic() + interval
+        while True:
+            await asyncio.sleep(max(expected - time.monotonic(), 0.0))
+            now = time.monotonic()
+            lag = now - expected
+            expected = now + interval
+            if lag > interval / 2:  # the loop was busy: that time is not the workers' silence
+                for link in self.links.values():
+                    link.last_seen += lag
+            await self.connections_closed()
+            unread = self._workers_io.unread()
+            for link in list(self.links.values()):
+                if now - link.last_seen > limit and not unread:
+                    await self.lose(link, f"no heartbeat for {now - link.last_seen:.1f} s")
+                elif self.is_current(link):
+                    await self.send_worker(link.identity, Heartbeat("coordinator"))
+
+    def seen(self, from_clients: bool, identity: bytes, frame: Any) -> None:
+        (self._clients_watch if from_clients else self._workers_watch).seen(identity, frame)
+
+    async def connections_closed(self) -> None:
+        """Workers whose connection closed are lost; clients whose connection closed have their work dropped."""
+        for identity in self._workers_watch.closed():
+            link = self._by_identity.get(identity)
+            if link is not None:
+                self.counters["nodes_disconnected"] += 1
+                await self.lose(link, "its connection closed")
+        for identity in self._clients_watch.closed():
+            self._client_backlog.pop(identity, None)
+            if self.has_work_of(identity):
+                self.counters["clients_disconnected"] += 1
+                await self._feed(ClientGone(identity, "it disconnected", time.monotonic()))
+
+    async def strike(self, identity: bytes) -> None:
+        """Count a malformed message; cut the peer off at ``MAX_PROTOCOL_STRIKES``."""
+        if len(self._strikes) > 10_000:  # many offenders: forget the old tallies rather than grow
+            self._strikes.clear()
+        self._strikes[identity] = self._strikes.get(identity, 0) + 1
+        if self._strikes[identity] >= MAX_PROTOCOL_STRIKES:
+            del self._strikes[identity]
+            self.cut_off.add(identity)
+            self.counters["peers_cut_off"] += 1
+            log.warning("coordinator: cut off a peer after %d malformed messages", MAX_PROTOCOL_STRIKES)
+            link = self._by_identity.get(identity)
+            if link is not None:
+                await self.lose(link, "cut off for malformed messages")
+
+    # --- sending -----------------------------------------------------------------------------
+    async def send_worker(self, identity: bytes, message: Message) -> bool:
+        try:
+            await self._workers_io.send([identity, *encode(message)])
+            return True
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            return False
+
+    async def send_client(self, identity: bytes, message: Message) -> None:
+        """Send to a client without ever waiting: a client that does not read gets a queue of its own
+        (``client_queue_messages`` at most, then it is cut off and its work dropped), so no one else waits."""
+        if identity in self.cut_off:
+            return
+        frames = [identity, *encode(message)]
+        backlog = self._client_backlog.get(identity)
+        try:
+            if backlog is None and self._clients_io.try_send(frames):
+                return
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            log.warning("coordinator: client gone before its %s could be sent", message.kind)
+            return
+        if backlog is None:
+            backlog = self._client_backlog[identity] = deque()
+            self._spawn(self._flush_client(identity, backlog))
+        backlog.append(frames)
+        if len(backlog) > self.settings.client_queue_messages:
+            await self._drop_client(identity, f"it left {len(backlog)} messages unread")
+
+    async def _flush_client(self, identity: bytes, backlog: deque[list[Any]]) -> None:
+        """Send a slow client's queued messages, in order, as it reads them."""
+        while backlog and self._client_backlog.get(identity) is backlog:
+            try:
+                if self._clients_io.try_send(backlog[0]):
+                    backlog.popleft()
+                    continue
+            except zmq.ZMQError:  # gone meanwhile
+                break
+            await asyncio.sleep(CLIENT_RETRY_S)
+        if self._client_backlog.get(identity) is backlog:
+            del self._client_backlog[identity]
+
+    async def _drop_client(self, identity: bytes, reason: str) -> None:
+        """Cut off a client that stopped reading: its messages are dropped, its requests and streams too."""
+        self._client_backlog.pop(identity, None)
+        self.cut_off.add(identity)
+        self.counters["clients_cut_off"] += 1
+        log.warning("coordinator: cut off a client: %s", reason)
+        await self._feed(ClientGone(identity, reason, time.monotonic()))

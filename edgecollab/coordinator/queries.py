@@ -1,0 +1,98 @@
+"""Queries: ``status``, ``table`` and ``plan``, answered from the coordinator's state; nothing is dispatched.
+
+A ``plan`` query asks how a request would be served now, next to the work running: the demands
+come from the core's planning (the one place that builds them), for the task the query names,
+and the joint plan is solved on the solver thread, off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from concurrent.futures import Executor
+from typing import Any
+
+from ..planner import ADAPTS_AT_RUN_TIME, PlanningError, PlanRequest, make_plan
+from ..planner.joint import plan_jointly
+from ..protocol import QUERY_TOPICS, Answer, Error, Query
+from .dispatch import DispatchCore
+from .peers import Peers
+from .validation import check_plan_params
+
+
+class Queries:
+    def __init__(self, core: DispatchCore, peers: Peers, counters: Counter[str], solver: Executor) -> None:
+        self.core = core
+        self.peers = peers
+        self.counters = counters  # the shell's own (protocol errors, peers cut off, ...)
+        self.solver = solver
+
+    async def answer(self, query: Query, viewer: str | None) -> Answer | Error:
+        """Answer a query; ``viewer`` is who asks (None: an operator, who sees every client's work)."""
+        if query.topic == "status":
+            return Answer(query.request_id, self.status(viewer))
+        if query.topic == "table":
+            table = self.core.table
+            return Answer(query.request_id, {"rows": table.rows(), "efficiency": table.efficiency})
+        if query.topic == "plan":
+            return await self.plan(query)
+        topics = ", ".join(QUERY_TOPICS)
+        return Error(
+            "invalid_input", f"unknown query topic {query.topic!r}; expected one of {topics}", query.request_id
+        )
+
+    async def plan(self, query: Query) -> Answer | Error:
+        """What a request would get now, next to the work running."""
+        params, core = query.params, self.core
+        problem = check_plan_params(params)
+        task, unknown = core.task_named(params.get("task"))
+        problem = problem or unknown
+        if problem is not None or task is None:
+            return Error("invalid_input", f"plan query: {problem}", query.request_id)
+        request = PlanRequest(params["inputs"], params.get("target_ips"), params.get("min_accuracy"))
+        policy = params.get("policy") or core.settings.policy
+        loop = asyncio.get_running_loop()
+        try:
+            if policy in ADAPTS_AT_RUN_TIME:
+                key = f"query:{query.request_id}"
+                table, demands, nodes = core.planning.query(key, request, policy, task.name, time.monotonic())
+                joint = await loop.run_in_executor(self.solver, plan_jointly, table, demands, nodes)
+                plan = joint.demands[key].for_inputs(policy, request.inputs)
+            else:
+                plan = make_plan(policy, core.table.only(task.variants), request, core.nodes.usable())
+        except PlanningError as exc:
+            return Error("invalid_input", f"cannot plan {dict(params)}: {exc}", query.request_id)
+        return Answer(query.request_id, {**plan.as_dict(), "task": task.name})
+
+    def status(self, viewer: str | None = None) -> dict[str, Any]:
+        """Nodes, the resource manager's state, the joint plan, counters, and the requests and streams
+        ``viewer`` may see: its own, or every client's for an operator (None)."""
+        core, table = self.core, self.core.table
+        now = time.monotonic()
+        nodes = []
+        for link in sorted(self.peers.links.values(), key=lambda c: c.name):
+            state = core.nodes.get(link.name)
+            nodes.append(
+                {
+                    "name": link.name,
+                    "alive": True,  # a lost link is gone from the registry, so from this list
+                    "status": state.status.value if state else "registering",
+                    "profiled": state is not None and state.status.value != "profiling",
+                    "suspect": state is not None and state.status.value == "suspect",  # alive, its work far overdue
+                    "providers": link.providers,
+                    "variants": link.variants,
+                    "in_flight": core.in_flight(link.name),
+                    "ips": {v: table.ips(link.name, v) for v in table.variants_of(link.name)},
+                    "seconds_since_heard": now - link.last_seen,
+                }
+            )
+        return {
+            "state": core.manager.state,
+            "expected_nodes": sorted(core.manager.expected),
+            "missing_nodes": core.manager.missing(),
+            "efficiency": table.efficiency,
+            "nodes": nodes,
+            **core.work_seen_by(viewer, now),
+            "counters": {k: core.counters[k] + self.counters[k] for k in core.counters.keys() | self.counters.keys()},
+        }
