@@ -13,11 +13,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
+import zmq.asyncio
+from zmq.auth.asyncio import AsyncioAuthenticator
 
 from .. import transport
-from ..config import CoordinatorConfig
+from ..config import ClusterConfig, CoordinatorConfig
+from ..errors import ConfigError
 from ..protocol import Error, Goodbye, Heartbeat, Hello, Welcome, encode
 from ..protocol.messages import Message
+from ..security import KeyPair, authorized_keys, server_curve
 from .events import ClientGone, Event, NodeLost
 
 log = logging.getLogger(__name__)
@@ -67,6 +71,27 @@ class Peers:
     ) -> None:  # fmt: skip
         self._workers_io, self._clients_io = workers, clients
         self._workers_watch, self._clients_watch = workers_watch, clients_watch
+
+    def start_curve(
+        self, context: zmq.asyncio.Context, config: ClusterConfig
+    ) -> tuple[KeyPair | None, AsyncioAuthenticator | None]:
+        """With CURVE on: the server's keys, and a running authenticator whose allow-list is the certificates
+        of every node and client; each key's certificate name is who that peer is."""
+        curve = server_curve(config)
+        if curve is None:
+            return None, None
+        keys, allowed = curve
+        self.key_owner = {k.decode(): name for k, name in authorized_keys(allowed).items()}
+        unknown = sorted(set(config.security.operators) - set(self.key_owner.values()))
+        if unknown:
+            raise ConfigError(
+                f"[security] operators {', '.join(unknown)}: no such certificate in {allowed}"
+                f" (it holds {', '.join(sorted(self.key_owner.values()))})"
+            )
+        authenticator = AsyncioAuthenticator(context)
+        authenticator.start()
+        authenticator.configure_curve(domain="*", location=str(allowed))
+        return keys, authenticator
 
     def worker(self, identity: bytes) -> WorkerLink | None:
         return self._by_identity.get(identity)

@@ -20,10 +20,11 @@ import numpy as np
 
 from ..config import CoordinatorConfig
 from ..errors import EdgecollabError
-from ..planner import Measurement
+from ..planner import Measurement, ProfileCache
 from ..protocol import ShardResult
 from ..protocol.messages import Message
-from .events import Event, ProfileAnswer, ProfileShardWanted
+from .events import Event, NodeProfiled, NodeRegistered, ProfileAnswer, ProfileShardWanted
+from .peers import WorkerLink
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +38,41 @@ class NodeGone(EdgecollabError):
 
 
 class Profiler:
-    def __init__(self, settings: CoordinatorConfig, feed: Callable[[Event], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        settings: CoordinatorConfig,
+        feed: Callable[[Event], Awaitable[None]],
+        spawn: Callable[[Any], None],
+        cache: ProfileCache,
+        inputs_of: dict[str, tuple[tuple[int, ...], np.dtype[Any]]],
+        is_current: Callable[[WorkerLink], bool],
+    ) -> None:
         self.settings = settings
         self._feed = feed
+        self._spawn = spawn
+        self.cache = cache  # profiles by node and worker fingerprint: a restarted board is not profiled again
+        self.inputs_of = inputs_of  # variant -> the (shape, dtype) of its task's inputs
+        self._is_current = is_current
         self._waiting: dict[int, asyncio.Future[Message]] = {}  # profiling shard number -> its answer
         self._numbers = 0
+
+    async def registered(self, link: WorkerLink) -> None:
+        """A worker registered: tell the core, then its profile from the cache, or profile it."""
+        cached = self.cache.load(link.name, link.fingerprint)
+        log.info("coordinator: node %s registered (%s)", link.name, "profile cached" if cached else "profiling")
+        await self._feed(NodeRegistered(link.name, tuple(link.variants), time.monotonic()))
+        if cached is None:
+            self._spawn(self._profile_and_tell(link))
+        else:
+            await self._feed(NodeProfiled(link.name, cached, time.monotonic()))
+
+    async def _profile_and_tell(self, link: WorkerLink) -> None:
+        variants = [v for v in link.variants if v in self.inputs_of]
+        measurements = await self.profile(link.name, variants, self.inputs_of)
+        if measurements is not None and self._is_current(link):
+            self.cache.store(link.name, link.fingerprint, measurements)
+            log.info("coordinator: node %s profiled (%d variants)", link.name, len(measurements))
+            await self._feed(NodeProfiled(link.name, measurements, time.monotonic()))
 
     def answer(self, answer: ProfileAnswer) -> None:
         waiter = self._waiting.pop(answer.number, None)

@@ -22,11 +22,10 @@ from typing import Any
 import numpy as np
 import zmq.asyncio
 from prometheus_client import start_http_server
-from zmq.auth.asyncio import AsyncioAuthenticator
 
 from .. import transport
 from ..config import ClusterConfig
-from ..errors import ConfigError, EdgecollabError
+from ..errors import EdgecollabError
 from ..metrics import registry_for
 from ..planner import ExplorationTable, ProfileCache
 from ..planner.joint import plan_jointly
@@ -46,7 +45,6 @@ from ..protocol import (
     decode,
 )
 from ..protocol.messages import Message
-from ..security import authorized_keys, server_curve
 from ..zoo import load_manifest
 from .dispatch import DispatchCore
 from .events import (
@@ -56,8 +54,6 @@ from .events import (
     FailRequest,
     FramesArrived,
     Instruction,
-    NodeProfiled,
-    NodeRegistered,
     PlanSolved,
     ProfileAnswer,
     Replan,
@@ -76,7 +72,7 @@ from .events import (
     WakeAt,
 )
 from .ownership import principal
-from .peers import Peers, WorkerLink
+from .peers import Peers
 from .profiling import Profiler
 from .queries import Queries
 
@@ -105,18 +101,18 @@ class Coordinator:
         table = ExplorationTable(accuracy)
         table.link_seconds.update(config.link_seconds_per_input(tasks[0].bytes_per_input))
         table.input_scale.update({v: t.bytes_per_input / tasks[0].bytes_per_input for t in tasks for v in ids[t.name]})
-        # What a profiling shard of each variant holds: inputs of its own task.
-        self._inputs_of = {v: (t.input_shape, np.dtype(t.input_dtype)) for t in tasks for v in ids[t.name]}
         served = [
             ServedTask(t.name, t.input_shape, np.dtype(t.input_dtype), t.quality, frozenset(ids[t.name])) for t in tasks
         ]
         self.core = DispatchCore(self.settings, [n.name for n in config.nodes], table, served)
         self.shell_counters: Counter[str] = Counter()  # what the shell sees: malformed messages, peers cut off, ...
-        self.cache = ProfileCache(config.resolve(self.settings.profile_cache))
         self._solver = ThreadPoolExecutor(1, thread_name_prefix="edgecollab-solver")  # HiGHS releases the GIL
         self.peers = Peers(self.settings, [n.name for n in config.nodes], self._feed, self._spawn, self.shell_counters)
         self.peers.has_work_of = self.core.has_work_of
-        self.profiler = Profiler(self.settings, self._feed)
+        # What a profiling shard of each variant holds: inputs of its own task.
+        inputs_of = {v: (t.input_shape, np.dtype(t.input_dtype)) for t in tasks for v in ids[t.name]}
+        cache = ProfileCache(config.resolve(self.settings.profile_cache))
+        self.profiler = Profiler(self.settings, self._feed, self._spawn, cache, inputs_of, self.peers.is_current)
         self.queries = Queries(self.core, self.peers, self.shell_counters, self._solver)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stop = asyncio.Event()
@@ -149,21 +145,7 @@ class Coordinator:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         context = zmq.asyncio.Context()
-        authenticator = None
-        curve = server_curve(self.config)
-        keys = None
-        if curve is not None:
-            keys, allowed = curve
-            self.peers.key_owner = {k.decode(): name for k, name in authorized_keys(allowed).items()}
-            unknown = sorted(set(self.config.security.operators) - set(self.peers.key_owner.values()))
-            if unknown:
-                raise ConfigError(
-                    f"[security] operators {', '.join(unknown)}: no such certificate in {allowed}"
-                    f" (it holds {', '.join(sorted(self.peers.key_owner.values()))})"
-                )
-            authenticator = AsyncioAuthenticator(context)
-            authenticator.start()
-            authenticator.configure_curve(domain="*", location=str(allowed))
+        keys, authenticator = self.peers.start_curve(context, self.config)
         workers_sock = transport.router(context, self.workers_endpoint, keys)
         # A client's own queue in ZeroMQ; past it, its messages wait in the peers' outbox, bounded too.
         hwm = self.settings.client_queue_messages
@@ -344,7 +326,7 @@ class Coordinator:
         if isinstance(message, Hello):
             link = await self.peers.register(identity, message, user_id)
             if link is not None:
-                await self._registered(link)
+                await self.profiler.registered(link)
             return
         link = self.peers.worker(identity)
         if link is None:
@@ -360,23 +342,6 @@ class Coordinator:
         elif not isinstance(message, Heartbeat | Error):
             self.shell_counters["protocol_errors"] += 1
             await self.peers.send_worker(identity, Error("protocol", f"a worker may not send {message.kind}"))
-
-    async def _registered(self, link: WorkerLink) -> None:
-        cached = self.cache.load(link.name, link.fingerprint)
-        log.info("coordinator: node %s registered (%s)", link.name, "profile cached" if cached else "profiling")
-        await self._feed(NodeRegistered(link.name, tuple(link.variants), time.monotonic()))
-        if cached is None:
-            self._spawn(self._profile(link))
-        else:
-            await self._feed(NodeProfiled(link.name, cached, time.monotonic()))
-
-    async def _profile(self, link: WorkerLink) -> None:
-        variants = [v for v in link.variants if v in self._inputs_of]
-        measurements = await self.profiler.profile(link.name, variants, self._inputs_of)
-        if measurements is not None and self.peers.is_current(link):
-            self.cache.store(link.name, link.fingerprint, measurements)
-            log.info("coordinator: node %s profiled (%d variants)", link.name, len(measurements))
-            await self._feed(NodeProfiled(link.name, measurements, time.monotonic()))
 
     async def _on_client(self, identity: bytes, message: Message, user_id: str | None) -> None:
         # With CURVE a client is its key (every connection with it); without, its connection.
