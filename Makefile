@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-test
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: test run lint models bench bench-runtime bench-network bench-peers clean
+.PHONY: test run lint models bench bench-runtime bench-network bench-peers bench-all bench-render clean
 
 $(STAMP): pyproject.toml
 	@$(BIN)/python -c '' 2>/dev/null || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
@@ -65,6 +65,19 @@ bench-peers:
 	$(PEERS)/bin/python benchmarks/peers.py
 	$(PEERS)/bin/python benchmarks/peers.py --closed-loop
 	$(PEERS)/bin/python benchmarks/peers.py --cameras 8,16,32,48
+
+# Every benchmark the README and docs/benchmarks.md quote, one after another, then the docs' tables
+# rendered from what they wrote (about 75 minutes on the development machine; network needs root).
+bench-all: bench bench-runtime bench-network
+	$(BIN)/python benchmarks/policies.py --task fashion-detect
+	$(BIN)/python benchmarks/applications.py
+	$(MAKE) bench-peers
+	$(BIN)/python benchmarks/chaos.py
+	$(MAKE) bench-render
+
+# Rewrite the figures in README.md and docs/benchmarks.md from benchmarks/results/ (tests check they agree).
+bench-render: $(STAMP)
+	$(BIN)/python benchmarks/render.py
 
 clean:
 	rm -rf $(VENV) $(PEERS) .pytest_cache .mypy_cache .ruff_cache
