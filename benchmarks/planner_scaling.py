@@ -9,14 +9,19 @@ profiling shard size, each board a few per cent off its kind (no two are identic
 D demands: requests with targets on both tasks, a pool of camera streams (latency-bound) per
 eight demands, and the pooled small requests, with targets summing to half of what the
 cluster's fastest plan could give. Medians of ``--repeats`` solves, 4 to 128 nodes × 1 to 64
-demands. Writes benchmarks/results/planner_scaling.json (+ .png).
+demands. Each cell runs in a process of its own, bounded to CELL_MEMORY_GIB of memory and
+CELL_TIMEOUT_S: a cell past either is recorded as such, not left out. Writes
+benchmarks/results/planner_scaling.json (+ .png).
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
+import resource
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +41,8 @@ NODES = (4, 8, 16, 32, 64, 128)
 DEMANDS = (1, 4, 16, 64)
 SHARD = 32
 LATENCY_BATCHES = (1, 4, 16)
+CELL_MEMORY_GIB = 8
+CELL_TIMEOUT_S = 60
 
 
 def real_table(config_path: Path, nodes: int, seed: int) -> tuple[ExplorationTable, dict[str, frozenset[str]]]:
@@ -77,37 +84,80 @@ def workload(table: ExplorationTable, tasks: dict[str, frozenset[str]], count: i
     return demands
 
 
+def cell(config: Path, nodes: int, count: int, repeats: int) -> dict[str, Any]:
+    table, tasks = real_table(config, nodes, seed=nodes)
+    demands = workload(table, tasks, count)
+    timings, plan = [], None
+    for _ in range(repeats):
+        started = time.perf_counter()
+        plan = plan_jointly(table, demands, table.nodes())
+        timings.append(time.perf_counter() - started)
+    assert plan is not None
+    return {
+        "nodes": nodes,
+        "variants": len(table.accuracy),
+        "demands": count,
+        "solve_ms": statistics.median(timings) * 1e3,
+        "max_solve_ms": max(timings) * 1e3,
+        "loss_to_bound_points": plan.loss_to_bound * 100,
+        "feasible": all(d.feasible for d in plan.demands.values()),
+    }
+
+
+def bounded_cell(config: Path, nodes: int, count: int, repeats: int) -> dict[str, Any]:
+    """One cell in a child process with bounded memory and time; what stopped it, if something did."""
+
+    def limit() -> None:
+        size = CELL_MEMORY_GIB * 2**30
+        resource.setrlimit(resource.RLIMIT_AS, (size, size))
+
+    command = [
+        sys.executable,
+        __file__,
+        "--config",
+        str(config),
+        "--repeats",
+        str(repeats),
+        "--cell",
+        f"{nodes},{count}",
+    ]
+    try:
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=CELL_TIMEOUT_S, preexec_fn=limit, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return {"nodes": nodes, "demands": count, "stopped": f"not solved {repeats} times within {CELL_TIMEOUT_S} s"}
+    if done.returncode != 0:
+        why = "out of memory" if "MemoryError" in done.stderr or done.returncode < 0 else done.stderr.strip()[-200:]
+        return {"nodes": nodes, "demands": count, "stopped": f"{why} (limit {CELL_MEMORY_GIB} GiB)"}
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=Path("cluster.toml"))
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cell", help=argparse.SUPPRESS)  # NODES,DEMANDS: one cell, as JSON on stdout
     args = parser.parse_args()
+    if args.cell:
+        nodes, count = (int(x) for x in args.cell.split(","))
+        print(json.dumps(cell(args.config, nodes, count, args.repeats)))
+        return 0
     rows = []
     for nodes, count in itertools.product(NODES, DEMANDS):
-        table, tasks = real_table(args.config, nodes, seed=nodes)
-        demands = workload(table, tasks, count)
-        timings, plan = [], None
-        for _ in range(args.repeats):
-            started = time.perf_counter()
-            plan = plan_jointly(table, demands, table.nodes())
-            timings.append(time.perf_counter() - started)
-        assert plan is not None
-        row = {
-            "nodes": nodes,
-            "variants": len(table.accuracy),
-            "demands": count,
-            "solve_ms": statistics.median(timings) * 1e3,
-            "max_solve_ms": max(timings) * 1e3,
-            "loss_to_bound_points": plan.loss_to_bound * 100,
-            "feasible": all(d.feasible for d in plan.demands.values()),
-        }
+        row = bounded_cell(args.config, nodes, count, args.repeats)
         rows.append(row)
+        if "stopped" in row:
+            print(f"{nodes:>4} nodes x {count:>3} demands: stopped: {row['stopped']}", file=sys.stderr)
+            continue
         print(
             f"{nodes:>4} nodes x {count:>3} demands: {row['solve_ms']:8.1f} ms (max {row['max_solve_ms']:.1f}), "
             f"{row['loss_to_bound_points']:.3f} points from the LP bound, feasible {row['feasible']}",
             file=sys.stderr,
         )
-    out = {**run_info(), "repeats": args.repeats, "shard": SHARD, "rows": rows}
+    out = {**run_info(), "repeats": args.repeats, "shard": SHARD, "cell_memory_gib": CELL_MEMORY_GIB,
+           "cell_timeout_s": CELL_TIMEOUT_S, "rows": rows}  # fmt: skip
     write_results(RESULTS / "planner_scaling.json", out, lambda png: _plot(rows, png))
     return 0
 
@@ -116,7 +166,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for count in DEMANDS:
-        sub = [r for r in rows if r["demands"] == count]
+        sub = [r for r in rows if r["demands"] == count and "stopped" not in r]
         ax.plot([r["nodes"] for r in sub], [r["solve_ms"] for r in sub], "o-", label=f"{count} demands")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")

@@ -1,0 +1,490 @@
+"""The figures of README.md and docs/benchmarks.md, rendered from the results files.
+
+    .venv/bin/python benchmarks/render.py           # rewrite every block in place
+    .venv/bin/python benchmarks/render.py --check   # exit 1 if a block differs from what the results say
+
+Each figure the docs quote sits between ``<!-- figures:NAME -->`` and ``<!-- /figures -->``;
+the block is what ``BLOCKS[NAME]`` renders from ``benchmarks/results/``, with the commit and
+date of the run beside it. tests/test_figures.py fails when a block is not what this renders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DOCS = (ROOT / "README.md", ROOT / "docs" / "benchmarks.md")
+BLOCK = re.compile(r"(<!-- figures:([a-z_-]+) -->\n)(.*?)(<!-- /figures -->)", re.S)
+
+
+def load(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((RESULTS / f"{name}.json").read_text())
+    return data
+
+
+def ran(*names: str) -> str:
+    """Where figures come from: each file's commit (short) and date."""
+    parts = []
+    for name in names:
+        d = load(name)
+        modified = " (tree modified)" if d.get("code_modified") else ""
+        parts.append(f"`{name}.json`: commit {d['commit'][:7]}{modified}, {d['date'][:10]}")
+    return "*From " + "; ".join(parts) + ".*"
+
+
+def n(value: float, digits: int = 0) -> str:
+    return f"{value:,.{digits}f}"
+
+
+def pct(value: float, digits: int = 2) -> str:
+    return f"{value * 100:.{digits}f} %"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+# --- the blocks --------------------------------------------------------------------------------
+def headline() -> str:
+    pol, det, peers = load("policies"), load("policies-fashion-detect"), load("peers")
+    eff, streams = load("efficiency"), load("streams")
+    feasible = pol["feasible_requests"]
+    met = {p: sum(r["met"] for r in pol["policies"][p]["requests"][:feasible]) for p in pol["policies"]}
+    g = pol["feasible_gains"]
+    systems = {s["system"]: s for s in peers["systems"]}
+    ec = systems["edgecollab"]
+    vs = [
+        f"{s['ratio_to_edgecollab']['throughput'] and 1 / s['ratio_to_edgecollab']['throughput']:.1f}× "
+        f"{name} ({n(s['achieved_ips'])} inf/s, targets met {s['targets_met']}/{len(peers['workload'])})"
+        for name, s in systems.items()
+        if name != "edgecollab"
+    ]
+    big = [r for r in eff["summary"] if r["inputs"] >= 10_000]
+    det_gain = det["adaptive_gains"]["uniform"]["expected_accuracy_gain_points_feasible"]
+    total = streams["run"]["total"]
+    spec = streams["run"]["spec"]
+    return (
+        f"On the paper's testbed, emulated here, `adaptive` met {met['adaptive']} of the {feasible} requests "
+        f"some plan can meet, against {met['proportional']} for `proportional` and {met['equal']} for `equal`, "
+        f"at {g['proportional']['throughput_ratio']:.1f}× and {g['equal']['throughput_ratio']:.1f}× their mean "
+        f"throughput over those requests; on the detection ladder, whose rungs are far apart, its plans are "
+        f"{det_gain:+.1f} points of mAP above one variant for the whole cluster (expected, over the feasible "
+        f"requests; per request in docs/benchmarks.md). On the default workload it delivered "
+        f"{n(ec['achieved_ips'])} inf/s (targets met {ec['targets_met']}/{len(peers['workload'])}), "
+        + ", ".join(vs)
+        + f", in one run. Requests of 10,000 inputs and more reach {min(r['efficiency'] for r in big):.2f}–"
+        f"{max(r['efficiency'] for r in big):.2f} of the physical limit. {spec['sources']} cameras at "
+        f"{spec['fps']:g} fps for {spec['duration_s']:g} s: {n(total['results'])} of {n(total['frames'])} frames "
+        f"answered, worst-source p99 {total['worst_source_p99_ms']:.1f} ms. All on emulated boards sharing "
+        f"this machine's two cores; caveats beside each figure in docs/benchmarks.md.\n\n"
+        + ran("policies", "policies-fashion-detect", "peers", "efficiency", "streams")
+    )
+
+
+def efficiency() -> str:
+    d = load("efficiency")
+    rows = [
+        [
+            "no target (every board on its most accurate variant)"
+            if r["workload"] == "accurate"
+            else "target 8,000 inf/s",
+            n(r["inputs"]),
+            n(r["ideal_ips"]),
+            n(r["achieved_ips"]),
+            f"{r['efficiency']:.2f}",
+            f"{r['startup']:.2f}",
+            f"{r['tail']:.2f}",
+            f"{r['transfer_and_overhead']:.2f}",
+        ]  # fmt: skip
+        for r in d["summary"]
+    ]
+    header = [
+        "workload",
+        "inputs",
+        "ideal inf/s",
+        "achieved inf/s",
+        "efficiency",
+        "start-up",
+        "tail",
+        "transfer + overhead",
+    ]
+    return table(header, rows) + f"\n\nMedians of {d['repeats']} requests each. " + ran("efficiency")
+
+
+def overhead() -> str:
+    d = load("overhead")
+    rows = [
+        [
+            str(r["shard_size"]),
+            n(r["shards_per_s"]),
+            n(r["inputs_per_s"]),
+            f"{r['coordinator_cpu_us_per_shard']:.0f} µs",
+            f"{r['coordinator_cpu_us_per_input']:.1f} µs",
+        ]  # fmt: skip
+        for r in d["rows"]
+    ]
+    one = next(r["one_input_requests"] for r in d["rows"] if "one_input_requests" in r)
+    text = table(["shard size", "shard round trips/s", "inputs/s", "coordinator CPU per shard", "per input"], rows)
+    text += (
+        f"\n\nOne-input requests one after another ({one['requests']}): {n(one['requests_per_s'])} requests/s, "
+        f"round trip p50 {one['latency_ms_p50']:.2f} ms, p99 {one['latency_ms_p99']:.2f} ms, "
+        f"{one['coordinator_cpu_us_per_request'] / 1e3:.2f} ms of coordinator CPU each, "
+        f"{one['solves_per_request']:.4f} joint-plan solves per request. CPU seconds follow the host's speed: "
+        "compare figures of one run only. " + ran("overhead")
+    )
+    return text
+
+
+def peers() -> str:
+    d = load("peers")
+    systems = d["systems"]
+    rows = [
+        [
+            f"**{s['system']}**" if s["system"] == "edgecollab" else s["system"],
+            n(s["achieved_ips"]),
+            f"{s['ratio_to_edgecollab']['throughput']:.2f}",
+            pct(s["accuracy"]),
+            f"{s['targets_met']}/{len(d['workload'])}",
+            f"{s['one_input_latency_ms_p50']:.1f} ms",
+        ]  # fmt: skip
+        for s in systems
+    ]
+    text = table(
+        ["system", "throughput (inf/s)", "ratio", "accuracy", "targets met", "one-input round trip (p50)"], rows
+    )
+    header = ["request"] + [s["system"] for s in systems]
+    per = []
+    for i, w in enumerate(d["workload"]):
+        cells = [f"{n(w['inputs'])} @ {n(w['target_ips'])}"]
+        for s in systems:
+            r = s["requests"][i]
+            cells.append(f"{n(r['achieved_ips'])} {'✓' if r['met'] else '✗'} (`{r.get('variant', '')}`)")
+        per.append(cells)
+    skipped = "".join(f" {k} was skipped: {v}." for k, v in d.get("skipped", {}).items())
+    return text + "\n\n" + table(header, per) + "\n\n" + ran("peers") + skipped
+
+
+def peers_closed_loop() -> str:
+    d = load("peers_closed_loop")
+    systems = d["systems"]
+    names = list(systems)
+    batches = [r["batch"] for r in systems[names[0]]]
+    rows = []
+    for i, b in enumerate(batches):
+        cells = [str(b)]
+        for name in names:
+            r = systems[name][i]
+            value = (
+                f"{n(r['requests_per_s'])} req/s, p50 {r['p50_ms']:.1f} ms"
+                if b == 1
+                else f"{n(r['inputs_per_s'])} inputs/s"
+            )
+            cells.append(value)
+        rows.append(cells)
+    rows.append(
+        ["machine CPU ms per batch-1 request", *[f"{systems[m][0]['machine_cpu_ms_per_request']:.2f}" for m in names]]
+    )
+    load_ = d["load"]
+    caption = (
+        f"\n\n`{load_['variant']}`, {load_['workers']} un-emulated workers, {load_['in_flight']} requests in flight, "
+        f"{load_['duration_s']:g} s per batch size. "
+    )
+    return table(["batch", *names], rows) + caption + ran("peers_closed_loop")
+
+
+def peers_cameras() -> str:
+    d = load("peers_cameras")
+    systems = d["systems"]
+    names = list(systems)
+    counts = sorted({r["sources"] for rows in systems.values() for r in rows})
+    rows = []
+    for c in counts:
+        cells = [str(c)]
+        for name in names:
+            r = next((r for r in systems[name] if r["sources"] == c), None)
+            cells.append(
+                "not run (past the bound before)" if r is None else f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f} ms"
+            )
+        rows.append(cells)
+    largest = ", ".join(f"{k} {v if v is not None else 'none'}" for k, v in d["largest_within_100ms"].items())
+    return (
+        table(["30 fps cameras", *[f"{m} p50 / p99" for m in names]], rows)
+        + f"\n\nLargest count within a 100 ms p99: {largest}. "
+        + ran("peers_cameras")
+    )
+
+
+def planner_scaling() -> str:
+    d = load("planner_scaling")
+    demands = sorted({r["demands"] for r in d["rows"]})
+    nodes = sorted({r["nodes"] for r in d["rows"]})
+    variants = next(r["variants"] for r in d["rows"] if "variants" in r)
+    rows = []
+    for k in nodes:
+        cells = [f"{k} × {variants}"]
+        for m in demands:
+            r = next(r for r in d["rows"] if r["nodes"] == k and r["demands"] == m)
+            if "stopped" in r:
+                cells.append(f"stopped: {r['stopped']}")
+                continue
+            mark = "" if r["feasible"] else " (infeasible)"
+            cells.append(f"{r['solve_ms']:,.0f} ms, {r['loss_to_bound_points']:.3f}{mark}")
+        rows.append(cells)
+    worst = max(r["loss_to_bound_points"] for r in d["rows"] if "stopped" not in r)
+    return (
+        table(["nodes × variants", *[f"{m} demand{'s' if m > 1 else ''}" for m in demands]], rows)
+        + f"\n\nEach cell: median solve of {d['repeats']}, then points of accuracy below the LP bound (at most "
+        f"{worst:.3f} here). " + ran("planner_scaling")
+    )
+
+
+def adaptation() -> str:
+    d = load("adaptation")
+    names = {("slow", True): "slow to 1/3, adaptive", ("slow", False): "slow to 1/3, stale plan (no re-plan, no steal)",
+             ("vanish", True): "vanish, adaptive", ("vanish", False): "vanish, stale plan"}  # fmt: skip
+    rows = [
+        [
+            names.get((r["scenario"], r["adaptation"]), r["scenario"]),
+            f"{n(r['achieved_ips'])} ({'met' if r['met'] else 'missed'})",
+            "—" if r.get("reaction_s") is None else f"{r['reaction_s']:.2f} s",
+            f"{r['seconds_below_target_after_event']:.1f} s",
+            f"{r['replans']} / {r['steals']} / {r['retries']}",
+            str(r["inputs_lost"]),
+        ]  # fmt: skip
+        for r in d["rows"]
+    ]
+    target = d["rows"][0]["target_ips"]
+    header = [f"scenario (target {n(target)} inf/s)", "achieved inf/s", "reaction after the event",
+              "time under target after it", "re-plans / steals / retries", "inputs lost"]  # fmt: skip
+    return table(header, rows) + "\n\n" + ran("adaptation")
+
+
+def network() -> str:
+    d = load("network")
+    small = d["small_summary"]
+    rows = []
+    for workload in dict.fromkeys(r["workload"] for r in small):
+        loop = next(r for r in small if r["workload"] == workload and r["placement"] == "loopback")
+        shaped = next(r for r in small if r["workload"] == workload and r["placement"] != "loopback")
+        rows.append(
+            [
+                workload,
+                n(loop["achieved_ips"]),
+                n(shaped["achieved_ips"]),
+                f"{shaped['achieved_ips'] / loop['achieved_ips']:.2f}",
+            ]
+        )
+    text = table(["small inputs: workload", "loopback inf/s", "shaped links inf/s", "ratio"], rows)
+    large = d["large_summary"]
+    workloads = list(dict.fromkeys(r["workload"] for r in large))
+    rows = []
+    for scenario in dict.fromkeys(r["scenario"] for r in large):
+        cells = [scenario]
+        for w in workloads:
+            r = next(r for r in large if r["scenario"] == scenario and r["workload"] == w)
+            cells.append(f"{n(r['achieved_ips'])} inf/s, {pct(r['accuracy'])}, met {r['met']}/{r['requests']}")
+        rows.append(cells)
+    text += "\n\n" + table(["large inputs (224×224): scenario", *workloads], rows)
+    return text + f"\n\nShaping: {d['network']['shaping']}. " + ran("network")
+
+
+def tenants() -> str:
+    d = load("tenants")
+    s = d["small_requests"]
+    text = (
+        f"{s['sources']} sources × {s['rate_per_source']:g} one-input requests/s for {s['duration_s']:g} s: "
+        f"{n(s['served'])} of {n(s['sent'])} served, {s['busy']} `busy`, {s['nodes_lost']} boards lost, round trip "
+        f"p50 {s['round_trip_ms_p50']:.1f} ms, p99 {s['round_trip_ms_p99']:.1f} ms (max {s['round_trip_ms_max']:.1f}), "
+        f"{s['solves']} joint-plan solves ({s['solves_per_request']:.4f} per request), "
+        f"{s['coordinator_cpu_ms_per_request']:.2f} ms of coordinator CPU per request.\n\n"
+    )
+    labels = {
+        "tight_alone": "tight, alone",
+        "tight_together": "tight, with the loose one",
+        "loose_together": "loose, with the tight one",
+    }
+    rows = [
+        [
+            labels[k],
+            f"{n(r['achieved_ips'])} inf/s",
+            n(r["target_ips"]),
+            "yes" if r["met"] else "no",
+            pct(r["expected_accuracy"]),
+        ]
+        for k, r in d["joint"].items()
+        if k in labels
+    ]
+    text += table(["", "achieved", "target", "met", "expected accuracy"], rows)
+    change = d["joint"]["accuracy_change_points"]
+    return text + f"\n\nThe tight request's accuracy beside the loose one: {change:+.2f} points. " + ran("tenants")
+
+
+def streams() -> str:
+    d = load("streams")
+    t, spec = d["run"]["total"], d["run"]["spec"]
+    mix = ", ".join(
+        f"`{v}` {c / t['results'] * 100:.0f} %" for v, c in sorted(t["variants"].items(), key=lambda kv: -kv[1])
+    )
+    text = (
+        f"**{spec['sources']} cameras × {spec['fps']:g} fps for {spec['duration_s']:g} s: {n(t['results'])} of "
+        f"{n(t['frames'])} frames answered, {t['dropped']} dropped, p50 {t['p50_ms']:.1f} ms, p99 {t['p99_ms']:.1f} ms, "
+        f"worst source p99 {t['worst_source_p99_ms']:.1f} ms**, accuracy {pct(t['accuracy'])} ({mix}), "
+        f"{t['solves']} solves, {t['frames_per_batch']:.1f} frames per micro-batch, "
+        f"{t['coordinator_cpu_ms_per_frame']:.2f} ms of coordinator CPU per frame.\n\n"
+    )
+    rows = [
+        [
+            str(r["sources"]),
+            f"{r['p50_ms']:.1f} ms",
+            f"{r['p99_ms']:.1f} ms",
+            f"{r['worst_source_p99_ms']:.1f} ms",
+            pct(r["accuracy"]),
+            f"{n(r['results'])} / {n(r['frames'])}",
+            f"{r['frames_per_batch']:.1f}",
+            f"{r['coordinator_cpu_ms_per_frame']:.2f} ms",
+        ]  # fmt: skip
+        for r in d["sweep"]
+    ]
+    header = [
+        "30 fps cameras",
+        "p50",
+        "p99",
+        "worst source p99",
+        "accuracy",
+        "answered",
+        "frames per batch",
+        "coordinator CPU per frame",
+    ]
+    largest = d["largest_sources_within_100ms"]
+    return (
+        text
+        + table(header, rows)
+        + f"\n\nLargest count within 100 ms p99, every frame answered: {largest}. "
+        + ran("streams")
+    )
+
+
+def applications() -> str:
+    d = load("applications")
+    rows = []
+    for phase, requests in d["phases"].items():
+        for i, r in enumerate(requests):
+            quality = "top-1" if r["task"] == "fashion-mnist" else "mAP@0.5"
+            variants = ", ".join(f"`{v}` {n(c)}" for v, c in sorted(r["variants"].items(), key=lambda kv: -kv[1]))
+            rows.append([phase if i == 0 else "", r["task"], n(r["target_ips"]), n(r["achieved_ips"]), "✓" if r["met"] else "✗",
+                         f"{pct(r['expected_quality'])} {quality}", pct(r["measured_quality"]), variants])  # fmt: skip
+    header = ["phase", "task", "target /s", "achieved /s", "met", "expected quality", "measured", "variants (inputs)"]
+    return table(header, rows) + "\n\n" + ran("applications")
+
+
+def policies_block(name: str) -> str:
+    d = load(name)
+    feasible = d["feasible_requests"]
+    unit = "inf/s" if d["task"] == "fashion-mnist" else "/s"
+    workload = d["workload"]
+    header = ["policy"] + [
+        f"{n(w['inputs'])} @ {n(w['target_ips'])}{'' if i < feasible else ' (no plan can)'}"
+        for i, w in enumerate(workload)
+    ]
+    rows = []
+    for policy, result in d["policies"].items():
+        cells = [f"`{policy}`"]
+        for r in result["requests"]:
+            cells.append(f"{n(r['achieved_ips'])} {unit}, {pct(r['accuracy'])} {'✓' if r['met'] else '✗'}")
+        rows.append(cells)
+    text = table(header, rows) + "\n\n"
+    gains = d["feasible_gains"]
+    rows = []
+    for policy, result in d["policies"].items():
+        s = result["summary"]
+        g = gains[policy]
+        rows.append([
+            f"`{policy}`", f"{g['targets_met']}/{feasible}", f"{g['throughput_ratio']:.2f}×",
+            pct(s["mean_accuracy_feasible"]), pct(s["mean_expected_accuracy_feasible"]),
+        ])  # fmt: skip
+    quality = "accuracy" if d["task"] == "fashion-mnist" else "mAP"
+    text += table(
+        ["policy", "targets met (feasible)", "adaptive's throughput ÷ this one's (feasible)",
+         f"mean {quality} (feasible, measured)", f"expected {quality} (feasible)"], rows,
+    )  # fmt: skip
+    # Per request: adaptive's expected quality minus uniform's, so a mean carried by one request shows.
+    uniform = d["policies"]["uniform"]["requests"]
+    adaptive = d["policies"]["adaptive"]["requests"]
+    diffs = [
+        (a["expected_accuracy"] - u["expected_accuracy"]) * 100
+        for a, u in zip(adaptive[:feasible], uniform[:feasible], strict=True)
+    ]
+    text += (
+        f"\n\nExpected {quality} of `adaptive` minus `uniform`, per feasible request: "
+        + ", ".join(f"{x:+.2f}" for x in diffs)
+        + f" points (mean {sum(diffs) / len(diffs):+.2f}). "
+        + ran(name)
+    )
+    return text
+
+
+def chaos() -> str:
+    d = load("chaos")
+    faults = ", ".join(f"{k} {v}" for k, v in d["faults"].items())
+    return (
+        f"{d['rounds']} rounds ({faults}): {d['inputs_lost']} inputs lost of {n(d['rounds'] * d['inputs_per_request'])}, "
+        f"{d['frames_lost']} frames lost of {n(d['frames'])}. " + ran("chaos")
+    )
+
+
+BLOCKS: dict[str, Callable[[], str]] = {
+    "headline": headline,
+    "efficiency": efficiency,
+    "overhead": overhead,
+    "peers": peers,
+    "peers_closed_loop": peers_closed_loop,
+    "peers_cameras": peers_cameras,
+    "planner_scaling": planner_scaling,
+    "adaptation": adaptation,
+    "network": network,
+    "tenants": tenants,
+    "streams": streams,
+    "applications": applications,
+    "policies": lambda: policies_block("policies"),
+    "policies-fashion-detect": lambda: policies_block("policies-fashion-detect"),
+    "chaos": chaos,
+}
+
+
+def render(text: str) -> str:
+    """``text`` with every figures block rendered anew."""
+    return BLOCK.sub(lambda m: m.group(1) + BLOCKS[m.group(2)]() + "\n" + m.group(4), text)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 when a doc's figures are not what results say")
+    args = parser.parse_args()
+    stale = []
+    for path in DOCS:
+        text = path.read_text()
+        rendered = render(text)
+        if rendered != text:
+            stale.append(path)
+            if not args.check:
+                path.write_text(rendered)
+    if args.check and stale:
+        print(
+            "stale figures in " + ", ".join(str(p.relative_to(ROOT)) for p in stale) + ": run benchmarks/render.py",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
