@@ -33,7 +33,8 @@ def run_info() -> dict[str, Any]:
         return done.stdout.strip()
 
     # Only the code counts: results and docs change after a run without changing what ran.
-    dirty = git("status", "--porcelain", "--", "edgecollab", "benchmarks/*.py", "models", "cluster.toml")
+    code = ("edgecollab", "benchmarks/*.py", ":(exclude)benchmarks/render.py", "models", "cluster.toml")
+    dirty = git("status", "--porcelain", "--", *code)
     return {
         "commit": git("rev-parse", "HEAD") or "unknown",
         "code_modified": bool(dirty),

@@ -104,7 +104,7 @@ def efficiency() -> str:
             f"{r['startup']:.2f}",
             f"{r['tail']:.2f}",
             f"{r['transfer_and_overhead']:.2f}",
-        ]  # fmt: skip
+        ]
         for r in d["summary"]
     ]
     header = [
@@ -129,7 +129,7 @@ def overhead() -> str:
             n(r["inputs_per_s"]),
             f"{r['coordinator_cpu_us_per_shard']:.0f} µs",
             f"{r['coordinator_cpu_us_per_input']:.1f} µs",
-        ]  # fmt: skip
+        ]
         for r in d["rows"]
     ]
     one = next(r["one_input_requests"] for r in d["rows"] if "one_input_requests" in r)
@@ -155,7 +155,7 @@ def peers() -> str:
             pct(s["accuracy"]),
             f"{s['targets_met']}/{len(d['workload'])}",
             f"{s['one_input_latency_ms_p50']:.1f} ms",
-        ]  # fmt: skip
+        ]
         for s in systems
     ]
     text = table(
@@ -259,7 +259,7 @@ def adaptation() -> str:
             f"{r['seconds_below_target_after_event']:.1f} s",
             f"{r['replans']} / {r['steals']} / {r['retries']}",
             str(r["inputs_lost"]),
-        ]  # fmt: skip
+        ]
         for r in d["rows"]
     ]
     target = d["rows"][0]["target_ips"]
@@ -336,7 +336,8 @@ def streams() -> str:
     )
     text = (
         f"**{spec['sources']} cameras × {spec['fps']:g} fps for {spec['duration_s']:g} s: {n(t['results'])} of "
-        f"{n(t['frames'])} frames answered, {t['dropped']} dropped, p50 {t['p50_ms']:.1f} ms, p99 {t['p99_ms']:.1f} ms, "
+        f"{n(t['frames'])} frames answered, {t['dropped']} dropped, p50 {t['p50_ms']:.1f} ms, "
+        f"p99 {t['p99_ms']:.1f} ms, "
         f"worst source p99 {t['worst_source_p99_ms']:.1f} ms**, accuracy {pct(t['accuracy'])} ({mix}), "
         f"{t['solves']} solves, {t['frames_per_batch']:.1f} frames per micro-batch, "
         f"{t['coordinator_cpu_ms_per_frame']:.2f} ms of coordinator CPU per frame.\n\n"
@@ -351,7 +352,7 @@ def streams() -> str:
             f"{n(r['results'])} / {n(r['frames'])}",
             f"{r['frames_per_batch']:.1f}",
             f"{r['coordinator_cpu_ms_per_frame']:.2f} ms",
-        ]  # fmt: skip
+        ]
         for r in d["sweep"]
     ]
     header = [
@@ -380,8 +381,10 @@ def applications() -> str:
         for i, r in enumerate(requests):
             quality = "top-1" if r["task"] == "fashion-mnist" else "mAP@0.5"
             variants = ", ".join(f"`{v}` {n(c)}" for v, c in sorted(r["variants"].items(), key=lambda kv: -kv[1]))
-            rows.append([phase if i == 0 else "", r["task"], n(r["target_ips"]), n(r["achieved_ips"]), "✓" if r["met"] else "✗",
-                         f"{pct(r['expected_quality'])} {quality}", pct(r["measured_quality"]), variants])  # fmt: skip
+            met = "✓" if r["met"] else "✗"
+            expected = f"{pct(r['expected_quality'])} {quality}"
+            cells = [phase if i == 0 else "", r["task"], n(r["target_ips"]), n(r["achieved_ips"]), met, expected]
+            rows.append([*cells, pct(r["measured_quality"]), variants])
     header = ["phase", "task", "target /s", "achieved /s", "met", "expected quality", "measured", "variants (inputs)"]
     return table(header, rows) + "\n\n" + ran("applications")
 
@@ -436,7 +439,8 @@ def chaos() -> str:
     d = load("chaos")
     faults = ", ".join(f"{k} {v}" for k, v in d["faults"].items())
     return (
-        f"{d['rounds']} rounds ({faults}): {d['inputs_lost']} inputs lost of {n(d['rounds'] * d['inputs_per_request'])}, "
+        f"{d['rounds']} rounds ({faults}): {d['inputs_lost']} inputs lost of "
+        f"{n(d['rounds'] * d['inputs_per_request'])}, "
         f"{d['frames_lost']} frames lost of {n(d['frames'])}. " + ran("chaos")
     )
 
