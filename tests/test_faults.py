@@ -93,9 +93,18 @@ def test_a_hung_board_is_declared_dead_and_its_late_replies_are_ignored(
     cluster: LocalCluster, test_set: LabelledSet
 ) -> None:
     inputs = test_set.inputs[np.random.default_rng(4).choice(len(test_set), 30000, replace=True)]
+    before = ask(cluster.clients_endpoint, "status")["counters"]
     result = infer_while(cluster, inputs, 0.5, lambda: cluster.signal_worker("rpi4", signal.SIGSTOP))
     assert np.array_equal(result.predictions, cnn16_predictions(inputs))
     assert result.report["retries"] > 0
+    # Declared dead by its missed heartbeats (a stopped process keeps its connection open), and the rest
+    # of its share was answered by the others.
+    after = ask(cluster.clients_endpoint, "status")["counters"]
+    assert after.get("nodes_lost", 0) == before.get("nodes_lost", 0) + 1
+    assert after.get("nodes_disconnected", 0) == before.get("nodes_disconnected", 0)
+    by_rpi4 = sum(a["inputs"] for a in result.report["assignment"] if a["node"] == "rpi4")
+    planned = sum(a["planned_inputs"] for a in result.report["assignment"] if a["node"] == "rpi4")
+    assert by_rpi4 < planned
     cluster.signal_worker("rpi4", signal.SIGCONT)  # its stale replies now arrive, and must change nothing
     again = infer(cluster.clients_endpoint, inputs[:500], policy="proportional")
     assert np.array_equal(again.predictions, cnn16_predictions(inputs[:500]))

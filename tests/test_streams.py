@@ -42,7 +42,7 @@ from edgecollab.planner import ExplorationTable, Measurement
 from edgecollab.planner.joint import Demand, plan_jointly
 from edgecollab.protocol import Answer, Cancel, FrameResults, Frames, ShardResult, StreamClose, StreamOpen
 
-from .cluster_helpers import edgecollab, write_cluster_config
+from .cluster_helpers import edgecollab, local_predictions, write_cluster_config
 from .core_helpers import ACCURACY, booked, core_with, cpu_like, sends, solve
 
 SHAPE = (1, 4, 4)
@@ -259,6 +259,8 @@ def test_a_cancelled_stream_is_forgotten_at_once_and_its_queued_frames_are_not_s
 
 
 def test_streams_on_a_real_cluster_answer_every_frame_once_in_send_order(cluster: LocalCluster) -> None:
+    answers: dict[int, list[Any]] = {}
+
     async def camera(client: Client, k: int) -> tuple[list[int], list[Any], dict[str, Any]]:
         images = np.random.default_rng(k).integers(0, 256, (60, *REAL_SHAPE)).astype(np.uint8)
         async with client.stream(60.0, max_latency_ms=200.0) as stream:
@@ -273,6 +275,7 @@ def test_streams_on_a_real_cluster_answer_every_frame_once_in_send_order(cluster
             sender = asyncio.create_task(send())
             results = [r async for r in stream]
             await sender
+        answers[k] = results
         return [r.seq for r in results], [r.id for r in results], stream.summary or {}
 
     async def cameras() -> list[tuple[list[int], list[Any], dict[str, Any]]]:
@@ -283,6 +286,12 @@ def test_streams_on_a_real_cluster_answer_every_frame_once_in_send_order(cluster
         assert seqs == list(range(60))  # every frame, once, in send order
         assert ids == [f"{k}-{j}" for j in range(60)]
         assert summary["frames"] == summary["results"] == 60 and summary["dropped"] == 0
+        # Each answer is what the variant its provenance names predicts for that frame, run here.
+        images = np.random.default_rng(k).integers(0, 256, (60, *REAL_SHAPE)).astype(np.uint8)
+        for variant in {r.variant for r in answers[k]}:
+            rows = [r.seq for r in answers[k] if r.variant == variant]
+            got = np.array([r.prediction for r in answers[k] if r.variant == variant])
+            assert np.array_equal(got, local_predictions(variant, images[rows])), variant
 
 
 def test_leaving_a_stream_by_an_exception_cancels_it(cluster: LocalCluster) -> None:
