@@ -76,9 +76,9 @@ def headline() -> str:
         f"On the paper's testbed, emulated here, `adaptive` met {met['adaptive']} of the {feasible} requests "
         f"some plan can meet, against {met['proportional']} for `proportional` and {met['equal']} for `equal`, "
         f"at {g['proportional']['throughput_ratio']:.1f}× and {g['equal']['throughput_ratio']:.1f}× their mean "
-        f"throughput over those requests; on the detection ladder, whose rungs are far apart, its plans are "
-        f"{det_gain:+.1f} points of mAP above one variant for the whole cluster (expected, over the feasible "
-        f"requests; per request in docs/benchmarks.md). On the default workload it delivered "
+        f"throughput over those requests. On the detection ladder, whose rungs are far apart, its plans' expected "
+        f"mAP is {det_gain:+.1f} points from one variant for the whole cluster (`uniform`), over the feasible "
+        f"requests — per request, and why, in docs/benchmarks.md. On the default workload it delivered "
         f"{n(ec['achieved_ips'])} inf/s (targets met {ec['targets_met']}/{len(peers['workload'])}), "
         + ", ".join(vs)
         + f", in one run. Requests of 10,000 inputs and more reach {min(r['efficiency'] for r in big):.2f}–"
