@@ -20,7 +20,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-DOCS = (ROOT / "README.md", ROOT / "docs" / "benchmarks.md")
+DOCS = (ROOT / "README.md", ROOT / "docs" / "benchmarks.md", ROOT / "docs" / "reliability.md")
 BLOCK = re.compile(r"(<!-- figures:([a-z_-]+) -->\n)(.*?)(<!-- /figures -->)", re.S)
 
 
