@@ -20,7 +20,7 @@ import numpy as np
 from ..config import CoordinatorConfig
 from ..planner import ExplorationTable
 from .batching import FrameBatch
-from .events import WorkId, WorkKind
+from .events import WorkId
 from .request_run import ShardTask
 
 log = logging.getLogger(__name__)
@@ -55,13 +55,13 @@ class SentShard:
 class SentPack:
     """Small requests sent together as one message; each member's slice of the answer is its own."""
 
-    members: list[tuple[str, ShardTask]]  # (request key, its shard), in the message's order
+    members: list[SentShard]  # each request's shard, in the message's order
     variant: str
     sent_at: float
 
     @property
     def size(self) -> int:
-        return sum(shard.size for _, shard in self.members)
+        return sum(member.size for member in self.members)
 
 
 @dataclass
@@ -127,9 +127,6 @@ class NodeHealth:
 
     def registered(self) -> set[str]:
         return set(self.nodes)
-
-    def unprofiled(self) -> bool:
-        return any(s.status is NodeStatus.PROFILING for s in self.nodes.values())
 
     def register(self, name: str, variants: tuple[str, ...]) -> NodeState:
         state = self.nodes[name] = NodeState(name, variants)
@@ -232,13 +229,3 @@ def result_problem(
             return f"output {name!r} is {tensor.dtype} {tensor.shape[1:]} where earlier shards gave " \
                 f"{known.dtype} {known.shape[1:]}"  # fmt: skip
     return None
-
-
-def kind_of(work: Work) -> WorkKind:
-    if isinstance(work, SentShard):
-        return WorkKind.SHARD
-    if isinstance(work, SentPack):
-        return WorkKind.PACK
-    if isinstance(work, FrameBatch):
-        return WorkKind.FRAMES
-    return WorkKind.PROFILE

@@ -123,7 +123,8 @@ class SmallRequests:
         for r, shard in pack:
             core.request_dispatch.hand_out(node, r, shard, now)
         work_id = WorkId(WorkKind.PACK, core.next_number())
-        node.in_flight[work_id] = SentPack([(r.key, shard) for r, shard in pack], variant, now)
+        members = [SentShard(r.key, shard, shard.attempt, variant, now) for r, shard in pack]
+        node.in_flight[work_id] = SentPack(members, variant, now)
         inputs = np.concatenate([r.submit.inputs[shard.start : shard.stop] for r, shard in pack])
         core.counters["small_packs"] += 1
         return [*out, SendShard(node.name, work_id.shard(variant, inputs, pack[0][0].outputs))]
@@ -134,11 +135,13 @@ class SmallRequests:
         """A pack came back: each request's slice is its own shard's answer. A malformed answer sends every
         request's shard again, and is one strike for the node however many requests it held."""
         core, out = self.core, list[Instruction]()
-        wanted = core.requests[pack.members[0][0]].outputs if pack.members[0][0] in core.requests else None
-        problem = result_problem(result.predictions, result.outputs, pack.size, wanted or "predictions")
+        first = core.requests.get(pack.members[0].request)
+        problem = result_problem(
+            result.predictions, result.outputs, pack.size, first.outputs if first else "predictions"
+        )
         start = 0
-        for key, shard in pack.members:
-            r, size = core.requests.get(key), shard.size
+        for work in pack.members:
+            r, size = core.requests.get(work.request), work.size
             part = slice(start, start + size)
             start += size
             if r is None or r.run is None:
@@ -146,9 +149,8 @@ class SmallRequests:
                 continue
             outputs = {name: tensor[part] for name, tensor in result.outputs.items()}
             mine = problem or result_problem(result.predictions[part], outputs, size, r.outputs, r.run.outputs)
-            work = SentShard(key, shard, shard.attempt, pack.variant, pack.sent_at)
             if mine is not None:
-                out += core.request_dispatch.requeue(r, shard, node.name)
+                out += core.request_dispatch.requeue(r, work.task, node.name)
                 problem = problem or mine
                 continue
             out += core.request_dispatch.take(node, r, work, result.predictions[part], outputs, result.busy_s, now)
@@ -157,15 +159,13 @@ class SmallRequests:
     def refused(self, node: str, pack: SentPack, error: Error) -> tuple[list[Instruction], bool]:
         """A node could not run a pack: as if it refused each request's shard; one strike for the pack."""
         out: list[Instruction] = []
-        for key, shard in pack.members:
-            more, _ = self.core.request_dispatch.refused(
-                node, SentShard(key, shard, shard.attempt, pack.variant, 0.0), error
-            )
+        for work in pack.members:
+            more, _ = self.core.request_dispatch.refused(node, work, error)
             out += more
         return out, bool(pack.members) and error.code not in NON_RETRYABLE
 
     def take_back(self, pack: SentPack, node: str) -> list[Instruction]:
         out: list[Instruction] = []
-        for key, shard in pack.members:
-            out += self.core.request_dispatch.take_back(SentShard(key, shard, shard.attempt, pack.variant, 0.0), node)
+        for work in pack.members:
+            out += self.core.request_dispatch.take_back(work, node)
         return out

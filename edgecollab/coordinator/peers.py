@@ -51,6 +51,7 @@ class Peers:
         feed: Callable[[Event], Awaitable[None]],
         spawn: Callable[[Any], None],
         counters: Any,
+        has_work_of: Callable[[bytes], bool],
     ) -> None:
         self.settings = settings
         self.configured = configured_nodes
@@ -63,7 +64,7 @@ class Peers:
         self._strikes: dict[bytes, int] = {}  # peer identity -> malformed messages it sent; offenders only
         self.cut_off: set[bytes] = set()  # identities whose messages are dropped
         self._client_backlog: dict[bytes, deque[list[Any]]] = {}  # slow clients' messages not yet taken
-        self.has_work_of: Callable[[bytes], bool] = lambda client: False  # set by the shell: the core's view
+        self.has_work_of = has_work_of  # the core's view: whether a client has a request or stream open
 
     def attach(
         self, workers: transport.FastSocket, clients: transport.FastSocket,

@@ -68,7 +68,7 @@ class Profiler:
 
     async def _profile_and_tell(self, link: WorkerLink) -> None:
         variants = [v for v in link.variants if v in self.inputs_of]
-        measurements = await self.profile(link.name, variants, self.inputs_of)
+        measurements = await self.profile(link.name, variants)
         if measurements is not None and self._is_current(link):
             self.cache.store(link.name, link.fingerprint, measurements)
             log.info("coordinator: node %s profiled (%d variants)", link.name, len(measurements))
@@ -95,12 +95,10 @@ class Profiler:
         log.warning("coordinator: profiling %s on %s failed: %s", variant, node, reply)
         return None
 
-    async def profile(
-        self, node: str, variants: list[str], task_inputs: dict[str, Any]
-    ) -> dict[str, Measurement] | None:
+    async def profile(self, node: str, variants: list[str]) -> dict[str, Measurement] | None:
         """Measure every variant; None if the node left first.
 
-        ``task_inputs`` gives each variant's (input shape, dtype). Shards go out ``window`` at a time,
+        Each variant's shards hold inputs of its own task (``inputs_of``). Shards go out ``window`` at a time,
         as dispatch sends them, so the throughput (inputs ÷ elapsed time) includes the coordinator's
         per-shard cost and the load of the other nodes profiling at the same time. Latency is the
         median round trip.
@@ -108,7 +106,9 @@ class Profiler:
         size = self.settings.shard_size
         rows = max(size, *LATENCY_BATCHES)
         rng = np.random.default_rng(0)
-        samples = {v: rng.integers(0, 256, (rows, *shape)).astype(dtype) for v, (shape, dtype) in task_inputs.items()}
+        samples = {
+            v: rng.integers(0, 256, (rows, *shape)).astype(dtype) for v, (shape, dtype) in self.inputs_of.items()
+        }
         window = asyncio.Semaphore(self.settings.window)
         measurements: dict[str, Measurement] = {}
 

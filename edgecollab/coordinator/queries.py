@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
 
@@ -22,10 +22,12 @@ from .validation import check_plan_params
 
 
 class Queries:
-    def __init__(self, core: DispatchCore, peers: Peers, counters: Counter[str], solver: Executor) -> None:
+    def __init__(
+        self, core: DispatchCore, peers: Peers, counters: Callable[[], dict[str, int]], solver: Executor
+    ) -> None:
         self.core = core
         self.peers = peers
-        self.counters = counters  # the shell's own (protocol errors, peers cut off, ...)
+        self.counters = counters  # the core's and the shell's together
         self.solver = solver
 
     async def answer(self, query: Query, viewer: str | None) -> Answer | Error:
@@ -94,5 +96,5 @@ class Queries:
             "efficiency": table.efficiency,
             "nodes": nodes,
             **core.work_seen_by(viewer, now),
-            "counters": {k: core.counters[k] + self.counters[k] for k in core.counters.keys() | self.counters.keys()},
+            "counters": self.counters(),
         }

@@ -107,13 +107,13 @@ class Coordinator:
         self.core = DispatchCore(self.settings, [n.name for n in config.nodes], table, served)
         self.shell_counters: Counter[str] = Counter()  # what the shell sees: malformed messages, peers cut off, ...
         self._solver = ThreadPoolExecutor(1, thread_name_prefix="edgecollab-solver")  # HiGHS releases the GIL
-        self.peers = Peers(self.settings, [n.name for n in config.nodes], self._feed, self._spawn, self.shell_counters)
-        self.peers.has_work_of = self.core.has_work_of
+        nodes = [n.name for n in config.nodes]
+        self.peers = Peers(self.settings, nodes, self._feed, self._spawn, self.shell_counters, self.core.has_work_of)
         # What a profiling shard of each variant holds: inputs of its own task.
         inputs_of = {v: (t.input_shape, np.dtype(t.input_dtype)) for t in tasks for v in ids[t.name]}
         cache = ProfileCache(config.resolve(self.settings.profile_cache))
         self.profiler = Profiler(self.settings, self._feed, self._spawn, cache, inputs_of, self.peers.is_current)
-        self.queries = Queries(self.core, self.peers, self.shell_counters, self._solver)
+        self.queries = Queries(self.core, self.peers, lambda: self.counters, self._solver)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stop = asyncio.Event()
 
