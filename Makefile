@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-test
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: test run lint models bench bench-runtime bench-network bench-peers bench-all bench-render clean
+.PHONY: test run lint models worker-wheel board-check bench bench-runtime bench-network bench-peers bench-all bench-render clean
 
 $(STAMP): pyproject.toml
 	@$(BIN)/python -c '' 2>/dev/null || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
@@ -24,6 +24,18 @@ lint: $(STAMP)
 	$(BIN)/ruff check edgecollab tests models benchmarks
 	$(BIN)/ruff format --check edgecollab tests models benchmarks
 	$(BIN)/mypy
+
+# The board's own wheel (edgecollab-worker: numpy, pyzmq, msgpack, onnxruntime), to copy to boards.
+worker-wheel: $(STAMP)
+	$(BIN)/edgecollab worker-wheel --out dist
+
+# The worker in a board OS's userland under qemu vs a coordinator here (root; docs/deployment.md):
+#   make board-check ARCH=arm64|armhf|amd64 [SUITE=bookworm|bullseye]
+ARCH  ?= arm64
+SUITE ?= bookworm
+board-check: $(STAMP)
+	@command -v debootstrap >/dev/null && [ -e /usr/bin/qemu-aarch64-static ] || { $(SUDO) apt-get update && $(SUDO) apt-get install -y debootstrap qemu-user-static binfmt-support; }
+	$(SUDO) $(BIN)/python benchmarks/board_check.py --arch $(ARCH) --suite $(SUITE)
 
 # Retrain the variant ladder: installs the training split (Debian) and PyTorch (CPU).
 models: $(STAMP)

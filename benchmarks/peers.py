@@ -77,10 +77,9 @@ class EmulatedBoard:
     """One board as an edgecollab worker runs it: ONNX Runtime plus the board's cost model."""
 
     def __init__(self, config_path: str, node: str) -> None:
-        from edgecollab.worker import ShardRunner
+        from edgecollab.coordinator.provisioning import local_runner
 
-        config = load_config(config_path)
-        self.runner = ShardRunner(config, config.node(node))
+        self.runner = local_runner(load_config(config_path), node)
 
     def run(self, variant: str, inputs: np.ndarray) -> np.ndarray:
         started = time.perf_counter()

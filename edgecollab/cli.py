@@ -16,10 +16,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import logs
 from .config import DEFAULT_CONFIG, ClusterConfig, load_config, with_faults
 from .errors import ConfigError, EdgecollabError, InvalidInputError, RequestFailed
 from .security import client_curve, node_curve
+from .worker import logs
 from .zoo import load_manifest, load_test_set, pareto_front, sha256_of, verify_variant
 
 if TYPE_CHECKING:
@@ -271,20 +271,36 @@ def worker(
             help="emulated only: slow=FACTOR@S, hang@S, stall@S, garble@S or vanish@S after start (repeatable)",
         ),
     ] = None,
+    cache: Annotated[
+        Path | None, typer.Option("--cache", help="where model files are kept (default ~/.cache/edgecollab/models)")
+    ] = None,
 ) -> None:
-    """Run one board's worker: connect to the coordinator, register, and serve shards."""
-    from .worker import ShardRunner, WorkerAgent
+    """Run one board's worker: connect to the coordinator, take its settings and models, and serve shards.
+
+    The same worker as ``edgecollab-worker`` (the board's own install); here the endpoint and keys
+    may come from the config, and emulated boards may be given faults.
+    """
+    from .worker.main import run_worker
+    from .worker.settings import EventSpec
 
     cluster = load_config(config)
-    node_config = with_faults(cluster.node(node), fault or [])
-    runner = ShardRunner(cluster, node_config)
+    configured = cluster.node(node)
+    node_config = with_faults(configured, fault or [])
+    extra = tuple(EventSpec(e.at_s, e.speed, e.action) for e in node_config.events[len(configured.events) :])
     endpoint = coordinator or cluster.coordinator.workers
-    settings = cluster.coordinator
-    agent = WorkerAgent(
-        runner, endpoint, settings.heartbeat_s, settings.heartbeat_misses, node_curve(cluster, node_config)
-    )
-    code = asyncio.run(agent.run())
+    code = run_worker(node, endpoint, curve=node_curve(cluster, node_config), cache=cache, events=extra)
     raise typer.Exit(code)
+
+
+@app.command("worker-wheel")
+@_reports_errors
+def worker_wheel(
+    out: Annotated[Path, typer.Option("--out", help="folder to write the wheel to")] = Path("dist"),
+) -> None:
+    """Build the board's worker wheel (edgecollab-worker: numpy, pyzmq, msgpack, onnxruntime) to copy to boards."""
+    from .boards import build_worker_wheel
+
+    print(build_worker_wheel(out))
 
 
 @app.command("coordinator")

@@ -15,7 +15,6 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
-from . import transport
 from .errors import RequestFailed, request_failed
 from .protocol import (
     Answer,
@@ -33,6 +32,7 @@ from .protocol import (
     encode,
 )
 from .security import ClientCurve
+from .worker import transport
 
 T = TypeVar("T")
 # While a request is outstanding, the client checks this often that the coordinator still knows it.

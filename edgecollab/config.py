@@ -95,6 +95,8 @@ class NodeConfig(_Strict):
     emulate: str | None = Field(None, description=f"board profile to emulate: one of {', '.join(EMULATION_PROFILES)}")
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     threads: int = Field(1, ge=1, le=64, description="ONNX Runtime intra-op threads")
+    fp16: bool = Field(False, description="TensorRT: build fp16 engines (with TensorrtExecutionProvider)")
+    engine_cache: bool = Field(True, description="TensorRT: keep built engines on the board's disk")
     variants: tuple[str, ...] | None = Field(None, description="variants to load (default: all of the task)")
     events: tuple[EmulationEvent, ...] = Field((), description="scheduled speed changes and faults (emulated only)")
     link_mbps: float | None = Field(None, gt=0, description="bandwidth of the node's link, for link-aware planning")

@@ -18,13 +18,21 @@ Every error message names what was wrong and what was expected.
 
 from __future__ import annotations
 
+from .worker.errors import ConfigError, EdgecollabError
 
-class EdgecollabError(Exception):
-    """Base class of every error edgecollab raises on purpose."""
-
-
-class ConfigError(EdgecollabError):
-    """The cluster configuration is invalid."""
+__all__ = [
+    "BusyError",
+    "ConfigError",
+    "EdgecollabError",
+    "InfeasibleTargetError",
+    "InvalidInputError",
+    "ManifestError",
+    "ModelError",
+    "NodeLostError",
+    "RequestFailed",
+    "RequestLostError",
+    "request_failed",
+]
 
 
 class ModelError(EdgecollabError):

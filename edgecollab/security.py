@@ -9,46 +9,25 @@ the key: a valid key cannot register under another node's name.
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import zmq.auth
 
 from .config import ClusterConfig, NodeConfig
 from .errors import ConfigError
+from .worker.keys import ClientCurve, KeyPair, load_key_pair, load_public_key
 
-
-@dataclass(frozen=True)
-class KeyPair:
-    public: bytes  # z85
-    secret: bytes  # z85
-
-
-@dataclass(frozen=True)
-class ClientCurve:
-    """What a connecting peer (worker or client) needs: its key pair and the coordinator's public key."""
-
-    keys: KeyPair
-    server_public: bytes
-
-
-def load_key_pair(path: Path) -> KeyPair:
-    """A secret certificate (``*.key_secret``), with a clear error when it is missing or not one."""
-    try:
-        public, secret = zmq.auth.load_certificate(path)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read CURVE secret certificate {path}: {exc}") from None
-    if secret is None:
-        raise ConfigError(f"{path} is a public certificate; a secret one (*.key_secret) is needed here")
-    return KeyPair(public, secret)
-
-
-def load_public_key(path: Path) -> bytes:
-    try:
-        public, _ = zmq.auth.load_certificate(path)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read CURVE public certificate {path}: {exc}") from None
-    return public
+__all__ = [
+    "ClientCurve",
+    "KeyPair",
+    "authorized_keys",
+    "client_curve",
+    "generate_keys",
+    "load_key_pair",
+    "load_public_key",
+    "node_curve",
+    "server_curve",
+]
 
 
 def authorized_keys(folder: Path) -> dict[bytes, str]:

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import zmq.asyncio
 
-from edgecollab import transport
 from edgecollab.client import Client, InferenceResult
 from edgecollab.security import ClientCurve
+from edgecollab.worker import transport
 from edgecollab.zoo import load_manifest, open_session, predict
 
 from .conftest import SHIPPED_MANIFEST

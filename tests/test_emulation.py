@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgecollab.worker import BOARD_PROFILES
+from edgecollab.worker.emulation import BOARD_PROFILES
 
 HEAVY_MACS = 27_000_000  # about a CIFAR-style ResNet-20 on 28x28 inputs
 LIGHT_MACS = 8_000  # a linear classifier

@@ -202,7 +202,7 @@ def test_workers_register_again_with_a_restarted_coordinator(
 
 
 def test_a_message_above_the_size_limit_cuts_off_only_its_sender(cluster: LocalCluster, test_set: LabelledSet) -> None:
-    from edgecollab.transport import MAX_MESSAGE_BYTES
+    from edgecollab.worker.transport import MAX_MESSAGE_BYTES
 
     async def oversized() -> list[bytes] | None:
         async with raw_peer(cluster.clients_endpoint) as sock:

@@ -14,10 +14,14 @@ from edgecollab.protocol import (
     PROTOCOL_VERSION,
     Cancel,
     Error,
+    FetchModel,
     Goodbye,
     Heartbeat,
     Hello,
+    Message,
+    ModelChunk,
     ProtocolError,
+    Ready,
     Result,
     Shard,
     ShardResult,
@@ -26,13 +30,16 @@ from edgecollab.protocol import (
     decode,
     encode,
 )
-from edgecollab.protocol.codec import MAX_ARRAY_BYTES, MAX_HEADER_BYTES
-from edgecollab.protocol.messages import Message
+from edgecollab.worker.protocol.codec import MAX_ARRAY_BYTES, MAX_HEADER_BYTES
 
 IMAGES = np.arange(3 * 28 * 28, dtype=np.uint8).reshape(3, 1, 28, 28)
 MESSAGES: list[Message] = [
-    Hello("rpi4", ["CPUExecutionProvider"], ["cnn-8", "mlp-64"], "f" * 32),
+    Hello("rpi4", {"arch": "aarch64", "cores": 4, "providers": ["CPUExecutionProvider"], "max_opset": 21}),
     Welcome("rpi4", 1.0),
+    Welcome("rpi4", 1.0, {"threads": 2, "variants": [{"id": "cnn-8", "input_shape": [1, 28, 28]}]}),
+    FetchModel("ab" * 32, 1048576, 1048576),
+    ModelChunk("ab" * 32, 0, 5, np.arange(5, dtype=np.uint8)),
+    Ready("rpi4", ["cnn-8"], ["CPUExecutionProvider"], "f" * 32, 0.42, ["CUDA missing"], {"det-small": "opset 17"}),
     Heartbeat("rpi4"),
     Goodbye("rpi4", "stopping"),
     Shard("req", 7, 1, "cnn-8", IMAGES),
@@ -139,7 +146,7 @@ def test_malformed_messages_raise_one_protocol_error(frames: list[bytes]) -> Non
 def test_errors_say_what_was_expected() -> None:
     with pytest.raises(ProtocolError, match=r"header promises 2352 bytes, frame holds 100"):
         decode(MALFORMED["array header lies about size"])
-    with pytest.raises(ProtocolError, match=r"protocol version 2 is not supported; this peer speaks 1"):
+    with pytest.raises(ProtocolError, match=r"protocol version 3 is not supported; this peer speaks 2"):
         decode(MALFORMED["future version"])
     with pytest.raises(ProtocolError, match=r"dtype 'object' is not allowed"):
         decode(MALFORMED["object dtype"])

@@ -102,7 +102,7 @@ def test_peers_without_an_allowed_key_get_nothing_through(secured: tuple[LocalCl
     before = ask(local.clients_endpoint, "status", 30, client_keys(keys, "client"))["counters"]
     submit = Submit("intruder", np.zeros((4, 1, 28, 28), np.uint8))
     assert asyncio.run(silent_peer(local.clients_endpoint, curve, submit)) is None
-    hello = Hello("rpi4", ["CPUExecutionProvider"], ["cnn-8"], "x")
+    hello = Hello("rpi4", {"arch": "x86_64", "max_opset": 21})
     assert asyncio.run(silent_peer(local.workers_endpoint, curve, hello)) is None
     after = ask(local.clients_endpoint, "status", 30, client_keys(keys, "client"))
     assert after["counters"] == before, "nothing may reach the application"
@@ -145,7 +145,7 @@ def test_a_client_sees_only_its_own_work_and_cannot_touch_anothers_an_operator_s
 
 def test_a_valid_key_cannot_register_under_another_nodes_name(secured: tuple[LocalCluster, Path]) -> None:
     local, keys = secured
-    impostor = Hello("jetson-nano", ["CPUExecutionProvider"], ["cnn-8"], "x")
+    impostor = Hello("jetson-nano", {"arch": "aarch64", "max_opset": 21})
     reply = asyncio.run(silent_peer(local.workers_endpoint, client_keys(keys, "rpi4"), impostor))
     assert reply is not None
     error = decode(reply)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from edgecollab.config import load_config
-from edgecollab.worker import ShardRejected, ShardRunner
+from edgecollab.coordinator.provisioning import local_runner
+from edgecollab.worker.runner import ShardRejected, ShardRunner
 
 from .cluster_helpers import local_predictions
 from .conftest import SHIPPED_MANIFEST
@@ -23,12 +24,14 @@ def runner(tmp_path_factory: pytest.TempPathFactory) -> ShardRunner:
         'providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]\n'
     )
     config = load_config(folder / "cluster.toml")
-    return ShardRunner(config, config.node("pi"))
+    return local_runner(config, "pi")
 
 
-def test_missing_provider_falls_back_to_cpu(runner: ShardRunner) -> None:
-    assert runner.providers[-1] == "CPUExecutionProvider"
+def test_missing_provider_falls_back_to_cpu_with_a_warning(runner: ShardRunner) -> None:
+    assert runner.providers == ["CPUExecutionProvider"]
     assert set(runner.variants) == {"linear", "cnn-8"}
+    assert any(w.startswith("CUDAExecutionProvider is not in this onnxruntime") for w in runner.warnings)
+    assert runner.warmup_s > 0
 
 
 def test_a_valid_shard_gives_what_the_variant_predicts_here(runner: ShardRunner) -> None:
@@ -62,13 +65,13 @@ def test_fingerprint_changes_with_the_models(runner: ShardRunner, tmp_path: Path
         f'[models]\nmanifest = "{SHIPPED_MANIFEST}"\n[[nodes]]\nname = "pi"\nemulate = "rpi4"\nvariants = ["linear"]\n'
     )
     config = load_config(tmp_path / "cluster.toml")
-    assert ShardRunner(config, config.node("pi")).fingerprint() != runner.fingerprint()
+    assert local_runner(config, "pi").fingerprint() != runner.fingerprint()
 
 
 def test_a_scheduled_speed_change_stretches_the_emulated_time(runner: ShardRunner) -> None:
     images = np.zeros((32, 1, 28, 28), np.uint8)
     assert runner.board is not None
-    normal = runner.board.seconds(32, runner.variants["cnn-8"].variant.macs, False)
+    normal = runner.board.seconds(32, runner.variants["cnn-8"].spec.macs, False)
     runner.speed = 0.25
     try:
         seconds = runner.run("cnn-8", images).board_seconds

@@ -10,18 +10,20 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import zmq
 import zmq.asyncio
 from zmq.auth.asyncio import AsyncioAuthenticator
 
-from .. import transport
 from ..config import ClusterConfig, CoordinatorConfig
 from ..errors import ConfigError
-from ..protocol import Error, Goodbye, Heartbeat, Hello, Welcome, encode
-from ..protocol.messages import Message
+from ..protocol import Error, FetchModel, Goodbye, Heartbeat, Hello, Message, ModelChunk, Ready, Welcome, encode
 from ..security import KeyPair, authorized_keys, server_curve
+from ..worker import transport
+from ..worker.settings import NodeSettings
 from .events import ClientGone, Event, NodeLost
 
 log = logging.getLogger(__name__)
@@ -33,14 +35,33 @@ CLIENT_RETRY_S = 0.005  # how often a slow client's queued messages are offered 
 
 @dataclass
 class WorkerLink:
-    """A registered worker's connection; a link not in the registry is gone."""
+    """A registered worker's connection; a link not in the registry is gone.
+
+    Registered at its Hello (with what it runs on and the settings it was sent); ``ready`` from its
+    Ready on, when its variants are loaded and warmed up and the core may give it work."""
 
     name: str
     identity: bytes  # ZeroMQ routing id of the worker's DEALER
-    providers: list[str]
-    variants: list[str]
-    fingerprint: str
+    runtime: dict[str, Any]  # as the worker reported it: arch, cores, python, backend, providers, max_opset
+    settings: NodeSettings
+    files: dict[str, Path]  # the model files it may fetch, by sha256
+    ready: bool = False
+    providers: list[str] = field(default_factory=list)
+    variants: list[str] = field(default_factory=list)
+    fingerprint: str = ""
+    warmup_s: float | None = None
+    warnings: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # variants that would not load or run there, and why
     last_seen: float = field(default_factory=time.monotonic)
+
+    def ready_with(self, ready: Ready) -> None:
+        self.ready, self.providers, self.variants = True, list(ready.providers), list(ready.variants)
+        self.fingerprint, self.warmup_s = ready.fingerprint, ready.warmup_s
+        self.warnings, self.failed = list(ready.warnings), dict(ready.failed)
+
+    def left_out(self) -> dict[str, str]:
+        """Variants this board does not run, and why: its runtime cannot (coordinator's check), or they failed there."""
+        return {**self.settings.excluded, **self.failed}
 
 
 class Peers:
@@ -52,9 +73,11 @@ class Peers:
         spawn: Callable[[Any], None],
         counters: Any,
         has_work_of: Callable[[bytes], bool],
+        provision: Callable[[str, dict[str, Any]], tuple[NodeSettings, dict[str, Path]]],
     ) -> None:
         self.settings = settings
         self.configured = configured_nodes
+        self.provision = provision  # node, its runtime -> its settings, and the files it may fetch
         self._feed = feed  # hands an event to the core and carries out what it says
         self._spawn = spawn
         self.counters = counters
@@ -121,11 +144,35 @@ class Peers:
             await self.lose(existing, "replaced by a new worker of the same name")
         elif existing is not None:
             await self.lose(existing, "registered again")
-        link = WorkerLink(hello.node, identity, hello.providers, hello.variants, hello.fingerprint)
+        node_settings, files = self.provision(hello.node, hello.runtime)
+        link = WorkerLink(hello.node, identity, hello.runtime, node_settings, files)
         self.links[link.name] = link
         self._by_identity[identity] = link
-        await self.send_worker(identity, Welcome(link.name, self.settings.heartbeat_s))
+        for variant, reason in node_settings.excluded.items():
+            log.warning("coordinator: node %s will not run %s: %s", link.name, variant, reason)
+        await self.send_worker(identity, Welcome(link.name, self.settings.heartbeat_s, node_settings.to_wire()))
         return link
+
+    async def send_chunk(self, link: WorkerLink, fetch: FetchModel) -> None:
+        """A piece of one of the link's own model files, at most ``chunk_bytes`` of it."""
+        path = link.files.get(fetch.sha256)
+        limit = link.settings.chunk_bytes
+        if path is None or fetch.offset < 0 or not 0 < fetch.length <= limit:
+            reason = (
+                f"model {fetch.sha256[:12]}… is not one of node {link.name}'s variants"
+                if path is None
+                else f"a fetch takes 1..{limit} bytes from offset 0 on; got {fetch.length} from {fetch.offset}"
+            )
+            await self.send_worker(link.identity, Error("unknown_model", reason, fetch.sha256))
+            return
+        with open(path, "rb") as f:
+            f.seek(fetch.offset)
+            data = f.read(fetch.length)
+        total = path.stat().st_size
+        self.counters["model_bytes_sent"] += len(data)
+        await self.send_worker(
+            link.identity, ModelChunk(fetch.sha256, fetch.offset, total, np.frombuffer(data, dtype=np.uint8))
+        )
 
     async def _refuse(self, identity: bytes, reason: str) -> None:
         self.counters["refused_workers"] += 1

@@ -21,8 +21,7 @@ import numpy as np
 from ..config import CoordinatorConfig
 from ..errors import EdgecollabError
 from ..planner import Measurement, ProfileCache
-from ..protocol import ShardResult
-from ..protocol.messages import Message
+from ..protocol import Message, ShardResult
 from .events import Event, NodeProfiled, NodeRegistered, ProfileAnswer, ProfileShardWanted
 from .peers import WorkerLink
 

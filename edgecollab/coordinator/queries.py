@@ -82,8 +82,13 @@ class Queries:
                     "status": state.status.value if state else "registering",
                     "profiled": state is not None and state.status.value != "profiling",
                     "suspect": state is not None and state.status.value == "suspect",  # alive, its work far overdue
+                    "ready": link.ready,  # loaded and warmed up; before that it takes no work
+                    "warmup_s": link.warmup_s,
+                    "runtime": link.runtime,
                     "providers": link.providers,
                     "variants": link.variants,
+                    "left_out": link.left_out(),  # variant -> why this board does not run it
+                    "warnings": link.warnings,  # e.g. a provider missing, and what it fell back to
                     "in_flight": core.in_flight(link.name),
                     "ips": {v: table.ips(link.name, v) for v in table.variants_of(link.name)},
                     "seconds_since_heard": now - link.last_seen,

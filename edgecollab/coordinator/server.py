@@ -17,13 +17,13 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zmq.asyncio
 from prometheus_client import start_http_server
 
-from .. import transport
 from ..config import ClusterConfig
 from ..errors import EdgecollabError
 from ..metrics import registry_for
@@ -32,19 +32,23 @@ from ..planner.joint import plan_jointly
 from ..protocol import (
     Cancel,
     Error,
+    FetchModel,
     Frames,
     Goodbye,
     Heartbeat,
     Hello,
+    Message,
     ProtocolError,
     Query,
+    Ready,
     ShardResult,
     StreamClose,
     StreamOpen,
     Submit,
     decode,
 )
-from ..protocol.messages import Message
+from ..worker import transport
+from ..worker.settings import NodeSettings
 from ..zoo import load_manifest
 from .dispatch import DispatchCore
 from .events import (
@@ -74,6 +78,7 @@ from .events import (
 from .ownership import principal
 from .peers import Peers
 from .profiling import Profiler
+from .provisioning import model_files, settings_for
 from .queries import Queries
 
 log = logging.getLogger(__name__)
@@ -108,7 +113,10 @@ class Coordinator:
         self.shell_counters: Counter[str] = Counter()  # what the shell sees: malformed messages, peers cut off, ...
         self._solver = ThreadPoolExecutor(1, thread_name_prefix="edgecollab-solver")  # HiGHS releases the GIL
         nodes = [n.name for n in config.nodes]
-        self.peers = Peers(self.settings, nodes, self._feed, self._spawn, self.shell_counters, self.core.has_work_of)
+        self.peers = Peers(
+            self.settings, nodes, self._feed, self._spawn, self.shell_counters, self.core.has_work_of, self._provision
+        )
+        self._manifest = manifest
         # What a profiling shard of each variant holds: inputs of its own task.
         inputs_of = {v: (t.input_shape, np.dtype(t.input_dtype)) for t in tasks for v in ids[t.name]}
         cache = ProfileCache(config.resolve(self.settings.profile_cache))
@@ -116,6 +124,11 @@ class Coordinator:
         self.queries = Queries(self.core, self.peers, lambda: self.counters, self._solver)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stop = asyncio.Event()
+
+    def _provision(self, node: str, runtime: dict[str, Any]) -> tuple[NodeSettings, dict[str, Path]]:
+        """A registering board's settings, and the model files it may fetch (see provisioning.py)."""
+        settings = settings_for(self.config, self._manifest, self.config.node(node), runtime)
+        return settings, model_files(self._manifest, settings)
 
     @property
     def table(self) -> ExplorationTable:
@@ -324,22 +337,28 @@ class Coordinator:
 
     async def _on_worker(self, identity: bytes, message: Message, user_id: str | None) -> None:
         if isinstance(message, Hello):
-            link = await self.peers.register(identity, message, user_id)
-            if link is not None:
-                await self.profiler.registered(link)
+            await self.peers.register(identity, message, user_id)
             return
         link = self.peers.worker(identity)
         if link is None:
             await self.peers.send_worker(identity, Error("unregistered", "unknown worker: register with a hello first"))
             return
         link.last_seen = time.monotonic()
-        if isinstance(message, ShardResult):
+        if isinstance(message, FetchModel):
+            await self.peers.send_chunk(link, message)
+        elif isinstance(message, Ready) and not link.ready:
+            link.ready_with(message)
+            log.info("coordinator: node %s ready after %.2f s of warm-up", link.name, message.warmup_s)
+            for warning in message.warnings:
+                log.warning("coordinator: node %s: %s", link.name, warning)
+            await self.profiler.registered(link)
+        elif isinstance(message, ShardResult):
             await self._feed(ShardReturned(link.name, message, link.last_seen))
         elif isinstance(message, Error) and message.request_id:
             await self._feed(ShardRefused(link.name, message, link.last_seen))
         elif isinstance(message, Goodbye):
             await self.peers.lose(link, f"left: {message.reason}")
-        elif not isinstance(message, Heartbeat | Error):
+        elif not isinstance(message, Heartbeat | Error | Ready):
             self.shell_counters["protocol_errors"] += 1
             await self.peers.send_worker(identity, Error("protocol", f"a worker may not send {message.kind}"))
 

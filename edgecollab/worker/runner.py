@@ -1,4 +1,4 @@
-"""Runs shards on ONNX Runtime sessions, with board emulation. No sockets here."""
+"""Runs shards on a board's loaded variants, with board emulation. No sockets here."""
 
 from __future__ import annotations
 
@@ -8,17 +8,19 @@ import platform
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
-from ..config import ClusterConfig, NodeConfig
-from ..errors import EdgecollabError
-from ..protocol import OUTPUT_MODES
-from ..zoo import Manifest, Variant, load_manifest, open_session, select_providers
+from .backends import Backend, Session
 from .emulation import BOARD_PROFILES, BoardProfile
+from .errors import EdgecollabError
+from .protocol import OUTPUT_MODES
+from .settings import NodeSettings, VariantSpec
 
 log = logging.getLogger(__name__)
+
+WARMUP_BATCHES = (1, 8)  # first runs allocate; a TensorRT engine is built per shape profile
 
 
 class ShardRejected(EdgecollabError):
@@ -38,33 +40,28 @@ class ShardOutcome:
 
 @dataclass
 class LoadedVariant:
-    variant: Variant
-    session: ort.InferenceSession
-    input_name: str
-    input_shape: tuple[int, ...]  # one input, without the batch dimension
-    input_dtype: np.dtype
-    top1: bool  # scored by the argmax of its first output
+    spec: VariantSpec
+    session: Session
 
 
 class ShardRunner:
-    """The node's loaded variants and, when emulating, the board's cost model."""
+    """The node's loaded, warmed-up variants and, when emulating, the board's cost model.
 
-    def __init__(self, config: ClusterConfig, node: NodeConfig) -> None:
-        self.node = node
-        self.manifest: Manifest = load_manifest(config.manifest_path)
-        tasks = self.manifest.served(config.models.served)
-        served = {t.name for t in tasks}
-        names = node.variants or tuple(self.manifest.id_of(v) for t in tasks for v in self.manifest.for_task(t.name))
-        foreign = [n for n in names if self.manifest.variant(n).task not in served]
-        if foreign:
+    ``files`` gives each variant's model file (from the cache); a variant that will not load or run
+    is left out and named in ``failed`` with the reason, so the coordinator never plans on it.
+    """
+
+    def __init__(
+        self, node: str, settings: NodeSettings, files: dict[str, Path], backend: Backend, engine_dir: Path
+    ) -> None:
+        self.name = node
+        self.settings = settings
+        self.backend = backend
+        if settings.emulate is not None and settings.emulate not in BOARD_PROFILES:
             raise EdgecollabError(
-                f"node {node.name}: variant(s) {', '.join(foreign)} are of tasks the cluster does not serve"
-                f" ({', '.join(served)}); add their task to [models] tasks"
+                f"unknown board profile {settings.emulate!r}; expected one of {', '.join(BOARD_PROFILES)}"
             )
-        self.providers, missing = select_providers(node.providers)
-        if missing:
-            log.warning("node %s: provider(s) %s not available; falling back to %s", node.name, missing, self.providers)
-        self.board: BoardProfile | None = BOARD_PROFILES[node.emulate] if node.emulate else None
+        self.board: BoardProfile | None = BOARD_PROFILES[settings.emulate] if settings.emulate else None
         self.speed = 1.0  # emulated speed factor; scheduled events change it
         # Cleared by the emulated ``stall``: inference waits (as on a stuck accelerator) while the loop runs.
         self._inference_free = threading.Event()
@@ -72,16 +69,37 @@ class ShardRunner:
         self.garbled = False  # emulated ``garble``: results come back malformed, as from failing memory
         self._closing = False
         self.variants: dict[str, LoadedVariant] = {}
-        for name in names:
-            variant = self.manifest.variant(name)
-            task = self.manifest.task_of(variant)
-            session = open_session(
-                self.manifest.resolve(variant.file), task, providers=self.providers, threads=node.threads
-            )
-            spec = session.get_inputs()[0]
-            self.variants[self.manifest.id_of(variant)] = LoadedVariant(
-                variant, session, spec.name, task.input_shape, np.dtype(task.input_dtype), task.quality == "top1"
-            )
+        self.failed: dict[str, str] = {}
+        self.warnings: list[str] = []
+        self.providers: list[str] = []
+        started = time.perf_counter()
+        for spec in settings.variants:
+            try:
+                self.variants[spec.id] = self._load(spec, files[spec.id], engine_dir)
+            except Exception as exc:  # a runtime raises its own types for graphs it cannot run
+                self.failed[spec.id] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+                log.warning("node %s: variant %s left out: %s", node, spec.id, self.failed[spec.id])
+        self.warmup_s = time.perf_counter() - started
+        for warning in self.warnings:
+            log.warning("node %s: %s", node, warning)
+
+    def _load(self, spec: VariantSpec, path: Path, engine_dir: Path) -> LoadedVariant:
+        s = self.settings
+        session, warnings = self.backend.open(
+            path, s.providers, s.threads, engine_dir if s.engine_cache else None, s.fp16
+        )
+        for warning in warnings:
+            if warning not in self.warnings:
+                self.warnings.append(warning)
+        if not self.providers:
+            self.providers = session.providers
+        loaded = LoadedVariant(spec, session)
+        for batch in WARMUP_BATCHES:  # warm-up, and the proof that this runtime runs the graph
+            values = session.run(np.zeros((batch, *spec.input_shape), dtype=spec.input_dtype))
+            if spec.top1 and (not values or values[0].ndim != 2 or len(values[0]) != batch):
+                shapes = ", ".join(str(v.shape) for v in values)
+                raise EdgecollabError(f"first output for a batch of {batch} is {shapes}; expected ({batch}, classes)")
+        return loaded
 
     def stall(self) -> None:
         """Emulate inference that never returns (the event loop, and so heartbeats, go on)."""
@@ -100,15 +118,18 @@ class ShardRunner:
         self._closing = True
 
     def fingerprint(self) -> str:
-        """Changes whenever measurements of this node could: hardware, settings, or model files."""
+        """Changes whenever measurements of this node could: hardware, runtime, settings, or model files."""
+        s = self.settings
         parts = [
-            self.node.name,
-            str(self.node.emulate),
+            self.name,
+            str(s.emulate),
             ",".join(self.providers),
-            str(self.node.threads),
+            str(s.threads),
+            str(s.fp16),
             platform.machine(),
             platform.processor(),
-            *sorted(f"{name}={v.variant.sha256}" for name, v in self.variants.items()),
+            f"{self.backend.name} {self.backend.version}",
+            *sorted(f"{name}={v.spec.sha256}" for name, v in self.variants.items()),
         ]
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
@@ -116,15 +137,11 @@ class ShardRunner:
         loaded = self.variants.get(variant)
         if loaded is None:
             raise ShardRejected(
-                "unknown_variant",
-                f"node {self.node.name} has no variant {variant!r}; it has {', '.join(self.variants)}",
+                "unknown_variant", f"node {self.name} has no variant {variant!r}; it has {', '.join(self.variants)}"
             )
-        if (
-            inputs.dtype != loaded.input_dtype
-            or inputs.ndim != 1 + len(loaded.input_shape)
-            or (tuple(inputs.shape[1:]) != loaded.input_shape)
-        ):
-            expected = f"{loaded.input_dtype} of shape (N, {', '.join(map(str, loaded.input_shape))})"
+        spec = loaded.spec
+        if inputs.dtype != np.dtype(spec.input_dtype) or tuple(inputs.shape[1:]) != spec.input_shape:
+            expected = f"{spec.input_dtype} of shape (N, {', '.join(map(str, spec.input_shape))})"
             raise ShardRejected(
                 "invalid_input",
                 f"variant {variant!r} expects {expected}; got {inputs.dtype} of shape {tuple(inputs.shape)}",
@@ -136,33 +153,31 @@ class ShardRunner:
         loaded = self.check(variant, inputs)
         while not self._inference_free.wait(0.1):  # stalled: hangs here until the worker stops
             if self._closing:
-                raise ShardRejected("internal", f"node {self.node.name} stopped while its inference was stuck")
-        if outputs not in OUTPUT_MODES or (outputs == "top5" and not loaded.top1):
+                raise ShardRejected("internal", f"node {self.name} stopped while its inference was stuck")
+        if outputs not in OUTPUT_MODES or (outputs == "top5" and not loaded.spec.top1):
             raise ShardRejected("invalid_input", f"outputs {outputs!r} cannot be given by variant {variant!r}")
         started = time.perf_counter()
-        values = loaded.session.run(None, {loaded.input_name: inputs})
-        if loaded.top1:
-            predictions = np.asarray(values[0]).argmax(axis=1).astype(np.int64)
+        values = loaded.session.run(inputs)
+        if loaded.spec.top1:
+            predictions = values[0].argmax(axis=1).astype(np.int64)
         else:
             predictions = np.full(len(inputs), -1, np.int64)
         chosen: dict[str, np.ndarray] = {}
         if outputs == "all":
-            chosen = {o.name: np.asarray(v) for o, v in zip(loaded.session.get_outputs(), values, strict=True)}
+            chosen = dict(zip(loaded.session.output_names, values))
         elif outputs == "top5":
-            chosen = _top5(np.asarray(values[0]))
+            chosen = _top5(values[0])
         real = time.perf_counter() - started
         if self.garbled:
             predictions = predictions[:-1]
             chosen = {k: np.full_like(v, np.nan) if v.dtype.kind == "f" else v for k, v in chosen.items()}
         if self.board is None:
             return ShardOutcome(predictions, chosen, real)
-        emulated = self.board.seconds(len(inputs), loaded.variant.macs, loaded.variant.quantized)
+        spec = loaded.spec
+        emulated = self.board.seconds(len(inputs), spec.macs, spec.quantized)
         if real > emulated:
             log.debug(
-                "node %s: host took %.1f ms, longer than the emulated %.1f ms",
-                self.node.name,
-                real * 1e3,
-                emulated * 1e3,
+                "node %s: host took %.1f ms, longer than the emulated %.1f ms", self.name, real * 1e3, emulated * 1e3
             )
         return ShardOutcome(predictions, chosen, max(real, emulated) / self.speed)
 

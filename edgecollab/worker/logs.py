@@ -1,11 +1,12 @@
-"""Logging set-up for the command line: levels from ``-v``, and one JSON object per line with ``--log-json``."""
+"""Logging set-up for the command lines (``edgecollab``, ``edgecollab-worker``): levels from ``-v``, and one
+JSON object per line with ``--log-json``."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 
 
 class JsonLines(logging.Formatter):
@@ -13,7 +14,7 @@ class JsonLines(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "pid": os.getpid(),

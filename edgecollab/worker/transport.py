@@ -9,8 +9,8 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
+from .keys import ClientCurve, KeyPair
 from .protocol import MAX_ARRAY_BYTES
-from .security import ClientCurve, KeyPair
 
 # A message larger than this makes libzmq drop the peer: nothing legitimate comes close.
 MAX_MESSAGE_BYTES = MAX_ARRAY_BYTES + 1024 * 1024
@@ -148,7 +148,7 @@ class FastSocket:
                 continue
             try:
                 await asyncio.wait_for(self._changed.wait(), timeout_s)
-            except TimeoutError:
+            except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
                 return None
             timeout_s = 0.0  # woken: take what came, or report none
 

@@ -15,7 +15,7 @@ import math
 import types
 import typing
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Union
 
 import msgpack
 import numpy as np
@@ -37,7 +37,7 @@ class ProtocolError(EdgecollabError):
     """A message could not be decoded; the sender is at fault."""
 
 
-Frame = bytes | memoryview
+Frame = Union[bytes, memoryview]
 
 
 _ARRAYS: dict[str, tuple[list[str], list[str]]] = {}
@@ -59,6 +59,9 @@ def _tensor_fields(cls: type[Message]) -> list[str]:
     _array_fields(cls)
     return _ARRAYS[cls.kind][1]
 
+
+# ``X | Y`` hints are types.UnionType from Python 3.10 on; the board worker runs on 3.9 too.
+_UNION_TYPES = (typing.Union, getattr(types, "UnionType", typing.Union))
 
 Checker = Callable[[Any, int], bool]  # (a decoded value, nesting depth) -> whether it fits
 _SCALARS: dict[str, tuple[dict[str, Checker], frozenset[str], frozenset[str]]] = {}
@@ -152,7 +155,7 @@ def _arrays(cls: type[Message], specs: list[Any], frames: Sequence[Frame]) -> di
             f" one frame per array header; got {len(frames) - 1} frame(s) and {len(specs)} array header(s)"
         )
     values: dict[str, Any] = {name: {} for name in named}
-    for i, (spec, frame) in enumerate(zip(specs, frames[1:], strict=True)):
+    for i, (spec, frame) in enumerate(zip(specs, frames[1:])):
         if i < len(plain):
             values[plain[i]] = _array(spec, frame, plain[i])
             continue
@@ -195,13 +198,13 @@ def _checker(hint: Any) -> Checker:
     origin = typing.get_origin(hint)
     if hint is Any:
         return _plain_data
-    if origin in (types.UnionType, typing.Union):
+    if origin in _UNION_TYPES:
         options = [_checker(option) for option in typing.get_args(hint)]
         return lambda value, depth: any(fits(value, depth) for fits in options)
     if hint is type(None):
         return lambda value, depth: value is None
     if hint is float:
-        return lambda value, depth: isinstance(value, float | int) and not isinstance(value, bool)
+        return lambda value, depth: isinstance(value, (float, int)) and not isinstance(value, bool)
     if hint is int:
         return lambda value, depth: isinstance(value, int) and not isinstance(value, bool)
     if hint in (str, bool):
@@ -226,7 +229,7 @@ def _checker(hint: Any) -> Checker:
 def _plain_data(value: Any, depth: int) -> bool:
     if depth > MAX_DEPTH:
         return False
-    if value is None or isinstance(value, str | int | float | bool):
+    if value is None or isinstance(value, (str, int, float, bool)):
         return True
     if isinstance(value, list):
         return all(_plain_data(v, depth + 1) for v in value)

@@ -7,11 +7,11 @@ Each message is a frozen dataclass; its ``kind`` names it on the wire. Fields ty
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Optional
 
 import numpy as np
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -24,22 +24,57 @@ class Message:
 
 @dataclass(frozen=True)
 class Hello(Message):
-    """A worker registers: its node name, execution providers and loaded variants."""
+    """A worker registers: its node name and what it runs on (see ``runtime.describe_runtime``)."""
 
     kind: ClassVar[str] = "hello"
     node: str
-    providers: list[str]
-    variants: list[str]
-    fingerprint: str  # changes when the node's hardware, settings or models change: keys the profile cache
+    runtime: dict[str, Any]  # arch, cores, python, os, backend, backend_version, providers, max_opset
 
 
 @dataclass(frozen=True)
 class Welcome(Message):
-    """The coordinator accepts a worker and tells it the heartbeat interval."""
+    """The coordinator accepts a worker: the heartbeat interval, and the node's settings from the
+    coordinator's config (``settings.NodeSettings.to_wire``): providers, threads, emulation, variants."""
 
     kind: ClassVar[str] = "welcome"
     node: str
     heartbeat_s: float
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FetchModel(Message):
+    """A worker asks for ``length`` bytes of a model file, from ``offset``; answered by a ``ModelChunk``."""
+
+    kind: ClassVar[str] = "fetch_model"
+    sha256: str
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True)
+class ModelChunk(Message):
+    """Bytes of a model file the worker was assigned, at ``offset`` of ``total``."""
+
+    kind: ClassVar[str] = "model_chunk"
+    sha256: str
+    offset: int
+    total: int
+    data: np.ndarray  # uint8
+
+
+@dataclass(frozen=True)
+class Ready(Message):
+    """A worker has its variants loaded and warmed up, and takes work from now on."""
+
+    kind: ClassVar[str] = "ready"
+    node: str
+    variants: list[str]  # loaded and warmed up
+    providers: list[str]  # the execution providers its sessions use, in order
+    fingerprint: str  # changes when the node's hardware, settings or models change: keys the profile cache
+    warmup_s: float  # session creation, first runs and engine builds, all variants
+    warnings: list[str] = field(default_factory=list)  # e.g. a provider that is missing, and what it fell back to
+    failed: dict[str, str] = field(default_factory=dict)  # variants that would not load or run, and why
 
 
 @dataclass(frozen=True)
@@ -91,13 +126,13 @@ class Submit(Message):
     kind: ClassVar[str] = "submit"
     request_id: str
     inputs: np.ndarray
-    target_ips: float | None = None
-    min_accuracy: float | None = None
-    policy: str | None = None
+    target_ips: Optional[float] = None
+    min_accuracy: Optional[float] = None
+    policy: Optional[str] = None
     # Refuse with ``infeasible`` rather than serve the fastest plan when the target cannot be met.
     strict: bool = False
-    outputs: str | None = None  # one of OUTPUT_MODES; none: "predictions" for a top1 task, else "all"
-    task: str | None = None  # the application it is for; none: the cluster's default task
+    outputs: Optional[str] = None  # one of OUTPUT_MODES; none: "predictions" for a top1 task, else "all"
+    task: Optional[str] = None  # the application it is for; none: the cluster's default task
 
 
 @dataclass(frozen=True)
@@ -172,13 +207,13 @@ class StreamOpen(Message):
     kind: ClassVar[str] = "stream_open"
     stream_id: str
     target_fps: float
-    min_accuracy: float | None = None
-    max_latency_ms: float | None = None
+    min_accuracy: Optional[float] = None
+    max_latency_ms: Optional[float] = None
     # When the cluster cannot meet the rate and accuracy: refuse (``infeasible``) or admit degraded.
     degrade: bool = False
     backpressure: str = "block"  # one of BACKPRESSURE_POLICIES
-    task: str | None = None  # the application it is for; none: the cluster's default task
-    outputs: str | None = None  # one of OUTPUT_MODES; none: "predictions" for a top1 task, else "all"
+    task: Optional[str] = None  # the application it is for; none: the cluster's default task
+    outputs: Optional[str] = None  # one of OUTPUT_MODES; none: "predictions" for a top1 task, else "all"
 
     @property
     def request_id(self) -> str:  # errors about a stream carry its id where a request's would go
@@ -248,6 +283,7 @@ ERROR_CODES = (
     "protocol",  # malformed or unknown message
     "invalid_input",  # inputs do not fit the model: not retryable
     "unknown_variant",  # the node has no such variant: not retryable on that node
+    "unknown_model",  # a worker asked for a model file that is not one of its variants'
     "refused",  # registration refused (e.g. duplicate node name)
     "unregistered",  # the coordinator does not know this worker (it restarted): register again
     "infeasible",  # a strict request's target or minimum accuracy cannot be met by any plan
@@ -260,7 +296,8 @@ ERROR_CODES = (
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.kind: cls
     for cls in (
-        Hello, Welcome, Heartbeat, Goodbye, Shard, ShardResult, Submit, Result, Cancel, Query, Answer, Error,
+        Hello, Welcome, FetchModel, ModelChunk, Ready, Heartbeat, Goodbye, Shard, ShardResult,
+        Submit, Result, Cancel, Query, Answer, Error,
         StreamOpen, Frames, FrameResults, StreamClose,
     )
 }  # fmt: skip
