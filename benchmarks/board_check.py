@@ -39,6 +39,7 @@ from edgecollab.local import LocalCluster, die_with_parent
 from edgecollab.zoo import load_manifest, load_test_set, open_session
 
 MIRROR = "http://deb.debian.org/debian"
+HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
 QEMU_CPU = {"arm64": "cortex-a72", "armhf": "cortex-a15"}  # the Pi 4's core; the XU4's big core
 BOARD_VARIANTS = ["cnn-8", "resnet-8-int8", "linear"]
 INPUTS = 1000
@@ -76,6 +77,8 @@ def mounted(root: Path) -> Iterator[None]:
     """/proc and /dev for the userland. Never the host's /sys: ONNX Runtime's cpuinfo would read the x86
     topology there, and ``import onnxruntime`` dies with SIGSEGV under qemu."""
     shutil.copy("/etc/resolv.conf", root / "etc" / "resolv.conf")
+    # The host's CA bundle, so pip in the userland trusts what the host trusts (a proxy's CA, say).
+    shutil.copy(HOST_CA, root / "etc" / "ssl" / "host-ca.crt")
     points = [(root / "proc", ["-t", "proc", "proc"]), (root / "dev", ["--bind", "/dev"])]
     done = []
     try:
@@ -89,7 +92,8 @@ def mounted(root: Path) -> Iterator[None]:
 
 
 def inside(root: Path, *command: str, timeout: float = 3600, env: dict[str, str] | None = None) -> str:
-    environment = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8", **(env or {})}
+    environment = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8",
+                   "PIP_CERT": "/etc/ssl/host-ca.crt", "PIP_DISABLE_PIP_VERSION_CHECK": "1", **(env or {})}  # fmt: skip
     return sh("chroot", str(root), *command, timeout=timeout, env=environment)
 
 
@@ -241,7 +245,7 @@ def main() -> None:
                 environment["QEMU_CPU"] = QEMU_CPU[args.arch]
             worker_bin = "/opt/edgecollab-worker/bin/edgecollab-worker"
             cache = "/var/cache/edgecollab"
-            command = ["chroot", str(root), worker_bin, "--coordinator", local.workers_endpoint, "--node", node,
+            command = [shutil.which("chroot") or "chroot", str(root), worker_bin, "--coordinator", local.workers_endpoint, "--node", node,
                        "--cache", cache]  # fmt: skip
             started = time.monotonic()
             with open(work / "board.log", "wb") as log:
