@@ -245,7 +245,8 @@ def main() -> None:
                 environment["QEMU_CPU"] = QEMU_CPU[args.arch]
             worker_bin = "/opt/edgecollab-worker/bin/edgecollab-worker"
             cache = "/var/cache/edgecollab"
-            command = [shutil.which("chroot") or "chroot", str(root), worker_bin, "--coordinator", local.workers_endpoint, "--node", node,
+            chroot = shutil.which("chroot") or "chroot"
+            command = [chroot, str(root), worker_bin, "--coordinator", local.workers_endpoint, "--node", node,
                        "--cache", cache]  # fmt: skip
             started = time.monotonic()
             with open(work / "board.log", "wb") as log:
@@ -263,7 +264,7 @@ def main() -> None:
     )
     ok = ok and checks["stream"]["answered"] == STREAM_FRAMES
     results = {
-        "run": run_info(),
+        **run_info(),
         "board": {
             "arch": args.arch,
             "suite": args.suite,

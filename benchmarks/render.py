@@ -20,7 +20,12 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-DOCS = (ROOT / "README.md", ROOT / "docs" / "benchmarks.md", ROOT / "docs" / "reliability.md")
+DOCS = (
+    ROOT / "README.md",
+    ROOT / "docs" / "benchmarks.md",
+    ROOT / "docs" / "reliability.md",
+    ROOT / "docs" / "deployment.md",
+)
 BLOCK = re.compile(r"(<!-- figures:([a-z_-]+) -->\n)(.*?)(<!-- /figures -->)", re.S)
 
 
@@ -445,7 +450,51 @@ def chaos() -> str:
     )
 
 
+BOARD_RUNS = ("board-arm64-bookworm", "board-armhf-bookworm", "board-amd64-bullseye")
+
+
+def short_reason(reason: str) -> str:
+    """A left-out variant's reason, short enough for a table cell (a runtime's own messages run long)."""
+    node = re.search(r"Node \[([A-Za-z]+)@", reason)
+    if node:
+        return f"the runtime cannot import its {node.group(1)} node"
+    return reason if len(reason) <= 80 else reason[:80] + "…"
+
+
+def boards() -> str:
+    """One row per board check that has run (make board-check): install, runtime, speed, agreement."""
+    rows, names = [], []
+    for name in BOARD_RUNS:
+        if not (RESULTS / f"{name}.json").exists():
+            continue
+        d = load(name)
+        names.append(name)
+        b, inst, rt = d["board"], d["install"], d["board"]["runtime"]
+        checks = [v for c in d["checks"].values() for v in c["variants"].values()]
+        agree = min(v["same_prediction"] for v in checks)
+        diff = max(v.get("max_abs_diff", 0.0) for v in checks)
+        compared = sorted({k for c in d["checks"].values() for k in c["variants"]})
+        kinds = {"Debian packages" if v.startswith("Debian") else "PyPI wheels" if v.startswith("wheel") else "built"
+                 for v in inst["sources"].values()}  # fmt: skip
+        sources = ", ".join(sorted(kinds))
+        ips = ", ".join(f"{v} {n(x)}" for v, x in d["profiled_ips"].items())
+        left = "; ".join(f"{v}: {short_reason(r)}" for v, r in d["left_out"].items()) or "none"
+        rows.append([
+            f"{b['arch']} ({rt['arch']}), {rt['os']}", inst["python"],
+            f"{rt['backend']} {rt['backend_version']} ({sources})", ", ".join(rt["providers"]),
+            f"{inst['seconds']:.0f} s, {inst['venv_mb']} MB", f"{d['worker_ready_s']:.1f} s",
+            f"{ips} ({b['qemu_cpu'] or 'native'})", ", ".join(compared), f"{pct(agree)}, {diff:.1e}", left,
+            "pass" if d["passed"] else "**fail**",
+        ])  # fmt: skip
+    if not rows:
+        return "*No board check has run yet: `make board-check ARCH=arm64`.*"
+    header = ["userland", "Python", "runtime (from)", "providers", "install", "join → ready", "inf/s (emulated CPU)",
+              "compared with x86", "same class, max diff", "left out", "check"]  # fmt: skip
+    return table(header, rows) + "\n\n" + ran(*names)
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
+    "boards": boards,
     "headline": headline,
     "efficiency": efficiency,
     "overhead": overhead,

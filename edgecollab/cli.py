@@ -658,15 +658,24 @@ def status(
         return
     print(f"state: {outcome['state']}; {len(outcome['nodes'])} of {len(outcome['expected_nodes'])} nodes registered")
     table = Table()
-    for column in ("node", "alive", "profiled", "providers", "variants", "best inf/s", "in flight"):
+    for column in ("node", "alive", "ready", "warm-up s", "profiled", "runtime", "providers", "variants", "best inf/s",
+                   "in flight"):  # fmt: skip
         table.add_column(column)
     for n in outcome["nodes"]:
         best = max(n["ips"].values(), default=0.0)
+        runtime = n["runtime"]
+        where = f"{runtime.get('arch', '?')}, {runtime.get('backend', '?')} {runtime.get('backend_version', '')}"
+        warmup = "-" if n["warmup_s"] is None else f"{n['warmup_s']:.2f}"
         table.add_row(
-            n["name"], str(n["alive"]), str(n["profiled"]), ",".join(n["providers"]), str(len(n["variants"])),
-            f"{best:,.0f}", str(n["in_flight"]),
+            n["name"], str(n["alive"]), str(n["ready"]), warmup, str(n["profiled"]), where, ",".join(n["providers"]),
+            str(len(n["variants"])), f"{best:,.0f}", str(n["in_flight"]),
         )  # fmt: skip
     _console().print(table)
+    for n in outcome["nodes"]:  # what a board does not run, and what it fell back from, said in words
+        for variant, reason in n["left_out"].items():
+            print(f"{n['name']}: {variant} left out: {reason}")
+        for warning in n["warnings"]:
+            print(f"{n['name']}: warning: {warning}")
     for r in outcome["requests"]:
         owner = f" ({r['client']})" if "client" in r else ""
         print(f"request {r['id'][:8]}{owner}: {r['done']:,}/{r['inputs']:,} inputs, policy {r['policy']}")

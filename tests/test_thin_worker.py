@@ -6,6 +6,7 @@ by sha256 and cached, so a restart fetches nothing and a corrupt cached file is 
 from __future__ import annotations
 
 import ast
+import asyncio
 import json
 import shutil
 import signal
@@ -24,10 +25,11 @@ from edgecollab.client import SyncClient
 from edgecollab.config import load_config
 from edgecollab.inspection import ask
 from edgecollab.local import LocalCluster, die_with_parent
-from edgecollab.security import client_curve, generate_keys
+from edgecollab.protocol import Hello, Welcome, decode, encode
+from edgecollab.security import ClientCurve, client_curve, generate_keys, load_key_pair, load_public_key
 from edgecollab.zoo import load_manifest
 
-from .cluster_helpers import local_predictions
+from .cluster_helpers import local_predictions, raw_peer
 from .conftest import SHIPPED_MANIFEST
 
 VARIANTS = ["linear", "cnn-8"]
@@ -137,9 +139,11 @@ def start_board(venv: Path, local: LocalCluster, folder: Path, run: int) -> subp
     for name in ("board.key_secret", "coordinator.key"):
         shutil.copy(folder / "keys" / name, board_keys / name)
     command = [str(venv / "bin" / "edgecollab-worker"), "--coordinator", local.workers_endpoint, "--node", "board",
-               "--keys", str(board_keys), "--cache", str(folder / "cache")]  # fmt: skip
+               "--keys", str(board_keys)]  # fmt: skip
+    # The board's home: its cache is the default one there (~/.cache/edgecollab/models).
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(folder / "home")}
     with open(folder / f"board-{run}.log", "wb") as log:
-        return subprocess.Popen(command, cwd=empty, stdout=log, stderr=log, preexec_fn=die_with_parent)
+        return subprocess.Popen(command, cwd=empty, stdout=log, stderr=log, env=env, preexec_fn=die_with_parent)
 
 
 def status_when_ready(local: LocalCluster, folder: Path, timeout_s: float = 120) -> dict[str, Any]:
@@ -185,7 +189,7 @@ def test_a_board_joins_with_only_its_name_serves_and_restarts_without_fetching(
         assert node["runtime"]["backend"] == "onnxruntime" and node["runtime"]["max_opset"] >= 17
         assert node["runtime"]["python"].startswith(".".join(map(str, sys.version_info[:1])))
         assert status["counters"]["model_bytes_sent"] == sum(sizes.values())
-        assert sorted(p.name for p in (folder / "cache").glob("*.onnx")) == sorted(
+        assert sorted(p.name for p in (folder / "home" / ".cache" / "edgecollab" / "models").glob("*.onnx")) == sorted(
             f"{manifest.variant(v).sha256}.onnx" for v in VARIANTS
         )
         served_right()
@@ -200,7 +204,7 @@ def test_a_board_joins_with_only_its_name_serves_and_restarts_without_fetching(
     finally:
         stop(board)
 
-    corrupt = folder / "cache" / f"{manifest.variant('cnn-8').sha256}.onnx"
+    corrupt = folder / "home" / ".cache" / "edgecollab" / "models" / f"{manifest.variant('cnn-8').sha256}.onnx"
     corrupt.write_bytes(b"\0" * sizes["cnn-8"])  # the right size, the wrong bytes
     board = start_board(board_venv, local, folder, 3)
     try:
@@ -211,3 +215,32 @@ def test_a_board_joins_with_only_its_name_serves_and_restarts_without_fetching(
         stop(board)
     assert "fetched cnn-8" in (folder / "board-3.log").read_text()
     assert "fetched" not in (folder / "board-2.log").read_text()
+
+
+def test_a_board_whose_runtime_is_too_old_is_sent_no_variant_and_status_says_why(
+    coordinator: tuple[LocalCluster, Path],
+) -> None:
+    local, folder = coordinator
+    keys = ClientCurve(
+        load_key_pair(folder / "keys" / "board.key_secret"), load_public_key(folder / "keys" / "coordinator.key")
+    )
+    old = {"arch": "aarch64", "backend": "onnxruntime", "backend_version": "1.11.0", "max_opset": 16}
+
+    async def register() -> Welcome:
+        async with raw_peer(local.workers_endpoint, keys) as sock:
+            await sock.send_multipart(encode(Hello("board", old)))
+            assert await sock.poll(10_000)
+            welcome = decode(await sock.recv_multipart())
+            assert isinstance(welcome, Welcome)
+            curve = client_curve(load_config(folder / "cluster.toml"))
+            status = await asyncio.to_thread(ask, local.clients_endpoint, "status", 10, curve)
+            (node,) = [n for n in status["nodes"] if n["name"] == "board"]
+            assert not node["ready"] and node["runtime"]["backend_version"] == "1.11.0"
+            assert node["left_out"] == welcome.settings["excluded"]
+            return welcome
+
+    welcome = asyncio.run(register())
+    assert welcome.settings["variants"] == []
+    assert welcome.settings["excluded"] == {
+        v: "needs opset 17; onnxruntime 1.11.0 runs opset 16 at most" for v in VARIANTS
+    }

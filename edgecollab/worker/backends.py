@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 # The highest ONNX opset (default domain) each ONNX Runtime release implements
 # (ONNX Runtime's docs/Versioning.md). A release newer than the table runs at least the last row's.
 ORT_MAX_OPSET = {
-    (1, 10): 15, (1, 11): 15, (1, 12): 17, (1, 13): 17, (1, 14): 18, (1, 15): 19, (1, 16): 19,
+    (1, 10): 15, (1, 11): 16, (1, 12): 17, (1, 13): 17, (1, 14): 18, (1, 15): 19, (1, 16): 19,
     (1, 17): 20, (1, 18): 21, (1, 19): 21, (1, 20): 21, (1, 21): 22, (1, 22): 22, (1, 23): 23,
 }  # fmt: skip
 
