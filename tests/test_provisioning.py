@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from edgecollab.config import load_config
+from edgecollab.coordinator.peers import WorkerLink
 from edgecollab.coordinator.provisioning import local_runner, model_files, settings_for
+from edgecollab.protocol import Ready
 from edgecollab.worker.backends import OrtBackend
 from edgecollab.worker.protocol import ProtocolError
 from edgecollab.worker.runner import ShardRunner
@@ -93,3 +95,17 @@ def test_a_file_the_runtime_cannot_load_is_left_out_and_the_rest_serve(config, t
     assert again.run("linear", np.zeros((2, 1, 28, 28), np.uint8)).predictions.shape == (2,)
     # TensorRT is not in this ONNX Runtime: the warning names it, and CPU serves.
     assert any(w.startswith("TensorrtExecutionProvider is not in this onnxruntime") for w in again.warnings)
+
+
+def test_a_ready_worker_serves_only_variants_it_was_sent(config) -> None:  # type: ignore[no-untyped-def]
+    manifest = load_manifest(SHIPPED_MANIFEST, check_files=False)
+    settings = settings_for(config, manifest, config.node("orin"), {"max_opset": 21})
+    link = WorkerLink("orin", b"id", {"max_opset": 21}, settings, model_files(manifest, settings))
+    link.ready_with(
+        Ready("orin", ["cnn-8", "resnet-20", "cnn-8"], ["CPUExecutionProvider"], "f", 0.5, [], {"linear": "x"})
+    )
+    assert link.ready and link.variants == ["cnn-8"]
+    assert link.left_out() == {
+        "linear": "x",
+        "resnet-20": "claimed by the worker, but not one of the variants it was sent",
+    }

@@ -55,9 +55,15 @@ class WorkerLink:
     last_seen: float = field(default_factory=time.monotonic)
 
     def ready_with(self, ready: Ready) -> None:
-        self.ready, self.providers, self.variants = True, list(ready.providers), list(ready.variants)
+        """Take a worker's Ready; a variant it claims that it was never sent is named in ``failed``, not served."""
+        sent = {v.id for v in self.settings.variants}
+        self.ready, self.providers = True, list(ready.providers)
+        self.variants = [v for v in dict.fromkeys(ready.variants) if v in sent]
         self.fingerprint, self.warmup_s = ready.fingerprint, ready.warmup_s
         self.warnings, self.failed = list(ready.warnings), dict(ready.failed)
+        for variant in dict.fromkeys(ready.variants):
+            if variant not in sent:
+                self.failed[variant] = "claimed by the worker, but not one of the variants it was sent"
 
     def left_out(self) -> dict[str, str]:
         """Variants this board does not run, and why: its runtime cannot (coordinator's check), or they failed there."""
