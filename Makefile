@@ -7,14 +7,19 @@ STAMP  := $(VENV)/.installed-test
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: test run lint models worker-wheel board-check bench bench-runtime bench-network bench-peers bench-all bench-render clean
+.PHONY: test rtsp-server run lint models worker-wheel board-check bench bench-runtime bench-network bench-peers bench-all bench-render clean
 
 $(STAMP): pyproject.toml
 	@$(BIN)/python -c '' 2>/dev/null || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $@
 
-test: $(STAMP)
+# The video tests serve an RTSP camera with GStreamer's RTSP server, run by Debian's Python.
+RTSP_CHECK := import gi; gi.require_version("GstRtspServer", "1.0"); from gi.repository import GstRtspServer
+rtsp-server:
+	@/usr/bin/python3 -c '$(RTSP_CHECK)' 2>/dev/null || { $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-good; }
+
+test: $(STAMP) rtsp-server
 	$(BIN)/pytest
 
 run: $(STAMP)

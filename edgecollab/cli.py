@@ -425,8 +425,14 @@ def run(
 @_reports_errors
 def stream(
     sources: Annotated[int, typer.Option("--sources", min=1, max=1000, help="number of simulated cameras")] = 4,
-    fps: Annotated[float, typer.Option("--fps", min=0.1, max=10_000, help="frames per second of each camera")] = 30.0,
-    duration: Annotated[float, typer.Option("--duration", min=0.1, max=86_400, help="seconds each camera sends")] = 10,
+    fps: Annotated[
+        float | None,
+        typer.Option("--fps", min=0.1, max=10_000, help="frames per second of each camera (30), or of each --source"),
+    ] = None,
+    duration: Annotated[
+        float | None,
+        typer.Option("--duration", min=0.1, max=86_400, help="seconds each camera (10) or --source (to its end) sends"),
+    ] = None,
     max_latency_ms: Annotated[
         float | None, typer.Option("--max-latency-ms", help="each frame's latency bound (default: from config)")
     ] = None,
@@ -442,12 +448,29 @@ def stream(
     json_output: JsonOption = False,
     task: TaskOption = None,
     outputs: OutputsOption = None,
+    source: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--source", help="a video file, rtsp://, http(s)://, /dev/videoN or a folder of images (repeatable)"
+        ),
+    ] = None,
+    realtime: Annotated[
+        bool, typer.Option("--realtime/--no-realtime", help="files play at their own rate, or as fast as answered")
+    ] = True,
+    save_results: Annotated[
+        Path | None, typer.Option("--save-results", help="with --source: one JSON line per frame to this file")
+    ] = None,
 ) -> None:
-    """Simulate cameras sending test-set frames, on the embedded cluster (or a running one with --coordinator).
+    """Stream video sources (--source) or simulated cameras (--sources K) to the embedded cluster (or a
+    running one with --coordinator).
 
-    Prints per source: frames, answers, drops, fps, p50/p99 latency, accuracy against the labels.
-    Exits 3 if a stream is refused or fails.
+    Prints per source: frames, answers, drops, fps, p50/p99 latency, and accuracy against the labels
+    (simulated cameras) or decode figures (video sources). Exits 3 if a stream is refused or fails.
     """
+    if source:
+        _stream_sources(source, config, coordinator, task, fps, realtime, duration, save_results, json_output)
+        return
+    fps, duration = fps or 30.0, duration or 10.0
     from .cameras import CameraSpec
     from .protocol import BACKPRESSURE_POLICIES
     from .workload import workload_sources
@@ -486,6 +509,61 @@ def stream(
         f"p50 {t['p50_ms']:.1f} ms, p99 {t['p99_ms']:.1f} ms (worst source {t['worst_source_p99_ms']:.1f} ms); "
         f"accuracy {(t['accuracy'] or 0) * 100:.2f} %"
     )
+
+
+def _stream_sources(
+    uris: list[str], config: Path, coordinator: str | None, task: str | None, fps: float | None, realtime: bool,
+    duration_s: float | None, save_results: Path | None, json_output: bool,
+) -> None:  # fmt: skip
+    from .client import Client
+    from .video import kind_of, result_line, run_sources
+
+    for uri in uris:
+        kind_of(uri)  # a missing file fails here, before any cluster starts
+    cluster = load_config(config)
+    _check_task(cluster, task, config)
+    sink = open(save_results, "w") if save_results is not None else None  # noqa: SIM115 - closed below
+
+    def on_result(result: Any) -> None:
+        if sink is not None:
+            sink.write(json.dumps(result_line(result)) + "\n")
+
+    async def go(endpoint: str) -> list[Any]:
+        async with Client(endpoint, curve=client_curve(cluster)) as client:
+            return await run_sources(client, uris, task=task, fps=fps, realtime=realtime, duration_s=duration_s,
+                                     on_result=on_result)  # fmt: skip
+
+    try:
+        if coordinator is not None:
+            tallies = asyncio.run(go(coordinator))
+        else:
+            from .inspection import wait_until_ready
+            from .local import LocalCluster
+
+            log_dir = cluster.resolve(".edgecollab/logs")
+            with LocalCluster(config, log_dir=log_dir) as local:
+                wait_until_ready(
+                    local.clients_endpoint, cluster.coordinator.startup_timeout_s + 300, client_curve(cluster)
+                )
+                tallies = asyncio.run(go(local.clients_endpoint))
+    finally:
+        if sink is not None:
+            sink.close()
+    rows = [t.row() for t in tallies]
+    if json_output:
+        print(json.dumps({"sources": rows}, indent=2))
+        return
+    table = Table(title=f"{len(rows)} video source(s)")
+    for column in ("source", "answered", "dropped", "decode fps", "decode ms/frame", "lost to source", "reconnects",
+                   "p50 ms", "p99 ms", "variants"):  # fmt: skip
+        table.add_column(column)
+    for r in rows:
+        table.add_row(
+            r["source"], f"{r['frames']:,}", f"{r['dropped']:,}", f"{r['decode_fps']:.1f}",
+            f"{r['decode_ms_per_frame']:.2f}", f"{r['lost_to_source']:,}", str(r["reconnects"]), f"{r['p50_ms']:.1f}",
+            f"{r['p99_ms']:.1f}", ", ".join(f"{v} x {n}" for v, n in sorted(r["variants"].items())),
+        )  # fmt: skip
+    _console().print(table)
 
 
 def _run_cameras(endpoint: str, cluster: ClusterConfig, test_set: Any, spec: Any, json_output: bool) -> list[Any]:

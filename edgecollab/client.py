@@ -9,13 +9,13 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import numpy as np
 import zmq
 import zmq.asyncio
 
-from .errors import RequestFailed, request_failed
+from .errors import InvalidInputError, RequestFailed, request_failed
 from .protocol import (
     Answer,
     Cancel,
@@ -33,6 +33,9 @@ from .protocol import (
 )
 from .security import ClientCurve
 from .worker import transport
+
+if TYPE_CHECKING:
+    from .video import SourceStream
 
 T = TypeVar("T")
 # While a request is outstanding, the client checks this often that the coordinator still knows it.
@@ -325,17 +328,49 @@ class Client:
             progress(len(inputs), len(inputs))
         return _inference_result(result)
 
+    @overload
     def stream(
         self,
         target_fps: float,
         *,
+        min_accuracy: float | None = ...,
+        max_latency_ms: float | None = ...,
+        task: str | None = ...,
+        degrade: bool = ...,
+        backpressure: str = ...,
+        outputs: str | None = ...,
+    ) -> Stream: ...
+
+    @overload
+    def stream(
+        self,
+        target_fps: None = ...,
+        *,
+        source: str,
+        fps: float | None = ...,
+        realtime: bool = ...,
+        min_accuracy: float | None = ...,
+        max_latency_ms: float | None = ...,
+        task: str | None = ...,
+        degrade: bool = ...,
+        backpressure: str = ...,
+        outputs: str | None = ...,
+    ) -> SourceStream: ...
+
+    def stream(
+        self,
+        target_fps: float | None = None,
+        *,
+        source: str | None = None,
+        fps: float | None = None,
+        realtime: bool = True,
         min_accuracy: float | None = None,
         max_latency_ms: float | None = None,
         task: str | None = None,
         degrade: bool = False,
         backpressure: str = "block",
         outputs: str | None = None,
-    ) -> Stream:
+    ) -> Stream | SourceStream:
         """A stream of frames at ``target_fps``: ``async with client.stream(30) as s: ...``.
 
         On entry the coordinator admits it into the joint plan at that rate, with ``min_accuracy``
@@ -344,7 +379,21 @@ class Client:
         anyway and ``stream.admission["degraded"]`` says so. ``backpressure``: ``block`` (``send``
         waits), ``drop-oldest`` (queued frames are dropped, each answered as dropped) or ``fail``.
         ``outputs`` as for ``infer``: each ``FrameResult.outputs`` then holds that frame's row of each.
+
+        With ``source=URI`` (a video file, ``rtsp://``, ``http(s)://``, ``/dev/videoN`` or a folder of
+        images) the frames come from the source instead, decoded with PyAV at its own rate (``fps``
+        overrides it; a file plays as fast as the cluster takes it with ``realtime=False``):
+        ``async with client.stream(source="cam.mp4") as s: async for r in s: ...`` yields a
+        ``video.SourceResult`` per decoded frame, with its ``pts`` and boxes in the frame's pixels.
         """
+        if source is not None:  # a video source (edgecollab.video): frames decoded here, at the source's rate
+            from .video import SourceStream
+
+            options = {"min_accuracy": min_accuracy, "max_latency_ms": max_latency_ms, "task": task, "degrade": degrade,
+                       "backpressure": backpressure, "outputs": outputs}  # fmt: skip
+            return SourceStream(self, source, fps, realtime, options)
+        if target_fps is None:
+            raise InvalidInputError("invalid_input", "a stream needs target_fps (frames sent by you) or source=URI")
         spec = StreamOpen(
             uuid.uuid4().hex, target_fps, min_accuracy, max_latency_ms, degrade, backpressure, task, outputs
         )
@@ -493,23 +542,58 @@ class SyncClient:
         """Like ``Client.query``, blocking."""
         return self._call(self._client.query(topic, **params))
 
+    @overload
     def stream(
         self,
         target_fps: float,
         *,
+        min_accuracy: float | None = ...,
+        max_latency_ms: float | None = ...,
+        task: str | None = ...,
+        degrade: bool = ...,
+        backpressure: str = ...,
+        outputs: str | None = ...,
+    ) -> SyncStream: ...
+
+    @overload
+    def stream(
+        self,
+        target_fps: None = ...,
+        *,
+        source: str,
+        fps: float | None = ...,
+        realtime: bool = ...,
+        min_accuracy: float | None = ...,
+        max_latency_ms: float | None = ...,
+        task: str | None = ...,
+        degrade: bool = ...,
+        backpressure: str = ...,
+        outputs: str | None = ...,
+    ) -> SyncSourceStream: ...
+
+    def stream(
+        self,
+        target_fps: float | None = None,
+        *,
+        source: str | None = None,
+        fps: float | None = None,
+        realtime: bool = True,
         min_accuracy: float | None = None,
         max_latency_ms: float | None = None,
         task: str | None = None,
         degrade: bool = False,
         backpressure: str = "block",
         outputs: str | None = None,
-    ) -> SyncStream:
-        """Like ``Client.stream``, blocking: ``with client.stream(30) as s: s.send(frame); for r in s: ...``."""
-        stream = self._client.stream(
-            target_fps, min_accuracy=min_accuracy, max_latency_ms=max_latency_ms, task=task, degrade=degrade,
-            backpressure=backpressure, outputs=outputs,
-        )  # fmt: skip
-        return SyncStream(self, stream)
+    ) -> SyncStream | SyncSourceStream:
+        """Like ``Client.stream``, blocking: ``with client.stream(30) as s: s.send(frame); for r in s: ...``,
+        or ``with client.stream(source="cam.mp4") as s: for r in s: ...``."""
+        options: dict[str, Any] = {"min_accuracy": min_accuracy, "max_latency_ms": max_latency_ms, "task": task,
+                                   "degrade": degrade, "backpressure": backpressure, "outputs": outputs}  # fmt: skip
+        if source is not None:
+            return SyncSourceStream(self, self._client.stream(source=source, fps=fps, realtime=realtime, **options))
+        if target_fps is None:
+            raise InvalidInputError("invalid_input", "a stream needs target_fps (frames sent by you) or source=URI")
+        return SyncStream(self, self._client.stream(target_fps, **options))
 
     def close(self) -> None:
         if self._loop.is_closed():
@@ -557,5 +641,32 @@ class SyncStream:
         while True:
             try:
                 yield self._owner._call(self.stream.__anext__())
+            except StopAsyncIteration:
+                return
+
+
+class SyncSourceStream:
+    """``video.SourceStream`` with blocking calls: iterate it for a ``SourceResult`` per decoded frame."""
+
+    def __init__(self, owner: SyncClient, stream: SourceStream) -> None:
+        self._owner = owner
+        self.stream = stream
+
+    def __enter__(self) -> SyncSourceStream:
+        self._owner._call(self.stream.__aenter__())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._owner._call(self.stream.__aexit__(*exc))
+
+    def __iter__(self) -> Iterator[Any]:
+        results = self.stream.__aiter__()
+
+        async def following() -> Any:
+            return await results.__anext__()
+
+        while True:
+            try:
+                yield self._owner._call(following())
             except StopAsyncIteration:
                 return

@@ -7,7 +7,7 @@ must do; the shell does nothing the core did not say, except answer queries.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -38,6 +38,7 @@ class ServedTask:
     input_dtype: np.dtype[Any]
     quality: str = "top1"
     variants: frozenset[str] | None = None  # None: every variant in the table (a one-task cluster)
+    preprocess: dict[str, Any] = field(default_factory=lambda: {"fit": "letterbox", "pad": 0})  # for video frames
 
 
 # --- work in flight ----------------------------------------------------------------------------

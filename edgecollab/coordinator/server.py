@@ -107,7 +107,15 @@ class Coordinator:
         table.link_seconds.update(config.link_seconds_per_input(tasks[0].bytes_per_input))
         table.input_scale.update({v: t.bytes_per_input / tasks[0].bytes_per_input for t in tasks for v in ids[t.name]})
         served = [
-            ServedTask(t.name, t.input_shape, np.dtype(t.input_dtype), t.quality, frozenset(ids[t.name])) for t in tasks
+            ServedTask(
+                t.name,
+                t.input_shape,
+                np.dtype(t.input_dtype),
+                t.quality,
+                frozenset(ids[t.name]),
+                t.preprocess.model_dump() if t.preprocess else {"fit": "letterbox", "pad": 0},
+            )
+            for t in tasks
         ]
         self.core = DispatchCore(self.settings, [n.name for n in config.nodes], table, served)
         self.shell_counters: Counter[str] = Counter()  # what the shell sees: malformed messages, peers cut off, ...

@@ -279,6 +279,8 @@ class StreamDispatch:
             "queue_frames": stream.queue_frames,
             "input_shape": list(task.input_shape),
             "input_dtype": task.input_dtype.name,
+            "quality": task.quality,
+            "preprocess": dict(task.preprocess),  # how a video frame becomes an input (edgecollab.video)
         }
         return [StreamReply(stream.client, Answer(stream.stream_id, answer))]
 

@@ -29,6 +29,18 @@ Quality = Literal["top1", "map50", "stated"]
 GENERATED_HEADER = "# Written by models/train.py and models/upscale.py (make models). Every figure is measured.\n\n"
 
 
+class Preprocess(BaseModel):
+    """How a decoded video frame becomes the task's input (colour comes from the input's channels:
+    1 grayscale, 3 RGB; layout is channels first; dtype is the task's)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    fit: Literal["letterbox", "stretch"] = Field(
+        "letterbox", description="letterbox: keep the frame's aspect and pad; stretch: scale each axis to the input"
+    )
+    pad: int = Field(0, ge=0, le=255, description="the letterbox's fill value")
+
+
 class TaskSpec(BaseModel):
     """One inference task: what its models take, how their quality is scored, and on which test set."""
 
@@ -49,6 +61,7 @@ class TaskSpec(BaseModel):
     test_upscale: int = Field(
         1, ge=1, le=64, description="the test images are stored this many times smaller and enlarged (nearest)"
     )
+    preprocess: Preprocess | None = Field(None, description="how video frames become inputs (default: letterbox)")
 
     @model_validator(mode="after")
     def _one_test_set(self) -> TaskSpec:

@@ -1,0 +1,451 @@
+"""Real video sources: a file, an RTSP or HTTP camera, a V4L2 device or a folder of images, decoded
+with PyAV (FFmpeg's libraries) and turned into the task's input where they are decoded.
+
+A source is named by a URI. Decoding and preprocessing run in a thread of their own per source and
+hand frames to the event loop through a bounded queue, so a 1080p decode never stalls the loop. Each
+frame keeps its presentation timestamp (``pts``, seconds) and its wall-clock arrival, and the map
+from the model's input back to the frame, so detections come back in the frame's coordinates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import EdgecollabError
+
+if TYPE_CHECKING:
+    from .client import Client
+
+LIVE_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+QUEUE_FRAMES = 64  # decoded frames a source may hold ahead of the cluster
+MAX_BACKOFF_S = 10.0
+
+
+class SourceError(EdgecollabError):
+    """A source that cannot be opened or read; the message names the URI and FFmpeg's reason."""
+
+
+# --- preprocessing: a decoded frame becomes the model's input ------------------------------------
+@dataclass(frozen=True)
+class Preparation:
+    """How a task's frames are made: colour, fit and the input size (channels, height, width)."""
+
+    channels: int
+    height: int
+    width: int
+    dtype: str = "uint8"
+    fit: str = "letterbox"  # "letterbox": keep the aspect, pad; "stretch": scale each axis to fit
+    pad: int = 0
+
+    @classmethod
+    def from_admission(cls, admission: dict[str, Any]) -> Preparation:
+        """From a stream's admission: the task's input shape and dtype, and its declared preprocessing."""
+        shape = admission["input_shape"]
+        if len(shape) != 3 or shape[0] not in (1, 3):
+            raise SourceError(f"the task takes inputs of shape {shape}; a video source needs (1 or 3, H, W)")
+        prep = admission.get("preprocess", {})
+        return cls(shape[0], shape[1], shape[2], admission["input_dtype"], prep.get("fit", "letterbox"),
+                   prep.get("pad", 0))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class FrameMap:
+    """From the model's input pixels back to the source frame's: ``frame = (model - offset) / scale``."""
+
+    scale_x: float
+    scale_y: float
+    offset_x: float
+    offset_y: float
+
+    def boxes_to_frame(self, boxes: np.ndarray) -> np.ndarray:
+        """``[..., 4]`` boxes (x1, y1, x2, y2) in input pixels, in the frame's pixels."""
+        out = np.asarray(boxes, dtype=np.float32).copy()
+        out[..., 0::2] = (out[..., 0::2] - self.offset_x) / self.scale_x
+        out[..., 1::2] = (out[..., 1::2] - self.offset_y) / self.scale_y
+        return out
+
+
+def prepare(frame: Any, prep: Preparation) -> tuple[np.ndarray, FrameMap]:
+    """A PyAV ``VideoFrame`` as the task's input (C, H, W), and the map back. FFmpeg's swscale resizes
+    and converts the colour in one pass."""
+    fw, fh = frame.width, frame.height
+    if prep.fit == "stretch":
+        w, h = prep.width, prep.height
+    else:
+        scale = min(prep.width / fw, prep.height / fh)
+        w, h = max(1, round(fw * scale)), max(1, round(fh * scale))
+    fmt = "gray" if prep.channels == 1 else "rgb24"
+    pixels = frame.reformat(width=w, height=h, format=fmt, interpolation="AREA").to_ndarray()
+    pixels = pixels.reshape(h, w, prep.channels)
+    x0, y0 = (prep.width - w) // 2, (prep.height - h) // 2
+    canvas = np.full((prep.height, prep.width, prep.channels), prep.pad, np.uint8)
+    canvas[y0 : y0 + h, x0 : x0 + w] = pixels
+    mapping = FrameMap(w / fw, h / fh, float(x0), float(y0))
+    return np.ascontiguousarray(canvas.transpose(2, 0, 1)).astype(prep.dtype, copy=False), mapping
+
+
+# --- sources ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DecodedFrame:
+    seq: int  # 0, 1, ... in decode order
+    pts: float | None  # presentation time in seconds (None when the container gives none)
+    arrival: float  # wall clock (time.time()) when it was decoded
+    input: np.ndarray  # the model's input, (C, H, W)
+    mapping: FrameMap
+    size: tuple[int, int]  # the source frame's (width, height)
+
+
+@dataclass
+class SourceCounters:
+    decoded: int = 0
+    lost_to_source: int = 0  # frames the source did not deliver while it was down (estimated from its rate)
+    dropped_behind: int = 0  # decoded frames dropped because the cluster fell behind (oldest first)
+    reconnects: int = 0
+    seconds_down: float = 0.0
+    decode_cpu_s: float = 0.0  # thread CPU spent decoding and preprocessing
+
+    @property
+    def decode_ms_per_frame(self) -> float:
+        return 1e3 * self.decode_cpu_s / self.decoded if self.decoded else 0.0
+
+
+def kind_of(uri: str) -> str:
+    """``file``, ``live`` (RTSP, HTTP), ``device`` (V4L2) or ``folder``; a missing path is refused here."""
+    if uri.startswith(LIVE_SCHEMES):
+        return "live"
+    path = Path(uri.removeprefix("file://"))
+    if uri.startswith("/dev/video"):
+        return "device"
+    if path.is_dir():
+        return "folder"
+    if path.is_file():
+        return "file"
+    raise SourceError(f"source {uri!r}: no such file, folder or device; expected a path, file://, rtsp://, http(s)://")
+
+
+class VideoSource:
+    """Decodes one source in a thread into a bounded queue. Iterate ``frames()`` from asyncio."""
+
+    def __init__(self, uri: str, *, realtime: bool = True, fps: float | None = None) -> None:
+        self.uri = uri
+        self.kind = kind_of(uri)
+        self.prep: Preparation | None = None
+        self.realtime = realtime  # a file plays at its own rate (live sources always do)
+        self.fps = fps  # the source's rate; None: from the container
+        self.counters = SourceCounters()
+        self._queue: queue.Queue[DecodedFrame | BaseException | None] = queue.Queue(QUEUE_FRAMES)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._seq = 0
+        self.rate: float | None = fps
+
+    def open(self) -> VideoSource:
+        """Open the source now, so a bad URI fails at once with FFmpeg's reason (and its rate is known)."""
+        self._container = self._open_container()
+        self.rate = self.fps or _rate_of(self._container) or 30.0
+        return self
+
+    def start(self, prep: Preparation) -> None:
+        """Decode and prepare frames in a thread of their own from now on."""
+        self.prep = prep
+        args = (self._container,)
+        self._thread = threading.Thread(target=self._run, args=args, name=f"decode {self.uri}", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    async def frames(self) -> AsyncIterator[DecodedFrame]:
+        while True:
+            item = await asyncio.to_thread(self._queue.get)
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def _open_container(self) -> Any:
+        import av
+
+        options = {"rtsp_transport": "tcp"} if self.uri.startswith(("rtsp://", "rtsps://")) else {}
+        target = self.uri.removeprefix("file://")
+        try:
+            if self.kind == "folder":
+                return _ImageFolder(Path(target))
+            if self.kind == "device":
+                return av.open(target, format="v4l2", timeout=(10.0, 5.0))
+            return av.open(target, options=options, timeout=(10.0, 5.0))
+        except (OSError, av.FFmpegError) as exc:  # FFmpeg's reason is in the exception's text
+            raise SourceError(f"source {self.uri!r} cannot be opened: {exc}") from None
+
+    def _run(self, container: Any) -> None:
+        backoff = 0.5
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._decode(container)
+                except Exception as exc:  # a live source that drops out comes back below
+                    if self.kind != "live":
+                        self._put(SourceError(f"source {self.uri!r} failed while decoding: {exc}"))
+                        return
+                finally:
+                    container.close()
+                if self.kind != "live" or self._stop.is_set():
+                    break
+                down_since = time.monotonic()
+                while not self._stop.is_set():  # reconnect with back-off; the gap is counted
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF_S)
+                    try:
+                        container = self._open_container()
+                        break
+                    except SourceError:
+                        continue
+                gap = time.monotonic() - down_since
+                self.counters.reconnects += 1
+                self.counters.seconds_down += gap
+                self.counters.lost_to_source += round(gap * (self.rate or 0.0))
+                backoff = 0.5
+        finally:
+            self._queue.put(None)
+
+    def _decode(self, container: Any) -> None:
+        started_wall, first_pts = time.monotonic(), None
+        cpu = time.thread_time()
+        for frame in _video_frames(container):
+            if self._stop.is_set():
+                return
+            pts = float(frame.pts * frame.time_base) if frame.pts is not None and frame.time_base else None
+            assert self.prep is not None
+            inputs, mapping = prepare(frame, self.prep)
+            now = time.thread_time()
+            self.counters.decode_cpu_s += now - cpu
+            cpu = now
+            if self.kind == "file" and self.realtime and pts is not None:
+                first_pts = pts if first_pts is None else first_pts
+                time.sleep(max(0.0, started_wall + (pts - first_pts) - time.monotonic()))
+            self._put(DecodedFrame(self._seq, pts, time.time(), inputs, mapping, (frame.width, frame.height)))
+            self._seq += 1
+            self.counters.decoded += 1
+            cpu = time.thread_time()
+
+    def _put(self, item: DecodedFrame | BaseException) -> None:
+        if self.kind in ("file", "folder") or not isinstance(item, DecodedFrame):
+            self._queue.put(item)  # a file waits for the cluster: nothing of it is lost
+            return
+        while True:  # a live source cannot wait: the oldest frame not yet taken goes
+            try:
+                self._queue.put_nowait(item)
+                return
+            except queue.Full:
+                try:
+                    self._queue.get_nowait()
+                    self.counters.dropped_behind += 1
+                except queue.Empty:
+                    pass
+
+
+def _video_frames(container: Any) -> Iterator[Any]:
+    if isinstance(container, _ImageFolder):
+        yield from container.frames()
+        return
+    yield from container.decode(video=0)
+
+
+def _rate_of(container: Any) -> float | None:
+    if isinstance(container, _ImageFolder):
+        return None
+    rate = container.streams.video[0].average_rate
+    return float(rate) if rate else None
+
+
+class _ImageFolder:
+    """A folder of images in name order, each a frame (pts: its index)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self.paths:
+            raise SourceError(f"folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+
+    def frames(self) -> Iterator[Any]:
+        import av
+
+        for path in self.paths:
+            with av.open(str(path)) as image:
+                yield from image.decode(video=0)
+
+    def close(self) -> None:
+        pass
+
+
+# --- a stream fed by a source ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SourceResult:
+    """One decoded frame's answer: outputs (boxes in the source frame's pixels), variant, node, latency."""
+
+    source: str
+    seq: int
+    pts: float | None
+    prediction: int
+    outputs: dict[str, np.ndarray]
+    variant: str
+    node: str
+    latency_ms: float  # from decode to answer
+    dropped: bool = False
+    reason: str = ""
+
+
+class SourceStream:
+    """``Client.stream(source=URI)``: decodes the source and streams its frames; ``async for`` its results.
+
+    The stream is declared at the source's own rate (or ``fps``). Every decoded frame is answered
+    exactly once, in decode order (a dropped one says so); boxes come back in the frame's pixels.
+    """
+
+    def __init__(self, client: Client, uri: str, fps: float | None, realtime: bool, options: dict[str, Any]) -> None:
+        self.client = client
+        self.uri = uri
+        self.source = VideoSource(uri, realtime=realtime, fps=fps)
+        self.options = options
+        self.admission: dict[str, Any] = {}
+        self.summary: dict[str, Any] | None = None
+
+    @property
+    def counters(self) -> SourceCounters:
+        return self.source.counters
+
+    async def __aenter__(self) -> SourceStream:
+        await asyncio.to_thread(self.source.open)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self.source.close)
+
+    async def __aiter__(self) -> AsyncIterator[SourceResult]:
+        source = self.source
+        stream = self.client.stream(source.rate or 30.0, **self.options)
+        frames: dict[int, DecodedFrame] = {}
+        async with stream:
+            self.admission = stream.admission
+            source.start(Preparation.from_admission(self.admission))
+
+            async def feed() -> None:
+                try:
+                    async for frame in source.frames():
+                        frames[frame.seq] = frame
+                        await stream.send(frame.input, ids=[frame.seq])
+                except BaseException:
+                    await stream.cancel()  # the source failed: the stream's iteration ends, the error is raised below
+                    raise
+                await stream.close()
+
+            feeder = asyncio.create_task(feed())
+            try:
+                async for r in stream:
+                    frame = frames.pop(r.id)
+                    result_outputs = dict(r.outputs)
+                    if "boxes" in result_outputs:
+                        result_outputs["boxes"] = frame.mapping.boxes_to_frame(result_outputs["boxes"])
+                    yield SourceResult(
+                        self.uri, frame.seq, frame.pts, r.prediction, result_outputs, r.variant, r.node,
+                        (time.time() - frame.arrival) * 1e3, r.dropped, r.reason,
+                    )  # fmt: skip
+            finally:
+                if not feeder.done():
+                    feeder.cancel()
+                await asyncio.gather(feeder, return_exceptions=True)
+            if not feeder.cancelled() and feeder.exception() is not None:
+                raise feeder.exception()  # type: ignore[misc]
+            self.summary = stream.summary
+
+
+# --- several sources at once, as `edgecollab stream --source` runs them ------------------------------
+@dataclass
+class SourceTally:
+    uri: str
+    frames: int = 0
+    dropped: int = 0
+    latencies_ms: list[float] | None = None
+    variants: dict[str, int] | None = None
+    counters: SourceCounters | None = None
+    started: float = 0.0
+    finished: float = 0.0
+
+    def row(self) -> dict[str, Any]:
+        lat = np.array(self.latencies_ms or [np.nan])
+        c = self.counters or SourceCounters()
+        elapsed = max(self.finished - self.started, 1e-9)
+        return {
+            "source": self.uri,
+            "frames": self.frames,
+            "dropped": self.dropped,
+            "decode_fps": c.decoded / elapsed,
+            "decode_ms_per_frame": c.decode_ms_per_frame,
+            "lost_to_source": c.lost_to_source,
+            "dropped_behind": c.dropped_behind,
+            "reconnects": c.reconnects,
+            "seconds_down": c.seconds_down,
+            "p50_ms": float(np.percentile(lat, 50)),
+            "p99_ms": float(np.percentile(lat, 99)),
+            "variants": dict(self.variants or {}),
+        }
+
+
+def result_line(result: SourceResult) -> dict[str, Any]:
+    """One frame's answer as ``--save-results`` writes it: plain lists, boxes in the frame's pixels."""
+    return {
+        "source": result.source,
+        "seq": result.seq,
+        "pts": result.pts,
+        "outputs": {k: v.tolist() for k, v in result.outputs.items()} or {"prediction": result.prediction},
+        "variant": result.variant,
+        "node": result.node,
+        "latency_ms": round(result.latency_ms, 3),
+    }
+
+
+async def run_sources(
+    client: Client,
+    uris: list[str],
+    *,
+    task: str | None = None,
+    fps: float | None = None,
+    realtime: bool = True,
+    duration_s: float | None = None,
+    on_result: Any = None,
+) -> list[SourceTally]:
+    """Stream every source at once over one client until each ends (or ``duration_s`` passes)."""
+
+    async def one(uri: str) -> SourceTally:
+        tally = SourceTally(uri, latencies_ms=[], variants={})
+        async with client.stream(source=uri, fps=fps, realtime=realtime, task=task) as stream:
+            tally.counters = stream.counters
+            tally.started = time.monotonic()
+            async for r in stream:
+                if r.dropped:
+                    tally.dropped += 1
+                else:
+                    tally.frames += 1
+                    assert tally.latencies_ms is not None and tally.variants is not None
+                    tally.latencies_ms.append(r.latency_ms)
+                    tally.variants[r.variant] = tally.variants.get(r.variant, 0) + 1
+                if on_result is not None:
+                    on_result(r)
+                if duration_s is not None and time.monotonic() - tally.started >= duration_s:
+                    break
+        tally.finished = time.monotonic()
+        return tally
+
+    return list(await asyncio.gather(*(one(uri) for uri in uris)))

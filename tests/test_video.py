@@ -1,0 +1,206 @@
+"""Video sources decoded with PyAV, end to end on a real cluster: a camera-like H.264 file made here
+from the detection task's test scenes, every decoded frame answered once, in order, with its pts,
+and detections mapped back to the frame scoring like the same scenes sent as arrays."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+
+from edgecollab.client import Client, SyncClient
+from edgecollab.local import LocalCluster, die_with_parent, free_tcp_endpoint
+from edgecollab.video import FrameMap, Preparation, SourceError, prepare
+from edgecollab.zoo import load_manifest, load_test_set
+from edgecollab.zoo.scoring import DetectionSet, mean_average_precision
+
+from .cluster_helpers import edgecollab
+from .conftest import SHIPPED_MANIFEST
+
+# Debian's Python runs the RTSP server: GStreamer's bindings (python3-gi) are Debian packages, which
+# `make test` installs when they are missing.
+SYSTEM_PYTHON = "/usr/bin/python3"
+SCENES = 90
+SCALE = 8  # 64-pixel scenes become 512 x 512 frames
+FPS = 30
+
+
+def scenes() -> DetectionSet:
+    manifest = load_manifest(SHIPPED_MANIFEST, check_files=False)
+    test_set = load_test_set(manifest, manifest.task_of(manifest.variant("det-small")))
+    assert isinstance(test_set, DetectionSet)
+    return test_set.subset(np.arange(SCENES))
+
+
+def camera_frame(scene: np.ndarray) -> np.ndarray:
+    """A grayscale scene, scaled up and tinted like a colour camera's frame (H, W, 3 uint8)."""
+    big = np.kron(scene[0].astype(np.float32), np.ones((SCALE, SCALE), np.float32))
+    tint = np.stack([big * 1.05, big, big * 0.9], axis=-1)
+    return np.clip(tint, 0, 255).astype(np.uint8)
+
+
+def write_video(path: Path, truth: DetectionSet) -> None:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=FPS, options={"crf": "16"})
+        stream.width = stream.height = 64 * SCALE
+        stream.pix_fmt = "yuv420p"
+        for i, scene in enumerate(truth.inputs):
+            frame = av.VideoFrame.from_ndarray(camera_frame(scene), format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    folder = tmp_path_factory.mktemp("video")
+    (folder / "cluster.toml").write_text(
+        f'[models]\nmanifest = "{SHIPPED_MANIFEST}"\ntasks = ["fashion-detect"]\n'
+        '[[nodes]]\nname = "rpi4"\nemulate = "rpi4"\nvariants = ["det-small"]\n'
+        '[[nodes]]\nname = "jetson-nano"\nemulate = "jetson-nano"\nvariants = ["det-small"]\n'
+    )
+    with LocalCluster(folder / "cluster.toml", log_dir=folder / "logs") as local:
+        yield local
+
+
+def test_letterboxing_maps_boxes_back_to_the_frame() -> None:
+    frame = av.VideoFrame.from_ndarray(np.full((480, 640, 3), 200, np.uint8), format="rgb24")
+    inputs, mapping = prepare(frame, Preparation(1, 64, 64))
+    assert inputs.shape == (1, 64, 64) and inputs.dtype == np.uint8
+    assert (inputs[0, :8] == 0).all() and (inputs[0, 8:56] > 150).all()  # 64 x 48 of picture, padded top and bottom
+    assert mapping == FrameMap(0.1, 0.1, 0.0, 8.0)
+    assert np.allclose(mapping.boxes_to_frame(np.array([[0.0, 8.0, 64.0, 56.0]])), [[0, 0, 640, 480]])
+
+
+def test_a_video_file_is_answered_frame_by_frame_and_scores_like_the_arrays(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    truth = scenes()
+    video = tmp_path / "camera.mp4"
+    write_video(video, truth)
+
+    async def go() -> tuple[list[object], dict[str, np.ndarray], float]:
+        async with Client(cluster.clients_endpoint, timeout_s=120) as client:
+            arrays = await client.infer(truth.inputs, outputs="all")
+            async with client.stream(source=str(video), realtime=False) as stream:
+                results = [r async for r in stream]
+            return results, arrays.outputs, stream.counters.decode_ms_per_frame
+
+    results, array_outputs, decode_ms = asyncio.run(go())
+    assert [r.seq for r in results] == list(range(SCENES))  # type: ignore[attr-defined]
+    assert [r.pts for r in results] == pytest.approx([i / FPS for i in range(SCENES)])  # type: ignore[attr-defined]
+    assert not any(r.dropped for r in results) and decode_ms > 0  # type: ignore[attr-defined]
+    found = {k: np.stack([r.outputs[k] for r in results]) for k in ("boxes", "scores", "labels")}  # type: ignore[attr-defined]
+    in_frame = DetectionSet(truth.inputs, truth.boxes * SCALE, truth.labels, truth.image_index)
+    from_video = mean_average_precision(found, in_frame)
+    from_arrays = mean_average_precision(array_outputs, truth)
+    assert from_arrays > 0.5
+    assert abs(from_video - from_arrays) <= 0.03, (from_video, from_arrays)
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("/nonexistent/camera.mp4", r"source '/nonexistent/camera.mp4': no such file, folder or device"),
+        ("rtsp://127.0.0.1:9/none", r"source 'rtsp://127.0.0.1:9/none' cannot be opened: .*Connection refused"),
+    ],
+)
+def test_a_source_that_cannot_be_opened_fails_at_once_with_its_uri_and_ffmpegs_reason(
+    cluster: LocalCluster, uri: str, message: str
+) -> None:
+    async def go() -> None:
+        async with Client(cluster.clients_endpoint, timeout_s=30) as client, client.stream(source=uri):
+            pass
+
+    with pytest.raises(SourceError, match=message):
+        asyncio.run(go())
+
+
+def test_the_stream_command_saves_a_json_line_per_frame_of_a_source(cluster: LocalCluster, tmp_path: Path) -> None:
+    truth = scenes().subset(np.arange(20))
+    video = tmp_path / "short.mp4"
+    write_video(video, truth)
+    out = tmp_path / "out.jsonl"
+    args = ["stream", "--source", str(video), "--task", "fashion-detect", "--save-results", str(out), "--json",
+            "--no-realtime", "--config", str(cluster.config_path), "--coordinator", cluster.clients_endpoint]  # fmt: skip
+    done = edgecollab(*args)
+    assert done.returncode == 0, done.stderr
+    (row,) = json.loads(done.stdout)["sources"]
+    assert row["source"] == str(video) and row["frames"] == 20 and row["dropped"] == 0 and row["reconnects"] == 0
+    assert row["decode_ms_per_frame"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"]
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["seq"] for line in lines] == list(range(20))
+    assert all(set(line) == {"source", "seq", "pts", "outputs", "variant", "node", "latency_ms"} for line in lines)
+    boxes = np.array([line["outputs"]["boxes"] for line in lines])
+    assert boxes.shape == (20, 64, 4) and boxes.max() > 64  # in the 512-pixel frame's coordinates, not the model's
+    missing = edgecollab("stream", "--source", str(tmp_path / "none.mp4"), "--config", str(cluster.config_path))
+    assert missing.returncode == 2 and "no such file, folder or device" in missing.stderr
+
+
+def test_a_sync_client_plays_a_file_at_its_own_rate(cluster: LocalCluster, tmp_path: Path) -> None:
+    truth = scenes().subset(np.arange(30))
+    video = tmp_path / "second.mp4"
+    write_video(video, truth)
+    with SyncClient(cluster.clients_endpoint, timeout_s=60) as client, client.stream(source=str(video)) as stream:
+        started = time.monotonic()
+        results = list(stream)
+        elapsed = time.monotonic() - started
+    assert [r.seq for r in results] == list(range(30)) and results[-1].pts == pytest.approx(29 / FPS)
+    assert elapsed >= 29 / FPS * 0.9  # played at 30 fps, not as fast as the cluster answers
+
+
+def rtsp_server(port: int, video: Path, log: Path) -> subprocess.Popen[bytes]:
+    """tests/rtsp_server.py under Debian's Python (GStreamer's RTSP server), ready once it says so."""
+    with open(log, "ab") as out:
+        server = subprocess.Popen(
+            [SYSTEM_PYTHON, str(Path(__file__).with_name("rtsp_server.py")), str(port), str(video)],
+            stdout=subprocess.PIPE, stderr=out, preexec_fn=die_with_parent,
+        )  # fmt: skip
+    assert server.stdout is not None
+    ready = server.stdout.readline()
+    server.stdout.close()  # it says nothing more
+    assert ready == b"serving\n", (log.read_text(), server.poll())
+    return server
+
+
+def test_an_rtsp_camera_that_drops_out_is_reconnected_and_the_gap_counted(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    video = tmp_path / "rtsp.mp4"
+    write_video(video, scenes())  # 90 frames: 3 s at 30 fps
+    port = int(free_tcp_endpoint().rsplit(":", 1)[1])
+    uri = f"rtsp://127.0.0.1:{port}/camera"
+    server = rtsp_server(port, video, tmp_path / "rtsp.log")
+
+    async def go() -> tuple[list[Any], Any]:
+        nonlocal server
+        results: list[Any] = []
+        async with Client(cluster.clients_endpoint, timeout_s=60) as client, client.stream(source=uri) as stream:
+            async for r in stream:
+                results.append(r)
+                if len(results) == 20:  # mid-stream: the camera goes away for a second, then comes back
+                    server.terminate()
+                    server.wait(10)
+                    await asyncio.sleep(1.0)
+                    server = rtsp_server(port, video, tmp_path / "rtsp.log")
+                if stream.counters.reconnects and len(results) >= 60:
+                    break
+            return results, stream.counters
+
+    try:
+        results, counters = asyncio.run(go())
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert [r.seq for r in results] == list(range(len(results)))  # every decoded frame answered once, in order
+    assert not any(r.dropped for r in results)
+    assert counters.reconnects == 1 and counters.seconds_down >= 0.9 and counters.lost_to_source >= 27
+    assert all(r.prediction == -1 and r.outputs["boxes"].shape == (64, 4) for r in results)  # detections, after too
