@@ -460,6 +460,9 @@ def stream(
     save_results: Annotated[
         Path | None, typer.Option("--save-results", help="with --source: one JSON line per frame to this file")
     ] = None,
+    annotate: Annotated[
+        Path | None, typer.Option("--annotate", help="with --source: a video per source, detections drawn, in DIR")
+    ] = None,
 ) -> None:
     """Stream video sources (--source) or simulated cameras (--sources K) to the embedded cluster (or a
     running one with --coordinator).
@@ -468,7 +471,7 @@ def stream(
     (simulated cameras) or decode figures (video sources). Exits 3 if a stream is refused or fails.
     """
     if source:
-        _stream_sources(source, config, coordinator, task, fps, realtime, duration, save_results, json_output)
+        _stream_sources(source, config, coordinator, task, fps, realtime, duration, save_results, annotate, json_output)
         return
     fps, duration = fps or 30.0, duration or 10.0
     from .cameras import CameraSpec
@@ -513,7 +516,7 @@ def stream(
 
 def _stream_sources(
     uris: list[str], config: Path, coordinator: str | None, task: str | None, fps: float | None, realtime: bool,
-    duration_s: float | None, save_results: Path | None, json_output: bool,
+    duration_s: float | None, save_results: Path | None, annotate: Path | None, json_output: bool,
 ) -> None:  # fmt: skip
     from .client import Client
     from .video import kind_of, result_line, run_sources
@@ -531,7 +534,7 @@ def _stream_sources(
     async def go(endpoint: str) -> list[Any]:
         async with Client(endpoint, curve=client_curve(cluster)) as client:
             return await run_sources(client, uris, task=task, fps=fps, realtime=realtime, duration_s=duration_s,
-                                     on_result=on_result)  # fmt: skip
+                                     on_result=on_result, annotate=annotate)  # fmt: skip
 
     try:
         if coordinator is not None:

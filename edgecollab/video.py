@@ -103,6 +103,7 @@ class DecodedFrame:
     input: np.ndarray  # the model's input, (C, H, W)
     mapping: FrameMap
     size: tuple[int, int]  # the source frame's (width, height)
+    image: np.ndarray | None = None  # the frame itself (H, W, 3 RGB), kept only to annotate it
 
 
 @dataclass
@@ -136,8 +137,9 @@ def kind_of(uri: str) -> str:
 class VideoSource:
     """Decodes one source in a thread into a bounded queue. Iterate ``frames()`` from asyncio."""
 
-    def __init__(self, uri: str, *, realtime: bool = True, fps: float | None = None) -> None:
+    def __init__(self, uri: str, *, realtime: bool = True, fps: float | None = None, keep_images: bool = False) -> None:
         self.uri = uri
+        self.keep_images = keep_images
         self.kind = kind_of(uri)
         self.prep: Preparation | None = None
         self.realtime = realtime  # a file plays at its own rate (live sources always do)
@@ -236,7 +238,9 @@ class VideoSource:
             if self.kind == "file" and self.realtime and pts is not None:
                 first_pts = pts if first_pts is None else first_pts
                 time.sleep(max(0.0, started_wall + (pts - first_pts) - time.monotonic()))
-            self._put(DecodedFrame(self._seq, pts, time.time(), inputs, mapping, (frame.width, frame.height)))
+            image = frame.to_ndarray(format="rgb24") if self.keep_images else None
+            size = (frame.width, frame.height)
+            self._put(DecodedFrame(self._seq, pts, time.time(), inputs, mapping, size, image))
             self._seq += 1
             self.counters.decoded += 1
             cpu = time.thread_time()
@@ -305,6 +309,7 @@ class SourceResult:
     latency_ms: float  # from decode to answer
     dropped: bool = False
     reason: str = ""
+    image: np.ndarray | None = None  # the decoded frame, with ``keep_images`` (to annotate it)
 
 
 class SourceStream:
@@ -314,10 +319,13 @@ class SourceStream:
     exactly once, in decode order (a dropped one says so); boxes come back in the frame's pixels.
     """
 
-    def __init__(self, client: Client, uri: str, fps: float | None, realtime: bool, options: dict[str, Any]) -> None:
+    def __init__(
+        self, client: Client, uri: str, fps: float | None, realtime: bool, options: dict[str, Any],
+        keep_images: bool = False,
+    ) -> None:  # fmt: skip
         self.client = client
         self.uri = uri
-        self.source = VideoSource(uri, realtime=realtime, fps=fps)
+        self.source = VideoSource(uri, realtime=realtime, fps=fps, keep_images=keep_images)
         self.options = options
         self.admission: dict[str, Any] = {}
         self.summary: dict[str, Any] | None = None
@@ -360,7 +368,7 @@ class SourceStream:
                         result_outputs["boxes"] = frame.mapping.boxes_to_frame(result_outputs["boxes"])
                     yield SourceResult(
                         self.uri, frame.seq, frame.pts, r.prediction, result_outputs, r.variant, r.node,
-                        (time.time() - frame.arrival) * 1e3, r.dropped, r.reason,
+                        (time.time() - frame.arrival) * 1e3, r.dropped, r.reason, frame.image,
                     )  # fmt: skip
             finally:
                 if not feeder.done():
@@ -369,6 +377,68 @@ class SourceStream:
             if not feeder.cancelled() and feeder.exception() is not None:
                 raise feeder.exception()  # type: ignore[misc]
             self.summary = stream.summary
+
+
+# --- annotated video: what the cluster saw, drawn on the frames ---------------------------------------
+SHOW_SCORE = 0.5  # detections drawn from this score on
+COLOURS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+           (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]  # fmt: skip
+
+
+class Annotator:
+    """Writes one source's frames, with its detections (or class) drawn on, to an H.264 file."""
+
+    def __init__(self, path: Path, fps: float, labels: list[str] | None = None) -> None:
+        import av
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.labels = labels
+        self._container = av.open(str(path), "w")
+        self._stream: Any = None
+        self._fps = max(1, round(fps))
+        self._count = 0
+
+    def write(self, result: SourceResult) -> None:
+        import av
+        from PIL import Image, ImageDraw
+
+        if result.image is None:
+            return
+        image = Image.fromarray(result.image)
+        draw = ImageDraw.Draw(image)
+        if "boxes" in result.outputs:
+            scores, labels = result.outputs["scores"], result.outputs["labels"]
+            for box, score, label in zip(result.outputs["boxes"], scores, labels, strict=True):
+                if score < SHOW_SCORE:
+                    continue
+                colour = COLOURS[int(label) % len(COLOURS)]
+                draw.rectangle([float(v) for v in box], outline=colour, width=max(1, image.width // 200))
+                draw.text((float(box[0]) + 2, float(box[1]) + 1), f"{self._name(int(label))} {score:.2f}", fill=colour)
+        elif result.prediction >= 0:
+            draw.text((4, 4), self._name(result.prediction), fill=(255, 255, 0))
+        draw.text(
+            (4, image.height - 14),
+            f"{result.variant} on {result.node}, {result.latency_ms:.0f} ms",
+            fill=(255, 255, 255),
+        )
+        if self._stream is None:
+            self._stream = self._container.add_stream("libx264", rate=self._fps, options={"crf": "23"})
+            self._stream.width, self._stream.height = image.width - image.width % 2, image.height - image.height % 2
+            self._stream.pix_fmt = "yuv420p"
+        pixels = np.asarray(image)[: self._stream.height, : self._stream.width]
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels), format="rgb24")
+        frame.pts = self._count
+        self._count += 1
+        self._container.mux(self._stream.encode(frame))
+
+    def _name(self, label: int) -> str:
+        return self.labels[label] if self.labels and 0 <= label < len(self.labels) else str(label)
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._container.mux(self._stream.encode())
+        self._container.close()
 
 
 # --- several sources at once, as `edgecollab stream --source` runs them ------------------------------
@@ -425,12 +495,19 @@ async def run_sources(
     realtime: bool = True,
     duration_s: float | None = None,
     on_result: Any = None,
+    annotate: Path | None = None,
 ) -> list[SourceTally]:
-    """Stream every source at once over one client until each ends (or ``duration_s`` passes)."""
+    """Stream every source at once over one client until each ends (or ``duration_s`` passes); with
+    ``annotate``, each source's frames are written there as a video with what the cluster saw."""
 
-    async def one(uri: str) -> SourceTally:
+    async def one(index: int, uri: str) -> SourceTally:
         tally = SourceTally(uri, latencies_ms=[], variants={})
-        async with client.stream(source=uri, fps=fps, realtime=realtime, task=task) as stream:
+        options = {"task": task}
+        stream = SourceStream(client, uri, fps, realtime, options, keep_images=annotate is not None)
+        annotator: Annotator | None = None
+        async with stream:
+            if annotate is not None:
+                annotator = Annotator(annotate / f"{index}-{_safe_name(uri)}.mp4", stream.source.rate or 30.0)
             tally.counters = stream.counters
             tally.started = time.monotonic()
             async for r in stream:
@@ -443,9 +520,42 @@ async def run_sources(
                     tally.variants[r.variant] = tally.variants.get(r.variant, 0) + 1
                 if on_result is not None:
                     on_result(r)
+                if annotator is not None:
+                    await asyncio.to_thread(annotator.write, r)
                 if duration_s is not None and time.monotonic() - tally.started >= duration_s:
                     break
+            if annotator is not None:
+                annotator.close()
         tally.finished = time.monotonic()
         return tally
 
-    return list(await asyncio.gather(*(one(uri) for uri in uris)))
+    return list(await asyncio.gather(*(one(i, uri) for i, uri in enumerate(uris))))
+
+
+def _safe_name(uri: str) -> str:
+    """A file name for a source: its last path part, letters, digits, '.', '-' and '_' only."""
+    tail = Path(uri.rstrip("/").rsplit("/", 1)[-1]).stem or "source"
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in tail)[:60]
+
+
+# --- a camera's view of the test scenes, for tests, benchmarks and the guide -------------------------
+def camera_frame(scene: np.ndarray, scale: int) -> np.ndarray:
+    """A (1, H, W) grayscale test scene, ``scale`` times larger and tinted like a colour camera's frame."""
+    big = np.kron(scene[0].astype(np.float32), np.ones((scale, scale), np.float32))
+    tinted: np.ndarray = np.clip(np.stack([big * 1.05, big, big * 0.9], axis=-1), 0, 255).astype(np.uint8)
+    return tinted
+
+
+def write_scene_video(path: Path, scenes: np.ndarray, *, scale: int = 8, fps: int = 30, crf: int = 16) -> None:
+    """An H.264 file (MP4, or raw with a ``.h264`` name) of the scenes, one per frame, at ``fps``."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps, options={"crf": str(crf)})
+        stream.height, stream.width = scenes.shape[2] * scale, scenes.shape[3] * scale
+        stream.pix_fmt = "yuv420p"
+        for i, scene in enumerate(scenes):
+            frame = av.VideoFrame.from_ndarray(camera_frame(scene, scale), format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())

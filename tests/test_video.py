@@ -18,7 +18,7 @@ import pytest
 
 from edgecollab.client import Client, SyncClient
 from edgecollab.local import LocalCluster, die_with_parent, free_tcp_endpoint
-from edgecollab.video import FrameMap, Preparation, SourceError, prepare
+from edgecollab.video import FrameMap, Preparation, SourceError, camera_frame, prepare, write_scene_video
 from edgecollab.zoo import load_manifest, load_test_set
 from edgecollab.zoo.scoring import DetectionSet, mean_average_precision
 
@@ -40,23 +40,8 @@ def scenes() -> DetectionSet:
     return test_set.subset(np.arange(SCENES))
 
 
-def camera_frame(scene: np.ndarray) -> np.ndarray:
-    """A grayscale scene, scaled up and tinted like a colour camera's frame (H, W, 3 uint8)."""
-    big = np.kron(scene[0].astype(np.float32), np.ones((SCALE, SCALE), np.float32))
-    tint = np.stack([big * 1.05, big, big * 0.9], axis=-1)
-    return np.clip(tint, 0, 255).astype(np.uint8)
-
-
 def write_video(path: Path, truth: DetectionSet) -> None:
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=FPS, options={"crf": "16"})
-        stream.width = stream.height = 64 * SCALE
-        stream.pix_fmt = "yuv420p"
-        for i, scene in enumerate(truth.inputs):
-            frame = av.VideoFrame.from_ndarray(camera_frame(scene), format="rgb24")
-            frame.pts = i
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
+    write_scene_video(path, truth.inputs, scale=SCALE, fps=FPS)
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +115,8 @@ def test_the_stream_command_saves_a_json_line_per_frame_of_a_source(cluster: Loc
     write_video(video, truth)
     out = tmp_path / "out.jsonl"
     args = ["stream", "--source", str(video), "--task", "fashion-detect", "--save-results", str(out), "--json",
-            "--no-realtime", "--config", str(cluster.config_path), "--coordinator", cluster.clients_endpoint]  # fmt: skip
+            "--no-realtime", "--annotate", str(tmp_path / "seen"), "--config", str(cluster.config_path),
+            "--coordinator", cluster.clients_endpoint]  # fmt: skip
     done = edgecollab(*args)
     assert done.returncode == 0, done.stderr
     (row,) = json.loads(done.stdout)["sources"]
@@ -141,6 +127,11 @@ def test_the_stream_command_saves_a_json_line_per_frame_of_a_source(cluster: Loc
     assert all(set(line) == {"source", "seq", "pts", "outputs", "variant", "node", "latency_ms"} for line in lines)
     boxes = np.array([line["outputs"]["boxes"] for line in lines])
     assert boxes.shape == (20, 64, 4) and boxes.max() > 64  # in the 512-pixel frame's coordinates, not the model's
+    with av.open(str(tmp_path / "seen" / "0-short.mp4")) as seen:  # what the cluster saw, drawn on each frame
+        drawn = [f.to_ndarray(format="rgb24") for f in seen.decode(video=0)]
+    assert len(drawn) == 20 and drawn[0].shape == (512, 512, 3)
+    raw = camera_frame(truth.inputs[0], SCALE)
+    assert np.abs(drawn[0].astype(int) - raw.astype(int)).max() > 100  # boxes and captions were drawn on
     missing = edgecollab("stream", "--source", str(tmp_path / "none.mp4"), "--config", str(cluster.config_path))
     assert missing.returncode == 2 and "no such file, folder or device" in missing.stderr
 
