@@ -546,16 +546,26 @@ def camera_frame(scene: np.ndarray, scale: int) -> np.ndarray:
     return tinted
 
 
-def write_scene_video(path: Path, scenes: np.ndarray, *, scale: int = 8, fps: int = 30, crf: int = 16) -> None:
-    """An H.264 file (MP4, or raw with a ``.h264`` name) of the scenes, one per frame, at ``fps``."""
+def write_scene_video(
+    path: Path, scenes: np.ndarray, *, scale: int = 8, fps: int = 30, crf: int = 16,
+    canvas: tuple[int, int] | None = None,
+) -> tuple[int, int]:  # fmt: skip
+    """An H.264 file of the scenes, one per frame, at ``fps``; each scene ``scale`` times larger, centred
+    on a black ``canvas`` (width, height) when given. Returns the scene's offset in the frame (x, y)."""
     import av
 
+    height, width = scenes.shape[2] * scale, scenes.shape[3] * scale
+    frame_w, frame_h = canvas or (width, height)
+    x0, y0 = (frame_w - width) // 2, (frame_h - height) // 2
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=fps, options={"crf": str(crf)})
-        stream.height, stream.width = scenes.shape[2] * scale, scenes.shape[3] * scale
+        stream.width, stream.height = frame_w, frame_h
         stream.pix_fmt = "yuv420p"
+        picture = np.zeros((frame_h, frame_w, 3), np.uint8)
         for i, scene in enumerate(scenes):
-            frame = av.VideoFrame.from_ndarray(camera_frame(scene, scale), format="rgb24")
+            picture[y0 : y0 + height, x0 : x0 + width] = camera_frame(scene, scale)
+            frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
             frame.pts = i
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
+    return x0, y0

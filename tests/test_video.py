@@ -28,6 +28,7 @@ from .conftest import SHIPPED_MANIFEST
 # Debian's Python runs the RTSP server: GStreamer's bindings (python3-gi) are Debian packages, which
 # `make test` installs when they are missing.
 SYSTEM_PYTHON = "/usr/bin/python3"
+RTSP_SERVER = Path(__file__).parents[1] / "benchmarks" / "rtsp_server.py"
 SCENES = 90
 SCALE = 8  # 64-pixel scenes become 512 x 512 frames
 FPS = 30
@@ -152,7 +153,7 @@ def rtsp_server(port: int, video: Path, log: Path) -> subprocess.Popen[bytes]:
     """tests/rtsp_server.py under Debian's Python (GStreamer's RTSP server), ready once it says so."""
     with open(log, "ab") as out:
         server = subprocess.Popen(
-            [SYSTEM_PYTHON, str(Path(__file__).with_name("rtsp_server.py")), str(port), str(video)],
+            [SYSTEM_PYTHON, str(RTSP_SERVER), str(port), str(video)],
             stdout=subprocess.PIPE, stderr=out, preexec_fn=die_with_parent,
         )  # fmt: skip
     assert server.stdout is not None

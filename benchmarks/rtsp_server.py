@@ -1,7 +1,7 @@
-"""A real RTSP server for the tests, on loopback: GStreamer's gst-rtsp-server serving an MP4 file's
-H.264 track at its own rate, as a camera would.
+"""A real RTSP server for the tests and benchmarks, on loopback: GStreamer's gst-rtsp-server serving an
+MP4 file's H.264 track at its own rate, as a camera would; each client gets the file from its start.
 
-    /usr/bin/python3 tests/rtsp_server.py PORT FILE    # then rtsp://127.0.0.1:PORT/camera
+    /usr/bin/python3 benchmarks/rtsp_server.py PORT FILE    # then rtsp://127.0.0.1:PORT/camera
 
 Run by Debian's Python (python3-gi, gir1.2-gst-rtsp-server-1.0, gstreamer1.0-plugins-good), not the
 project's venv. Stops on SIGTERM.
@@ -23,7 +23,7 @@ server.set_address("127.0.0.1")
 server.set_service(port)
 factory = GstRtspServer.RTSPMediaFactory()
 factory.set_launch(f'( filesrc location="{path}" ! qtdemux ! rtph264pay name=pay0 pt=96 config-interval=1 )')
-factory.set_shared(True)
+factory.set_shared(False)
 server.get_mount_points().add_factory("/camera", factory)
 server.attach(None)
 loop = GLib.MainLoop()
