@@ -5,7 +5,8 @@ GStreamer's RTSP server, decoded here with PyAV, for K up to where the worst sou
                                                 [--seconds 8]
 
 Each camera is a client of its own (``edgecollab.video``, as ``edgecollab stream --source rtsp://…``
-runs it) playing the detection task's test scenes, each scaled ×7 on a 640×480 frame. Per K it
+runs it) playing the detection task's test scenes, each resized to a 640×480 frame (the task
+declares `fit = "stretch"`: the 4:3 frame is stretched back to the detector's square input). Per K it
 reports frames answered, frames lost (to the source, decoded but dropped behind, or dropped by
 the stream), the decode + preprocess CPU per frame (in the client's decode threads), p50 and the
 worst source's p99 latency (decode to answer) and mAP@0.5 of the answered frames against the
@@ -36,7 +37,7 @@ from edgecollab.zoo import load_manifest, load_test_set
 from edgecollab.zoo.scoring import DetectionSet, mean_average_precision
 
 P99_LIMIT_MS = 150.0
-SCALE, CANVAS, FPS = 7, (640, 480), 30
+CANVAS, FPS = (640, 480), 30
 SERVER = Path(__file__).with_name("rtsp_server.py")
 
 
@@ -52,7 +53,7 @@ def start_server(port: int, video: Path) -> subprocess.Popen[bytes]:
 
 
 def run_k(
-    endpoint: str, uri: str, cameras: int, seconds: float, truth: DetectionSet, offset: tuple[int, int]
+    endpoint: str, uri: str, cameras: int, seconds: float, truth: DetectionSet, scale: tuple[float, float]
 ) -> dict[str, Any]:
     answered: list[SourceResult] = []
 
@@ -67,8 +68,8 @@ def run_k(
     scenes = np.array([r.seq % len(truth) for r in kept])
     found = {k: np.stack([r.outputs[k] for r in kept]) for k in ("boxes", "scores", "labels")}
     subset = truth.subset(scenes)
-    in_frame = DetectionSet(subset.inputs, subset.boxes * SCALE + np.array([*offset, *offset], np.float32),
-                            subset.labels, subset.image_index)  # fmt: skip
+    in_frame = DetectionSet(subset.inputs, subset.boxes * np.array([*scale, *scale], np.float32), subset.labels,
+                            subset.image_index)  # fmt: skip
     decoded = sum(t.counters.decoded for t in tallies if t.counters)
     return {
         "cameras": cameras,
@@ -123,7 +124,7 @@ def main() -> None:
         video = Path(scratch) / "camera.mp4"
         seconds_of_video = int(args.seconds * FPS) + 4 * FPS  # longer than a run: no camera ends early
         scenes = truth.inputs[np.arange(seconds_of_video) % len(truth)]
-        offset = write_scene_video(video, scenes, scale=SCALE, fps=FPS, canvas=CANVAS)
+        scale = write_scene_video(video, scenes, fps=FPS, size=CANVAS)
         port = int(free_tcp_endpoint().rsplit(":", 1)[1])
         server = start_server(port, video)
         try:
@@ -132,7 +133,7 @@ def main() -> None:
                 for k in (int(x) for x in args.cameras.split(",")):
                     started = time.monotonic()
                     run = run_k(local.clients_endpoint, f"rtsp://127.0.0.1:{port}/camera", k, args.seconds,
-                                truth, offset)  # fmt: skip
+                                truth, scale)  # fmt: skip
                     print(f"K={k}: {run} ({time.monotonic() - started:.0f} s)", flush=True)
                     runs.append(run)
                     if run["worst_p99_ms"] > P99_LIMIT_MS:

@@ -548,24 +548,26 @@ def camera_frame(scene: np.ndarray, scale: int) -> np.ndarray:
 
 def write_scene_video(
     path: Path, scenes: np.ndarray, *, scale: int = 8, fps: int = 30, crf: int = 16,
-    canvas: tuple[int, int] | None = None,
-) -> tuple[int, int]:  # fmt: skip
-    """An H.264 file of the scenes, one per frame, at ``fps``; each scene ``scale`` times larger, centred
-    on a black ``canvas`` (width, height) when given. Returns the scene's offset in the frame (x, y)."""
+    size: tuple[int, int] | None = None,
+) -> tuple[float, float]:  # fmt: skip
+    """An H.264 file of the scenes, one per frame, at ``fps``: each scene ``scale`` times larger, or
+    resized to ``size`` (width, height; a 4:3 camera's frame, say). Returns the scale (x, y) from the
+    scenes' pixels to the frames'."""
     import av
+    from PIL import Image
 
     height, width = scenes.shape[2] * scale, scenes.shape[3] * scale
-    frame_w, frame_h = canvas or (width, height)
-    x0, y0 = (frame_w - width) // 2, (frame_h - height) // 2
+    frame_w, frame_h = size or (width, height)
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=fps, options={"crf": str(crf)})
         stream.width, stream.height = frame_w, frame_h
         stream.pix_fmt = "yuv420p"
-        picture = np.zeros((frame_h, frame_w, 3), np.uint8)
         for i, scene in enumerate(scenes):
-            picture[y0 : y0 + height, x0 : x0 + width] = camera_frame(scene, scale)
-            frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
+            picture = camera_frame(scene, scale)
+            if size is not None:
+                picture = np.asarray(Image.fromarray(picture).resize(size, Image.Resampling.BILINEAR))
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(picture), format="rgb24")
             frame.pts = i
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
-    return x0, y0
+    return frame_w / scenes.shape[3], frame_h / scenes.shape[2]
