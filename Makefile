@@ -58,7 +58,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/policies.py
 
 # Efficiency, coordinator overhead, adaptation, many tenants, streams and the closed loop (docs/benchmarks.md).
-bench-runtime: $(STAMP)
+bench-runtime: $(STAMP) rtsp-server
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[plot]'
 	$(BIN)/python benchmarks/efficiency.py
 	$(BIN)/python benchmarks/overhead.py
@@ -66,6 +66,7 @@ bench-runtime: $(STAMP)
 	$(BIN)/python benchmarks/tenants.py
 	$(BIN)/python benchmarks/streams.py
 	$(BIN)/python benchmarks/closed_loop.py
+	$(BIN)/python benchmarks/rtsp_cameras.py
 
 # Every worker in a network namespace behind a shaped link (docs/benchmarks.md); needs root, says so otherwise.
 bench-network: $(STAMP)

@@ -450,6 +450,23 @@ def chaos() -> str:
     )
 
 
+def rtsp_cameras() -> str:
+    d = load("rtsp_cameras")
+    rows = [
+        [str(r["cameras"]), f"{r['fps_per_camera']:.1f}", f"{r['decode_ms_per_frame']:.2f} ms",
+         f"{r['p50_ms']:.1f}", f"{r['worst_p99_ms']:.1f}", f"{r['map50']:.3f}" if r["map50"] is not None else "-",
+         f"{r['frames_answered']:,}", f"{r['lost_to_source'] + r['dropped_behind'] + r['dropped_by_stream']:,}"]
+        for r in d["runs"]
+    ]  # fmt: skip
+    header = ["cameras", "answered fps per camera", "decode + preprocess CPU per frame", "p50 ms",
+              "worst source p99 ms", "mAP@0.5", "frames answered", "frames lost"]  # fmt: skip
+    lead = (
+        f"**{d['most_cameras_within_limit']} RTSP cameras (640×480 H.264, 30 fps) with the worst source's p99"
+        f" within {d['p99_limit_ms']:.0f} ms.**"
+    )
+    return lead + "\n\n" + table(header, rows) + "\n\n" + ran("rtsp_cameras")
+
+
 BOARD_RUNS = ("board-arm64-bookworm", "board-armhf-bookworm", "board-amd64-bullseye")
 
 
@@ -495,6 +512,7 @@ def boards() -> str:
 
 BLOCKS: dict[str, Callable[[], str]] = {
     "boards": boards,
+    "rtsp_cameras": rtsp_cameras,
     "headline": headline,
     "efficiency": efficiency,
     "overhead": overhead,

@@ -79,7 +79,7 @@ def run_k(
         "dropped_behind": sum(r["dropped_behind"] for r in rows),
         "dropped_by_stream": sum(r["dropped"] for r in rows),
         "decode_ms_per_frame": float(np.mean([r["decode_ms_per_frame"] for r in rows])),
-        "fps_per_camera": float(np.mean([r["frames"] / seconds for r in rows])),
+        "fps_per_camera": float(np.mean([r["answered_fps"] for r in rows])),
         "p50_ms": float(np.median([r["p50_ms"] for r in rows])),
         "worst_p99_ms": max(r["p99_ms"] for r in rows),
         "map50": mean_average_precision(found, in_frame) if kept else None,

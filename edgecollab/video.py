@@ -462,6 +462,7 @@ class SourceTally:
             "frames": self.frames,
             "dropped": self.dropped,
             "decode_fps": c.decoded / elapsed,
+            "answered_fps": self.frames / elapsed,
             "decode_ms_per_frame": c.decode_ms_per_frame,
             "lost_to_source": c.lost_to_source,
             "dropped_behind": c.dropped_behind,
