@@ -213,6 +213,9 @@ def models_add(
     ] = None,
     source: Annotated[str | None, typer.Option("--source", help="where the stated quality comes from")] = None,
     base: Annotated[str | None, typer.Option("--base", help="the float variant a quantized one was made from")] = None,
+    fit: Annotated[
+        str | None, typer.Option("--fit", help="a new task's video frames: letterbox (default) or stretch to the input")
+    ] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Add an ONNX file to the manifest: inspect its graph, measure its quality, write its entry.
@@ -225,10 +228,12 @@ def models_add(
 
     if quality is not None and quality not in ("top1", "map50", "stated"):
         raise EdgecollabError(f"--quality must be top1, map50 or stated; got {quality!r}")
+    if fit is not None and fit not in ("letterbox", "stretch"):
+        raise EdgecollabError(f"--fit must be letterbox or stretch; got {fit!r}")
     path = manifest or default_manifest_path()
     added = add_model(
         path, model, task, name=name, labelled=labelled, labels=labels, quality=quality, stated=figure,
-        source=source, base=base,
+        source=source, base=base, fit=fit,
     )  # fmt: skip
     v = added.variant
     if json_output:
@@ -531,10 +536,21 @@ def _stream_sources(
         if sink is not None:
             sink.write(json.dumps(result_line(result)) + "\n")
 
+    live = None
+    if not json_output and sys.stdout.isatty():
+        from rich.live import Live
+
+        live = Live(_sources_table([], "starting"), console=_console(), refresh_per_second=2)
+
+    def update(tallies: list[Any]) -> None:
+        if live is not None:
+            live.update(_sources_table([t.row() for t in tallies], "live"))
+
     async def go(endpoint: str) -> list[Any]:
         async with Client(endpoint, curve=client_curve(cluster)) as client:
-            return await run_sources(client, uris, task=task, fps=fps, realtime=realtime, duration_s=duration_s,
-                                     on_result=on_result, annotate=annotate)  # fmt: skip
+            with live or contextlib.nullcontext():
+                return await run_sources(client, uris, task=task, fps=fps, realtime=realtime, duration_s=duration_s,
+                                         on_result=on_result, annotate=annotate, on_tick=update)  # fmt: skip
 
     try:
         if coordinator is not None:
@@ -556,17 +572,21 @@ def _stream_sources(
     if json_output:
         print(json.dumps({"sources": rows}, indent=2))
         return
-    table = Table(title=f"{len(rows)} video source(s)")
+    _console().print(_sources_table(rows, f"{len(rows)} video source(s)"))
+
+
+def _sources_table(rows: list[dict[str, Any]], title: str) -> Table:
+    table = Table(title=title)
     for column in ("source", "answered", "dropped", "decode fps", "decode ms/frame", "lost to source", "reconnects",
                    "p50 ms", "p99 ms", "variants"):  # fmt: skip
         table.add_column(column)
     for r in rows:
         table.add_row(
-            r["source"], f"{r['frames']:,}", f"{r['dropped']:,}", f"{r['decode_fps']:.1f}",
+            r["source"], f"{r['frames']:,}", f"{r['dropped'] + r['dropped_behind']:,}", f"{r['decode_fps']:.1f}",
             f"{r['decode_ms_per_frame']:.2f}", f"{r['lost_to_source']:,}", str(r["reconnects"]), f"{r['p50_ms']:.1f}",
             f"{r['p99_ms']:.1f}", ", ".join(f"{v} x {n}" for v, n in sorted(r["variants"].items())),
         )  # fmt: skip
-    _console().print(table)
+    return table
 
 
 def _run_cameras(endpoint: str, cluster: ClusterConfig, test_set: Any, spec: Any, json_output: bool) -> list[Any]:

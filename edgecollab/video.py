@@ -456,7 +456,7 @@ class SourceTally:
     def row(self) -> dict[str, Any]:
         lat = np.array(self.latencies_ms or [np.nan])
         c = self.counters or SourceCounters()
-        elapsed = max(self.finished - self.started, 1e-9)
+        elapsed = max((self.finished or time.monotonic()) - self.started, 1e-9) if self.started else 1e-9
         return {
             "source": self.uri,
             "frames": self.frames,
@@ -497,12 +497,15 @@ async def run_sources(
     duration_s: float | None = None,
     on_result: Any = None,
     annotate: Path | None = None,
+    on_tick: Any = None,
 ) -> list[SourceTally]:
     """Stream every source at once over one client until each ends (or ``duration_s`` passes); with
-    ``annotate``, each source's frames are written there as a video with what the cluster saw."""
+    ``annotate``, each source's frames are written there as a video with what the cluster saw.
+    ``on_tick(tallies)`` is called twice a second meanwhile (the live table)."""
+    tallies = [SourceTally(uri, latencies_ms=[], variants={}) for uri in uris]
 
     async def one(index: int, uri: str) -> SourceTally:
-        tally = SourceTally(uri, latencies_ms=[], variants={})
+        tally = tallies[index]
         options = {"task": task}
         stream = SourceStream(client, uri, fps, realtime, options, keep_images=annotate is not None)
         annotator: Annotator | None = None
@@ -530,7 +533,11 @@ async def run_sources(
         tally.finished = time.monotonic()
         return tally
 
-    return list(await asyncio.gather(*(one(i, uri) for i, uri in enumerate(uris))))
+    streams = [asyncio.create_task(one(i, uri)) for i, uri in enumerate(uris)]
+    while on_tick is not None and not all(s.done() for s in streams):
+        await asyncio.wait(streams, timeout=0.5)
+        on_tick(tallies)
+    return list(await asyncio.gather(*streams))
 
 
 def _safe_name(uri: str) -> str:

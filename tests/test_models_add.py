@@ -65,12 +65,23 @@ def test_a_fresh_model_is_inspected_scored_written_and_verified(tmp_path: Path) 
     np.savez(tmp_path / "toy.npz", images=images, labels=labels)
     weights, bias = export_classifier(tmp_path / "fresh.onnx", seed=3)
     manifest = tmp_path / "zoo" / "zoo.toml"
-    out = add(manifest, str(tmp_path / "fresh.onnx"), "--task", "toy", "--labelled", str(tmp_path / "toy.npz"))
+    out = add(
+        manifest,
+        str(tmp_path / "fresh.onnx"),
+        "--task",
+        "toy",
+        "--labelled",
+        str(tmp_path / "toy.npz"),
+        "--fit",
+        "stretch",
+    )
     assert out["new_task"] and out["task"]["input_shape"] == [1, SIDE, SIDE] and out["task"]["classes"] == CLASSES
+    assert out["task"]["preprocess"] == {"fit": "stretch", "pad": 0}  # how its video frames become inputs
     assert out["graph"]["macs"] == SIDE * SIDE * CLASSES and out["graph"]["outputs"][0]["name"] == "logits"
     assert out["variant"]["accuracy"] == pytest.approx(accuracy(weights, bias, images, labels), abs=1e-4)
     zoo = load_manifest(manifest)  # files and sha256s check out
     assert zoo.variant("fresh").file == "toy/fresh.onnx" and zoo.tasks["toy"].test_set == "data/toy/test.npz"
+    assert zoo.tasks["toy"].preprocess is not None and zoo.tasks["toy"].preprocess.fit == "stretch"
 
     # A second variant joins the task and is scored on the task's own set.
     weights2, bias2 = export_classifier(tmp_path / "fresh-b.onnx", seed=4)

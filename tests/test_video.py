@@ -5,16 +5,20 @@ and detections mapped back to the frame scoring like the same scenes sent as arr
 from __future__ import annotations
 
 import asyncio
+import http.server
+import io
 import json
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import av
 import numpy as np
 import pytest
+from PIL import Image
 
 from edgecollab.client import Client, SyncClient
 from edgecollab.local import LocalCluster, die_with_parent, free_tcp_endpoint
@@ -196,3 +200,57 @@ def test_an_rtsp_camera_that_drops_out_is_reconnected_and_the_gap_counted(
     assert not any(r.dropped for r in results)
     assert counters.reconnects == 1 and counters.seconds_down >= 0.9 and counters.lost_to_source >= 27
     assert all(r.prediction == -1 and r.outputs["boxes"].shape == (64, 4) for r in results)  # detections, after too
+
+
+class MjpegCamera(http.server.BaseHTTPRequestHandler):
+    """An IP camera's MJPEG over HTTP (multipart/x-mixed-replace), 30 fps of the test scenes."""
+
+    frames: ClassVar[list[bytes]] = []  # set by the test before it serves
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+        self.end_headers()
+        try:
+            for jpeg in self.frames:
+                self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\n")
+                self.wfile.write(f"Content-Length: {len(jpeg)}\r\n\r\n".encode() + jpeg + b"\r\n")
+                time.sleep(1 / FPS)
+        except (BrokenPipeError, ConnectionResetError):  # the client has what it wanted
+            pass
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_an_http_mjpeg_camera_is_decoded_and_answered_in_order(cluster: LocalCluster) -> None:
+    truth = scenes().subset(np.arange(40))
+    frames = []
+    for scene in truth.inputs:
+        out = io.BytesIO()
+        Image.fromarray(camera_frame(scene, SCALE)).save(out, format="JPEG", quality=90)
+        frames.append(out.getvalue())
+    MjpegCamera.frames = frames
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), MjpegCamera)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{server.server_address[1]}/stream.mjpg"
+
+    async def go() -> list[Any]:
+        async with Client(cluster.clients_endpoint, timeout_s=60) as client, client.stream(source=uri, fps=FPS) as s:
+            got = []
+            async for r in s:
+                got.append(r)
+                if len(got) == 30:
+                    break
+            return got
+
+    try:
+        results = asyncio.run(go())
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [r.seq for r in results] == list(range(30)) and not any(r.dropped for r in results)
+    found = {k: np.stack([r.outputs[k] for r in results]) for k in ("boxes", "scores", "labels")}
+    first = truth.subset(np.arange(30))
+    in_frame = DetectionSet(first.inputs, first.boxes * SCALE, first.labels, first.image_index)
+    assert mean_average_precision(found, in_frame) > 0.5  # the frames are the scenes, in order

@@ -21,7 +21,7 @@ import onnxruntime as ort
 from ..errors import ManifestError, ModelError
 from .dataset import LabelledSet, load_labelled_set
 from .graph import graph_cost
-from .manifest import TaskSpec, Variant, load_manifest, sha256_of
+from .manifest import Preprocess, TaskSpec, Variant, load_manifest, sha256_of
 from .scoring import DETECTION_OUTPUTS, TestSet, load_npz_set, score_session
 from .session import ORT_DTYPES, load_test_set, open_session
 
@@ -210,8 +210,10 @@ def add_model(
     stated: float | None = None,
     source: str | None = None,
     base: str | None = None,
+    fit: str | None = None,
 ) -> Added:
-    """Copy ``model`` next to the manifest (``<task>/<name>.onnx``) and write its entry (and its task's)."""
+    """Copy ``model`` next to the manifest (``<task>/<name>.onnx``) and write its entry (and its task's).
+    ``fit``: how a new task's video frames become inputs (``letterbox`` or ``stretch``; see edgecollab.video)."""
     graph = inspect_graph(model)
     name = name or model.stem
     data: dict[str, Any] = tomllib.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
@@ -233,10 +235,18 @@ def add_model(
             )
         siblings = [(v.name, inspect_graph(manifest.resolve(v.file))) for v in manifest.for_task(task_name)]
         check_fits_task(graph, existing, siblings)
+        current = existing.preprocess.fit if existing.preprocess else "letterbox"
+        if fit is not None and fit != current:
+            raise ManifestError(
+                f"task {task_name!r} has its preprocessing already (fit {current!r}); --fit is for a new task:"
+                " edit [task.preprocess] in the manifest to change it for every variant"
+            )
         task, new_task = existing, False
     else:
         test_file = f"data/{task_name}/test.npz" if labelled is not None else None
         task, new_task = task_from_graph(task_name, graph, quality, test_file), True
+        if fit is not None:
+            task = task.model_copy(update={"preprocess": Preprocess(fit=fit)})
     if not task.has_test_set and stated is None:
         raise ManifestError(
             f"task {task_name!r} has no labelled test set: give one (--labelled) or a stated quality with its"
