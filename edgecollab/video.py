@@ -46,16 +46,21 @@ class Preparation:
     dtype: str = "uint8"
     fit: str = "letterbox"  # "letterbox": keep the aspect, pad; "stretch": scale each axis to fit
     pad: int = 0
+    layout: str = "chw"  # the input's axes: channels first ("chw") or last ("hwc")
 
     @classmethod
     def from_admission(cls, admission: dict[str, Any]) -> Preparation:
         """From a stream's admission: the task's input shape and dtype, and its declared preprocessing."""
-        shape = admission["input_shape"]
-        if len(shape) != 3 or shape[0] not in (1, 3):
-            raise SourceError(f"the task takes inputs of shape {shape}; a video source needs (1 or 3, H, W)")
-        prep = admission.get("preprocess", {})
-        return cls(shape[0], shape[1], shape[2], admission["input_dtype"], prep.get("fit", "letterbox"),
-                   prep.get("pad", 0))  # fmt: skip
+        shape, prep = admission["input_shape"], admission.get("preprocess", {})
+        layout = prep.get("layout", "chw")
+        channels, height, width = (
+            (shape if layout == "chw" else (shape[2], shape[0], shape[1])) if len(shape) == 3 else (0, 0, 0)
+        )
+        if channels not in (1, 3):
+            expected = "(1 or 3, H, W)" if layout == "chw" else "(H, W, 1 or 3)"
+            raise SourceError(f"the task takes inputs of shape {shape}; a video source needs {expected} ({layout})")
+        return cls(channels, height, width, admission["input_dtype"], prep.get("fit", "letterbox"),
+                   prep.get("pad", 0), layout)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -76,8 +81,8 @@ class FrameMap:
 
 
 def prepare(frame: Any, prep: Preparation) -> tuple[np.ndarray, FrameMap]:
-    """A PyAV ``VideoFrame`` as the task's input (C, H, W), and the map back. FFmpeg's swscale resizes
-    and converts the colour in one pass."""
+    """A PyAV ``VideoFrame`` as the task's input ((C, H, W), or (H, W, C) for layout "hwc"), and the map
+    back. FFmpeg's swscale resizes and converts the colour in one pass."""
     fw, fh = frame.width, frame.height
     if prep.fit == "stretch":
         w, h = prep.width, prep.height
@@ -91,7 +96,8 @@ def prepare(frame: Any, prep: Preparation) -> tuple[np.ndarray, FrameMap]:
     canvas = np.full((prep.height, prep.width, prep.channels), prep.pad, np.uint8)
     canvas[y0 : y0 + h, x0 : x0 + w] = pixels
     mapping = FrameMap(w / fw, h / fh, float(x0), float(y0))
-    return np.ascontiguousarray(canvas.transpose(2, 0, 1)).astype(prep.dtype, copy=False), mapping
+    axes = canvas if prep.layout == "hwc" else canvas.transpose(2, 0, 1)
+    return np.ascontiguousarray(axes).astype(prep.dtype, copy=False), mapping
 
 
 # --- sources ----------------------------------------------------------------------------------------

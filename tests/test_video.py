@@ -68,6 +68,12 @@ def test_letterboxing_maps_boxes_back_to_the_frame() -> None:
     assert (inputs[0, :8] == 0).all() and (inputs[0, 8:56] > 150).all()  # 64 x 48 of picture, padded top and bottom
     assert mapping == FrameMap(0.1, 0.1, 0.0, 8.0)
     assert np.allclose(mapping.boxes_to_frame(np.array([[0.0, 8.0, 64.0, 56.0]])), [[0, 0, 640, 480]])
+    rgb, _ = prepare(frame, Preparation(3, 32, 32, "float32", fit="stretch", layout="hwc"))
+    assert rgb.shape == (32, 32, 3) and rgb.dtype == np.float32 and (rgb > 150).all()
+    admitted = {"input_shape": [224, 224, 3], "input_dtype": "uint8", "preprocess": {"layout": "hwc"}}
+    assert Preparation.from_admission(admitted) == Preparation(3, 224, 224, "uint8", layout="hwc")
+    with pytest.raises(SourceError, match=r"inputs of shape \[10\]; a video source needs \(1 or 3, H, W\)"):
+        Preparation.from_admission({"input_shape": [10], "input_dtype": "float32"})
 
 
 def test_a_video_file_is_answered_frame_by_frame_and_scores_like_the_arrays(

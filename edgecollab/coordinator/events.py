@@ -38,7 +38,9 @@ class ServedTask:
     input_dtype: np.dtype[Any]
     quality: str = "top1"
     variants: frozenset[str] | None = None  # None: every variant in the table (a one-task cluster)
-    preprocess: dict[str, Any] = field(default_factory=lambda: {"fit": "letterbox", "pad": 0})  # for video frames
+    preprocess: dict[str, Any] = field(
+        default_factory=lambda: {"fit": "letterbox", "pad": 0, "layout": "chw"}
+    )  # for video frames
 
 
 # --- work in flight ----------------------------------------------------------------------------

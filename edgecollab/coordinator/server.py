@@ -113,7 +113,7 @@ class Coordinator:
                 np.dtype(t.input_dtype),
                 t.quality,
                 frozenset(ids[t.name]),
-                t.preprocess.model_dump() if t.preprocess else {"fit": "letterbox", "pad": 0},
+                t.preprocess.model_dump() if t.preprocess else {"fit": "letterbox", "pad": 0, "layout": "chw"},
             )
             for t in tasks
         ]

@@ -31,7 +31,7 @@ GENERATED_HEADER = "# Written by models/train.py and models/upscale.py (make mod
 
 class Preprocess(BaseModel):
     """How a decoded video frame becomes the task's input (colour comes from the input's channels:
-    1 grayscale, 3 RGB; layout is channels first; dtype is the task's)."""
+    1 grayscale, 3 RGB; the dtype is the task's)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -39,6 +39,7 @@ class Preprocess(BaseModel):
         "letterbox", description="letterbox: keep the frame's aspect and pad; stretch: scale each axis to the input"
     )
     pad: int = Field(0, ge=0, le=255, description="the letterbox's fill value")
+    layout: Literal["chw", "hwc"] = Field("chw", description="the input's axes: channels first, or last")
 
 
 class TaskSpec(BaseModel):
