@@ -10,6 +10,7 @@ from the model's input back to the frame, so detections come back in the frame's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 import time
@@ -143,9 +144,13 @@ def kind_of(uri: str) -> str:
 class VideoSource:
     """Decodes one source in a thread into a bounded queue. Iterate ``frames()`` from asyncio."""
 
-    def __init__(self, uri: str, *, realtime: bool = True, fps: float | None = None, keep_images: bool = False) -> None:
+    def __init__(
+        self, uri: str, *, realtime: bool = True, fps: float | None = None, keep_images: bool = False,
+        policy: str = "block",
+    ) -> None:  # fmt: skip
         self.uri = uri
         self.keep_images = keep_images
+        self.policy = policy  # the stream's back-pressure policy, for frames decoded faster than answered
         self.kind = kind_of(uri)
         self.prep: Preparation | None = None
         self.realtime = realtime  # a file plays at its own rate (live sources always do)
@@ -153,6 +158,8 @@ class VideoSource:
         self.counters = SourceCounters()
         self._queue: queue.Queue[DecodedFrame | BaseException | None] = queue.Queue(QUEUE_FRAMES)
         self._stop = threading.Event()
+        self._closed = threading.Event()  # the consumer is gone: the thread stops waiting to hand frames on
+        self._failure: SourceError | None = None
         self._thread: threading.Thread | None = None
         self._seq = 0
         self.rate: float | None = fps
@@ -172,13 +179,18 @@ class VideoSource:
 
     def close(self) -> None:
         self._stop.set()
+        self._closed.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        with contextlib.suppress(queue.Full):  # wake a reader still waiting for a frame (it gets the end)
+            self._queue.put_nowait(None)
 
     async def frames(self) -> AsyncIterator[DecodedFrame]:
         while True:
             item = await asyncio.to_thread(self._queue.get)
             if item is None:
+                if self._failure is not None:
+                    raise self._failure
                 return
             if isinstance(item, BaseException):
                 raise item
@@ -227,7 +239,12 @@ class VideoSource:
                 self.counters.lost_to_source += round(gap * (self.rate or 0.0))
                 backoff = 0.5
         finally:
-            self._queue.put(None)
+            while not self._closed.is_set():  # the end, once the consumer has room for it
+                try:
+                    self._queue.put(None, timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
 
     def _decode(self, container: Any) -> None:
         started_wall, first_pts = time.monotonic(), None
@@ -252,10 +269,21 @@ class VideoSource:
             cpu = time.thread_time()
 
     def _put(self, item: DecodedFrame | BaseException) -> None:
-        if self.kind in ("file", "folder") or not isinstance(item, DecodedFrame):
-            self._queue.put(item)  # a file waits for the cluster: nothing of it is lost
+        """Hand a frame on. A file waits for the cluster (nothing of it is lost) unless it plays in real
+        time with ``drop-oldest``; a live source cannot wait: its oldest frame not yet taken goes (with
+        the ``fail`` policy the stream fails instead). Every frame dropped here is counted."""
+        waits = self.kind in ("file", "folder") and not (self.realtime and self.policy == "drop-oldest")
+        if waits or not isinstance(item, DecodedFrame):
+            self._queue.put(item)
             return
-        while True:  # a live source cannot wait: the oldest frame not yet taken goes
+        if self.policy == "fail" and self._queue.full():
+            self._failure = SourceError(
+                f"source {self.uri!r}: decoding got {QUEUE_FRAMES} frames ahead of the cluster and the"
+                " stream's back-pressure policy is 'fail'"
+            )
+            self._stop.set()  # raised once the frames before it are taken
+            return
+        while True:
             try:
                 self._queue.put_nowait(item)
                 return
@@ -331,7 +359,8 @@ class SourceStream:
     ) -> None:  # fmt: skip
         self.client = client
         self.uri = uri
-        self.source = VideoSource(uri, realtime=realtime, fps=fps, keep_images=keep_images)
+        policy = options.get("backpressure") or "block"
+        self.source = VideoSource(uri, realtime=realtime, fps=fps, keep_images=keep_images, policy=policy)
         self.options = options
         self.admission: dict[str, Any] = {}
         self.summary: dict[str, Any] | None = None

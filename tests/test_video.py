@@ -22,7 +22,17 @@ from PIL import Image
 
 from edgecollab.client import Client, SyncClient
 from edgecollab.local import LocalCluster, die_with_parent, free_tcp_endpoint
-from edgecollab.video import FrameMap, Preparation, SourceError, camera_frame, prepare, write_scene_video
+from edgecollab.video import (
+    QUEUE_FRAMES,
+    DecodedFrame,
+    FrameMap,
+    Preparation,
+    SourceError,
+    VideoSource,
+    camera_frame,
+    prepare,
+    write_scene_video,
+)
 from edgecollab.zoo import load_manifest, load_test_set
 from edgecollab.zoo.scoring import DetectionSet, mean_average_precision
 
@@ -260,3 +270,36 @@ def test_an_http_mjpeg_camera_is_decoded_and_answered_in_order(cluster: LocalClu
     first = truth.subset(np.arange(30))
     in_frame = DetectionSet(first.inputs, first.boxes * SCALE, first.labels, first.image_index)
     assert mean_average_precision(found, in_frame) > 0.5  # the frames are the scenes, in order
+
+
+def frame_numbered(seq: int) -> DecodedFrame:
+    return DecodedFrame(seq, None, 0.0, np.zeros((1, 2, 2), np.uint8), FrameMap(1, 1, 0, 0), (2, 2))
+
+
+@pytest.mark.parametrize(("uri_kind", "policy"), [("live", "block"), ("file", "drop-oldest")])
+def test_frames_decoded_faster_than_answered_drop_oldest_first_and_are_counted(
+    tmp_path: Path, uri_kind: str, policy: str
+) -> None:
+    (tmp_path / "f.mp4").write_bytes(b"")
+    uri = "rtsp://127.0.0.1:9/camera" if uri_kind == "live" else str(tmp_path / "f.mp4")
+    source = VideoSource(uri, policy=policy)  # a real-time file with drop-oldest behaves as a camera
+    for seq in range(QUEUE_FRAMES + 6):
+        source._put(frame_numbered(seq))
+    kept = [source._queue.get_nowait() for _ in range(QUEUE_FRAMES)]
+    assert source.counters.dropped_behind == 6 and [f.seq for f in kept] == list(range(6, QUEUE_FRAMES + 6))  # type: ignore[union-attr]
+
+
+def test_a_live_source_with_the_fail_policy_fails_the_stream_when_it_falls_behind() -> None:
+    source = VideoSource("rtsp://127.0.0.1:9/camera", policy="fail")
+    for seq in range(QUEUE_FRAMES + 1):
+        source._put(frame_numbered(seq))
+    assert source._stop.is_set() and source._queue.qsize() == QUEUE_FRAMES  # decoding stops; the frames in hand stay
+    threading.Thread(target=source._queue.put, args=(None,), daemon=True).start()  # as the decode thread ends
+
+    async def drain() -> list[DecodedFrame]:
+        return [f async for f in source.frames()]
+
+    with pytest.raises(
+        SourceError, match=r"64 frames ahead of the cluster and the stream's back-pressure policy is 'fail'"
+    ):
+        asyncio.run(drain())
