@@ -214,7 +214,7 @@ def test_an_rtsp_camera_that_drops_out_is_reconnected_and_the_gap_counted(
         server.wait(10)
     assert [r.seq for r in results] == list(range(len(results)))  # every decoded frame answered once, in order
     assert not any(r.dropped for r in results)
-    assert counters.reconnects == 1 and counters.seconds_down >= 0.9 and counters.lost_to_source >= 27
+    assert counters.reconnects >= 1 and counters.seconds_down >= 0.9 and counters.lost_to_source >= 27
     assert all(r.prediction == -1 and r.outputs["boxes"].shape == (64, 4) for r in results)  # detections, after too
 
 
