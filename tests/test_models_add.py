@@ -76,7 +76,7 @@ def test_a_fresh_model_is_inspected_scored_written_and_verified(tmp_path: Path) 
         "stretch",
     )
     assert out["new_task"] and out["task"]["input_shape"] == [1, SIDE, SIDE] and out["task"]["classes"] == CLASSES
-    assert out["task"]["preprocess"] == {"fit": "stretch", "pad": 0}  # how its video frames become inputs
+    assert out["task"]["preprocess"] == {"fit": "stretch", "pad": 0, "layout": "chw"}  # how its frames become inputs
     assert out["graph"]["macs"] == SIDE * SIDE * CLASSES and out["graph"]["outputs"][0]["name"] == "logits"
     assert out["variant"]["accuracy"] == pytest.approx(accuracy(weights, bias, images, labels), abs=1e-4)
     zoo = load_manifest(manifest)  # files and sha256s check out
