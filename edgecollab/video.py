@@ -395,6 +395,7 @@ class SourceStream:
                 await stream.close()
 
             feeder = asyncio.create_task(feed())
+            answered_all = False
             try:
                 async for r in stream:
                     frame = frames.pop(r.id)
@@ -405,8 +406,10 @@ class SourceStream:
                         self.uri, frame.seq, frame.pts, r.prediction, result_outputs, r.variant, r.node,
                         (time.time() - frame.arrival) * 1e3, r.dropped, r.reason, frame.image,
                     )  # fmt: skip
+                answered_all = True
             finally:
-                if not feeder.done():
+                # Every frame answered: let the feeder's close() finish (the stream's summary); given up: stop it.
+                if not answered_all and not feeder.done():
                     feeder.cancel()
                 await asyncio.gather(feeder, return_exceptions=True)
             if not feeder.cancelled() and feeder.exception() is not None:
