@@ -536,15 +536,7 @@ def _stream_sources(
         if sink is not None:
             sink.write(json.dumps(result_line(result)) + "\n")
 
-    live = None
-    if not json_output and sys.stdout.isatty():
-        from rich.live import Live
-
-        live = Live(_sources_table([], "starting"), console=_console(), refresh_per_second=2)
-
-    def update(tallies: list[Any]) -> None:
-        if live is not None:
-            live.update(_sources_table([t.row() for t in tallies], "live"))
+    live, update = _live_table(_sources_table, json_output)
 
     async def go(endpoint: str) -> list[Any]:
         async with Client(endpoint, curve=client_curve(cluster)) as client:
@@ -589,18 +581,22 @@ def _sources_table(rows: list[dict[str, Any]], title: str) -> Table:
     return table
 
 
+def _live_table(
+    table: Callable[[list[dict[str, Any]], str], Table], json_output: bool
+) -> tuple[Any, Callable[[list[Any]], None]]:
+    """On a terminal, a live per-source table (else None), and what redraws it from the sources' tallies."""
+    if json_output or not sys.stdout.isatty():
+        return None, lambda tallies: None
+    from rich.live import Live
+
+    live = Live(table([], "starting"), console=_console(), refresh_per_second=2)
+    return live, lambda tallies: live.update(table([t.row() for t in tallies], "live"))
+
+
 def _run_cameras(endpoint: str, cluster: ClusterConfig, test_set: Any, spec: Any, json_output: bool) -> list[Any]:
     from .cameras import run_cameras
 
-    live = None
-    if not json_output and sys.stdout.isatty():
-        from rich.live import Live
-
-        live = Live(_stream_table([], "starting"), console=_console(), refresh_per_second=2)
-
-    def update(tallies: list[Any]) -> None:
-        if live is not None:
-            live.update(_stream_table([t.row() for t in tallies], "live"))
+    live, update = _live_table(_stream_table, json_output)
 
     with live or contextlib.nullcontext():
         return asyncio.run(run_cameras(endpoint, test_set, spec, client_curve(cluster), update))

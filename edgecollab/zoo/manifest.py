@@ -8,7 +8,6 @@ each file's sha256 matches, so nothing downstream runs a model it did not mean t
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from .._toml import read_toml
 from ..errors import ManifestError
+from ..worker.cache import sha256_of as sha256_of  # one hasher for the manifest and the boards' model cache
 
 DEFAULT_MANIFEST_ENV = "EDGECOLLAB_MANIFEST"
 # The first line of the shipped manifest, written by models/train.py and models/upscale.py.
@@ -176,14 +176,6 @@ class Manifest:
                 f"task(s) {', '.join(map(repr, missing))} not in the manifest {self.path}; it has: {known}"
             )
         return [self.tasks[n] for n in names]
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _describe_validation_error(path: Path, data: dict[str, Any], exc: ValidationError) -> str:
