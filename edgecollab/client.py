@@ -294,6 +294,7 @@ class Client:
         progress: ProgressCallback | None = None,
         outputs: str | None = None,
         task: str | None = None,
+        variant: str | None = None,
     ) -> InferenceResult:
         """Send one request and wait for all its predictions, in input order.
 
@@ -302,12 +303,13 @@ class Client:
         ``notes`` — or, with ``strict``, refuses with ``InfeasibleTargetError``. ``progress`` is
         called with (inputs done, inputs) while the request runs. ``outputs`` is ``"predictions"``
         (the default for a classifier), ``"top5"`` or ``"all"`` (every model output; the default
-        for other tasks). ``task`` names the application (none: the cluster's default task).
+        for other tasks). ``task`` names the application (none: the cluster's default task);
+        ``variant`` pins one of its variants for every input (none: the plan chooses per board).
         Raises a ``RequestFailed``.
         """
         request_id = uuid.uuid4().hex
         submit = Submit(
-            request_id, np.ascontiguousarray(inputs), target_ips, min_accuracy, policy, strict, outputs, task
+            request_id, np.ascontiguousarray(inputs), target_ips, min_accuracy, policy, strict, outputs, task, variant
         )
         reporter = None
         if progress is not None:
@@ -529,12 +531,13 @@ class SyncClient:
         progress: ProgressCallback | None = None,
         outputs: str | None = None,
         task: str | None = None,
+        variant: str | None = None,
     ) -> InferenceResult:
         """Like ``Client.infer``, blocking; ``progress`` is called on the client's own thread."""
         return self._call(
             self._client.infer(
                 inputs, target_ips=target_ips, min_accuracy=min_accuracy, policy=policy, strict=strict,
-                progress=progress, outputs=outputs, task=task,
+                progress=progress, outputs=outputs, task=task, variant=variant,
             )
         )  # fmt: skip
 

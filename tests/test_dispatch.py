@@ -557,3 +557,33 @@ def test_a_client_that_is_gone_has_its_requests_dropped_and_the_others_go_on() -
     final = run_to_end(core, out, 0.2)
     (done,) = [i for i in final if isinstance(i, AnswerRequest | FailRequest)]
     assert isinstance(done, AnswerRequest) and done.result.request_id == staying.request_id
+
+
+def test_a_pinned_variant_runs_every_input_of_a_large_request_on_every_node() -> None:
+    core = make_core()
+    out = solve(core, core.handle(RequestOpened(b"c", submit(200, target_ips=3000.0, variant="slow"), 0.0)))
+    assert {s.shard.variant for s in sends(out)} == {"slow"}  # the plan alone would run "fast" somewhere
+    final = run_to_end(core, out)
+    (done,) = [i for i in final if isinstance(i, AnswerRequest)]
+    assert done.result.variants == ["slow"] and len(done.result.predictions) == 200
+
+
+def test_pinned_small_requests_run_their_variant_and_share_no_pack_with_another_pin() -> None:
+    core = make_core()
+    busy = [send for k in range(4) for send in sends(core.handle(RequestOpened(b"c", submit(1), k * 1e-4)))]
+    slow, fast = submit(1, variant="slow"), submit(1, variant="fast")
+    for k, request in enumerate((slow, fast)):
+        assert not sends(core.handle(RequestOpened(b"c", request, 0.001 + k * 1e-4)))  # every board busy
+    (first,) = sends(core.handle(answer(busy[0], 0.01)))
+    (second,) = sends(core.handle(answer(busy[1], 0.011)))
+    assert [first.shard.variant, second.shard.variant] == ["slow", "fast"]  # each alone, at its own pin
+    assert len(first.shard.inputs) == len(second.shard.inputs) == 1
+
+
+def test_a_variant_the_task_does_not_have_is_refused_by_name() -> None:
+    core = make_core()
+    out = core.handle(RequestOpened(b"c", submit(10, variant="huge"), 0.0))
+    (failed,) = [i for i in out if isinstance(i, FailRequest)]
+    assert failed.error.code == "invalid_input"
+    assert "variant must be one of fast, slow" in failed.error.message and "'huge'" in failed.error.message
+    assert not core.requests

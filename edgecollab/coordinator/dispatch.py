@@ -436,7 +436,7 @@ class DispatchCore:
             if sent:
                 return True
         head = self.small.head()
-        variant = self.small.variant_for(state, head.task) if head is not None else None
+        variant = self.small.variant_for(state, head) if head is not None else None
         if variant is not None:
             out += self.small.send(state, variant, now)
             return True

@@ -69,14 +69,15 @@ class SmallRequests:
             self.queue.popleft()
         return self.core.requests[self.queue[0]] if self.queue else None
 
-    def variant_for(self, node: NodeState, task: str) -> str | None:
-        """The variant a task's small requests run on a node: the pooled demand's there, else the plan's
-        most accurate one of the task there, else (no plan uses the node) its most accurate profiled one."""
-        core, table = self.core, self.core.table
-        allowed = core.tasks[task].variants
+    def variant_for(self, node: NodeState, r: OpenRequest) -> str | None:
+        """The variant a small request runs on a node: its pinned one; else its task's pooled demand's
+        there, else the plan's most accurate one of the task there, else (no plan uses the node) its most
+        accurate profiled one. None when the node has none of them."""
+        core, table, task = self.core, self.core.table, r.task
+        allowed = r.variants
         profiled = [v for v in table.variants_of(node.name) if v in node.variants and (allowed is None or v in allowed)]
-        if not profiled:
-            return None
+        if not profiled or r.submit.variant is not None:
+            return profiled[0] if profiled else None
         plan = core.planning.plan
         if plan is not None:
             small = plan.demands.get(core.planning.small_key(task))
@@ -105,7 +106,9 @@ class SmallRequests:
         while (r := self.head()) is not None:
             first = pack[0][0] if pack else r
             if pack and (
-                taken + min(r.request.inputs, limit) > limit or (r.outputs, r.task) != (first.outputs, first.task)
+                taken + min(r.request.inputs, limit) > limit
+                or (r.outputs, r.task) != (first.outputs, first.task)
+                or r.submit.variant not in (None, variant)
             ):
                 break
             self.queue.popleft()

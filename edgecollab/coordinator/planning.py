@@ -56,9 +56,10 @@ class Planning:
 
     # --- demands -------------------------------------------------------------------------------
     def request_demand(
-        self, key: str, target_ips: float | None, min_accuracy: float | None, policy: str, task: str
-    ) -> Demand:
-        return Demand(key, target_ips, min_accuracy, policy == "adaptive", variants=self.core.tasks[task].variants)
+        self, key: str, target_ips: float | None, min_accuracy: float | None, policy: str,
+        variants: frozenset[str] | None,
+    ) -> Demand:  # fmt: skip
+        return Demand(key, target_ips, min_accuracy, policy == "adaptive", variants=variants)
 
     def demands(self, now: float) -> tuple[Demand, ...]:
         """What the joint plan must cover now: every jointly planned request's rest, every pool of streams,
@@ -79,7 +80,7 @@ class Planning:
                     # own target: time gained early is kept as slack for the tail, not spent on accuracy.
                     time_left = r.arrived + r.request.inputs / target - now
                     target = max(target, remaining / max(time_left, 1e-3))
-            demands.append(self.request_demand(r.key, target, r.request.min_accuracy, r.policy, r.task))
+            demands.append(self.request_demand(r.key, target, r.request.min_accuracy, r.policy, r.variants))
         # Streams with the same conditions are one demand at their summed rate: the plan's size does
         # not grow with the number of cameras, and each of them runs what the pool runs on a node.
         pools: dict[str, tuple[float, OpenStream]] = {}
@@ -103,7 +104,8 @@ class Planning:
         self, key: str, request: PlanRequest, policy: str, task: str, now: float
     ) -> tuple[ExplorationTable, tuple[Demand, ...], list[str]]:
         """What to solve to tell a client how a request would be served now, next to the work running."""
-        asked = self.request_demand(key, request.target_ips, request.min_accuracy, policy, task)
+        variants = self.core.tasks[task].variants
+        asked = self.request_demand(key, request.target_ips, request.min_accuracy, policy, variants)
         demands = (*(d for d in self.demands(now) if d.key != key), asked)
         return self.core.table.scaled(1.0), demands, self.core.nodes.usable()
 

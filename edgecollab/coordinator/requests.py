@@ -30,7 +30,7 @@ from .events import (
 from .nodes import NodeState, SentShard, result_problem
 from .ownership import principal, scoped_key
 from .request_run import RequestRun, ShardFailed, ShardTask
-from .validation import check_submit, outputs_mode
+from .validation import check_submit, check_variant, outputs_mode
 from .views import report
 
 if TYPE_CHECKING:
@@ -72,6 +72,8 @@ class OpenRequest:
     weights: dict[str, float] = field(default_factory=dict)  # node -> planned fraction of its time
     passes: dict[str, float] = field(default_factory=dict)  # node -> stride-scheduling pass
     owner: str = ""  # who may see it in status (see principal)
+    # The variants that may serve it: its pinned one, else its task's (None: any in the table).
+    variants: frozenset[str] | None = None
     key: str = field(init=False)  # the core's name for it: requests, demands
 
     def __post_init__(self) -> None:
@@ -104,7 +106,10 @@ class RequestDispatch:
         rid = submit.request_id
         task, problem = core.task_named(submit.task)
         if task is not None:
-            problem = check_submit(submit, task.input_shape, task.input_dtype)
+            known = task.variants if task.variants is not None else core.table.accuracy.keys()
+            problem = check_submit(submit, task.input_shape, task.input_dtype) or check_variant(
+                submit.variant, task.name, known
+            )
         outputs, wrong = outputs_mode(task, submit.outputs)
         problem = problem or wrong
         key = scoped_key(event.client, rid)
@@ -140,6 +145,7 @@ class RequestDispatch:
         r = OpenRequest(
             event.client, submit, request, policy, event.now, small, outputs=outputs, task=task.name,
             owner=principal(event.client, event.owner),
+            variants=frozenset({submit.variant}) if submit.variant is not None else task.variants,
         )  # fmt: skip
         core.requests[r.key] = r
         return self.start(r, event.now) if core.manager.accepts_work() else []
@@ -155,7 +161,7 @@ class RequestDispatch:
             return []
         # The baselines plan alone, on the whole cluster, and follow that plan (no solve: they are cheap).
         try:
-            table = self.core.table.only(self.core.tasks[r.task].variants)
+            table = self.core.table.only(r.variants)
             plan = make_plan(r.policy, table, r.request, self.core.nodes.usable())
         except PlanningError as exc:
             return self.fail(r, Error("invalid_input", str(exc), r.request_id))

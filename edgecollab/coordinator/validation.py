@@ -7,7 +7,7 @@ expected; the coordinator answers it as an ``invalid_input`` error and carries o
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import numpy as np
@@ -66,6 +66,13 @@ def check_submit(submit: Submit, input_shape: tuple[int, ...], input_dtype: np.d
         got = f"{x.dtype} of shape {tuple(x.shape)}" if not fits else "no inputs"
         return f"inputs: expected {expected}; got {got}"
     return check_target_ips(submit.target_ips) or check_min_accuracy(submit.min_accuracy) or check_policy(submit.policy)
+
+
+def check_variant(value: Any, task: str, known: Collection[str]) -> str | None:
+    """A pinned variant must be one of the task's."""
+    if value is None or (isinstance(value, str) and value in known):
+        return None
+    return f"variant must be one of {', '.join(sorted(known))} (the variants of task {task!r}), or none; got {value!r}"
 
 
 def check_id(value: str, field: str) -> str | None:

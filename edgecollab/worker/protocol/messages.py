@@ -133,6 +133,7 @@ class Submit(Message):
     strict: bool = False
     outputs: Optional[str] = None  # one of OUTPUT_MODES; none: "predictions" for a top1 task, else "all"
     task: Optional[str] = None  # the application it is for; none: the cluster's default task
+    variant: Optional[str] = None  # every input runs this variant of the task (pinned); none: the plan chooses
 
 
 @dataclass(frozen=True)
