@@ -9,26 +9,71 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
 from ..planner import ADAPTS_AT_RUN_TIME, PlanningError, PlanRequest, make_plan
 from ..planner.joint import plan_jointly
 from ..protocol import QUERY_TOPICS, Answer, Error, Query
+from ..zoo.graph import io_signature
+from ..zoo.manifest import Manifest, TaskSpec
 from .dispatch import DispatchCore
 from .peers import Peers
 from .validation import check_plan_params
 
 
+def describe_tasks(manifest: Manifest, tasks: Sequence[TaskSpec]) -> list[dict[str, Any]]:
+    """What a client needs to call each task: its input, the model's outputs, its variants (by name
+    within the task, and by the id requests pin). Read once from the manifest and the first variant's
+    graph: every variant of a task takes the same input and gives the same outputs."""
+    described = []
+    for task in tasks:
+        variants = manifest.for_task(task.name)
+        inputs, outputs = io_signature(manifest.resolve(variants[0].file))
+        described.append(
+            {
+                "name": task.name,
+                "quality": task.quality,
+                "input": {"name": inputs[0].name, "dtype": task.input_dtype, "shape": [-1, *task.input_shape]},
+                "outputs": [{"name": o.name, "dtype": o.dtype, "shape": list(o.shape)} for o in outputs],
+                "variants": [{"name": v.name, "id": manifest.id_of(v), "accuracy": v.accuracy} for v in variants],
+            }
+        )
+    return described
+
+
 class Queries:
     def __init__(
-        self, core: DispatchCore, peers: Peers, counters: Callable[[], dict[str, int]], solver: Executor
+        self,
+        core: DispatchCore,
+        peers: Peers,
+        counters: Callable[[], dict[str, int]],
+        solver: Executor,
+        tasks: list[dict[str, Any]],
     ) -> None:
         self.core = core
         self.peers = peers
         self.counters = counters  # the core's and the shell's together
         self.solver = solver
+        self.tasks = tasks  # describe_tasks: what does not change while the coordinator runs
+
+    def models(self) -> list[dict[str, Any]]:
+        """Each task as ``describe_tasks`` has it, with the ready boards each variant is loaded on and the
+        task's counters; a task is ready when the cluster serves and a ready board has one of its variants."""
+        serving = self.core.manager.accepts_work()
+        usable = set(self.core.nodes.usable())
+        ready_links = [link for link in self.peers.links.values() if link.ready and link.name in usable]
+        answer = []
+        for task in self.tasks:
+            variants = [
+                {**v, "nodes": sorted(link.name for link in ready_links if v["id"] in link.variants)}
+                for v in task["variants"]
+            ]
+            ready = serving and any(v["nodes"] for v in variants)
+            stats = dict(self.core.task_stats.get(task["name"], {}))
+            answer.append({**task, "variants": variants, "ready": ready, "stats": stats})
+        return answer
 
     async def answer(self, query: Query, viewer: str | None) -> Answer | Error:
         """Answer a query; ``viewer`` is who asks (None: an operator, who sees every client's work)."""
@@ -39,6 +84,8 @@ class Queries:
             return Answer(query.request_id, {"rows": table.rows(), "efficiency": table.efficiency})
         if query.topic == "plan":
             return await self.plan(query)
+        if query.topic == "models":
+            return Answer(query.request_id, {"state": self.core.manager.state, "tasks": self.models()})
         topics = ", ".join(QUERY_TOPICS)
         return Error(
             "invalid_input", f"unknown query topic {query.topic!r}; expected one of {topics}", query.request_id

@@ -200,6 +200,13 @@ class RequestDispatch:
             if any(o.joint and o.status is RequestStatus.RUNNING for o in core.requests.values()):
                 core.planning.want(f"request {r.request_id[:8]} finished")
         core.outcomes["completed"] += 1
+        stats = core.task_stats[r.task]
+        stats["success"] += 1
+        stats["inputs"] += run.total_inputs
+        stats["success_ns"] += int(run.wall_seconds() * 1e9)
+        stats["queue_ns"] += int(max((r.dispatch_started or r.arrived) - r.arrived, 0.0) * 1e9)
+        stats["executions"] += sum(t.shards for t in run.tallies.values())
+        stats["compute_ns"] += int(sum(t.busy_s for t in run.tallies.values()) * 1e9)
         result = Result(
             r.request_id, run.predictions, run.provenance, shown, run.outputs, run.variant_names, run.node_names
         )
@@ -208,6 +215,10 @@ class RequestDispatch:
     def fail(self, r: OpenRequest, error: Error) -> list[Instruction]:
         self.close(r)
         self.core.outcomes[error.code] += 1
+        if r.task in self.core.task_stats:
+            stats = self.core.task_stats[r.task]
+            stats["fail"] += 1
+            stats["fail_ns"] += int(r.run.wall_seconds() * 1e9) if r.run is not None else 0
         return [FailRequest(r.client, error)]
 
     def close(self, r: OpenRequest) -> None:

@@ -79,7 +79,7 @@ from .ownership import principal
 from .peers import Peers
 from .profiling import Profiler
 from .provisioning import model_files, settings_for
-from .queries import Queries
+from .queries import Queries, describe_tasks
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,9 @@ class Coordinator:
         inputs_of = {v: (t.input_shape, np.dtype(t.input_dtype)) for t in tasks for v in ids[t.name]}
         cache = ProfileCache(config.resolve(self.settings.profile_cache))
         self.profiler = Profiler(self.settings, self._feed, self._spawn, cache, inputs_of, self.peers.is_current)
-        self.queries = Queries(self.core, self.peers, lambda: self.counters, self._solver)
+        self.queries = Queries(
+            self.core, self.peers, lambda: self.counters, self._solver, describe_tasks(manifest, tasks)
+        )
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stop = asyncio.Event()
 

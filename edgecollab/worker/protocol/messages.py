@@ -170,7 +170,8 @@ class Query(Message):
     """A client asks the coordinator about the cluster without running anything.
 
     Topics: ``status`` (nodes, state, running requests, counters), ``table`` (the exploration
-    table), ``plan`` (params ``inputs``, ``target_ips``, ``min_accuracy``, ``policy``).
+    table), ``plan`` (params ``inputs``, ``target_ips``, ``min_accuracy``, ``policy``), ``models``
+    (each task's inputs, outputs and variants, where they are loaded, and its counters).
     """
 
     kind: ClassVar[str] = "query"
@@ -186,7 +187,7 @@ class Answer(Message):
     data: dict[str, Any] = field(default_factory=dict)
 
 
-QUERY_TOPICS = ("status", "table", "plan")
+QUERY_TOPICS = ("status", "table", "plan", "models")
 # What a request gets back: class per input; the five likeliest classes and their probabilities
 # (outputs ``top5`` and ``top5_scores``); or every output of the model, by the model's names.
 OUTPUT_MODES = ("predictions", "top5", "all")
