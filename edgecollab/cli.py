@@ -7,16 +7,18 @@ import contextlib
 import dataclasses
 import functools
 import json
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from .config import DEFAULT_CONFIG, ClusterConfig, load_config, with_faults
+from .config import DEFAULT_CONFIG, ClusterConfig, GatewayConfig, load_config, with_faults
 from .errors import ConfigError, EdgecollabError, InvalidInputError, RequestFailed
 from .security import client_curve, node_curve
 from .worker import logs
@@ -315,10 +317,53 @@ def coordinator_command(
     workers: Annotated[str | None, typer.Option("--workers", help="bind workers' ROUTER here instead")] = None,
     clients: Annotated[str | None, typer.Option("--clients", help="bind clients' ROUTER here instead")] = None,
 ) -> None:
-    """Run the coordinator (global node) until SIGTERM or Ctrl-C."""
+    """Run the coordinator (global node) until SIGTERM or Ctrl-C; with [gateway] start = true, a v2 gateway
+    process beside it."""
     from .coordinator import Coordinator
 
-    asyncio.run(Coordinator(load_config(config), workers_endpoint=workers, clients_endpoint=clients).serve())
+    cluster = load_config(config)
+    gateway = None
+    if cluster.gateway.start:  # its own process: the coordinator's loop carries no HTTP
+        endpoint = _client_endpoint(cluster) if clients is None else clients.replace("0.0.0.0", "127.0.0.1")
+        command = [sys.executable, "-m", "edgecollab", "gateway", "--config", str(config), "--coordinator", endpoint]
+        gateway = subprocess.Popen(command)
+    try:
+        asyncio.run(Coordinator(cluster, workers_endpoint=workers, clients_endpoint=clients).serve())
+    finally:
+        if gateway is not None:
+            gateway.terminate()
+            gateway.wait(timeout=10)
+
+
+@app.command("gateway")
+@_reports_errors
+def gateway_command(
+    config: ConfigOption = DEFAULT_CONFIG,
+    coordinator: CoordinatorOption = None,
+    http: Annotated[
+        str | None, typer.Option("--http", help="HOST:PORT of v2 HTTP/REST (default: [gateway] http)")
+    ] = None,
+    grpc: Annotated[str | None, typer.Option("--grpc", help="HOST:PORT of v2 gRPC (default: [gateway] grpc)")] = None,
+) -> None:
+    """Serve the Open Inference Protocol (KServe v2, Triton's extensions) for the coordinator until SIGTERM.
+
+    Triton and KServe clients and perf_analyzer talk to it unchanged: a model is a task, a version
+    one of its variants (pinned). Beyond loopback it needs TLS with a token or client certificates.
+    """
+    from .gateway import Gateway
+
+    cluster = load_config(config)
+    settings = cluster.gateway
+    if http is not None or grpc is not None:
+        try:
+            settings = GatewayConfig.model_validate(
+                {**settings.model_dump(), **({"http": http} if http else {}), **({"grpc": grpc} if grpc else {})}
+            )
+        except ValidationError as exc:
+            raise ConfigError(f"gateway: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+    endpoint = coordinator or _client_endpoint(cluster)
+    gateway = Gateway(settings, endpoint, curve=client_curve(cluster), base_dir=cluster.base_dir)
+    asyncio.run(gateway.serve())
 
 
 @app.command()

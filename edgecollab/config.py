@@ -139,6 +139,51 @@ class SecurityConfig(_Strict):
         return self
 
 
+class GatewayConfig(_Strict):
+    """The Open Inference Protocol (v2) front door: HTTP and gRPC for Triton and KServe clients.
+
+    It is a client of the coordinator, in its own process (``edgecollab gateway``), so the coordinator's
+    loop carries no HTTP; with ``start = true`` the coordinator starts one beside itself.
+    """
+
+    start: bool = Field(False, description="the coordinator starts a gateway process beside itself")
+    http: str | None = Field("127.0.0.1:8000", description="HOST:PORT of the HTTP/REST endpoint (none: no HTTP)")
+    grpc: str | None = Field("127.0.0.1:8001", description="HOST:PORT of the gRPC endpoint (none: no gRPC)")
+    tls_cert: str | None = Field(None, description="PEM certificate chain: serve HTTPS and gRPC over TLS")
+    tls_key: str | None = Field(None, description="PEM private key of tls_cert")
+    tls_client_ca: str | None = Field(None, description="PEM CA bundle: clients must present a certificate it signed")
+    token_file: str | None = Field(None, description="file whose first line is the bearer token clients must send")
+    allow_insecure: bool = Field(
+        False, description="bind an address other than loopback without TLS and a token or client certificates"
+    )
+    max_in_flight: int = Field(
+        64, ge=1, le=4096, description="requests the gateway has at the coordinator at once; more wait by priority"
+    )
+    timeout_s: float = Field(600.0, gt=0, description="longest a request waits for its answer, unless it says less")
+
+    @model_validator(mode="after")
+    def _complete(self) -> GatewayConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        if self.http is None and self.grpc is None:
+            raise ValueError("a gateway needs http or grpc (HOST:PORT)")
+        for field, value in (("http", self.http), ("grpc", self.grpc)):
+            if value is not None:
+                parse_host_port(value, field)
+        return self
+
+
+def parse_host_port(text: str, field: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:8000`` for IPv6) as (host, port); ValueError naming ``field`` otherwise."""
+    host, _, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{field} must be HOST:PORT with a port from 0 to 65535; got {text!r}")
+    return host, int(port)
+
+
 class ModelsConfig(_Strict):
     """Which tasks of the manifest the cluster serves. ``task = "x"`` alone (the one-task form) still works."""
 
@@ -178,6 +223,7 @@ class ClusterConfig(_Strict):
     nodes: tuple[NodeConfig, ...]
     models: ModelsConfig = ModelsConfig()
     security: SecurityConfig = SecurityConfig()
+    gateway: GatewayConfig = GatewayConfig()
     # Where the file was read from; relative paths resolve against its folder.
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
 
