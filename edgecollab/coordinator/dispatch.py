@@ -30,7 +30,7 @@ request the node owes the most service, then — idle — the tail of the slowes
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -107,8 +107,10 @@ class DispatchCore:
         self.table = table  # the exploration table: profiled, then observed at run time
         self.counters: Counter[str] = Counter()  # solves, late replies, nodes lost, ... (status shows them)
         self.outcomes: Counter[str] = Counter()  # requests answered, by outcome ("completed" or an error code)
-        # Per task: requests answered and failed, inputs, shards run and their times (the ``models`` query).
+        # Per task, and per variant that ran part of a request: requests answered (and, per task, failed),
+        # inputs, shards run and their times (the ``models`` query).
         self.task_stats: dict[str, Counter[str]] = {t.name: Counter() for t in tasks}
+        self.variant_stats: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self.nodes = NodeHealth(settings, self.counters)  # every registered node, its state and work in flight
         self.manager = ResourceManager(expected_nodes, self.nodes)  # the cluster's life cycle
         self.requests: dict[str, OpenRequest] = {}  # every admitted request not yet answered; ≤ max_requests

@@ -67,7 +67,11 @@ class Queries:
         answer = []
         for task in self.tasks:
             variants = [
-                {**v, "nodes": sorted(link.name for link in ready_links if v["id"] in link.variants)}
+                {
+                    **v,
+                    "nodes": sorted(link.name for link in ready_links if v["id"] in link.variants),
+                    "stats": dict(self.core.variant_stats.get(v["id"], {})),
+                }
                 for v in task["variants"]
             ]
             ready = serving and any(v["nodes"] for v in variants)

@@ -29,7 +29,7 @@ from .events import (
 )
 from .nodes import NodeState, SentShard, result_problem
 from .ownership import principal, scoped_key
-from .request_run import RequestRun, ShardFailed, ShardTask
+from .request_run import NodeTally, RequestRun, ShardFailed, ShardTask
 from .validation import check_submit, check_variant, outputs_mode
 from .views import report
 
@@ -200,17 +200,30 @@ class RequestDispatch:
             if any(o.joint and o.status is RequestStatus.RUNNING for o in core.requests.values()):
                 core.planning.want(f"request {r.request_id[:8]} finished")
         core.outcomes["completed"] += 1
-        stats = core.task_stats[r.task]
-        stats["success"] += 1
-        stats["inputs"] += run.total_inputs
-        stats["success_ns"] += int(run.wall_seconds() * 1e9)
-        stats["queue_ns"] += int(max((r.dispatch_started or r.arrived) - r.arrived, 0.0) * 1e9)
-        stats["executions"] += sum(t.shards for t in run.tallies.values())
-        stats["compute_ns"] += int(sum(t.busy_s for t in run.tallies.values()) * 1e9)
+        self.count_answered(r, run)
         result = Result(
             r.request_id, run.predictions, run.provenance, shown, run.outputs, run.variant_names, run.node_names
         )
         return [AnswerRequest(r.client, result)]
+
+    def count_answered(self, r: OpenRequest, run: RequestRun) -> None:
+        """A request's figures in its task's statistics, and in those of each variant that ran some of it."""
+        wall_ns = int(run.wall_seconds() * 1e9)
+        queue_ns = int(max((r.dispatch_started or r.arrived) - r.arrived, 0.0) * 1e9)
+        by_variant: dict[str, list[NodeTally]] = {}
+        for tally in run.tallies.values():
+            if tally.shards:
+                by_variant.setdefault(tally.variant, []).append(tally)
+        stats = self.core.task_stats[r.task]
+        for counter, tallies in [(stats, list(run.tallies.values()))] + [
+            (self.core.variant_stats[v], mine) for v, mine in by_variant.items()
+        ]:
+            counter["success"] += 1
+            counter["success_ns"] += wall_ns
+            counter["queue_ns"] += queue_ns
+            counter["inputs"] += sum(t.inputs for t in tallies)
+            counter["executions"] += sum(t.shards for t in tallies)
+            counter["compute_ns"] += int(sum(t.busy_s for t in tallies) * 1e9)
 
     def fail(self, r: OpenRequest, error: Error) -> list[Instruction]:
         self.close(r)

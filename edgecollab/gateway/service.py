@@ -136,4 +136,5 @@ class V2Service:
     async def statistics(self, name: str = "", version: str = "") -> dict[str, Any]:
         models = await self.models(fresh=True)
         chosen = [v2.find_model(models, name, version or None)] if name else list(models.values())
-        return {"model_stats": [v2.model_statistics(m, version, self.last_inference_ms.get(m.name, 0)) for m in chosen]}
+        entries = [v2.model_statistics(m, version, self.last_inference_ms.get(m.name, 0)) for m in chosen]
+        return {"model_stats": [entry for model_entries in entries for entry in model_entries]}

@@ -103,11 +103,23 @@ class ModelInfo:
     input: TensorInfo
     outputs: tuple[TensorInfo, ...]  # the model's own outputs
     top1: bool  # a classifier: ``predictions`` and ``top5`` outputs can be asked for too
-    versions: dict[str, str]  # variant name -> the id a request pins
+    versions: dict[str, str]  # variant name -> the id a request pins, in the task's order
     accuracy: dict[str, float]  # variant name -> its measured quality
     loaded_on: dict[str, tuple[str, ...]]  # variant name -> ready boards that have it
     ready: bool
-    stats: dict[str, int] = field(default_factory=dict)
+    stats: dict[str, int] = field(default_factory=dict)  # every request of the task
+    version_stats: dict[str, dict[str, int]] = field(default_factory=dict)  # variant name -> what ran on it
+
+    def version_named(self, version: str) -> str | None:
+        """A version as a variant's name, or as its number (1 for the first variant: Triton's versions
+        are numbers, and its tools pass them so); None when neither."""
+        if version in self.versions:
+            return version
+        names = list(self.versions)
+        return names[int(version) - 1] if version.isdigit() and 1 <= int(version) <= len(names) else None
+
+    def number_of(self, version: str) -> int:
+        return list(self.versions).index(version) + 1
 
     @property
     def max_batch_size(self) -> int:
@@ -116,7 +128,7 @@ class ModelInfo:
         return min(MAX_ARRAY_BYTES // per_input, 2**31 - 1)
 
     def version_ready(self, version: str) -> bool:
-        return self.ready and bool(self.loaded_on.get(version))
+        return self.ready and bool(self.loaded_on.get(self.version_named(version) or ""))
 
     def outputs_for(self, mode: str) -> tuple[TensorInfo, ...]:
         """The outputs a request in ``mode`` gets back."""
@@ -143,6 +155,7 @@ def catalogue(answer: Mapping[str, Any]) -> dict[str, ModelInfo]:
             {v["name"]: tuple(v["nodes"]) for v in variants},
             bool(task["ready"]),
             {k: int(n) for k, n in task.get("stats", {}).items()},
+            {v["name"]: {k: int(n) for k, n in v.get("stats", {}).items()} for v in variants},
         )
     return models
 
@@ -152,8 +165,9 @@ def find_model(models: Mapping[str, ModelInfo], name: str, version: str | None) 
     if model is None:
         served = ", ".join(sorted(models)) or "none yet"
         raise not_found(f"unknown model {name!r}; this cluster serves {served}")
-    if version and version not in model.versions:
-        raise not_found(f"unknown version {version!r} of model {name!r}; its versions: {', '.join(model.versions)}")
+    if version and model.version_named(version) is None:
+        known = f"{', '.join(model.versions)}, or 1 to {len(model.versions)}"
+        raise not_found(f"unknown version {version!r} of model {name!r}; its versions: {known}")
     return model
 
 
@@ -277,7 +291,7 @@ def prepare(model: ModelInfo, request: V2Request, default_timeout_s: float) -> I
         request.version,
         request.id,
         inputs,
-        model.versions[request.version] if request.version else None,
+        model.versions[model.version_named(request.version) or ""] if request.version else None,
         target_ips,
         _number(p, "min_accuracy"),
         bool(_flag(p, "strict")),
@@ -536,14 +550,22 @@ def _duration(count: int, ns: int) -> dict[str, int]:
     return {"count": count, "ns": ns}
 
 
-def model_statistics(model: ModelInfo, version: str, last_inference_ms: int) -> dict[str, Any]:
-    """Triton's statistics extension for one model, from the coordinator's counters for its task
-    (every version together: the coordinator counts per task)."""
-    s = model.stats
+def model_statistics(model: ModelInfo, version: str, last_inference_ms: int) -> list[dict[str, Any]]:
+    """Triton's statistics extension for a model, from the coordinator's counters. A version (a name or a
+    number) gets what ran on that variant. With none, the entry is the task's as a whole, under version
+    "0" (no variant pinned: the joint plan's choice). Triton's own versions start at 1, and a tool that
+    asks for no version takes the entry with the highest number, which parses: perf_analyzer does."""
+    if not version:
+        return [_statistics(model.name, "0", model.stats, last_inference_ms)]
+    name = model.version_named(version) or version
+    return [_statistics(model.name, version, model.version_stats.get(name, {}), last_inference_ms)]
+
+
+def _statistics(model: str, version: str, s: Mapping[str, int], last_inference_ms: int) -> dict[str, Any]:
     success, fail = s.get("success", 0), s.get("fail", 0)
     executions = s.get("executions", 0)
     return {
-        "name": model.name,
+        "name": model,
         "version": version,
         "last_inference": last_inference_ms,
         "inference_count": s.get("inputs", 0),
