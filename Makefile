@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-test
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: test rtsp-server run lint models worker-wheel board-check bench bench-runtime bench-network bench-peers bench-all bench-render clean
+.PHONY: test rtsp-server run lint models worker-wheel board-check bench bench-runtime bench-network bench-peers bench-v2 bench-all bench-render clean
 
 $(STAMP): pyproject.toml
 	@$(BIN)/python -c '' 2>/dev/null || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
@@ -84,12 +84,22 @@ bench-peers:
 	$(PEERS)/bin/python benchmarks/peers.py --closed-loop
 	$(PEERS)/bin/python benchmarks/peers.py --cameras 8,16,32,48
 
+# Triton's perf_analyzer against edgecollab's v2 gateway and PyTriton, side by side (docs/benchmarks.md).
+# perf_analyzer ships in tritonclient's wheels up to 2.51.0; it links Debian's libb64 and the CUDA
+# runtime from PyPI (it runs without a GPU).
+bench-v2:
+	@$(PEERS)/bin/python -c '' 2>/dev/null || $(PYTHON) -m venv $(PEERS)
+	@ldconfig -p | grep -q 'libb64\.so\.0d' || { $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q libb64-0d; }
+	$(PEERS)/bin/pip install --quiet --disable-pip-version-check -e '.[plot]' 'nvidia-pytriton>=0.7' 'tritonclient[all]>=2.40,<=2.51.0' nvidia-cuda-runtime-cu12
+	$(PEERS)/bin/python benchmarks/v2_perf_analyzer.py
+
 # Every benchmark the README and docs/benchmarks.md quote, one after another, then the docs' tables
 # rendered from what they wrote (about 75 minutes on the development machine; network needs root).
 bench-all: bench bench-runtime bench-network
 	$(BIN)/python benchmarks/policies.py --task fashion-detect
 	$(BIN)/python benchmarks/applications.py
 	$(MAKE) bench-peers
+	$(MAKE) bench-v2
 	$(BIN)/python benchmarks/chaos.py
 	$(MAKE) bench-render
 

@@ -206,6 +206,35 @@ def peers_closed_loop() -> str:
     return table(["batch", *names], rows) + caption + ran("peers_closed_loop")
 
 
+def v2_perf_analyzer() -> str:
+    d = load("v2_perf_analyzer")
+    points = {(r["server"], r["protocol"], r["batch"], r["concurrency"]): r for r in d["points"]}
+    rows = []
+    for ratio in d["edgecollab_over_pytriton"]:
+        key = (ratio["protocol"], ratio["batch"], ratio["concurrency"])
+        ours, theirs = points[("edgecollab", *key)], points[("pytriton", *key)]
+        rows.append(
+            [
+                key[0].upper(), str(key[1]), str(key[2]),
+                n(ours["inferences_per_s"]), n(theirs["inferences_per_s"]), f"**{ratio['throughput_ratio']:.2f}**",
+                f"{ours['p50_ms']:.1f} / {ours['p99_ms']:.1f}", f"{theirs['p50_ms']:.1f} / {theirs['p99_ms']:.1f}",
+                f"{ours['server_cpu_ms_per_request']:.2f}", f"{theirs['server_cpu_ms_per_request']:.2f}",
+            ]
+        )  # fmt: skip
+    header = [
+        "protocol", "batch", "concurrency", "edgecollab inf/s", "PyTriton inf/s", "ratio",
+        "edgecollab p50 / p99 ms", "PyTriton p50 / p99 ms", "edgecollab server CPU ms/req", "PyTriton server CPU ms/req",
+    ]  # fmt: skip
+    ahead = sum(r["throughput_ratio"] >= 1 for r in d["edgecollab_over_pytriton"])
+    setup = d["setup"]
+    caption = (
+        f"\n\nedgecollab's throughput is at or above PyTriton's at {ahead} of {len(rows)} points. `{setup['variant']}` on "
+        f"{setup['workers']} un-emulated workers (edgecollab) or instances (PyTriton), one perf_analyzer "
+        f"({setup['client']}) with the same flags for both, {setup['window_ms']} ms measurement windows. "
+    )
+    return table(header, rows) + caption + ran("v2_perf_analyzer")
+
+
 def peers_cameras() -> str:
     d = load("peers_cameras")
     systems = d["systems"]
@@ -528,6 +557,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "policies": lambda: policies_block("policies"),
     "policies-fashion-detect": lambda: policies_block("policies-fashion-detect"),
     "chaos": chaos,
+    "v2_perf_analyzer": v2_perf_analyzer,
 }
 
 
