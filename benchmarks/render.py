@@ -223,12 +223,14 @@ def v2_perf_analyzer() -> str:
         )  # fmt: skip
     header = [
         "protocol", "batch", "concurrency", "edgecollab inf/s", "PyTriton inf/s", "ratio",
-        "edgecollab p50 / p99 ms", "PyTriton p50 / p99 ms", "edgecollab server CPU ms/req", "PyTriton server CPU ms/req",
+        "edgecollab p50 / p99 ms", "PyTriton p50 / p99 ms",
+        "edgecollab server CPU ms/req", "PyTriton server CPU ms/req",
     ]  # fmt: skip
     ahead = sum(r["throughput_ratio"] >= 1 for r in d["edgecollab_over_pytriton"])
     setup = d["setup"]
     caption = (
-        f"\n\nedgecollab's throughput is at or above PyTriton's at {ahead} of {len(rows)} points. `{setup['variant']}` on "
+        f"\n\nedgecollab's throughput is at or above PyTriton's at {ahead} of {len(rows)} points. "
+        f"`{setup['variant']}` on "
         f"{setup['workers']} un-emulated workers (edgecollab) or instances (PyTriton), one perf_analyzer "
         f"({setup['client']}) with the same flags for both, {setup['window_ms']} ms measurement windows. "
     )

@@ -275,7 +275,7 @@ def main() -> None:
             "workers": WORKERS,
             "window_ms": args.window_ms,
             "client": "perf_analyzer (tritonclient 2.51.0 wheel)",
-        },  # fmt: skip
+        },
         "points": rows,
         "edgecollab_over_pytriton": ratios,
     }
