@@ -587,3 +587,19 @@ def test_a_variant_the_task_does_not_have_is_refused_by_name() -> None:
     assert failed.error.code == "invalid_input"
     assert "variant must be one of fast, slow" in failed.error.message and "'huge'" in failed.error.message
     assert not core.requests
+
+
+def test_a_long_small_queue_goes_out_in_packs_of_each_nodes_share() -> None:
+    """Node a's shards hold 10 inputs; with 12 requests of 8 inputs queued (48 a node), a freed slot takes
+    its share of the queue in one message, not one request per message."""
+    core = make_core()
+    busy = [send for k in range(4) for send in sends(core.handle(RequestOpened(b"c", submit(8), k * 1e-4)))]
+    queued = [submit(8) for _ in range(12)]
+    for k, request in enumerate(queued):
+        core.handle(RequestOpened(b"c", request, 0.001 + k * 1e-4))
+    assert core.small.queued_inputs == 96
+    on_a = [send for send in busy if send.node == "a"]
+    (pack,) = sends(core.handle(answer(on_a[0], 0.01)))
+    assert isinstance(booked(core, pack), SentPack) and len(pack.shard.inputs) == 48  # 6 requests, a's half
+    assert core.small.queued_inputs == 48
+    core.validate_state()

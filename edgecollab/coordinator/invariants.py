@@ -47,8 +47,10 @@ def broken_invariants(core: DispatchCore) -> Iterable[str]:
             yield f"closed request {key} is still booked"
         if (r.status is RequestStatus.RUNNING) != (r.run is not None):
             yield f"request {key} is {r.status.value} with{'' if r.run else 'out'} a run"
-        if r.status is RequestStatus.QUEUED and key not in core.small.queue:
+        if r.status is RequestStatus.QUEUED and not core.small.holds(key):
             yield f"queued small request {key} is not in the small queue"
+    if core.small.queued_inputs != sum(inputs for _, inputs in core.small.queue):
+        yield f"the small queue counts {core.small.queued_inputs} inputs but holds another number"
     for key, stream in core.streams.items():
         if stream.in_flight != frames_out[key]:
             yield f"stream {key} counts {stream.in_flight} frames in flight, the nodes hold {frames_out[key]}"

@@ -18,7 +18,7 @@ from ..protocol import Error, ShardResult
 from .events import Instruction, SendShard, WorkId, WorkKind
 from .nodes import NodeState, SentPack, SentShard, result_problem
 from .request_run import ShardTask
-from .requests import NON_RETRYABLE, OpenRequest
+from .requests import MAX_SHARD_FACTOR, NON_RETRYABLE, OpenRequest
 
 if TYPE_CHECKING:
     from .dispatch import DispatchCore
@@ -33,14 +33,17 @@ SMALL_REPLAN_INTERVAL_S = 1.0
 class SmallRequests:
     def __init__(self, core: DispatchCore) -> None:
         self.core = core
-        self.queue: deque[str] = deque()  # keys of small requests not yet sent, in arrival order
+        # (key, inputs) of small requests not yet sent, in arrival order (closed ones dropped at the head).
+        self.queue: deque[tuple[str, int]] = deque()
+        self.queued_inputs = 0  # the inputs of every entry in ``queue``
         self._arrivals: deque[tuple[float, int, str]] = deque()  # (time, inputs, task) in SMALL_RATE_WINDOW_S
         self._inputs_in_window: Counter[str] = Counter()  # per task
         self.rate_planned: dict[str, float] = {}  # per task: the small-request rate the plan reserves for
         self._last_replan = float("-inf")
 
     def enqueue(self, r: OpenRequest, now: float) -> None:
-        self.queue.append(r.key)
+        self.queue.append((r.key, r.request.inputs))
+        self.queued_inputs += r.request.inputs
         self._count(r.request.inputs, r.task, now)
 
     def _count(self, inputs: int, task: str, now: float) -> None:
@@ -61,13 +64,20 @@ class SmallRequests:
         return self._inputs_in_window[task] / SMALL_RATE_WINDOW_S
 
     def queued_tasks(self) -> set[str]:
-        return {self.core.requests[k].task for k in self.queue if k in self.core.requests}
+        return {self.core.requests[k].task for k, _ in self.queue if k in self.core.requests}
+
+    def holds(self, key: str) -> bool:
+        return any(k == key for k, _ in self.queue)
+
+    def _pop(self) -> None:
+        _, inputs = self.queue.popleft()
+        self.queued_inputs -= inputs
 
     def head(self) -> OpenRequest | None:
         """The small request waiting longest (closed ones are dropped on the way)."""
-        while self.queue and self.queue[0] not in self.core.requests:
-            self.queue.popleft()
-        return self.core.requests[self.queue[0]] if self.queue else None
+        while self.queue and self.queue[0][0] not in self.core.requests:
+            self._pop()
+        return self.core.requests[self.queue[0][0]] if self.queue else None
 
     def variant_for(self, node: NodeState, r: OpenRequest) -> str | None:
         """The variant a small request runs on a node: its pinned one; else its task's pooled demand's
@@ -98,7 +108,13 @@ class SmallRequests:
         """Send the small requests at the head of the queue, as many as fit one shard of this node, as one
         message: under load they queue while every node is busy, and a freed node takes them together."""
         core = self.core
-        limit = core.request_dispatch.shard_size(node.name, variant)
+        # Under load a node takes its share of what waits, up to MAX_SHARD_FACTOR shards: fewer, larger
+        # messages while requests queue (queueing, not the pack's size, sets their latency then).
+        share = self.queued_inputs // max(len(core.nodes.usable()), 1)
+        limit = max(
+            core.request_dispatch.shard_size(node.name, variant),
+            min(share, core.settings.shard_size * MAX_SHARD_FACTOR),
+        )
         expected_ips = 1.0 / core.table.seconds_per_input(node.name, variant)
         pack: list[tuple[OpenRequest, ShardTask]] = []
         taken = 0
@@ -111,7 +127,7 @@ class SmallRequests:
                 or r.submit.variant not in (None, variant)
             ):
                 break
-            self.queue.popleft()
+            self._pop()
             assignment = Assignment(node.name, variant, r.request.inputs)
             out += core.request_dispatch.run(
                 r, Plan(r.policy, (assignment,), expected_ips, core.table.accuracy[variant]), now
