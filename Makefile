@@ -19,7 +19,13 @@ RTSP_CHECK := import gi; gi.require_version("GstRtspServer", "1.0"); from gi.rep
 rtsp-server:
 	@/usr/bin/python3 -c '$(RTSP_CHECK)' 2>/dev/null || { $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-good; }
 
-test: $(STAMP) rtsp-server
+# Triton's perf_analyzer for the gateway's test, unpacked from PyPI's wheels beside the venv; it links Debian's libb64.
+PERF_ANALYZER := $(VENV)/perf_analyzer/bin/perf_analyzer
+$(PERF_ANALYZER): $(STAMP)
+	@ldconfig -p | grep -q 'libb64\.so\.0d' || { $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q libb64-0d; }
+	$(BIN)/python benchmarks/perf_analyzer_unpack.py $(VENV)/perf_analyzer
+
+test: $(STAMP) rtsp-server $(PERF_ANALYZER)
 	$(BIN)/pytest
 
 run: $(STAMP)
@@ -85,12 +91,13 @@ bench-peers:
 	$(PEERS)/bin/python benchmarks/peers.py --cameras 8,16,32,48
 
 # Triton's perf_analyzer against edgecollab's v2 gateway and PyTriton, side by side (docs/benchmarks.md).
-# perf_analyzer ships in tritonclient's wheels up to 2.51.0; it links Debian's libb64 and the CUDA
-# runtime from PyPI (it runs without a GPU).
+# perf_analyzer ships in tritonclient's wheels up to 2.51.0; benchmarks/perf_analyzer_unpack.py takes it
+# and the CUDA runtime it links (no GPU needed) out of PyPI's wheels; it links Debian's libb64 too.
 bench-v2:
 	@$(PEERS)/bin/python -c '' 2>/dev/null || $(PYTHON) -m venv $(PEERS)
 	@ldconfig -p | grep -q 'libb64\.so\.0d' || { $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q libb64-0d; }
-	$(PEERS)/bin/pip install --quiet --disable-pip-version-check -e '.[plot]' 'nvidia-pytriton>=0.7' 'tritonclient[all]>=2.40,<=2.51.0' nvidia-cuda-runtime-cu12
+	$(PEERS)/bin/pip install --quiet --disable-pip-version-check -e '.[plot]' 'nvidia-pytriton>=0.7'
+	@[ -x $(PEERS)/perf_analyzer/bin/perf_analyzer ] || $(PEERS)/bin/python benchmarks/perf_analyzer_unpack.py $(PEERS)/perf_analyzer
 	$(PEERS)/bin/python benchmarks/v2_perf_analyzer.py
 
 # Every benchmark the README and docs/benchmarks.md quote, one after another, then the docs' tables

@@ -1,6 +1,6 @@
 """Triton's perf_analyzer against edgecollab's v2 gateway and against PyTriton, side by side in one run.
 
-    make bench-v2     # perf_analyzer (tritonclient's wheel) and PyTriton in .venv-peers, then this script
+    make bench-v2     # PyTriton in .venv-peers, perf_analyzer unpacked beside it, then this script
 
 Both serve cnn-8 on this machine with four un-emulated workers: edgecollab's coordinator, four workers
 and one gateway; PyTriton's Triton server with one model of four instances and its dynamic batcher.
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import shutil
 import subprocess
 import sys
 import sysconfig
@@ -43,19 +42,21 @@ PROTOCOLS = ("http", "grpc")
 HTTP_PORT, GRPC_PORT = 18_100, 18_101
 
 
+# Unpacked beside the environment by benchmarks/perf_analyzer_unpack.py (make bench-v2 does it).
+PERF_ANALYZER = Path(sys.prefix) / "perf_analyzer"
+
+
 def perf_analyzer_binary() -> list[str]:
-    """perf_analyzer from tritonclient's wheel, with the CUDA runtime it links (from PyPI) on its path."""
-    found = shutil.which("perf_analyzer") or str(Path(sys.executable).with_name("perf_analyzer"))
-    if not Path(found).exists():
-        sys.exit("perf_analyzer not found: `make bench-v2` installs tritonclient[all]<=2.51 into .venv-peers")
-    return [found]
+    binary = PERF_ANALYZER / "bin" / "perf_analyzer"
+    if not binary.exists():
+        sys.exit(f"no {binary}: `make bench-v2` unpacks it (benchmarks/perf_analyzer_unpack.py)")
+    return [str(binary)]
 
 
 def perf_environment() -> dict[str, str]:
-    import nvidia.cuda_runtime  # the CUDA runtime perf_analyzer links (it runs without a GPU)
-
-    cuda = Path(next(iter(nvidia.cuda_runtime.__path__))) / "lib"
-    return {**os.environ, "LD_LIBRARY_PATH": ":".join(filter(None, [str(cuda), os.environ.get("LD_LIBRARY_PATH")]))}
+    """perf_analyzer finds the CUDA runtime it links (it runs without a GPU) beside itself."""
+    libraries = [str(PERF_ANALYZER / "lib"), os.environ.get("LD_LIBRARY_PATH", "")]
+    return {**os.environ, "LD_LIBRARY_PATH": ":".join(filter(None, libraries))}
 
 
 def tree_cpu_seconds(roots: list[int]) -> float:

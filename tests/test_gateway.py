@@ -4,7 +4,9 @@ each input's provenance names."""
 
 from __future__ import annotations
 
+import os
 import queue
+import re
 import socket
 import subprocess
 import sys
@@ -22,7 +24,7 @@ from tritonclient.utils import InferenceServerException
 from edgecollab.local import LocalCluster
 from edgecollab.zoo import load_manifest, load_test_set, open_session
 
-from .cluster_helpers import edgecollab
+from .cluster_helpers import edgecollab, processes_mentioning
 from .conftest import SHIPPED_MANIFEST
 
 # Both boards load both variants; mlp-64 (88.1 %) is the faster, cnn-8 (90.0 %) the more accurate.
@@ -337,6 +339,35 @@ def test_statistics_come_from_the_coordinators_counters(
     assert pinned["version"] == "cnn-8" and int(pinned["inference_count"]) >= 50
 
 
+# --- Triton's load generator ------------------------------------------------------------------------
+# `make test` unpacks perf_analyzer beside the environment (benchmarks/perf_analyzer_unpack.py).
+PERF_ANALYZER = Path(sys.prefix) / "perf_analyzer"
+
+
+def test_perf_analyzer_runs_with_a_triton_users_flags(served: tuple[Path, LocalCluster, int, int]) -> None:
+    binary = PERF_ANALYZER / "bin" / "perf_analyzer"
+    if not binary.exists():
+        pytest.skip(f"no {binary}: `make test` unpacks it")
+    environment = {**os.environ, "LD_LIBRARY_PATH": str(PERF_ANALYZER / "lib")}
+    command = [
+        str(binary),
+        "-m",
+        "fashion-mnist",
+        "-u",
+        f"127.0.0.1:{served[3]}",
+        "-i",
+        "grpc",
+        "--concurrency-range",
+        "8",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=240, check=False)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    throughput = re.search(r"Throughput: ([0-9.]+) infer/sec", done.stdout)
+    served_count = re.search(r"Successful request count: ([0-9]+)", done.stdout)  # from the statistics extension
+    assert throughput is not None and float(throughput.group(1)) > 0
+    assert served_count is not None and int(served_count.group(1)) > 0
+
+
 # --- who may call --------------------------------------------------------------------------------
 def test_a_token_is_required_when_set_and_health_stays_open(
     served: tuple[Path, LocalCluster, int, int], tmp_path: Path
@@ -375,3 +406,35 @@ def test_a_gateway_will_not_serve_beyond_loopback_unprotected(served: tuple[Path
     done = edgecollab("gateway", "--config", str(config), "--http", f"0.0.0.0:{free_port()}", timeout=60)
     assert done.returncode == 2
     assert "not a loopback address" in done.stderr and "tls_cert" in done.stderr
+
+
+def test_the_coordinator_starts_its_gateway_from_the_config_and_stops_it(tmp_path: Path) -> None:
+    http = free_port()
+    config = tmp_path / "cluster.toml"
+    config.write_text(
+        "\n".join(
+            [
+                "[coordinator]", "startup_timeout_s = 60", "[models]", f'manifest = "{SHIPPED_MANIFEST}"',
+                "[[nodes]]", 'name = "solo"', 'variants = ["mlp-64"]',
+                "[gateway]", "start = true", f'http = "127.0.0.1:{http}"', 'grpc = "127.0.0.1:0"',
+            ]
+        )
+        + "\n"
+    )  # fmt: skip
+    with LocalCluster(config, log_dir=tmp_path / "logs"):
+        client = triton_http.InferenceServerClient(f"127.0.0.1:{http}")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if client.is_server_ready():
+                    break
+            except (InferenceServerException, ConnectionError, OSError):
+                pass
+            time.sleep(0.3)
+        result = client.infer("fashion-mnist", [http_input(images(5))])
+        assert provenance(result.get_response()["parameters"])[1] == ["solo"] * 5
+        assert processes_mentioning(f"gateway --config {config}")
+    deadline = time.monotonic() + 15
+    while processes_mentioning(f"gateway --config {config}") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not processes_mentioning(f"gateway --config {config}")  # gone with its coordinator
