@@ -38,7 +38,7 @@ from edgecollab.worker.emulation import BOARD_PROFILES
 from edgecollab.zoo import load_manifest
 
 NODES = (4, 8, 16, 32, 64, 128)
-DEMANDS = (1, 4, 16, 64)
+DEMANDS = (1, 4, 16, 32, 64)
 SHARD = 32
 LATENCY_BATCHES = (1, 4, 16)
 CELL_MEMORY_GIB = 8

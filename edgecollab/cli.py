@@ -299,6 +299,47 @@ def worker(
     raise typer.Exit(code)
 
 
+@app.command()
+@_reports_errors
+def fleet(
+    config: ConfigOption = DEFAULT_CONFIG,
+    boards: Annotated[
+        int | None, typer.Option("--boards", min=1, help="run the config's first N [[nodes]] (default: all)")
+    ] = None,
+    coordinator: CoordinatorOption = None,
+    stand_ins: Annotated[
+        bool,
+        typer.Option(
+            "--stand-ins",
+            help="emulated boards compute with their task's cheapest variant; the cost model alone sets the time",
+        ),
+    ] = False,
+    cache: Annotated[
+        Path | None, typer.Option("--cache", help="where model files are kept (default ~/.cache/edgecollab/models)")
+    ] = None,
+) -> None:
+    """Run many boards in one process, each a worker of its own to the coordinator (tests and benchmarks).
+
+    Each board has its own connection, identity, heartbeats and cost model, as in `edgecollab worker`;
+    they share one event loop, the model cache and one ONNX Runtime session per model file.
+    """
+    from .fleet import Board, run_fleet
+    from .worker.agent import EXIT_REFUSED
+
+    cluster = load_config(config)
+    chosen = cluster.nodes[: boards or len(cluster.nodes)]
+    if boards is not None and boards > len(cluster.nodes):
+        raise ConfigError(f"--boards {boards}: {config} has {len(cluster.nodes)} [[nodes]]")
+    fleet_boards = [Board(n.name, node_curve(cluster, n)) for n in chosen]
+    codes = asyncio.run(
+        run_fleet(fleet_boards, coordinator or cluster.coordinator.workers, cache=cache, stand_ins=stand_ins)
+    )
+    refused = sorted(name for name, code in codes.items() if code == EXIT_REFUSED)
+    if refused:
+        print(f"error: refused by the coordinator: {', '.join(refused)}", file=sys.stderr)
+        raise typer.Exit(EXIT_NOT_SERVED)
+
+
 @app.command("worker-wheel")
 @_reports_errors
 def worker_wheel(

@@ -182,6 +182,10 @@ def test_binary_infer_over_http_matches_local_runs(http_client: triton_http.Infe
     variants, nodes = provenance(result.get_response()["parameters"])
     assert set(nodes) <= {"board-a", "board-b"}
     assert_matches_local_runs(x, logits, variants)
+    compressed = http_client.infer(
+        "fashion-mnist", [http_input(x)], request_compression_algorithm="gzip", response_compression_algorithm="gzip"
+    )
+    assert_matches_local_runs(x, compressed.as_numpy("logits"), provenance(compressed.get_response()["parameters"])[0])
 
 
 def test_json_infer_over_http_matches_local_runs(http_client: triton_http.InferenceServerClient) -> None:

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from edgecollab.planner import ExplorationTable, Measurement, PlanRequest, make_plan
-from edgecollab.planner.joint import BEST_EFFORT_FLOOR, MAX_LOSS_TO_BOUND, Demand, JointPlan, plan_jointly
+from edgecollab.planner.joint import (
+    BEST_EFFORT_FLOOR,
+    MAX_LOSS_TO_BOUND,
+    Demand,
+    JointPlan,
+    group_alike,
+    plan_jointly,
+)
 from edgecollab.planner.policies import TARGET_HEADROOM
 from edgecollab.worker.emulation import BOARD_PROFILES
 from edgecollab.zoo import load_manifest
@@ -206,3 +213,30 @@ def test_capacity_moves_to_the_task_whose_load_grows() -> None:
     # Across tasks the plan weighs each task's own quality: a light detection load is served at its
     # best variant even though classification has many more inputs per second.
     assert first_detection_accuracy == pytest.approx(0.82)
+
+
+def test_past_sixteen_nodes_boards_alike_are_planned_as_one_and_their_shares_spread_by_speed() -> None:
+    table = ExplorationTable({"small": 0.85, "large": 0.92})
+    fast = [f"fast-{k}" for k in range(24)]
+    slow = [f"slow-{k}" for k in range(24)]
+    for k, node in enumerate(fast):
+        table.record(node, "small", Measurement(4000 * (1 + 0.002 * k), 5.0))  # a few per cent apart
+        table.record(node, "large", Measurement(1000 * (1 + 0.002 * k), 8.0))
+    for node in slow:
+        table.record(node, "small", Measurement(500, 20.0))
+        table.record(node, "large", Measurement(100, 50.0))
+    assert sorted(map(len, group_alike(table, fast + slow))) == [24, 24]
+    target = 40_000.0
+    plan = plan_jointly(table, [Demand("job", target)], fast + slow)
+    job = plan.demands["job"]
+    assert job.feasible and job.expected_ips >= target
+    check_consistent(plan, table)
+    by_node = {s.node: s.ips for s in job.shares}
+    assert set(by_node) >= set(fast)  # every fast board takes part
+    # A group's share is spread by each board's own speed: the same fraction of every fast board's time.
+    for variant in {s.variant for s in job.shares if s.node in fast}:
+        fractions = [
+            s.ips / table.ips(s.node, s.variant) for s in job.shares if s.node in fast and s.variant == variant
+        ]
+        assert len(fractions) == len(fast) and max(fractions) == pytest.approx(min(fractions), rel=1e-6)
+    assert all(load <= 1 + 1e-6 for load in plan.node_load.values())

@@ -60,6 +60,10 @@ LATENCY_SHARE = 0.5
 # keeps the emulated testbed within 100 ms at 32 x 30 fps (benchmarks/streams.py); at 0.7 its
 # p99 was several hundred ms (the frames' micro-batches share the host's two cores).
 LATENCY_BOUND_LOAD = 0.4
+# Past this many nodes, boards alike are planned as one (see plan_jointly): the MILP's size then follows the
+# kinds of board, not their number. Boards are alike when each variant's cost is within this of the lead's.
+GROUP_ABOVE_NODES = 16
+GROUP_TOLERANCE = 0.15
 # Weight of the tie-breaking term (least node time) against accuracy, and the objective's scale.
 _TIE_BREAK = 1e-5
 _SCALE = 1e4
@@ -129,8 +133,62 @@ class JointPlan:
 
 
 def plan_jointly(table: ExplorationTable, demands: Sequence[Demand], nodes: Sequence[str]) -> JointPlan:
-    """The joint plan for ``demands`` on the usable ``nodes``; ``PlanningError`` if no node is profiled."""
+    """The joint plan for ``demands`` on the usable ``nodes``; ``PlanningError`` if no node is profiled.
+
+    Up to GROUP_ABOVE_NODES nodes, every board is planned on its own. Past it the plan is made in two
+    steps: boards alike (``group_alike``) are one node of their summed capacity, on which a demand
+    runs one variant, and each group's shares are then spread over its boards by their speed.
+    """
+    if len(nodes) > GROUP_ABOVE_NODES:
+        groups = group_alike(table, nodes)
+        if len(groups) < len(nodes):
+            return _spread(table, _plan(table, demands, [g[0] for g in groups], groups), groups)
+    return _plan(table, demands, nodes)
+
+
+def group_alike(table: ExplorationTable, nodes: Sequence[str]) -> list[list[str]]:
+    """Nodes with the same profiled variants, each variant's cost within GROUP_TOLERANCE of the first
+    node of the group (its lead, which stands for the group in the plan)."""
+    groups: list[tuple[dict[str, float], list[str]]] = []
+    for node in sorted(nodes):
+        costs = {v: table.seconds_per_input(node, v) for v in table.variants_of(node) if table.ips(node, v) > 0}
+        for lead_costs, members in groups:
+            if lead_costs.keys() == costs.keys() and all(
+                abs(costs[v] / lead_costs[v] - 1) <= GROUP_TOLERANCE for v in costs
+            ):
+                members.append(node)
+                break
+        else:
+            groups.append((costs, [node]))
+    return [members for _, members in groups]
+
+
+def _spread(table: ExplorationTable, plan: JointPlan, groups: list[list[str]]) -> JointPlan:
+    """A plan made on groups' leads as one made on every board: each share split by the boards' speed."""
+    members = {group[0]: group for group in groups}
+    demands = {}
+    for key, demand in plan.demands.items():
+        shares = []
+        for share in demand.shares:
+            speeds = [table.ips(m, share.variant) for m in members[share.node]]
+            total = sum(speeds)
+            shares += [
+                Share(m, share.variant, share.ips * ips / total)
+                for m, ips in zip(members[share.node], speeds, strict=True)
+            ]
+        demands[key] = DemandPlan(
+            key, tuple(shares), demand.expected_ips, demand.expected_accuracy, demand.feasible, demand.notes
+        )
+    load = {m: plan.node_load.get(lead, 0.0) / len(group) for lead, group in members.items() for m in group}
+    return JointPlan(demands, load, plan.solve_s, plan.loss_to_bound, plan.scale, plan.notes)
+
+
+def _plan(
+    table: ExplorationTable, demands: Sequence[Demand], nodes: Sequence[str], groups: list[list[str]] | None = None
+) -> JointPlan:
+    """The joint plan on ``nodes``; with ``groups``, each node stands for the group it leads."""
     started = time.perf_counter()
+    sizes = {group[0]: len(group) for group in groups or []}
     options = [
         Option(n, v, table.seconds_per_input(n, v), table.accuracy[v], _serves(demands, v))
         for n in sorted(nodes)
@@ -159,7 +217,7 @@ def plan_jointly(table: ExplorationTable, demands: Sequence[Demand], nodes: Sequ
     rates = {
         d.key: max(float(d.target_ips or 0.0) * (1 + TARGET_HEADROOM) / table.efficiency, MIN_RATE) for d in targeted
     }
-    capacity = {n: 1.0 for n in {o.node for o in options}}
+    capacity = {n: float(sizes.get(n, 1)) for n in {o.node for o in options}}
     shares: dict[str, dict[int, float]] = {}
     loss, scale = 0.0, 1.0
     if targeted:
@@ -183,7 +241,7 @@ def plan_jointly(table: ExplorationTable, demands: Sequence[Demand], nodes: Sequ
             shares.update(program.shares_by_demand(x))
     used = _node_time(options, shares, costs)
     if best_effort:
-        left = {n: max(1.0 - used.get(n, 0.0), BEST_EFFORT_FLOOR) for n in capacity}
+        left = {n: max(cap - used.get(n, 0.0), BEST_EFFORT_FLOOR * cap) for n, cap in capacity.items()}
         solved = _solve_stage(options, best_effort, left, best_accuracy, lambda p: p.solve_best_effort(), None, costs)
         if solved is not None:
             program, x, be_loss = solved

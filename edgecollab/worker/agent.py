@@ -47,7 +47,12 @@ CHUNK_TRIES = 3
 
 
 class WorkerAgent:
-    """Connects one node to the coordinator. Shards run one at a time, as on a real board."""
+    """Connects one node to the coordinator. Shards run one at a time, as on a real board.
+
+    A worker process runs one agent, which owns the process (signals, and faults that stop or kill
+    it). A fleet runs many in one loop (``whole_process=False``): they share ``context``, and an
+    emulated hang or vanish then silences or drops that board's connection alone.
+    """
 
     def __init__(
         self,
@@ -58,6 +63,11 @@ class WorkerAgent:
         curve: ClientCurve | None = None,
         extra_events: tuple[EventSpec, ...] = (),
         engine_dir: Path | None = None,
+        *,
+        context: zmq.asyncio.Context | None = None,
+        whole_process: bool = True,
+        stand_ins: bool = False,
+        fetch_locks: dict[str, asyncio.Lock] | None = None,
     ) -> None:
         self.name = node
         self.endpoint = endpoint
@@ -71,7 +81,15 @@ class WorkerAgent:
         self.runner: ShardRunner | None = None
         self.settings: NodeSettings | None = None
         self.fetched_bytes = 0  # model bytes fetched since start (0 after a restart with the cache warm)
-        self._context = zmq.asyncio.Context()
+        self.whole_process = whole_process
+        self.stand_ins = stand_ins  # emulated: the cost model sets the time, a cheap variant the outputs
+        self._owns_context = context is None
+        self._context = context if context is not None else zmq.asyncio.Context()
+        # Per model file, one fetch at a time: boards of a fleet share these and their cache, so the first
+        # to fetch a file fills the cache for the others.
+        self._fetch_locks = fetch_locks if fetch_locks is not None else {}
+        self._hung = False  # emulated hang of one board of a fleet: it sends and reads nothing
+        self._vanished = False  # emulated vanish of one board of a fleet: its connection dropped, no goodbye
         self._sock: zmq.asyncio.Socket | None = None
         self._io: transport.FastSocket | None = None
         # Made in run(): before Python 3.10 asyncio's queues and events bind to the loop current when made.
@@ -89,9 +107,10 @@ class WorkerAgent:
 
     async def run(self) -> int:
         self._queue, self._chunks, self._stop = asyncio.Queue(), asyncio.Queue(), asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
+        if self.whole_process:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._stop.set)
         tasks = [asyncio.create_task(self._connection()), asyncio.create_task(self._execute())]
         stopped = asyncio.create_task(self._stop.wait())
         try:
@@ -102,7 +121,7 @@ class WorkerAgent:
                     self._exit_code = EXIT_FAILED
         finally:
             stopped.cancel()
-            if self._sock is not None and self._registered:
+            if self._sock is not None and self._registered and not self._vanished:
                 await self._send(Goodbye(node=self.name, reason="worker stopping"))
             for each in [*tasks, self._preparing, self._events_task]:
                 if each is not None:
@@ -111,8 +130,13 @@ class WorkerAgent:
             if self.runner is not None:
                 self.runner.close()
             self._close_socket()
-            self._context.term()
+            if self._owns_context:
+                self._context.term()
         return self._exit_code
+
+    def stop(self) -> None:
+        """Leave (with a goodbye) as on SIGTERM; for an agent that does not own its process."""
+        self._stop.set()
 
     async def _connection(self) -> None:
         """Register, then receive and heartbeat; start over (with back-off) when the coordinator goes silent."""
@@ -150,6 +174,9 @@ class WorkerAgent:
         assert self._io is not None
         next_beat = time.monotonic()
         while not self._stop.is_set() and not self._register_again and not self._coordinator_left:
+            if self._hung:  # a frozen board: connected, silent, until the fleet stops
+                await self._stop.wait()
+                return
             now = time.monotonic()
             deadline = self.heartbeat_s * self.misses
             if now - self._last_heard > (deadline if self._registered else max(deadline, 5.0)):
@@ -230,9 +257,11 @@ class WorkerAgent:
             self.runner.close()
         self.runner = await asyncio.to_thread(ShardRunner, self.name, loadable, files, self.backend, self.engine_dir)
         self.runner.failed.update(failed)
+        if self.stand_ins and settings.emulate:
+            self.runner.use_stand_ins()
         if self._events_task is None and (settings.events or self.extra_events):
             self._events_task = asyncio.create_task(self._scheduled_events((*settings.events, *self.extra_events)))
-        if settings.emulate:  # emulated: faults on demand, for soak tests (benchmarks/chaos.py)
+        if settings.emulate and self.whole_process:  # emulated: faults on demand, for soak tests (benchmarks/chaos.py)
             loop = asyncio.get_running_loop()
             loop.add_signal_handler(signal.SIGUSR1, self._toggle_stall)
             loop.add_signal_handler(signal.SIGUSR2, self._toggle_garble)
@@ -252,6 +281,11 @@ class WorkerAgent:
 
     async def _ensure_file(self, spec: VariantSpec, chunk_bytes: int) -> Path:
         """The variant's file from the cache, or fetched from the coordinator in chunks and checked."""
+        lock = self._fetch_locks.setdefault(spec.sha256, asyncio.Lock())
+        async with lock:
+            return await self._fetch_file(spec, chunk_bytes)
+
+    async def _fetch_file(self, spec: VariantSpec, chunk_bytes: int) -> Path:
         if self.cache.holds(spec):
             return self.cache.path(spec)
         while not self._chunks.empty():  # answers to an earlier, abandoned fetch
@@ -310,7 +344,10 @@ class WorkerAgent:
                 runner.speed = event.speed
             elif event.action == "hang":
                 log.warning("node %s: emulating a hang", self.name)
-                os.kill(os.getpid(), signal.SIGSTOP)  # frozen, as a board that stopped responding
+                if not self.whole_process:
+                    self._hung = True  # this board alone goes silent; its fleet goes on
+                else:
+                    os.kill(os.getpid(), signal.SIGSTOP)  # frozen, as a board that stopped responding
             elif event.action == "stall":
                 log.warning("node %s: emulating a stuck inference (heartbeats go on)", self.name)
                 runner.stall()
@@ -319,7 +356,12 @@ class WorkerAgent:
                 runner.garbled = True
             elif event.action == "vanish":
                 log.warning("node %s: emulating a board that vanishes", self.name)
-                os._exit(EXIT_VANISHED)  # no goodbye, no clean-up: as if the power went
+                if self.whole_process:
+                    os._exit(EXIT_VANISHED)  # no goodbye, no clean-up: as if the power went
+                self._vanished = True  # this board's connection drops without a goodbye; its fleet goes on
+                self._exit_code = EXIT_VANISHED
+                self._close_socket()
+                self._stop.set()
 
     # --- shards -------------------------------------------------------------------------------------
     async def _execute(self) -> None:
@@ -355,7 +397,7 @@ class WorkerAgent:
             self._queue.get_nowait()
 
     async def _send(self, message: Message) -> None:
-        if self._io is None:
+        if self._io is None or self._hung:
             return
         try:
             await self._io.send(encode(message))

@@ -69,6 +69,9 @@ class ShardRunner:
         self.garbled = False  # emulated ``garble``: results come back malformed, as from failing memory
         self._closing = False
         self.variants: dict[str, LoadedVariant] = {}
+        # Emulated only, for fleets larger than the host's cores can compute for: variant -> the cheapest
+        # loaded variant of its task, which computes its outputs while the cost model alone sets the time.
+        self.stand_ins: dict[str, str] = {}
         self.failed: dict[str, str] = {}
         self.warnings: list[str] = []
         self.providers: list[str] = []
@@ -101,6 +104,15 @@ class ShardRunner:
                 raise EdgecollabError(f"first output for a batch of {batch} is {shapes}; expected ({batch}, classes)")
         return loaded
 
+    def use_stand_ins(self) -> None:
+        """Compute every shard with the cheapest loaded variant of its task; the board's cost model for the
+        variant asked for still sets how long it takes (emulated boards only: a real board computes)."""
+        if self.board is None:
+            raise EdgecollabError(f"node {self.name}: stand-in variants are for emulated boards only")
+        for name, loaded in self.variants.items():
+            same_task = [v for v in self.variants.values() if v.spec.task == loaded.spec.task]
+            self.stand_ins[name] = min(same_task, key=lambda v: v.spec.macs).spec.id
+
     def stall(self) -> None:
         """Emulate inference that never returns (the event loop, and so heartbeats, go on)."""
         self._inference_free.clear()
@@ -130,6 +142,7 @@ class ShardRunner:
             platform.processor(),
             f"{self.backend.name} {self.backend.version}",
             *sorted(f"{name}={v.spec.sha256}" for name, v in self.variants.items()),
+            *sorted(f"{name} computed by {other}" for name, other in self.stand_ins.items()),
         ]
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
@@ -156,15 +169,16 @@ class ShardRunner:
                 raise ShardRejected("internal", f"node {self.name} stopped while its inference was stuck")
         if outputs not in OUTPUT_MODES or (outputs == "top5" and not loaded.spec.top1):
             raise ShardRejected("invalid_input", f"outputs {outputs!r} cannot be given by variant {variant!r}")
+        computing = self.variants[self.stand_ins[variant]] if variant in self.stand_ins else loaded
         started = time.perf_counter()
-        values = loaded.session.run(inputs)
+        values = computing.session.run(inputs)
         if loaded.spec.top1:
             predictions = values[0].argmax(axis=1).astype(np.int64)
         else:
             predictions = np.full(len(inputs), -1, np.int64)
         chosen: dict[str, np.ndarray] = {}
         if outputs == "all":
-            chosen = dict(zip(loaded.session.output_names, values))
+            chosen = dict(zip(computing.session.output_names, values))
         elif outputs == "top5":
             chosen = _top5(values[0])
         real = time.perf_counter() - started
