@@ -55,6 +55,23 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
+def wait_for_gateway(
+    http: int, timeout_s: float, process: subprocess.Popen[bytes] | None = None, ready: bool = True
+) -> triton_http.InferenceServerClient:
+    """A client of the gateway on ``http`` once it is live (and, with ``ready``, ready)."""
+    client = triton_http.InferenceServerClient(f"127.0.0.1:{http}")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if client.is_server_ready() if ready else client.is_server_live():
+                return client
+        except (InferenceServerException, ConnectionError, OSError):
+            pass
+        assert process is None or process.poll() is None, "the gateway exited"
+        time.sleep(0.3)
+    raise AssertionError(f"the gateway on port {http} was not {'ready' if ready else 'live'} within {timeout_s:g} s")
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, LocalCluster, int, int]]:
     folder = tmp_path_factory.mktemp("gateway")
@@ -69,18 +86,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Loc
     with LocalCluster(config, log_dir=folder / "logs") as local:
         gateway, http, grpc = start_gateway(config, local.clients_endpoint)
         try:
-            client = triton_http.InferenceServerClient(f"127.0.0.1:{http}")
-            deadline = time.monotonic() + 180
-            while time.monotonic() < deadline:
-                try:
-                    if client.is_server_ready():
-                        break
-                except (InferenceServerException, ConnectionError, OSError):
-                    pass
-                assert gateway.poll() is None, "the gateway exited"
-                time.sleep(0.3)
-            else:
-                pytest.fail("the gateway never became ready")
+            wait_for_gateway(http, 180, gateway)
             yield config, local, http, grpc
         finally:
             stop(gateway)
@@ -382,14 +388,7 @@ def test_a_token_is_required_when_set_and_health_stays_open(
     guarded.write_text(config.read_text() + '[gateway]\ntoken_file = "token"\n')
     gateway, http, grpc = start_gateway(guarded, local.clients_endpoint)
     try:
-        client = triton_http.InferenceServerClient(f"127.0.0.1:{http}")
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if client.is_server_live():
-                    break
-            except (InferenceServerException, ConnectionError, OSError):
-                time.sleep(0.2)
+        client = wait_for_gateway(http, 60, gateway, ready=False)
         with pytest.raises(InferenceServerException, match="unauthenticated") as raised:
             client.get_model_metadata("fashion-mnist")
         assert raised.value.status() == "401"
@@ -426,15 +425,7 @@ def test_the_coordinator_starts_its_gateway_from_the_config_and_stops_it(tmp_pat
         + "\n"
     )  # fmt: skip
     with LocalCluster(config, log_dir=tmp_path / "logs"):
-        client = triton_http.InferenceServerClient(f"127.0.0.1:{http}")
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if client.is_server_ready():
-                    break
-            except (InferenceServerException, ConnectionError, OSError):
-                pass
-            time.sleep(0.3)
+        client = wait_for_gateway(http, 120)
         result = client.infer("fashion-mnist", [http_input(images(5))])
         assert provenance(result.get_response()["parameters"])[1] == ["solo"] * 5
         assert processes_mentioning(f"gateway --config {config}")

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import json_format
@@ -22,6 +22,7 @@ from . import v2
 from .service import V2Service
 
 add_servicer = pb_grpc.add_GRPCInferenceServiceServicer_to_server
+T = TypeVar("T")
 
 # The typed ``contents`` field that carries each datatype in the JSON-less form.
 _CONTENTS_FIELD = {
@@ -97,8 +98,17 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
         if not hmac.compare_digest(str(given).encode(), f"Bearer {self.token}".encode()):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "send metadata 'authorization: Bearer <token>'")
 
-    async def _fail(self, context: grpc.aio.ServicerContext, error: v2.V2Error) -> None:
-        await context.abort(grpc.StatusCode[error.grpc_code], error.message)
+    async def _call(self, context: grpc.aio.ServicerContext, answer: Callable[[], Awaitable[T]]) -> T:
+        """Check the caller, then run what answers the call; a ``V2Error`` ends it with the protocol's status."""
+        await self._guard(context)
+        try:
+            return await answer()
+        except v2.V2Error as error:
+            await context.abort(grpc.StatusCode[error.grpc_code], error.message)
+            raise  # abort raises; never reached
+
+    async def _model(self, request: Any, context: grpc.aio.ServicerContext) -> v2.ModelInfo:
+        return await self._call(context, lambda: self.service.model(request.name, request.version))
 
     async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=await self.service.live())
@@ -111,51 +121,26 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
         return json_format.ParseDict(v2.server_metadata(self.service.version), pb.ServerMetadataResponse())
 
     async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> pb.ModelReadyResponse:
-        await self._guard(context)
-        try:
-            model = await self.service.model(request.name, request.version)
-        except v2.V2Error as error:
-            await self._fail(context, error)
-            raise
-        ready = model.version_ready(request.version) if request.version else model.ready
-        return pb.ModelReadyResponse(ready=ready)
+        model = await self._model(request, context)
+        return pb.ModelReadyResponse(ready=model.version_ready(request.version) if request.version else model.ready)
 
     async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> pb.ModelMetadataResponse:
-        await self._guard(context)
-        try:
-            model = await self.service.model(request.name, request.version)
-        except v2.V2Error as error:
-            await self._fail(context, error)
-            raise
+        model = await self._model(request, context)
         return json_format.ParseDict(v2.model_metadata(model, request.version), pb.ModelMetadataResponse())
 
     async def ModelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> pb.ModelConfigResponse:
-        await self._guard(context)
-        try:
-            model = await self.service.model(request.name, request.version)
-        except v2.V2Error as error:
-            await self._fail(context, error)
-            raise
+        model = await self._model(request, context)
         return json_format.ParseDict({"config": v2.model_config(model)}, pb.ModelConfigResponse())
 
     async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> pb.ModelStatisticsResponse:
-        await self._guard(context)
-        try:
-            document = await self.service.statistics(request.name, request.version)
-        except v2.V2Error as error:
-            await self._fail(context, error)
-            raise
+        document = await self._call(context, lambda: self.service.statistics(request.name, request.version))
         return json_format.ParseDict(document, pb.ModelStatisticsResponse(), ignore_unknown_fields=True)
 
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
-        await self._guard(context)
-        try:
-            return response_to_proto(await self.service.infer(request_from_proto(request)))
-        except v2.V2Error as error:
-            await self._fail(context, error)
-            raise
+        response = await self._call(context, lambda: self.service.infer(request_from_proto(request)))
+        return response_to_proto(response)
 
     async def ModelStreamInfer(
         self, requests: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
