@@ -227,12 +227,16 @@ def v2_perf_analyzer() -> str:
         "edgecollab server CPU ms/req", "PyTriton server CPU ms/req",
     ]  # fmt: skip
     ahead = sum(r["throughput_ratio"] >= 1 for r in d["edgecollab_over_pytriton"])
+    loose = [r for r in d["points"] if r.get("stability_percentage", 25) > 25]
+    named = sorted({"{server} {protocol} b={batch} c={concurrency}".format(**r) for r in loose})
+    settled = f"{len(loose)} point(s) settled only under a looser stability criterion ({', '.join(named)}). "
+    settled = settled if loose else ""
     setup = d["setup"]
     caption = (
         f"\n\nedgecollab's throughput is at or above PyTriton's at {ahead} of {len(rows)} points. "
         f"`{setup['variant']}` on "
         f"{setup['workers']} un-emulated workers (edgecollab) or instances (PyTriton), one perf_analyzer "
-        f"({setup['client']}) with the same flags for both, {setup['window_ms']} ms measurement windows. "
+        f"({setup['client']}) with the same flags for both, {setup['window_ms']} ms measurement windows. {settled}"
     )
     return table(header, rows) + caption + ran("v2_perf_analyzer")
 

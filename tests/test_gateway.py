@@ -26,6 +26,7 @@ from edgecollab.zoo import load_manifest, load_test_set, open_session
 
 from .cluster_helpers import edgecollab, processes_mentioning
 from .conftest import SHIPPED_MANIFEST
+from .test_security import secured_config
 
 # Both boards load both variants; mlp-64 (88.1 %) is the faster, cnn-8 (90.0 %) the more accurate.
 VARIANTS = ["mlp-64", "cnn-8"]
@@ -56,10 +57,13 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def wait_for_gateway(
-    http: int, timeout_s: float, process: subprocess.Popen[bytes] | None = None, ready: bool = True
+    http: int | triton_http.InferenceServerClient,
+    timeout_s: float,
+    process: subprocess.Popen[bytes] | None = None,
+    ready: bool = True,
 ) -> triton_http.InferenceServerClient:
-    """A client of the gateway on ``http`` once it is live (and, with ``ready``, ready)."""
-    client = triton_http.InferenceServerClient(f"127.0.0.1:{http}")
+    """A client of the gateway (on port ``http``, or the one given) once it is live (and, with ``ready``, ready)."""
+    client = triton_http.InferenceServerClient(f"127.0.0.1:{http}") if isinstance(http, int) else http
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
@@ -69,7 +73,7 @@ def wait_for_gateway(
             pass
         assert process is None or process.poll() is None, "the gateway exited"
         time.sleep(0.3)
-    raise AssertionError(f"the gateway on port {http} was not {'ready' if ready else 'live'} within {timeout_s:g} s")
+    raise AssertionError(f"the gateway ({http}) was not {'ready' if ready else 'live'} within {timeout_s:g} s")
 
 
 @pytest.fixture(scope="module")
@@ -433,3 +437,43 @@ def test_the_coordinator_starts_its_gateway_from_the_config_and_stops_it(tmp_pat
     while processes_mentioning(f"gateway --config {config}") and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not processes_mentioning(f"gateway --config {config}")  # gone with its coordinator
+
+
+def test_a_gateway_over_curve_serves_its_clients_over_tls_with_a_token(tmp_path: Path) -> None:
+    """CURVE between the gateway and the coordinator (the gateway holds the config's client key); TLS and a
+    bearer token between the gateway and its own clients."""
+    config = secured_config(tmp_path)
+    done = edgecollab("keys", "generate", str(tmp_path / "keys"), "--config", str(config), "--client", "client")
+    assert done.returncode == 0, done.stderr
+    config.write_text(config.read_text().replace('operators = ["ops"]\n', ""))
+    made = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+         "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    (tmp_path / "token").write_text("s3cret\n")
+    config.write_text(
+        config.read_text() + '[gateway]\ntls_cert = "cert.pem"\ntls_key = "key.pem"\ntoken_file = "token"\n'
+    )
+    with LocalCluster(config, log_dir=tmp_path / "logs") as local:
+        gateway, http, grpc = start_gateway(config, local.clients_endpoint)
+        try:
+            trusting = {"ca_certs": str(tmp_path / "cert.pem")}  # the gateway's own certificate, self-signed
+            secure = triton_http.InferenceServerClient(f"127.0.0.1:{http}", ssl=True, ssl_options=trusting)
+            wait_for_gateway(secure, 120, gateway)  # ready: the cluster profiled, as seen through CURVE
+            headers = {"Authorization": "Bearer s3cret"}
+            x = images(12)
+            result = secure.infer("fashion-mnist", [http_input(x)], headers=headers)
+            assert_matches_local_runs(x, result.as_numpy("logits"), provenance(result.get_response()["parameters"])[0])
+            with pytest.raises(InferenceServerException, match="unauthenticated"):
+                secure.infer("fashion-mnist", [http_input(x)])
+            rpc = triton_grpc.InferenceServerClient(
+                f"127.0.0.1:{grpc}", ssl=True, root_certificates=str(tmp_path / "cert.pem")
+            )
+            answer = rpc.infer("fashion-mnist", [grpc_input(x)], headers={"authorization": "Bearer s3cret"})
+            assert answer.as_numpy("logits").shape == (12, 10)
+            rpc.close()
+        finally:
+            stop(gateway)
