@@ -26,7 +26,7 @@ DOCS = (
     ROOT / "docs" / "reliability.md",
     ROOT / "docs" / "deployment.md",
 )
-BLOCK = re.compile(r"(<!-- figures:([a-z_-]+) -->\n)(.*?)(<!-- /figures -->)", re.S)
+BLOCK = re.compile(r"(<!-- figures:([a-z0-9_-]+) -->\n)(.*?)(<!-- /figures -->)", re.S)
 
 
 def load(name: str) -> dict[str, Any]:
@@ -235,8 +235,8 @@ def v2_perf_analyzer() -> str:
     caption = (
         f"\n\nedgecollab's throughput is at or above PyTriton's at {ahead} of {len(rows)} points. "
         f"`{setup['variant']}` on "
-        f"{setup['workers']} un-emulated workers (edgecollab) or instances (PyTriton), one perf_analyzer "
-        f"({setup['client']}) with the same flags for both, {setup['window_ms']} ms measurement windows. {settled}"
+        f"{setup['workers']} un-emulated workers (edgecollab) or instances (PyTriton), one client, "
+        f"{setup['client']}, with the same flags for both, {setup['window_ms']} ms measurement windows. {settled}"
     )
     return table(header, rows) + caption + ran("v2_perf_analyzer")
 
