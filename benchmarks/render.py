@@ -241,6 +241,37 @@ def v2_perf_analyzer() -> str:
     return table(header, rows) + caption + ran("v2_perf_analyzer")
 
 
+def scale() -> str:
+    d = load("scale")
+    rows = []
+    for r in d["counts"]:
+        large, small, streams = r["large"], r["one_input"], r["streams"]
+        rows.append(
+            [
+                str(r["boards"]),
+                f"{large['efficiency']:.2f} ({n(large['achieved_ips'])} inf/s)",
+                f"{large['coordinator_cpu_ms_per_shard']:.2f}",
+                f"{n(small['requests_per_s'])} req/s, p99 {small['p99_ms']:.0f} ms",
+                f"{small['coordinator_cpu_ms_per_request']:.2f}",
+                f"{n(streams['worst_source_p99_ms'], 1)} ms",
+                f"{streams['coordinator_cpu_ms_per_frame']:.2f} / {streams['client_cpu_ms_per_frame']:.2f}",
+                f"{streams['coordinator_core_share']:.2f} / {streams['machine_cores_busy']:.2f}",
+                f"{n(r['plan']['solve_ms'])} ms",
+            ]
+        )
+    header = [
+        "boards", "large request: throughput / limit", "coord. CPU ms / shard", "one-input requests",
+        "coord. CPU ms / request", f"{d['setup']['cameras']} cameras: worst p99", "CPU ms / frame: coord. / cameras",
+        "cameras: coord. cores / machine cores", f"plan, {d['counts'][0]['plan']['demands']} demands",
+    ]  # fmt: skip
+    caption = (
+        f"\n\n{d['setup']['inputs']:,}-input request at the fastest plan; {d['setup']['in_flight']} one-input "
+        f"requests in flight and 30 fps cameras for {d['setup']['duration_s']:g} s each. Boards run by "
+        "`edgecollab fleet --stand-ins`: the cost model sets their time, the cheapest variant computes. "
+    )
+    return table(header, rows) + caption + ran("scale")
+
+
 def peers_cameras() -> str:
     d = load("peers_cameras")
     systems = d["systems"]
@@ -564,6 +595,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "policies-fashion-detect": lambda: policies_block("policies-fashion-detect"),
     "chaos": chaos,
     "v2_perf_analyzer": v2_perf_analyzer,
+    "scale": scale,
 }
 
 
