@@ -19,7 +19,7 @@ from .conftest import SHIPPED_MANIFEST
 
 BOARDS = [(f"{profile}-{k}", profile) for profile in ("odroid-xu4", "rpi4", "jetson-nano") for k in (1, 2)]
 VANISHING = "rpi4-2"  # its schedule has it vanish once the fleet has served a request
-VANISH_AT_S = 45
+VANISH_AT_S = 30
 
 
 def write_config(folder: Path) -> Path:
