@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from .config import DEFAULT_CONFIG, ClusterConfig, GatewayConfig, load_config, with_faults
+from .config import DEFAULT_CONFIG, ClusterConfig, load_config, with_endpoints, with_faults
 from .errors import ConfigError, EdgecollabError, InvalidInputError, RequestFailed
 from .security import client_curve, node_curve
 from .worker import logs
@@ -327,10 +326,9 @@ def fleet(
     from .worker.agent import EXIT_REFUSED
 
     cluster = load_config(config)
-    chosen = cluster.nodes[: boards or len(cluster.nodes)]
     if boards is not None and boards > len(cluster.nodes):
         raise ConfigError(f"--boards {boards}: {config} has {len(cluster.nodes)} [[nodes]]")
-    fleet_boards = [Board(n.name, node_curve(cluster, n)) for n in chosen]
+    fleet_boards = [Board(n.name, node_curve(cluster, n)) for n in cluster.nodes[:boards]]
     codes = asyncio.run(
         run_fleet(fleet_boards, coordinator or cluster.coordinator.workers, cache=cache, stand_ins=stand_ins)
     )
@@ -365,7 +363,7 @@ def coordinator_command(
     cluster = load_config(config)
     gateway = None
     if cluster.gateway.start:  # its own process: the coordinator's loop carries no HTTP
-        endpoint = _client_endpoint(cluster) if clients is None else clients.replace("0.0.0.0", "127.0.0.1")
+        endpoint = _on_loopback(clients or cluster.coordinator.clients)
         command = [sys.executable, "-m", "edgecollab", "gateway", "--config", str(config), "--coordinator", endpoint]
         gateway = subprocess.Popen(command)
     try:
@@ -394,14 +392,7 @@ def gateway_command(
     from .gateway import Gateway
 
     cluster = load_config(config)
-    settings = cluster.gateway
-    if http is not None or grpc is not None:
-        try:
-            settings = GatewayConfig.model_validate(
-                {**settings.model_dump(), **({"http": http} if http else {}), **({"grpc": grpc} if grpc else {})}
-            )
-        except ValidationError as exc:
-            raise ConfigError(f"gateway: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+    settings = with_endpoints(cluster.gateway, http, grpc)
     endpoint = coordinator or _client_endpoint(cluster)
     gateway = Gateway(settings, endpoint, curve=client_curve(cluster), base_dir=cluster.base_dir)
     asyncio.run(gateway.serve())
@@ -909,8 +900,12 @@ def _check_task(cluster: ClusterConfig, task: str | None, config: Path) -> None:
 
 
 def _client_endpoint(cluster: ClusterConfig) -> str:
+    return _on_loopback(cluster.coordinator.clients)
+
+
+def _on_loopback(endpoint: str) -> str:
     # A coordinator bound to every interface is reached on loopback from this machine.
-    return cluster.coordinator.clients.replace("0.0.0.0", "127.0.0.1").replace("*", "127.0.0.1")
+    return endpoint.replace("0.0.0.0", "127.0.0.1").replace("*", "127.0.0.1")
 
 
 def _print_outcome(

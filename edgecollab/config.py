@@ -283,7 +283,22 @@ def with_faults(node: NodeConfig, faults: list[str]) -> NodeConfig:
     try:
         return NodeConfig.model_validate({**node.model_dump(), "events": events})
     except ValidationError as exc:
-        raise ConfigError(f"node {node.name}: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+        raise ConfigError(f"node {node.name}: {_first_error(exc)}") from None
+
+
+def with_endpoints(gateway: GatewayConfig, http: str | None, grpc: str | None) -> GatewayConfig:
+    """The gateway's settings with ``http`` and ``grpc`` in place of the config's, where given (validated)."""
+    given = {field: value for field, value in (("http", http), ("grpc", grpc)) if value is not None}
+    if not given:
+        return gateway
+    try:
+        return GatewayConfig.model_validate({**gateway.model_dump(), **given})
+    except ValidationError as exc:
+        raise ConfigError(f"gateway: {_first_error(exc)}") from None
+
+
+def _first_error(exc: ValidationError) -> str:
+    return str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
 
 
 def parse_config(data: dict[str, Any], source: Path) -> ClusterConfig:

@@ -27,7 +27,6 @@ from .worker.agent import WorkerAgent
 from .worker.backends import Backend, Session, pick_backend
 from .worker.cache import ModelCache, default_cache_dir
 from .worker.keys import ClientCurve
-from .worker.settings import EventSpec
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +64,6 @@ class SharedSessions(Backend):
 class Board:
     name: str
     curve: ClientCurve | None = None
-    events: tuple[EventSpec, ...] = ()  # faults beyond the config's schedule
 
 
 async def run_fleet(
@@ -84,7 +82,7 @@ async def run_fleet(
     fetch_locks: dict[str, asyncio.Lock] = {}
     agents = [
         WorkerAgent(
-            board.name, endpoint, backend, shared_cache, board.curve, board.events, context=context,
+            board.name, endpoint, backend, shared_cache, board.curve, context=context,
             whole_process=False, stand_ins=stand_ins, fetch_locks=fetch_locks,
         )
         for board in boards

@@ -86,8 +86,10 @@ class SmallRequests:
         core, table, task = self.core, self.core.table, r.task
         allowed = r.variants
         profiled = [v for v in table.variants_of(node.name) if v in node.variants and (allowed is None or v in allowed)]
-        if not profiled or r.submit.variant is not None:
-            return profiled[0] if profiled else None
+        if not profiled:
+            return None
+        if r.submit.variant is not None:
+            return profiled[0]  # the pin, the only variant allowed
         plan = core.planning.plan
         if plan is not None:
             small = plan.demands.get(core.planning.small_key(task))

@@ -16,8 +16,8 @@ from typing import Any
 from ..planner import ADAPTS_AT_RUN_TIME, PlanningError, PlanRequest, make_plan
 from ..planner.joint import plan_jointly
 from ..protocol import QUERY_TOPICS, Answer, Error, Query
-from ..zoo.graph import io_signature
 from ..zoo.manifest import Manifest, TaskSpec
+from ..zoo.onboard import inspect_graph
 from .dispatch import DispatchCore
 from .peers import Peers
 from .validation import check_plan_params
@@ -26,17 +26,21 @@ from .validation import check_plan_params
 def describe_tasks(manifest: Manifest, tasks: Sequence[TaskSpec]) -> list[dict[str, Any]]:
     """What a client needs to call each task: its input, the model's outputs, its variants (by name
     within the task, and by the id requests pin). Read once from the manifest and the first variant's
-    graph: every variant of a task takes the same input and gives the same outputs."""
+    graph (``models add`` made every variant of a task take the same input and give the same outputs);
+    an open dimension is -1."""
     described = []
     for task in tasks:
         variants = manifest.for_task(task.name)
-        inputs, outputs = io_signature(manifest.resolve(variants[0].file))
+        graph = inspect_graph(manifest.resolve(variants[0].file))
         described.append(
             {
                 "name": task.name,
                 "quality": task.quality,
-                "input": {"name": inputs[0].name, "dtype": task.input_dtype, "shape": [-1, *task.input_shape]},
-                "outputs": [{"name": o.name, "dtype": o.dtype, "shape": list(o.shape)} for o in outputs],
+                "input": {"name": graph.inputs[0].name, "dtype": task.input_dtype, "shape": [-1, *task.input_shape]},
+                "outputs": [
+                    {"name": o.name, "dtype": o.dtype, "shape": [d if isinstance(d, int) else -1 for d in o.shape]}
+                    for o in graph.outputs
+                ],
                 "variants": [{"name": v.name, "id": manifest.id_of(v), "accuracy": v.accuracy} for v in variants],
             }
         )

@@ -228,10 +228,9 @@ class RequestDispatch:
     def fail(self, r: OpenRequest, error: Error) -> list[Instruction]:
         self.close(r)
         self.core.outcomes[error.code] += 1
-        if r.task in self.core.task_stats:
-            stats = self.core.task_stats[r.task]
-            stats["fail"] += 1
-            stats["fail_ns"] += int(r.run.wall_seconds() * 1e9) if r.run is not None else 0
+        stats = self.core.task_stats[r.task]
+        stats["fail"] += 1
+        stats["fail_ns"] += int(r.run.wall_seconds() * 1e9) if r.run is not None else 0
         return [FailRequest(r.client, error)]
 
     def close(self, r: OpenRequest) -> None:

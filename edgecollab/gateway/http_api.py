@@ -78,9 +78,8 @@ def make_app(service: V2Service, token: str | None = None, max_body_bytes: int =
         headers = {HEADER_LENGTH: str(header_length)} if header_length is not None else {}
         content_type = "application/octet-stream" if header_length is not None else "application/json"
         reply = web.Response(body=payload, headers=headers, content_type=content_type)
-        if "gzip" in request.headers.get("Accept-Encoding", "") or "deflate" in request.headers.get(
-            "Accept-Encoding", ""
-        ):
+        accepted = request.headers.get("Accept-Encoding", "")
+        if "gzip" in accepted or "deflate" in accepted:
             reply.enable_compression()
         return reply
 

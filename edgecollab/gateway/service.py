@@ -70,7 +70,6 @@ class V2Service:
         self.settings = settings
         self.gate = PriorityGate(settings.max_in_flight)
         self._models: dict[str, v2.ModelInfo] = {}
-        self._state = "unknown"  # the resource manager's, as last heard
         self._fetched_at = float("-inf")
         self._fetching: asyncio.Task[None] | None = None
         self.last_inference_ms: dict[str, int] = {}  # per model: when its last request was answered (Unix ms)
@@ -98,7 +97,7 @@ class V2Service:
             raise v2.V2Error(503, "UNAVAILABLE", "the coordinator did not answer within 5 s") from None
         except RequestFailed as exc:
             raise v2.error_for_code(exc.code, str(exc)) from None
-        self._models, self._state = v2.catalogue(answer), str(answer.get("state", "unknown"))
+        self._models = v2.catalogue(answer)
         self._fetched_at = time.monotonic()
 
     async def live(self) -> bool:

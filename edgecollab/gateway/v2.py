@@ -39,11 +39,6 @@ NUMPY_OF = {
     "FP64": np.dtype(np.float64),
 }
 DATATYPE_OF = {dtype.name: name for name, dtype in NUMPY_OF.items()}
-# Request parameters edgecollab reads; others (Triton's sequence ids, a client's own) are ignored.
-KNOWN_PARAMETERS = (
-    "target_ips", "min_accuracy", "max_latency_ms", "outputs", "strict", "policy", "priority", "timeout",
-    "binary_data_output",
-)  # fmt: skip
 OUTPUT_MODES = ("all", "predictions", "top5")
 # ``priority`` 0 means the default level; 1 is the highest.
 DEFAULT_PRIORITY = 5
@@ -117,9 +112,6 @@ class ModelInfo:
             return version
         names = list(self.versions)
         return names[int(version) - 1] if version.isdigit() and 1 <= int(version) <= len(names) else None
-
-    def number_of(self, version: str) -> int:
-        return list(self.versions).index(version) + 1
 
     @property
     def max_batch_size(self) -> int:

@@ -32,8 +32,8 @@ how far it is. Pure: no I/O.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -142,8 +142,8 @@ def plan_jointly(table: ExplorationTable, demands: Sequence[Demand], nodes: Sequ
     if len(nodes) > GROUP_ABOVE_NODES:
         groups = group_alike(table, nodes)
         if len(groups) < len(nodes):
-            return _spread(table, _plan(table, demands, [g[0] for g in groups], groups), groups)
-    return _plan(table, demands, nodes)
+            return _spread(table, _plan(table, demands, {g[0]: len(g) for g in groups}), groups)
+    return _plan(table, demands, dict.fromkeys(nodes, 1))
 
 
 def group_alike(table: ExplorationTable, nodes: Sequence[str]) -> list[list[str]]:
@@ -176,22 +176,17 @@ def _spread(table: ExplorationTable, plan: JointPlan, groups: list[list[str]]) -
                 Share(m, share.variant, share.ips * ips / total)
                 for m, ips in zip(members[share.node], speeds, strict=True)
             ]
-        demands[key] = DemandPlan(
-            key, tuple(shares), demand.expected_ips, demand.expected_accuracy, demand.feasible, demand.notes
-        )
+        demands[key] = replace(demand, shares=tuple(shares))
     load = {m: plan.node_load.get(lead, 0.0) / len(group) for lead, group in members.items() for m in group}
     return JointPlan(demands, load, plan.solve_s, plan.loss_to_bound, plan.scale, plan.notes)
 
 
-def _plan(
-    table: ExplorationTable, demands: Sequence[Demand], nodes: Sequence[str], groups: list[list[str]] | None = None
-) -> JointPlan:
-    """The joint plan on ``nodes``; with ``groups``, each node stands for the group it leads."""
+def _plan(table: ExplorationTable, demands: Sequence[Demand], boards: Mapping[str, int]) -> JointPlan:
+    """The joint plan on the nodes of ``boards``, each standing for that many boards alike (its capacity)."""
     started = time.perf_counter()
-    sizes = {group[0]: len(group) for group in groups or []}
     options = [
         Option(n, v, table.seconds_per_input(n, v), table.accuracy[v], _serves(demands, v))
-        for n in sorted(nodes)
+        for n in sorted(boards)
         for v in sorted(table.variants_of(n))
         if table.ips(n, v) > 0 and v in table.accuracy
     ]
@@ -217,7 +212,7 @@ def _plan(
     rates = {
         d.key: max(float(d.target_ips or 0.0) * (1 + TARGET_HEADROOM) / table.efficiency, MIN_RATE) for d in targeted
     }
-    capacity = {n: float(sizes.get(n, 1)) for n in {o.node for o in options}}
+    capacity = {n: float(boards[n]) for n in {o.node for o in options}}
     shares: dict[str, dict[int, float]] = {}
     loss, scale = 0.0, 1.0
     if targeted:

@@ -94,25 +94,3 @@ def graph_cost(path: Path) -> GraphCost:
                 counted.add(source)
                 params += int(initializers[source].size)
     return GraphCost(macs=macs, params=params)
-
-
-@dataclass(frozen=True)
-class TensorSignature:
-    name: str
-    dtype: str  # numpy's name for the element type
-    shape: tuple[int, ...]  # -1 where the graph leaves a dimension open (the batch)
-
-
-def io_signature(path: Path) -> tuple[list[TensorSignature], list[TensorSignature]]:
-    """A model's graph inputs (initializers excluded) and outputs, as they are declared."""
-    graph = onnx.load(str(path), load_external_data=False).graph
-    initialized = {init.name for init in graph.initializer}
-
-    def signature(value_info: onnx.ValueInfoProto) -> TensorSignature:
-        tensor = value_info.type.tensor_type
-        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)).name
-        shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim)
-        return TensorSignature(value_info.name, dtype, shape)
-
-    inputs = [signature(vi) for vi in graph.input if vi.name not in initialized]
-    return inputs, [signature(vi) for vi in graph.output]
