@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .config import DEFAULT_CONFIG, ClusterConfig, load_config, with_endpoints, with_faults
+from .config import DEFAULT_CONFIG, ClusterConfig, load_config, on_loopback, with_endpoints, with_faults
 from .errors import ConfigError, EdgecollabError, InvalidInputError, RequestFailed
 from .security import client_curve, node_curve
 from .worker import logs
@@ -363,7 +363,7 @@ def coordinator_command(
     cluster = load_config(config)
     gateway = None
     if cluster.gateway.start:  # its own process: the coordinator's loop carries no HTTP
-        endpoint = _on_loopback(clients or cluster.coordinator.clients)
+        endpoint = on_loopback(clients or cluster.coordinator.clients)
         command = [sys.executable, "-m", "edgecollab", "gateway", "--config", str(config), "--coordinator", endpoint]
         gateway = subprocess.Popen(command)
     try:
@@ -900,12 +900,7 @@ def _check_task(cluster: ClusterConfig, task: str | None, config: Path) -> None:
 
 
 def _client_endpoint(cluster: ClusterConfig) -> str:
-    return _on_loopback(cluster.coordinator.clients)
-
-
-def _on_loopback(endpoint: str) -> str:
-    # A coordinator bound to every interface is reached on loopback from this machine.
-    return endpoint.replace("0.0.0.0", "127.0.0.1").replace("*", "127.0.0.1")
+    return on_loopback(cluster.coordinator.clients)
 
 
 def _print_outcome(

@@ -64,12 +64,30 @@ class CoordinatorConfig(_Strict):
         3.0, gt=0, le=3600, description="...and at least this many seconds overdue (noise on a loaded host)"
     )
 
-    @field_validator("workers", "clients")
+    # A site: this coordinator joins a parent coordinator as one node (see docs/architecture.md).
+    parent: str | None = Field(None, description="the parent coordinator's workers endpoint: join it as a site")
+    site: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="this site's node name in the parent's config"
+    )
+    parent_key: str | None = Field(None, description="this site's secret CURVE certificate, as the parent knows it")
+    parent_public_key: str | None = Field(None, description="the parent coordinator's public CURVE certificate")
+
+    @field_validator("workers", "clients", "parent")
     @classmethod
-    def _endpoint(cls, value: str) -> str:
-        if not value.startswith(("tcp://", "ipc://", "inproc://")):
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("tcp://", "ipc://", "inproc://")):
             raise ValueError(f"expected a ZeroMQ endpoint like tcp://127.0.0.1:5555, got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _site_complete(self) -> CoordinatorConfig:
+        if (self.parent is None) != (self.site is None):
+            raise ValueError("parent and site go together: a site needs its parent's endpoint and its name there")
+        if (self.parent_key is None) != (self.parent_public_key is None):
+            raise ValueError("parent_key and parent_public_key go together (CURVE to the parent needs both)")
+        if self.parent_key is not None and self.parent is None:
+            raise ValueError("parent_key is for a site: set parent and site too")
+        return self
 
 
 class EmulationEvent(_Strict):
@@ -284,6 +302,11 @@ def with_faults(node: NodeConfig, faults: list[str]) -> NodeConfig:
         return NodeConfig.model_validate({**node.model_dump(), "events": events})
     except ValidationError as exc:
         raise ConfigError(f"node {node.name}: {_first_error(exc)}") from None
+
+
+def on_loopback(endpoint: str) -> str:
+    """How a peer on this machine reaches an endpoint bound to every interface: on loopback."""
+    return endpoint.replace("0.0.0.0", "127.0.0.1").replace("*", "127.0.0.1")
 
 
 def with_endpoints(gateway: GatewayConfig, http: str | None, grpc: str | None) -> GatewayConfig:

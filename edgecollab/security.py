@@ -27,6 +27,7 @@ __all__ = [
     "load_public_key",
     "node_curve",
     "server_curve",
+    "site_curve",
 ]
 
 
@@ -82,3 +83,13 @@ def client_curve(config: ClusterConfig) -> ClientCurve | None:
         return None
     server = load_public_key(config.resolve(_require(config.security.coordinator_public_key, "coordinator_public_key")))
     return ClientCurve(load_key_pair(config.resolve(_require(config.security.client_key, "client_key"))), server)
+
+
+def site_curve(config: ClusterConfig) -> ClientCurve | None:
+    """A site's keys towards its parent (``parent_key``, ``parent_public_key``), or None without CURVE there."""
+    settings = config.coordinator
+    if settings.parent_key is None or settings.parent_public_key is None:
+        return None
+    return ClientCurve(
+        load_key_pair(config.resolve(settings.parent_key)), load_public_key(config.resolve(settings.parent_public_key))
+    )

@@ -19,7 +19,7 @@ changes them and returns instructions:
 * ``resource_manager.py`` — the cluster's life cycle, whose state gates admission and solves;
 * ``views.py`` — reports and status.
 
-After every event, each usable node with a free slot (``window`` messages in flight at most)
+After every event, each usable node with a free slot (``window`` messages in flight at most, a site more)
 is given work in this order: stream frames (latency-bound), then small requests, then the
 request the node owes the most service, then — idle — the tail of the slowest node's queue.
 
@@ -69,7 +69,7 @@ from .events import (
     WorkKind,
 )
 from .invariants import broken_invariants
-from .nodes import NodeHealth, NodeState, SentPack, SentProfile, SentShard, Work, take_dispatched
+from .nodes import NodeHealth, NodeState, NodeStatus, SentPack, SentProfile, SentShard, Work, take_dispatched
 from .ownership import scoped_key
 from .packs import SmallRequests
 from .planning import Planning
@@ -318,8 +318,12 @@ class DispatchCore:
         return [SendShard(event.node, work_id.shard(event.variant, event.inputs))]
 
     def _profiled(self, event: NodeProfiled) -> list[Instruction]:
-        if self.nodes.get(event.node) is None:
+        state = self.nodes.get(event.node)
+        if state is None:
             return []  # lost while it was being profiled
+        joined = state.status is NodeStatus.PROFILING
+        self.table.forget(event.node)  # a site's new front replaces its rows
+        state.slots = event.slots
         for variant, measurement in event.measurements.items():
             if variant in self.table.accuracy:
                 self.table.record(event.node, variant, measurement)
@@ -327,7 +331,7 @@ class DispatchCore:
         self.manager.settle()
         self.stream_dispatch.forget_variants()
         out = self._start_waiting(event.now)
-        self.planning.want(f"{event.node} joined")
+        self.planning.want(f"{event.node} joined" if joined else f"{event.node}'s front moved")
         return out
 
     def _startup_expired(self, event: StartupExpired) -> list[Instruction]:
@@ -423,9 +427,9 @@ class DispatchCore:
     def _fill(self, now: float) -> list[Instruction]:
         """Give every usable node with a free slot its next work."""
         out: list[Instruction] = []
-        window = self.settings.window
         for name in self.nodes.usable():
             state = self.nodes[name]
+            window = state.window(self.settings.window)
             while state.busy < window:
                 sent = self._send_next(state, now, out)
                 if not sent:

@@ -133,11 +133,13 @@ class ProfileShardWanted:
 
 @dataclass(frozen=True)
 class NodeProfiled:
-    """A node's measurements arrived: the table changed."""
+    """A node's measurements arrived: the table changed. A site (a coordinator under this one) sends them
+    again when its front moves; they replace its rows, and ``slots`` is how much it takes in flight."""
 
     node: str
     measurements: dict[str, Measurement]
     now: float
+    slots: int | None = None  # messages in flight at most (None: the coordinator's ``window``)
 
 
 @dataclass(frozen=True)

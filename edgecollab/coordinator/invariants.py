@@ -18,10 +18,10 @@ if TYPE_CHECKING:
 
 def broken_invariants(core: DispatchCore) -> Iterable[str]:
     """Every invariant of the core's books that does not hold, as a sentence."""
-    window = core.settings.window
     frames_out: Counter[str] = Counter()  # stream key -> frames in batches on nodes
     shards_out: Counter[tuple[str, int]] = Counter()  # (request key, shard id) -> live copies in flight
     for state in core.nodes.nodes.values():
+        window = state.window(core.settings.window)
         if state.busy > window:
             yield f"node {state.name} has {state.busy} messages in flight, over the window of {window}"
         if state.status is NodeStatus.SUSPECT and any(True for _ in state.dispatched()):

@@ -85,6 +85,10 @@ class NodeState:
     last_result_at: float | None = None  # when its latest result arrived
     bad_streak: int = 0  # malformed results or refusals in a row
     clock: float = 0.0  # stride scheduling: the pass of the latest request served here
+    slots: int | None = None  # messages in flight at most; None: the coordinator's window (a site has more)
+
+    def window(self, default: int) -> int:
+        return self.slots or default
 
     @property
     def busy(self) -> int:

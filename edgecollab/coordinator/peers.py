@@ -54,6 +54,11 @@ class WorkerLink:
     failed: dict[str, str] = field(default_factory=dict)  # variants that would not load or run there, and why
     last_seen: float = field(default_factory=time.monotonic)
 
+    @property
+    def is_site(self) -> bool:
+        """A coordinator under this one, registered as one node: it reports its front, it is not profiled."""
+        return self.runtime.get("backend") == "site"
+
     def ready_with(self, ready: Ready) -> None:
         """Take a worker's Ready; a variant it claims that it was never sent is named in ``failed``, not served."""
         sent = {v.id for v in self.settings.variants}

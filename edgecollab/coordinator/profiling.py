@@ -56,7 +56,12 @@ class Profiler:
         self._numbers = 0
 
     async def registered(self, link: WorkerLink) -> None:
-        """A worker registered: tell the core, then its profile from the cache, or profile it."""
+        """A worker registered: tell the core, then its profile from the cache, or profile it. A site
+        reports its own front instead (``site_front``)."""
+        if link.is_site:
+            log.info("coordinator: site %s registered; its front comes from it", link.name)
+            await self._feed(NodeRegistered(link.name, tuple(link.variants), time.monotonic()))
+            return
         cached = self.cache.load(link.name, link.fingerprint)
         log.info("coordinator: node %s registered (%s)", link.name, "profile cached" if cached else "profiling")
         await self._feed(NodeRegistered(link.name, tuple(link.variants), time.monotonic()))

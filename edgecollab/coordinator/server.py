@@ -24,11 +24,12 @@ import numpy as np
 import zmq.asyncio
 from prometheus_client import start_http_server
 
-from ..config import ClusterConfig
+from ..config import ClusterConfig, on_loopback
 from ..errors import EdgecollabError
 from ..metrics import registry_for
 from ..planner import ExplorationTable, ProfileCache
 from ..planner.joint import plan_jointly
+from ..planner.site import front_from_wire, site_front
 from ..protocol import (
     Cancel,
     Error,
@@ -42,6 +43,7 @@ from ..protocol import (
     Query,
     Ready,
     ShardResult,
+    SiteFront,
     StreamClose,
     StreamOpen,
     Submit,
@@ -58,6 +60,7 @@ from .events import (
     FailRequest,
     FramesArrived,
     Instruction,
+    NodeProfiled,
     PlanSolved,
     ProfileAnswer,
     Replan,
@@ -80,6 +83,7 @@ from .peers import Peers
 from .profiling import Profiler
 from .provisioning import model_files, settings_for
 from .queries import Queries, describe_tasks
+from .site import SiteState, SiteUplink
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +122,7 @@ class Coordinator:
             for t in tasks
         ]
         self.core = DispatchCore(self.settings, [n.name for n in config.nodes], table, served)
+        self._variants_by_task = ids
         self.shell_counters: Counter[str] = Counter()  # what the shell sees: malformed messages, peers cut off, ...
         self._solver = ThreadPoolExecutor(1, thread_name_prefix="edgecollab-solver")  # HiGHS releases the GIL
         nodes = [n.name for n in config.nodes]
@@ -184,6 +189,8 @@ class Coordinator:
             asyncio.create_task(self.peers.liveness_loop()),
             asyncio.create_task(self._tick_loop()),
         ]
+        if self.settings.parent is not None:  # a site: join the parent as one node
+            loops.append(asyncio.create_task(self._uplink().run()))
         metrics_server = None
         if self.settings.metrics_port is not None:
             host, port = self.settings.metrics_host, self.settings.metrics_port
@@ -219,6 +226,22 @@ class Coordinator:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _uplink(self) -> SiteUplink:
+        from ..security import client_curve, site_curve
+
+        assert self.settings.parent is not None and self.settings.site is not None
+        task_of = {v: task for task, variants in self._variants_by_task.items() for v in variants}
+        return SiteUplink(
+            self.settings.site, self.settings.parent, on_loopback(self.clients_endpoint), self.site_state, task_of,
+            parent_curve=site_curve(self.config), client_curve=client_curve(self.config),
+        )  # fmt: skip
+
+    def site_state(self) -> SiteState:
+        """What this coordinator offers a parent as a site: its boards' front, their windows and count."""
+        boards = self.core.nodes.usable()
+        front = site_front(self.table, boards, self._variants_by_task)
+        return SiteState(front, len(boards) * self.settings.window, len(boards))
 
     async def _shut_down(self) -> None:
         """Refuse new requests, give running ones the grace period, fail the rest, and tell the workers."""
@@ -364,11 +387,21 @@ class Coordinator:
             await self.profiler.registered(link)
         elif isinstance(message, ShardResult):
             await self._feed(ShardReturned(link.name, message, link.last_seen))
+        elif isinstance(message, SiteFront) and link.ready:
+            try:
+                front = front_from_wire(message.front, link.variants)
+            except ValueError as exc:
+                self.shell_counters["protocol_errors"] += 1
+                await self.peers.send_worker(identity, Error("protocol", str(exc)))
+                return
+            slots = max(1, min(message.slots, 64 * self.settings.window))  # a site's claim, bounded
+            log.info("coordinator: site %s reports %d variant(s) on %d board(s)", link.name, len(front), message.boards)
+            await self._feed(NodeProfiled(link.name, front, link.last_seen, slots))
         elif isinstance(message, Error) and message.request_id:
             await self._feed(ShardRefused(link.name, message, link.last_seen))
         elif isinstance(message, Goodbye):
             await self.peers.lose(link, f"left: {message.reason}")
-        elif not isinstance(message, Heartbeat | Error | Ready):
+        elif not isinstance(message, Heartbeat | Error | Ready | SiteFront):
             self.shell_counters["protocol_errors"] += 1
             await self.peers.send_worker(identity, Error("protocol", f"a worker may not send {message.kind}"))
 

@@ -78,6 +78,19 @@ class Ready(Message):
 
 
 @dataclass(frozen=True)
+class SiteFront(Message):
+    """A site (a coordinator under a parent, registered there as one node) reports what it can give:
+    per variant its throughput and latency with every board on it, the variants dominated by another of
+    their task (no faster, no more accurate) left out. Sent after ``ready`` and again when it changes."""
+
+    kind: ClassVar[str] = "site_front"
+    node: str
+    front: dict[str, Any]  # variant -> {"ips", "latency_ms", "latencies": [[batch, ms], ...]}
+    slots: int  # messages in flight that keep its boards busy (its boards' windows, summed)
+    boards: int  # serving boards behind it
+
+
+@dataclass(frozen=True)
 class Heartbeat(Message):
     kind: ClassVar[str] = "heartbeat"
     node: str
@@ -298,7 +311,7 @@ ERROR_CODES = (
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.kind: cls
     for cls in (
-        Hello, Welcome, FetchModel, ModelChunk, Ready, Heartbeat, Goodbye, Shard, ShardResult,
+        Hello, Welcome, FetchModel, ModelChunk, Ready, SiteFront, Heartbeat, Goodbye, Shard, ShardResult,
         Submit, Result, Cancel, Query, Answer, Error,
         StreamOpen, Frames, FrameResults, StreamClose,
     )
