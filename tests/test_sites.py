@@ -4,9 +4,9 @@ registered with the parent as one node. Real processes, real sockets, real model
 from __future__ import annotations
 
 import signal
-import threading
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -39,7 +39,13 @@ class Site:
 
 
 def write_parent(folder: Path) -> Path:
-    lines = ["[coordinator]", "startup_timeout_s = 120", "heartbeat_s = 0.5", "[models]", f'manifest = "{SHIPPED_MANIFEST}"']
+    lines = [
+        "[coordinator]",
+        "startup_timeout_s = 120",
+        "heartbeat_s = 0.5",
+        "[models]",
+        f'manifest = "{SHIPPED_MANIFEST}"',
+    ]
     for site in SITES:
         lines += ["[[nodes]]", f'name = "{site}"', f"variants = {VARIANTS!r}".replace("'", '"')]
     path = folder / "parent.toml"
@@ -95,7 +101,9 @@ def site_nodes_ready(parent: LocalCluster, wanted: set[str], timeout_s: float = 
 def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalCluster, dict[str, Site], Path]]:
     folder = tmp_path_factory.mktemp("sites")
     parent_workers = free_tcp_endpoint()
-    with LocalCluster(write_parent(folder), nodes=[], workers_endpoint=parent_workers, log_dir=folder / "logs") as parent:
+    with LocalCluster(
+        write_parent(folder), nodes=[], workers_endpoint=parent_workers, log_dir=folder / "logs"
+    ) as parent:
         started: dict[str, Site] = {}
         try:
             for name in SITES:
@@ -166,14 +174,13 @@ def test_a_streams_frames_are_answered_through_the_parent(sites: tuple[LocalClus
     parent, _, _ = sites
     frames = fashion_inputs(240)
     answered: dict[int, tuple[int, str, str]] = {}
-    with SyncClient(parent.clients_endpoint) as client:
-        with client.stream(target_fps=120, max_latency_ms=1000) as stream:
-            for k in range(0, len(frames), 8):
-                stream.send(frames[k : k + 8])
-                time.sleep(8 / 120)
-            summary = stream.close()
-            for result in stream:
-                answered[result.seq] = (result.prediction, result.variant, result.node)
+    with SyncClient(parent.clients_endpoint) as client, client.stream(target_fps=120, max_latency_ms=1000) as stream:
+        for k in range(0, len(frames), 8):
+            stream.send(frames[k : k + 8])
+            time.sleep(8 / 120)
+        summary = stream.close()
+        for result in stream:
+            answered[result.seq] = (result.prediction, result.variant, result.node)
     assert sorted(answered) == list(range(len(frames)))  # every frame, once
     assert {node for _, _, node in answered.values()} <= set(SITES)
     predictions = np.array([answered[k][0] for k in range(len(frames))])
