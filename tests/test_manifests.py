@@ -58,3 +58,32 @@ def test_workers_run_on_labelled_boards_under_their_node_name() -> None:
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
     coordinator = named("Deployment", "edgecollab-coordinator")["spec"]["template"]["spec"]
     assert coordinator["nodeSelector"] == {"edgecollab.io/role": "coordinator"}
+
+
+def test_a_site_coordinator_runs_in_its_node_pool_and_joins_the_parent_as_a_node() -> None:
+    site_map = named("ConfigMap", "edgecollab-site-config")
+    site = parse_config(tomllib.loads(site_map["data"]["cluster.toml"]), Path("/etc/edgecollab/config/cluster.toml"))
+    parent = parse_config(
+        tomllib.loads(named("ConfigMap", "edgecollab-config")["data"]["cluster.toml"]),
+        Path("/etc/edgecollab/config/cluster.toml"),
+    )
+    assert site.coordinator.site in {n.name for n in parent.nodes}  # the parent lists the site as a node
+    assert site.coordinator.parent == "tcp://edgecollab-coordinator.edgecollab.svc.cluster.local:5555"
+    namespace = site_map["metadata"]["namespace"]
+    coordinator = named("Deployment", "edgecollab-site-coordinator")
+    pool = coordinator["spec"]["template"]["spec"]["nodeSelector"]["apps.openyurt.io/nodepool"]
+    workers = named("DaemonSet", "edgecollab-site-worker")["spec"]["template"]["spec"]
+    assert workers["nodeSelector"]["apps.openyurt.io/nodepool"] == pool == site.coordinator.site
+    assert {
+        coordinator["metadata"]["namespace"],
+        named("DaemonSet", "edgecollab-site-worker")["metadata"]["namespace"],
+    } == {namespace}
+    mounted = {
+        f"{m['mountPath']}/{item['path']}"
+        for v in coordinator["spec"]["template"]["spec"]["volumes"]
+        if "secret" in v
+        for m in coordinator["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+        if m["name"] == v["name"]
+        for item in v["secret"]["items"]
+    }
+    assert {site.coordinator.parent_key, site.coordinator.parent_public_key, site.security.client_key} <= mounted

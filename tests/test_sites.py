@@ -19,6 +19,7 @@ import pytest
 from edgecollab.client import InferenceResult, SyncClient
 from edgecollab.inspection import ask, wait_until_ready
 from edgecollab.local import LocalCluster, die_with_parent, free_tcp_endpoint
+from edgecollab.security import ClientCurve, generate_keys, load_key_pair, load_public_key
 from edgecollab.zoo import load_manifest, load_test_set
 
 from .cluster_helpers import infer, local_predictions
@@ -220,3 +221,42 @@ def _site_busy(site: Site) -> bool:
     except Exception:
         return False
     return sum(n.get("in_flight", 0) for n in status["nodes"]) > 0
+
+
+def test_a_site_joins_a_parent_that_requires_curve(tmp_path: Path) -> None:
+    """The parent admits only allowed keys; the site connects with its own (``parent_key``), and a client
+    of the parent, over CURVE too, is served by the site's board."""
+    generate_keys(tmp_path / "keys", ["site-c"], ["client"])
+    parent_config = tmp_path / "parent.toml"
+    parent_config.write_text(
+        "\n".join([
+            "[coordinator]", "heartbeat_s = 0.5", "[models]", f'manifest = "{SHIPPED_MANIFEST}"',
+            "[security]", "curve = true", 'coordinator_key = "keys/coordinator.key_secret"',
+            'coordinator_public_key = "keys/coordinator.key"', 'authorized_keys = "keys/authorized"',
+            'client_key = "keys/client.key_secret"',
+            "[[nodes]]", 'name = "site-c"', 'variants = ["cnn-8"]', 'key = "keys/site-c.key_secret"',
+        ]) + "\n"
+    )  # fmt: skip
+    parent_workers = free_tcp_endpoint()
+    site_config = tmp_path / "site" / "cluster.toml"
+    site_config.parent.mkdir()
+    site_config.write_text(
+        "\n".join([
+            "[coordinator]", "heartbeat_s = 0.5", f'parent = "{parent_workers}"', 'site = "site-c"',
+            f'parent_key = "{tmp_path}/keys/site-c.key_secret"', f'parent_public_key = "{tmp_path}/keys/coordinator.key"',
+            "[models]", f'manifest = "{SHIPPED_MANIFEST}"',
+            "[[nodes]]", 'name = "board"', 'emulate = "rpi4"', 'variants = ["cnn-8"]',
+        ]) + "\n"
+    )  # fmt: skip
+    keys = tmp_path / "keys"
+    curve = ClientCurve(load_key_pair(keys / "client.key_secret"), load_public_key(keys / "coordinator.key"))
+    inputs = fashion_inputs(500)
+    with (
+        LocalCluster(parent_config, nodes=[], workers_endpoint=parent_workers, log_dir=tmp_path / "logs") as parent,
+        LocalCluster(site_config, log_dir=tmp_path / "site" / "logs"),
+    ):
+        wait_until_ready(parent.clients_endpoint, timeout_s=120, curve=curve)
+        with SyncClient(parent.clients_endpoint, curve=curve) as client:
+            result = client.infer(inputs)
+    assert len(result.predictions) == 500 and set(result.nodes) == {"site-c"}
+    assert_real_predictions(result.variants, result.predictions, inputs)
