@@ -603,3 +603,41 @@ def test_a_long_small_queue_goes_out_in_packs_of_each_nodes_share() -> None:
     assert isinstance(booked(core, pack), SentPack) and len(pack.shard.inputs) == 48  # 6 requests, a's half
     assert core.small.queued_inputs == 48
     core.validate_state()
+
+
+def test_events_of_one_turn_are_handled_as_one_batch_with_one_fill() -> None:
+    request = submit(200, target_ips=3000.0)
+    one_by_one, batched = make_core(), make_core()
+    firsts = [
+        sends(solve(core, core.handle(RequestOpened(b"c", request, 0.1)), 0.11)) for core in (one_by_one, batched)
+    ]
+    assert len(firsts[0]) == len(firsts[1]) == 4  # both windows full
+    # Both nodes answer in the same turn: as one batch, with one fill after it, the windows refill as they
+    # do when each answer is handled alone.
+    alone = [i for s in firsts[0] for i in one_by_one.handle(answer(s, 0.2))]
+    together, failed = batched.handle_batch([answer(s, 0.2) for s in firsts[1]])
+    assert not failed
+    assert [(s.node, s.shard.shard_id) for s in sends(together)] == [(s.node, s.shard.shard_id) for s in sends(alone)]
+    assert {n: batched.nodes[n].busy for n in "ab"} == {n: one_by_one.nodes[n].busy for n in "ab"}
+    batched.validate_state()
+    (done,) = [i for i in run_to_end(batched, together) if isinstance(i, AnswerRequest)]
+    assert len(done.result.predictions) == 200
+
+
+def test_an_event_the_core_fails_on_is_returned_and_the_rest_of_its_batch_stands(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    core = make_core()
+    broken = submit(1)
+    original = core.request_dispatch.open
+
+    def open_or_fail(event: RequestOpened) -> list[Instruction]:
+        if event.submit is broken:
+            raise RuntimeError("a bug")
+        return original(event)
+
+    monkeypatch.setitem(core._handlers, RequestOpened, open_or_fail)
+    fine = submit(1)
+    out, failed = core.handle_batch([RequestOpened(b"c", broken, 0.0), RequestOpened(b"c", fine, 0.0)])
+    assert [type(e) for e, _ in failed] == [RequestOpened] and str(failed[0][1]) == "a bug"
+    assert len(sends(out)) == 1 and [r.request_id for r in core.requests.values()] == [fine.request_id]

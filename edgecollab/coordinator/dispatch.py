@@ -144,10 +144,26 @@ class DispatchCore:
     # --- the one entry point -------------------------------------------------------------------
     def handle(self, event: Event) -> list[Instruction]:
         out = self._handlers[type(event)](event)
-        if self.planning.reason is not None:
-            out += self.planning.maybe_replan(event.now)
-        out += self._fill(event.now)
-        return out
+        return out + self._settle(event.now)
+
+    def handle_batch(self, events: Sequence[Event]) -> tuple[list[Instruction], list[tuple[Event, Exception]]]:
+        """Every event that arrived together (one turn of the shell's loop), then one re-plan check and one
+        fill: the bookkeeping is per batch, not per message. An event whose handler raises (a bug) is
+        returned with its exception, and the others' instructions stand."""
+        out: list[Instruction] = []
+        failed: list[tuple[Event, Exception]] = []
+        for event in events:
+            try:
+                out += self._handlers[type(event)](event)
+            except Exception as exc:
+                failed.append((event, exc))
+        if events:
+            out += self._settle(max(e.now for e in events))
+        return out, failed
+
+    def _settle(self, now: float) -> list[Instruction]:
+        out = self.planning.maybe_replan(now) if self.planning.reason is not None else []
+        return out + self._fill(now)
 
     # --- requests and streams ------------------------------------------------------------------
     def _cancelled(self, event: RequestCancelled) -> list[Instruction]:

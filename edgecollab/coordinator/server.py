@@ -89,6 +89,8 @@ log = logging.getLogger(__name__)
 
 # The core's timer: waiting requests time out, stalled nodes are found, stranded work fails.
 TICK_S = 0.1
+# Messages taken from a socket in one turn of its loop, and handed to the core as one batch.
+MAX_BATCH = 256
 
 
 class CoordinatorFailed(EdgecollabError):
@@ -139,6 +141,7 @@ class Coordinator:
         )
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stop = asyncio.Event()
+        self._wake: asyncio.TimerHandle | None = None  # the core's next wake-up
 
     def _provision(self, node: str, runtime: dict[str, Any]) -> tuple[NodeSettings, dict[str, Path]]:
         """A registering board's settings, and the model files it may fetch (see provisioning.py)."""
@@ -210,6 +213,8 @@ class Coordinator:
             await self._shut_down()
             linger_ms = 1000  # let the last answers and goodbyes leave
         finally:
+            if self._wake is not None:
+                self._wake.cancel()
             for task in [stopping, *loops, *self._tasks]:
                 task.cancel()
             await asyncio.gather(stopping, *loops, *self._tasks, return_exceptions=True)
@@ -268,16 +273,27 @@ class Coordinator:
     # --- the core ------------------------------------------------------------------------------
     async def _feed(self, event: Event) -> None:
         """Hand one event to the core and carry out what it says."""
+        await self._feed_batch([event])
+
+    async def _feed_batch(self, events: Sequence[Event]) -> None:
+        """Hand events that came together to the core as one batch and carry out what it says. An event the
+        core failed on (a bug) is logged and counted, and a request it opened is answered ``internal``."""
+        if not events:
+            return
+        failed: Sequence[tuple[Event, Exception | None]]
         try:
-            instructions = self.core.handle(event)
+            instructions, failed = self.core.handle_batch(events)
         except Exception:
+            instructions, failed = [], [(e, None) for e in events]
+            log.exception("coordinator: the dispatch core failed on a batch of %d event(s)", len(events))
+        for event, exc in failed:
             self.shell_counters["handler_errors"] += 1
-            log.exception("coordinator: the dispatch core failed on %s", type(event).__name__)
+            if exc is not None:
+                log.error("coordinator: the dispatch core failed on %s", type(event).__name__, exc_info=exc)
             if isinstance(event, RequestOpened):
                 rid = event.submit.request_id
                 error = Error("internal", "the coordinator failed on this request", rid)
                 await self.peers.send_client(event.client, error)
-            return
         await self._carry_out(instructions)
 
     async def _carry_out(self, instructions: Sequence[Instruction]) -> None:
@@ -296,7 +312,7 @@ class Coordinator:
             elif isinstance(instruction, Replan):
                 self._spawn(self._solve(instruction))
             elif isinstance(instruction, WakeAt):
-                self._spawn(self._wake(instruction.at))
+                self._wake_at(instruction.at)
             elif isinstance(instruction, CutOff):
                 await peers.cut_off_worker(instruction.node, instruction.reason)
             elif isinstance(instruction, ProfileAnswer):
@@ -312,8 +328,17 @@ class Coordinator:
             plan, problem = None, f"{type(exc).__name__}: {exc}"
         await self._feed(PlanSolved(replan.generation, plan, problem, time.monotonic()))
 
-    async def _wake(self, at: float) -> None:
-        await asyncio.sleep(max(at - time.monotonic(), 0.0))
+    def _wake_at(self, at: float) -> None:
+        """One timer for the core's wake-ups (the core asks only for ones earlier than the last it asked for)."""
+        if self._wake is not None and self._wake.when() <= at:
+            return
+        if self._wake is not None:
+            self._wake.cancel()
+        loop = asyncio.get_running_loop()
+        self._wake = loop.call_at(max(at, loop.time()), lambda: self._spawn(self._woken()))
+
+    async def _woken(self) -> None:
+        self._wake = None
         await self._feed(Tick(time.monotonic()))
 
     async def _tick_loop(self) -> None:
@@ -340,33 +365,76 @@ class Coordinator:
     ) -> None:
         """Decode every message on a ROUTER; a malformed one is answered, counted and dropped.
 
-        With CURVE on, the peer's public key (``User-Id``, set by the authenticator) goes with it.
+        Each turn takes every message waiting (up to ``MAX_BATCH``): those that are work for the core
+        (results, frames, requests) go to it as one batch of events, so its bookkeeping — the re-plan
+        check, the fill over the boards — runs once per turn, not once per message. Any other message
+        is handled by ``handle`` in its turn, after the events before it. With CURVE on, the peer's
+        public key (``User-Id``, set by the authenticator) goes with each message.
         """
         peer = "client" if from_clients else "worker"
+        as_event = self._client_event if from_clients else self._worker_event
         while True:
-            frames = await sock.receive()
-            identity, payload = frames[0].bytes, [f.buffer for f in frames[1:]]
-            if identity in self.peers.cut_off:
-                self.shell_counters["dropped_from_cut_off_peers"] += 1
-                continue
-            user_id = str(frames[-1].get("User-Id")) if self.peers.key_owner and len(frames) > 1 else None
+            batch = [await sock.receive(), *sock.take_waiting(MAX_BATCH - 1)]
             await self.peers.connections_closed()
-            self.peers.seen(from_clients, identity, frames[0])
-            try:
-                message = decode(payload)
-            except ProtocolError as exc:
-                self.shell_counters["protocol_errors"] += 1
-                log.warning("coordinator: malformed message from a %s: %s", peer, exc)
-                await reply(identity, Error("protocol", str(exc)))
-                await self.peers.strike(identity)
-                continue
-            try:
-                await handle(identity, message, user_id)
-            except Exception:  # the boundary: one bad message never stops the loop
-                self.shell_counters["handler_errors"] += 1
-                log.exception("coordinator: handling a %s from a %s failed", message.kind, peer)
-                rid = getattr(message, "request_id", "")
-                await reply(identity, Error("internal", f"the coordinator failed on this {message.kind}", rid))
+            now = time.monotonic()
+            events: list[Event] = []
+            for frames in batch:
+                identity, payload = frames[0].bytes, [f.buffer for f in frames[1:]]
+                if identity in self.peers.cut_off:
+                    self.shell_counters["dropped_from_cut_off_peers"] += 1
+                    continue
+                user_id = str(frames[-1].get("User-Id")) if self.peers.key_owner and len(frames) > 1 else None
+                self.peers.seen(from_clients, identity, frames[0])
+                try:
+                    message = decode(payload)
+                except ProtocolError as exc:
+                    self.shell_counters["protocol_errors"] += 1
+                    log.warning("coordinator: malformed message from a %s: %s", peer, exc)
+                    await reply(identity, Error("protocol", str(exc)))
+                    await self.peers.strike(identity)
+                    continue
+                try:
+                    event = as_event(identity, message, user_id, now)
+                    if event is not None:
+                        events.append(event)
+                        continue
+                    await self._feed_batch(events)  # what came before it goes first
+                    events = []
+                    await handle(identity, message, user_id)
+                except Exception:  # the boundary: one bad message never stops the loop
+                    self.shell_counters["handler_errors"] += 1
+                    log.exception("coordinator: handling a %s from a %s failed", message.kind, peer)
+                    rid = getattr(message, "request_id", "")
+                    await reply(identity, Error("internal", f"the coordinator failed on this {message.kind}", rid))
+            await self._feed_batch(events)
+
+    def _worker_event(self, identity: bytes, message: Message, user_id: str | None, now: float) -> Event | None:
+        """A registered worker's result or refusal, as the core's event; None for anything else."""
+        if not isinstance(message, ShardResult | Error) or (isinstance(message, Error) and not message.request_id):
+            return None
+        link = self.peers.worker(identity)
+        if link is None:
+            return None
+        link.last_seen = now
+        if isinstance(message, ShardResult):
+            return ShardReturned(link.name, message, now)
+        return ShardRefused(link.name, message, now)
+
+    def _client_event(self, identity: bytes, message: Message, user_id: str | None, now: float) -> Event | None:
+        """A client's frames, request, cancel or stream open/close, as the core's event; None for a query."""
+        if isinstance(message, Frames):
+            return FramesArrived(identity, message, now)
+        if isinstance(message, Cancel):
+            return RequestCancelled(identity, message, now)
+        if isinstance(message, StreamClose):
+            return StreamClosed(identity, message, now)
+        # With CURVE a client is its key (every connection with it); without, its connection.
+        owner = self.peers.key_owner.get(user_id or "") if self.peers.key_owner else None
+        if isinstance(message, Submit):
+            return RequestOpened(identity, message, now, owner)
+        if isinstance(message, StreamOpen):
+            return StreamOpened(identity, message, now, owner)
+        return None
 
     async def _on_worker(self, identity: bytes, message: Message, user_id: str | None) -> None:
         if isinstance(message, Hello):
@@ -385,8 +453,6 @@ class Coordinator:
             for warning in message.warnings:
                 log.warning("coordinator: node %s: %s", link.name, warning)
             await self.profiler.registered(link)
-        elif isinstance(message, ShardResult):
-            await self._feed(ShardReturned(link.name, message, link.last_seen))
         elif isinstance(message, SiteFront) and link.ready:
             try:
                 front = front_from_wire(message.front, link.variants)
@@ -397,8 +463,6 @@ class Coordinator:
             slots = max(1, min(message.slots, 64 * self.settings.window))  # a site's claim, bounded
             log.info("coordinator: site %s reports %d variant(s) on %d board(s)", link.name, len(front), message.boards)
             await self._feed(NodeProfiled(link.name, front, link.last_seen, slots))
-        elif isinstance(message, Error) and message.request_id:
-            await self._feed(ShardRefused(link.name, message, link.last_seen))
         elif isinstance(message, Goodbye):
             await self.peers.lose(link, f"left: {message.reason}")
         elif not isinstance(message, Heartbeat | Error | Ready | SiteFront):
@@ -406,20 +470,8 @@ class Coordinator:
             await self.peers.send_worker(identity, Error("protocol", f"a worker may not send {message.kind}"))
 
     async def _on_client(self, identity: bytes, message: Message, user_id: str | None) -> None:
-        # With CURVE a client is its key (every connection with it); without, its connection.
         owner = self.peers.key_owner.get(user_id or "") if self.peers.key_owner else None
-        now = time.monotonic()
-        if isinstance(message, Frames):
-            await self._feed(FramesArrived(identity, message, now))
-        elif isinstance(message, Submit):
-            await self._feed(RequestOpened(identity, message, now, owner))
-        elif isinstance(message, Cancel):
-            await self._feed(RequestCancelled(identity, message, now))
-        elif isinstance(message, StreamOpen):
-            await self._feed(StreamOpened(identity, message, now, owner))
-        elif isinstance(message, StreamClose):
-            await self._feed(StreamClosed(identity, message, now))
-        elif isinstance(message, Query):
+        if isinstance(message, Query):
             operator = owner is not None and owner in self.config.security.operators
             self._spawn(self._answer_query(identity, message, None if operator else principal(identity, owner)))
         else:

@@ -128,6 +128,16 @@ class FastSocket:
         assert frames is not None
         return frames
 
+    def take_waiting(self, most: int) -> list[list[zmq.Frame]]:
+        """The messages already waiting, up to ``most``, without waiting for more."""
+        taken: list[list[zmq.Frame]] = []
+        while len(taken) < most:
+            try:
+                taken.append(self._now.recv_multipart(flags=zmq.NOBLOCK, copy=False))
+            except zmq.Again:
+                break
+        return taken
+
     async def receive_within(self, timeout_s: float | None) -> list[zmq.Frame] | None:
         """The next message, or None if none came within ``timeout_s`` (None: wait for ever)."""
         if self._received_at_once >= YIELD_EVERY:  # a busy socket must not starve the loop's other tasks
