@@ -17,19 +17,21 @@ import zmq.asyncio
 
 from .errors import InvalidInputError, RequestFailed, request_failed
 from .protocol import (
+    MAX_BUNDLE,
     Answer,
     Cancel,
     Error,
     FrameResults,
     Frames,
+    Message,
     ProtocolError,
     Query,
     Result,
     StreamClose,
     StreamOpen,
     Submit,
-    decode,
-    encode,
+    decode_all,
+    encode_bundle,
 )
 from .security import ClientCurve
 from .worker import transport
@@ -263,6 +265,9 @@ class Client:
         self._reader: asyncio.Task[None] | None = None
         self._heard = False  # whether the coordinator ever answered this client (it may still be starting)
         self._streams: dict[str, Stream] = {}  # open streams by id: their frame answers are routed there
+        self._outbox: list[Message] = []  # posted this turn, to leave as one bundle
+        self._outbox_sent: asyncio.Future[None] | None = None
+        self._flusher: asyncio.Future[None] | None = None
 
     async def __aenter__(self) -> Client:
         self._context = zmq.asyncio.Context()
@@ -272,6 +277,8 @@ class Client:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        if self._flusher is not None:  # what was posted last (a cancel on the way out) leaves first
+            await asyncio.gather(self._flusher, return_exceptions=True)
         if self._reader is not None:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
@@ -402,16 +409,41 @@ class Client:
         return Stream(self, spec)
 
     def _cancel(self, request_id: str) -> None:
-        """Tell the coordinator to drop a request or stream, without waiting (a send that would block is skipped)."""
-        if self._io is None:
-            return
-        self._io.send_now(encode(Cancel(request_id)))
+        """Tell the coordinator to drop a request or stream, without waiting."""
+        if self._io is not None:
+            self._post(Cancel(request_id))
 
-    async def _send(self, message: Frames) -> None:
+    async def _send(self, message: Message) -> None:
+        """Send a message (after those posted before it); returns once it is on its way."""
         if self._sock is None:
             raise RuntimeError("use the client as 'async with Client(...) as client'")
-        assert self._io is not None
-        await self._io.send(encode(message))
+        await self._post(message)
+
+    def _post(self, message: Message) -> asyncio.Future[None]:
+        """Queue a message for the coordinator. Messages posted in one turn of the event loop leave together
+        as one bundle (the cameras of one client sending their frames: one send, not one per frame), in
+        order; the future is done when they have left."""
+        self._outbox.append(message)
+        if self._outbox_sent is None:
+            self._outbox_sent = asyncio.get_running_loop().create_future()
+            self._flusher = asyncio.ensure_future(self._flush())
+        return self._outbox_sent
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(0)  # let this turn's other senders post theirs
+        messages, sent = self._outbox, self._outbox_sent
+        self._outbox, self._outbox_sent = [], None
+        assert sent is not None and self._io is not None
+        try:
+            for start in range(0, len(messages), MAX_BUNDLE):
+                await self._io.send(encode_bundle(messages[start : start + MAX_BUNDLE]))
+        except Exception as exc:
+            if not sent.done():
+                sent.set_exception(exc)
+            sent.exception()  # retrieved: a sender that stopped waiting leaves no "never retrieved" warning
+            return
+        if not sent.done():
+            sent.set_result(None)
 
     async def _report_progress(self, request_id: str, total: int, progress: ProgressCallback) -> None:
         while True:
@@ -441,8 +473,7 @@ class Client:
         self._waiting[request_id] = future
         deadline = asyncio.get_running_loop().time() + self.timeout_s
         try:
-            assert self._io is not None
-            await self._io.send(encode(message))
+            await self._send(message)
             while True:
                 left = deadline - asyncio.get_running_loop().time()
                 if left <= 0:
@@ -481,26 +512,29 @@ class Client:
             assert self._io is not None
             frames = await self._io.receive()
             self._heard = True
-            try:
-                message = decode([f.buffer for f in frames])
-            except ProtocolError:
-                continue  # nothing to route a malformed reply to; the request times out
-            if isinstance(message, FrameResults):
-                stream = self._streams.get(message.stream_id)
-                if stream is not None:
-                    stream._deliver(message)
-                continue
-            request_id = getattr(message, "request_id", "")
-            future = self._waiting.get(request_id)
-            if future is None or future.done():
-                stream = self._streams.get(request_id)
-                if stream is not None and isinstance(message, Error):  # the stream failed while open
-                    stream._fail(request_failed(message.code, message.message))
-                continue
-            if isinstance(message, Result | Answer):
-                future.set_result(message)
-            elif isinstance(message, Error):
-                future.set_exception(request_failed(message.code, message.message))
+            for message in decode_all([f.buffer for f in frames]):  # one message, or each of a bundle's
+                self._route(message)
+
+    def _route(self, message: Message | ProtocolError) -> None:
+        """Hand a message from the coordinator to the request or stream it answers."""
+        if isinstance(message, ProtocolError):
+            return  # nothing to route a malformed reply to; the request times out
+        if isinstance(message, FrameResults):
+            stream = self._streams.get(message.stream_id)
+            if stream is not None:
+                stream._deliver(message)
+            return
+        request_id = getattr(message, "request_id", "")
+        future = self._waiting.get(request_id)
+        if future is None or future.done():
+            stream = self._streams.get(request_id)
+            if stream is not None and isinstance(message, Error):  # the stream failed while open
+                stream._fail(request_failed(message.code, message.message))
+            return
+        if isinstance(message, Result | Answer):
+            future.set_result(message)
+        elif isinstance(message, Error):
+            future.set_exception(request_failed(message.code, message.message))
 
 
 class SyncClient:

@@ -15,6 +15,7 @@ from edgecollab.protocol import (
     Cancel,
     Error,
     FetchModel,
+    FrameResults,
     Goodbye,
     Heartbeat,
     Hello,
@@ -28,7 +29,9 @@ from edgecollab.protocol import (
     Submit,
     Welcome,
     decode,
+    decode_all,
     encode,
+    encode_bundle,
 )
 from edgecollab.worker.protocol.codec import MAX_ARRAY_BYTES, MAX_HEADER_BYTES
 
@@ -183,3 +186,30 @@ def test_fuzzed_headers_never_raise_anything_but_protocol_error(
     except ProtocolError:
         return
     assert isinstance(message, Message)
+
+
+def test_a_bundle_carries_several_messages_in_order_and_one_alone_is_itself() -> None:
+    messages = [
+        Heartbeat("a"),
+        FrameResults("s", np.arange(3), np.array([4, 5, 6]), "cnn-8", "rpi4"),
+        Error("busy", "try later", "r1"),
+    ]
+    decoded = decode_all(encode_bundle(messages))
+    assert [type(m) for m in decoded] == [Heartbeat, FrameResults, Error]
+    assert isinstance(decoded[1], FrameResults) and decoded[1].predictions.tolist() == [4, 5, 6]
+    assert encode_bundle(messages[:1])[0] == encode(messages[0])[0]  # a bundle of one is the message
+    with pytest.raises(ProtocolError, match="a bundle where one message was expected"):
+        decode(encode_bundle(messages))
+
+
+def test_a_malformed_bundle_is_named_and_a_bad_message_in_one_leaves_the_others() -> None:
+    frames = encode_bundle([Heartbeat("a"), Heartbeat("b")])
+    (wrong,) = decode_all([*frames, b"extra"])
+    assert isinstance(wrong, ProtocolError) and "adding up to the 3 frame(s)" in str(wrong)
+    header = msgpack.packb({"v": PROTOCOL_VERSION, "k": "bundle", "f": {"frames": [1, 1]}, "a": []})
+    inner = msgpack.packb({"v": PROTOCOL_VERSION, "k": "heartbeat", "f": {"node": 7}, "a": []})
+    first, second = decode_all([header, inner, encode(Heartbeat("ok"))[0]])
+    assert isinstance(first, ProtocolError) and "heartbeat.node" in str(first)
+    assert second == Heartbeat("ok")
+    nested = decode_all([header, *encode_bundle([Heartbeat("x"), Heartbeat("y")])[:1], b""])
+    assert all(isinstance(m, ProtocolError) for m in nested)

@@ -8,7 +8,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,20 @@ from zmq.auth.asyncio import AsyncioAuthenticator
 
 from ..config import ClusterConfig, CoordinatorConfig
 from ..errors import ConfigError
-from ..protocol import Error, FetchModel, Goodbye, Heartbeat, Hello, Message, ModelChunk, Ready, Welcome, encode
+from ..protocol import (
+    MAX_BUNDLE,
+    Error,
+    FetchModel,
+    Goodbye,
+    Heartbeat,
+    Hello,
+    Message,
+    ModelChunk,
+    Ready,
+    Welcome,
+    encode,
+    encode_bundle,
+)
 from ..security import KeyPair, authorized_keys, server_curve
 from ..worker import transport
 from ..worker.settings import NodeSettings
@@ -287,11 +300,19 @@ class Peers:
             return False
 
     async def send_client(self, identity: bytes, message: Message) -> None:
-        """Send to a client without ever waiting: a client that does not read gets a queue of its own
-        (``client_queue_messages`` at most, then it is cut off and its work dropped), so no one else waits."""
+        await self.send_client_all(identity, [message])
+
+    async def send_client_all(self, identity: bytes, messages: Sequence[Message]) -> None:
+        """Send messages to a client, in order and as one bundle (a bundle of one is the message itself), without
+        ever waiting: a client that does not read gets a queue of its own (``client_queue_messages`` at most,
+        then it is cut off and its work dropped), so no one else waits."""
+        for start in range(0, len(messages), MAX_BUNDLE):
+            await self._send_client_frames(identity, encode_bundle(messages[start : start + MAX_BUNDLE]))
+
+    async def _send_client_frames(self, identity: bytes, encoded: list[Any]) -> None:
         if identity in self.cut_off:
             return
-        frames = [identity, *encode(message)]
+        frames = [identity, *encoded]
         backlog = self._client_backlog.get(identity)
         try:
             if backlog is None and self._clients_io.try_send(frames):
@@ -299,7 +320,7 @@ class Peers:
         except zmq.ZMQError as exc:
             if exc.errno != zmq.EHOSTUNREACH:
                 raise
-            log.warning("coordinator: client gone before its %s could be sent", message.kind)
+            log.warning("coordinator: client gone before a message could be sent")
             return
         if backlog is None:
             backlog = self._client_backlog[identity] = deque()

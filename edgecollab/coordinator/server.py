@@ -47,7 +47,7 @@ from ..protocol import (
     StreamClose,
     StreamOpen,
     Submit,
-    decode,
+    decode_all,
 )
 from ..worker import transport
 from ..worker.settings import NodeSettings
@@ -297,18 +297,20 @@ class Coordinator:
         await self._carry_out(instructions)
 
     async def _carry_out(self, instructions: Sequence[Instruction]) -> None:
+        """Do what the core says. What it says to each client goes as one bundle, in order (one send each)."""
         peers = self.peers
+        to_clients: dict[bytes, list[Message]] = {}
         for instruction in instructions:
             if isinstance(instruction, SendShard):
                 link = peers.links.get(instruction.node)
                 if link is None or not await peers.send_worker(link.identity, instruction.shard):
                     await peers.lose_by_name(instruction.node, "unreachable")
             elif isinstance(instruction, AnswerRequest):
-                await peers.send_client(instruction.client, instruction.result)
+                to_clients.setdefault(instruction.client, []).append(instruction.result)
             elif isinstance(instruction, FailRequest):
-                await peers.send_client(instruction.client, instruction.error)
+                to_clients.setdefault(instruction.client, []).append(instruction.error)
             elif isinstance(instruction, StreamReply):
-                await peers.send_client(instruction.client, instruction.message)
+                to_clients.setdefault(instruction.client, []).append(instruction.message)
             elif isinstance(instruction, Replan):
                 self._spawn(self._solve(instruction))
             elif isinstance(instruction, WakeAt):
@@ -317,6 +319,8 @@ class Coordinator:
                 await peers.cut_off_worker(instruction.node, instruction.reason)
             elif isinstance(instruction, ProfileAnswer):
                 self.profiler.answer(instruction)
+        for client, messages in to_clients.items():
+            await peers.send_client_all(client, messages)
 
     async def _solve(self, replan: Replan) -> None:
         log.info("coordinator: solving a joint plan of %d demand(s) (%s)", len(replan.demands), replan.reason)
@@ -385,27 +389,26 @@ class Coordinator:
                     continue
                 user_id = str(frames[-1].get("User-Id")) if self.peers.key_owner and len(frames) > 1 else None
                 self.peers.seen(from_clients, identity, frames[0])
-                try:
-                    message = decode(payload)
-                except ProtocolError as exc:
-                    self.shell_counters["protocol_errors"] += 1
-                    log.warning("coordinator: malformed message from a %s: %s", peer, exc)
-                    await reply(identity, Error("protocol", str(exc)))
-                    await self.peers.strike(identity)
-                    continue
-                try:
-                    event = as_event(identity, message, user_id, now)
-                    if event is not None:
-                        events.append(event)
+                for message in decode_all(payload):  # one message, or each of a bundle's
+                    if isinstance(message, ProtocolError):
+                        self.shell_counters["protocol_errors"] += 1
+                        log.warning("coordinator: malformed message from a %s: %s", peer, message)
+                        await reply(identity, Error("protocol", str(message)))
+                        await self.peers.strike(identity)
                         continue
-                    await self._feed_batch(events)  # what came before it goes first
-                    events = []
-                    await handle(identity, message, user_id)
-                except Exception:  # the boundary: one bad message never stops the loop
-                    self.shell_counters["handler_errors"] += 1
-                    log.exception("coordinator: handling a %s from a %s failed", message.kind, peer)
-                    rid = getattr(message, "request_id", "")
-                    await reply(identity, Error("internal", f"the coordinator failed on this {message.kind}", rid))
+                    try:
+                        event = as_event(identity, message, user_id, now)
+                        if event is not None:
+                            events.append(event)
+                            continue
+                        await self._feed_batch(events)  # what came before it goes first
+                        events = []
+                        await handle(identity, message, user_id)
+                    except Exception:  # the boundary: one bad message never stops the loop
+                        self.shell_counters["handler_errors"] += 1
+                        log.exception("coordinator: handling a %s from a %s failed", message.kind, peer)
+                        rid = getattr(message, "request_id", "")
+                        await reply(identity, Error("internal", f"the coordinator failed on this {message.kind}", rid))
             await self._feed_batch(events)
 
     def _worker_event(self, identity: bytes, message: Message, user_id: str | None, now: float) -> Event | None:

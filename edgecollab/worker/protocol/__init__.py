@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .codec import MAX_ARRAY_BYTES, ProtocolError, decode, encode
+from .codec import MAX_ARRAY_BYTES, MAX_BUNDLE, ProtocolError, decode, decode_all, encode, encode_bundle
 from .messages import (
     BACKPRESSURE_POLICIES,
     ERROR_CODES,
@@ -36,6 +36,7 @@ __all__ = [
     "BACKPRESSURE_POLICIES",
     "ERROR_CODES",
     "MAX_ARRAY_BYTES",
+    "MAX_BUNDLE",
     "OUTPUT_MODES",
     "PROTOCOL_VERSION",
     "QUERY_TOPICS",
@@ -62,5 +63,7 @@ __all__ = [
     "Submit",
     "Welcome",
     "decode",
+    "decode_all",
     "encode",
+    "encode_bundle",
 ]
