@@ -641,3 +641,13 @@ def test_an_event_the_core_fails_on_is_returned_and_the_rest_of_its_batch_stands
     out, failed = core.handle_batch([RequestOpened(b"c", broken, 0.0), RequestOpened(b"c", fine, 0.0)])
     assert [type(e) for e, _ in failed] == [RequestOpened] and str(failed[0][1]) == "a bug"
     assert len(sends(out)) == 1 and [r.request_id for r in core.requests.values()] == [fine.request_id]
+
+
+def test_small_requests_that_arrive_together_are_spread_over_every_free_slot() -> None:
+    core = make_core()
+    requests = [submit(1) for _ in range(8)]
+    out, failed = core.handle_batch([RequestOpened(b"c", r, 0.0) for r in requests])
+    assert not failed
+    # Four free slots (two nodes, window 2): two requests each, not every request on the first node.
+    assert sorted((s.node, len(s.shard.inputs)) for s in sends(out)) == [("a", 2), ("a", 2), ("b", 2), ("b", 2)]
+    core.validate_state()

@@ -129,6 +129,12 @@ class NodeHealth:
         """The nodes plans and dispatch may use, by name."""
         return sorted(n for n, s in self.nodes.items() if s.status is NodeStatus.SERVING)
 
+    def free_slots(self, window: int) -> int:
+        """Messages the usable nodes can take now, all together."""
+        return sum(
+            max(s.window(window) - s.busy, 0) for s in self.nodes.values() if s.status is NodeStatus.SERVING
+        )
+
     def registered(self) -> set[str]:
         return set(self.nodes)
 

@@ -110,13 +110,15 @@ class SmallRequests:
         """Send the small requests at the head of the queue, as many as fit one shard of this node, as one
         message: under load they queue while every node is busy, and a freed node takes them together."""
         core = self.core
-        # Under load a node takes its share of what waits, up to MAX_SHARD_FACTOR shards: fewer, larger
-        # messages while requests queue (queueing, not the pack's size, sets their latency then).
-        share = self.queued_inputs // max(len(core.nodes.usable()), 1)
-        limit = max(
-            core.request_dispatch.shard_size(node.name, variant),
-            min(share, core.settings.shard_size * MAX_SHARD_FACTOR),
-        )
+        # A free slot takes its share of what waits: requests that arrived together are spread over every
+        # free slot, not packed onto the first node. Under load (few slots free) a slot takes one of this
+        # node's shards, or its node's share of the queue when that is more, up to MAX_SHARD_FACTOR shards:
+        # fewer, larger messages while requests queue (queueing, not the pack's size, sets their latency).
+        waiting = self.queued_inputs
+        per_slot = -(-waiting // max(core.nodes.free_slots(core.settings.window), 1))
+        per_node = -(-waiting // max(len(core.nodes.usable()), 1))
+        node_shard = core.request_dispatch.shard_size(node.name, variant)
+        limit = max(1, min(per_slot, max(node_shard, per_node), core.settings.shard_size * MAX_SHARD_FACTOR))
         expected_ips = 1.0 / core.table.seconds_per_input(node.name, variant)
         pack: list[tuple[OpenRequest, ShardTask]] = []
         taken = 0

@@ -333,9 +333,8 @@ class Coordinator:
         await self._feed(PlanSolved(replan.generation, plan, problem, time.monotonic()))
 
     def _wake_at(self, at: float) -> None:
-        """One timer for the core's wake-ups (the core asks only for ones earlier than the last it asked for)."""
-        if self._wake is not None and self._wake.when() <= at:
-            return
+        """One timer for the core's wake-ups. The core asks for one only when it is earlier than every
+        wake-up it still waits for (one it asked for earlier is then past), so the latest ask is the one."""
         if self._wake is not None:
             self._wake.cancel()
         loop = asyncio.get_running_loop()
