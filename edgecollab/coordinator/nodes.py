@@ -131,9 +131,7 @@ class NodeHealth:
 
     def free_slots(self, window: int) -> int:
         """Messages the usable nodes can take now, all together."""
-        return sum(
-            max(s.window(window) - s.busy, 0) for s in self.nodes.values() if s.status is NodeStatus.SERVING
-        )
+        return sum(max(s.window(window) - s.busy, 0) for s in self.nodes.values() if s.status is NodeStatus.SERVING)
 
     def registered(self) -> set[str]:
         return set(self.nodes)
