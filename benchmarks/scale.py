@@ -14,7 +14,11 @@ boards; predictions are then the cheap variant's, which this benchmark does not 
 2. one-input requests, 32 in flight for ``--duration`` s: requests/s, p99, coordinator CPU per request;
 3. ``--cameras`` cameras at 30 fps for ``--duration`` s from another process (``edgecollab stream``):
    worst-source p99 and the coordinator's CPU per frame, beside the camera process's;
-4. the joint plan for 32 demands on the coordinator's own table: its solve time.
+4. the joint plan for 32 demands on the coordinator's own table: its solve time;
+5. churn: the cameras again, while one board (a worker process of its own, the last of the N) is killed
+   a third of the way in (no goodbye: its connection closes) and started again two thirds in (it
+   registers, takes its cached profile and joins the plan): the others' frames, p99 and longest
+   wait beside the steady run's.
 
 The coordinator's share of a core in each phase, and the machine's, say what saturates.
 Writes benchmarks/results/scale.json and .png.
@@ -117,6 +121,37 @@ def cameras(config: Path, endpoint: str, count: int, duration: float) -> dict[st
     return {**json.loads(done.stdout)["total"], "client_cpu_s": cpu}
 
 
+def cameras_with_churn(
+    config: Path, endpoint: str, count: int, duration: float, local: LocalCluster, board: str
+) -> dict[str, Any]:
+    """The cameras while ``board`` is killed at a third of the run and started again at two thirds."""
+    command = [sys.executable, "-m", "edgecollab", "stream", "--config", str(config), "--coordinator", endpoint,
+               "--sources", str(count), "--fps", "30", "--duration", str(duration), "--json"]  # fmt: skip
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    stream = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    time.sleep(duration / 3)
+    local.workers[board].kill()
+    local.workers[board].wait()
+    left_at = time.monotonic()
+    time.sleep(duration / 3)
+    local.start_worker(board)
+    joined = _serving(endpoint, board, timeout_s=duration)
+    out, _ = stream.communicate(timeout=duration + 300)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {**json.loads(out)["total"], "client_cpu_s": cpu, "rejoined_s": joined - left_at if joined else None}
+
+
+def _serving(endpoint: str, board: str, timeout_s: float) -> float | None:
+    """When ``board`` serves again (monotonic time), or None if not within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if any(n["name"] == board and n["status"] == "serving" for n in ask(endpoint, "status")["nodes"]):
+            return time.monotonic()
+        time.sleep(0.1)
+    return None
+
+
 def solve_time(endpoint: str) -> dict[str, Any]:
     """The joint plan for PLAN_DEMANDS demands on the coordinator's own table (median of 3)."""
     table = table_from_rows(ask(endpoint, "table")["rows"])
@@ -134,10 +169,11 @@ def solve_time(endpoint: str) -> dict[str, Any]:
 def run_count(boards: int, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as folder:
         config = write_config(Path(folder), boards)
-        with LocalCluster(config, nodes=[], log_dir=Path(folder) / "logs") as local:
+        churned = f"b{boards - 1:03d}"  # the last board runs as a worker process of its own: it leaves and joins
+        with LocalCluster(config, nodes=[churned], log_dir=Path(folder) / "logs") as local:
             fleet = subprocess.Popen(
                 [sys.executable, "-m", "edgecollab", "fleet", "--config", str(config), "--coordinator",
-                 local.workers_endpoint, "--stand-ins"],
+                 local.workers_endpoint, "--stand-ins", "--boards", str(boards - 1)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
             try:
@@ -159,6 +195,13 @@ def run_count(boards: int, args: argparse.Namespace) -> dict[str, Any]:
                     row["streams"].pop("client_cpu_s") / max(row["streams"]["frames"], 1) * 1e3
                 )
                 row["plan"] = solve_time(local.clients_endpoint)
+                row["churn"] = phase(
+                    pid, lambda: cameras_with_churn(config, endpoint, args.cameras, args.duration, local, churned),
+                    "frame", lambda v: v["frames"],
+                )  # fmt: skip
+                row["churn"]["client_cpu_ms_per_frame"] = (
+                    row["churn"].pop("client_cpu_s") / max(row["churn"]["frames"], 1) * 1e3
+                )
             finally:
                 fleet.terminate()
                 fleet.wait(timeout=60)
@@ -179,6 +222,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     axes[1].set_ylabel("large request: throughput / limit")
     axes[2].plot(boards, [r["streams"]["worst_source_p99_ms"] for r in rows], marker="^", label="worst camera p99")
     axes[2].plot(boards, [r["one_input"]["p99_ms"] for r in rows], marker="s", label="one-input request p99")
+    axes[2].plot(boards, [r["churn"]["worst_source_p99_ms"] for r in rows], marker="v", linestyle="--",
+                 label="worst camera p99, a board leaving and joining")  # fmt: skip
     axes[2].set_ylabel("ms")
     for ax in axes:
         ax.set_xscale("log", base=2)

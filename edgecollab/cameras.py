@@ -82,6 +82,7 @@ def totals(tallies: list[SourceTally], test_set: TestSet | None = None) -> dict[
         "p50_ms": float(np.percentile(latencies, 50)) if len(latencies) else None,
         "p99_ms": float(np.percentile(latencies, 99)) if len(latencies) else None,
         "worst_source_p99_ms": max((r["p99_ms"] for r in rows), default=None),
+        "max_ms": float(latencies.max()) if len(latencies) else None,
         "accuracy": _quality(tallies, test_set) if results else None,
         "variants": dict(sum((t.variants for t in tallies), Counter())),
     }

@@ -114,6 +114,7 @@ def plan_seen_by(
     return {
         "solve_s": plan.solve_s,
         "loss_to_bound": plan.loss_to_bound,
+        "timed_out": plan.timed_out,
         "node_load": plan.node_load,
         "demands": [
             {

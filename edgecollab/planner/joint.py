@@ -37,7 +37,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .optimizer import Constraints, Option, dominated, run_milp
+from .optimizer import TIME_LIMIT_S, Constraints, Option, dominated, run_milp
 from .policies import TARGET_HEADROOM, Assignment, Plan, PlanningError, split_by_weight
 from .table import ExplorationTable
 
@@ -64,6 +64,10 @@ LATENCY_BOUND_LOAD = 0.4
 # kinds of board, not their number. Boards are alike when each variant's cost is within this of the lead's.
 GROUP_ABOVE_NODES = 16
 GROUP_TOLERANCE = 0.15
+# The one-variant search of a joint plan stops this long after the plan began (LPs and set-up included):
+# its best plan so far is then taken if within MAX_LOSS_TO_BOUND of the LP bound, else the LP's plan.
+PLAN_TIME_BOUND_S = 0.06
+MIN_SEARCH_S = 0.005  # a search that starts past the bound still gets this long
 # Weight of the tie-breaking term (least node time) against accuracy, and the objective's scale.
 _TIE_BREAK = 1e-5
 _SCALE = 1e4
@@ -130,6 +134,9 @@ class JointPlan:
     loss_to_bound: float  # accuracy below the LP bound (a fraction; ≤ MAX_LOSS_TO_BOUND)
     scale: float = 1.0  # λ: the factor every target was scaled by to fit (1 when all fit)
     notes: tuple[str, ...] = field(default=())
+    # The one-variant search stopped at PLAN_TIME_BOUND_S: the plan is its best one found (within
+    # MAX_LOSS_TO_BOUND of the LP bound, ``loss_to_bound`` says how far), or the LP's when none was that close.
+    timed_out: bool = False
 
 
 def plan_jointly(table: ExplorationTable, demands: Sequence[Demand], nodes: Sequence[str]) -> JointPlan:
@@ -178,7 +185,7 @@ def _spread(table: ExplorationTable, plan: JointPlan, groups: list[list[str]]) -
             ]
         demands[key] = replace(demand, shares=tuple(shares))
     load = {m: plan.node_load.get(lead, 0.0) / len(group) for lead, group in members.items() for m in group}
-    return JointPlan(demands, load, plan.solve_s, plan.loss_to_bound, plan.scale, plan.notes)
+    return JointPlan(demands, load, plan.solve_s, plan.loss_to_bound, plan.scale, plan.notes, plan.timed_out)
 
 
 def _plan(table: ExplorationTable, demands: Sequence[Demand], boards: Mapping[str, int]) -> JointPlan:
@@ -215,9 +222,12 @@ def _plan(table: ExplorationTable, demands: Sequence[Demand], boards: Mapping[st
     capacity = {n: float(boards[n]) for n in {o.node for o in options}}
     shares: dict[str, dict[int, float]] = {}
     loss, scale = 0.0, 1.0
+    deadline = started + PLAN_TIME_BOUND_S
+    timed_out = False
     if targeted:
         relaxed = _Program(options, targeted, capacity, best_accuracy, relaxed=True, costs=costs)
-        if relaxed.solve_targeted(rates, 1.0) is None:
+        at_full_rate = relaxed.solve_targeted(rates, 1.0)
+        if at_full_rate is None:
             scale = relaxed.largest_scale(rates)
             for d in targeted:
                 reached = scale * rates[d.key] * table.efficiency
@@ -228,19 +238,23 @@ def _plan(table: ExplorationTable, demands: Sequence[Demand], boards: Mapping[st
                 )
             scale *= 1 - 1e-6
         floors = _priority_floors(options, targeted, capacity, best_accuracy, rates, scale, costs)
+        known = (relaxed, at_full_rate) if at_full_rate is not None and not floors else None  # the same LP
         solved = _solve_stage(
-            options, targeted, capacity, best_accuracy, lambda p: p.solve_targeted(rates, scale), floors, costs
-        )
+            options, targeted, capacity, best_accuracy, lambda p: p.solve_targeted(rates, scale), floors, costs,
+            deadline, known,
+        )  # fmt: skip
         if solved is not None:
-            program, x, loss = solved
+            program, x, loss, timed_out = solved
             shares.update(program.shares_by_demand(x))
     used = _node_time(options, shares, costs)
     if best_effort:
         left = {n: max(cap - used.get(n, 0.0), BEST_EFFORT_FLOOR * cap) for n, cap in capacity.items()}
-        solved = _solve_stage(options, best_effort, left, best_accuracy, lambda p: p.solve_best_effort(), None, costs)
+        solved = _solve_stage(
+            options, best_effort, left, best_accuracy, lambda p: p.solve_best_effort(), None, costs, deadline
+        )
         if solved is not None:
-            program, x, be_loss = solved
-            loss = max(loss, be_loss)
+            program, x, be_loss, be_timed_out = solved
+            loss, timed_out = max(loss, be_loss), timed_out or be_timed_out
             shares.update(program.shares_by_demand(x))
     plans = {}
     for d in demands:
@@ -253,7 +267,7 @@ def _plan(table: ExplorationTable, demands: Sequence[Demand], boards: Mapping[st
         plans[d.key] = DemandPlan(d.key, chosen, expected, accuracy, feasible, tuple(notes[d.key]))
     return JointPlan(
         plans, _node_time(options, shares, costs), time.perf_counter() - started, loss, scale,
-        tuple(n for d in demands for n in notes[d.key]),
+        tuple(n for d in demands for n in notes[d.key]), timed_out,
     )  # fmt: skip
 
 
@@ -347,19 +361,30 @@ def _solve_stage(
     solve: Callable[[_Program], np.ndarray | None],
     floors: dict[str, float] | None = None,
     costs: dict[str, list[float]] | None = None,
-) -> tuple[_Program, np.ndarray, float] | None:
-    """The stage's LP optimum, or its one-variant optimum when that is within ``MAX_LOSS_TO_BOUND`` of it."""
-    relaxed = _Program(options, demands, capacity, best_accuracy, relaxed=True, floors=floors, costs=costs)
-    bound = solve(relaxed)
-    if bound is None or not any(d.one_variant for d in demands):
-        return None if bound is None else (relaxed, bound, 0.0)
-    exact = _Program(options, demands, capacity, best_accuracy, relaxed=False, floors=floors, costs=costs)
+    deadline: float | None = None,
+    bound: tuple[_Program, np.ndarray] | None = None,
+) -> tuple[_Program, np.ndarray, float, bool] | None:
+    """The stage's LP optimum, or its one-variant optimum when that is within ``MAX_LOSS_TO_BOUND`` of it;
+    and whether the one-variant search stopped at ``deadline`` (its best plan then, if close enough).
+    ``bound``: the stage's LP, already solved."""
+    if bound is None:
+        relaxed = _Program(options, demands, capacity, best_accuracy, relaxed=True, floors=floors, costs=costs)
+        solved = solve(relaxed)
+        if solved is None:
+            return None
+        bound = relaxed, solved
+    relaxed, x_bound = bound
+    if not any(d.one_variant for d in demands):
+        return relaxed, x_bound, 0.0, False
+    exact = _Program(
+        options, demands, capacity, best_accuracy, relaxed=False, floors=floors, costs=costs, deadline=deadline
+    )
     x = solve(exact)
     if x is not None:
-        loss = relaxed.mean_accuracy(bound) - exact.mean_accuracy(x)
-        if loss <= MAX_LOSS_TO_BOUND and exact.total_rate(x) >= relaxed.total_rate(bound) * (1 - 1e-3):
-            return exact, x, max(loss, 0.0)
-    return relaxed, bound, 0.0
+        loss = relaxed.mean_accuracy(x_bound) - exact.mean_accuracy(x)
+        if loss <= MAX_LOSS_TO_BOUND and exact.total_rate(x) >= relaxed.total_rate(x_bound) * (1 - 1e-3):
+            return exact, x, max(loss, 0.0), exact.timed_out
+    return relaxed, x_bound, 0.0, exact.timed_out
 
 
 class _Program:
@@ -379,8 +404,11 @@ class _Program:
         relaxed: bool,
         floors: dict[str, float] | None = None,
         costs: dict[str, list[float]] | None = None,
+        deadline: float | None = None,
     ) -> None:
         self.relaxed = relaxed
+        self.deadline = deadline  # perf_counter time by which a search must stop (None: TIME_LIMIT_S each)
+        self.timed_out = False  # a search stopped at the deadline: its plan is the incumbent
         self.floors = floors or {}  # demand key -> minimum mean accuracy it must keep
         costs = costs or {}
         drop = dominated(options)
@@ -411,42 +439,35 @@ class _Program:
     def y(self, d: int, i: int) -> int:
         return self.n_x + d * self.k + i
 
-    def rate_row(self, d: int, aux: float = 0.0) -> np.ndarray:
-        """``Σ_k x_dk + aux · (λ or μ)``: demand ``d``'s total rate, against the auxiliary."""
-        row = np.zeros(self.n_vars)
-        row[self.x(d, 0) : self.x(d, 0) + self.k] = 1.0
-        row[self.aux] = aux
-        return row
+    def rate_row(self, d: int, aux: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        """``Σ_k x_dk + aux · (λ or μ)``: demand ``d``'s total rate, against the auxiliary (sparse)."""
+        columns = np.append(np.arange(self.x(d, 0), self.x(d, 0) + self.k), self.aux)
+        return columns, np.append(np.ones(self.k), aux)
 
     def _common(self, wanted_accuracy: dict[int, float]) -> Constraints:
-        """Node capacity, minimum accuracy and one-variant constraints."""
-        constraints = Constraints()
-        add = constraints.add
+        """Node capacity, minimum accuracy and one-variant constraints (rows built sparse)."""
+        constraints = Constraints(self.n_vars)
+        add = constraints.add_sparse
+        finite_cost = np.where(np.isfinite(self.cost), self.cost, 0.0)  # demand × option
+        on_node = {node: np.array([i for i in range(self.k) if self.node_of[i] == node]) for node in self.capacity}
+        demands = np.arange(len(self.demands))
         for node, cap in self.capacity.items():
-            row = np.zeros(self.n_vars)
-            for d in range(len(self.demands)):
-                for i in range(self.k):
-                    if self.node_of[i] == node:
-                        row[self.x(d, i)] = self.cost[d, i] if np.isfinite(self.cost[d, i]) else 0.0
-            add(row, -np.inf, cap)
+            mine = on_node[node]
+            columns = (demands[:, None] * self.k + mine[None, :]).ravel()
+            add(columns, finite_cost[:, mine].ravel(), -np.inf, cap)
+        options = np.arange(self.k)
         for d, demand in enumerate(self.demands):
             if d in wanted_accuracy:
-                row = np.zeros(self.n_vars)
-                for i in range(self.k):
-                    row[self.x(d, i)] = self.acc[i] - wanted_accuracy[d]
-                add(row, 0.0, np.inf)
+                add(self.x(d, 0) + options, self.acc - wanted_accuracy[d], 0.0, np.inf)
             if demand.one_variant and not self.relaxed:
                 for node in self.capacity:
-                    row = np.zeros(self.n_vars)
-                    for i in range(self.k):
-                        if self.node_of[i] == node:
-                            row[self.y(d, i)] = 1.0
-                    add(row, -np.inf, 1.0)
+                    mine = on_node[node]
+                    add(self.y(d, 0) + mine, np.ones(len(mine)), -np.inf, 1.0)
+                capacity = np.array([self.capacity[self.node_of[i]] for i in range(self.k)])
                 for i in range(self.k):
-                    row = np.zeros(self.n_vars)
-                    row[self.x(d, i)] = 1.0
-                    row[self.y(d, i)] = -self.capacity[self.node_of[i]] / self.cost[d, i]
-                    add(row, -np.inf, 0.0)  # x ≤ (capacity / c) y: a rate only on the chosen variant
+                    # x ≤ (capacity / c) y: a rate only on the chosen variant
+                    add(np.array([self.x(d, i), self.y(d, i)]), np.array([1.0, -capacity[i] / self.cost[d, i]]),
+                        -np.inf, 0.0)  # fmt: skip
         return constraints
 
     def _run(self, objective: np.ndarray, constraints: Constraints, aux_max: float) -> np.ndarray | None:
@@ -462,7 +483,10 @@ class _Program:
                 else:
                     bounds_upper[self.y(d, i)] = 0.0
         bounds_upper[self.aux] = aux_max
-        return run_milp(objective, integrality, bounds_upper, constraints)
+        limit = TIME_LIMIT_S if self.deadline is None else max(MIN_SEARCH_S, self.deadline - time.perf_counter())
+        solved = run_milp(objective, integrality, bounds_upper, constraints, limit)
+        self.timed_out = self.timed_out or solved.timed_out
+        return solved.x
 
     def _wanted(self, best_effort: bool) -> dict[int, float]:
         wanted = {}
@@ -480,7 +504,7 @@ class _Program:
         constraints = self._common(self._wanted(best_effort=False))
         for d, demand in enumerate(self.demands):
             rate = rates[demand.key] * scale
-            constraints.add(self.rate_row(d), rate, rate)
+            constraints.add_sparse(*self.rate_row(d), rate, rate)
         objective = np.zeros(self.n_vars)
         weights = self._quality_weights({d.key: rates[d.key] * scale for d in self.demands})
         for d, demand in enumerate(self.demands):
@@ -511,7 +535,7 @@ class _Program:
         """The largest λ ≤ 1 at which every targeted rate × λ fits (0 when none does)."""
         constraints = self._common(self._wanted(best_effort=False))
         for d, demand in enumerate(self.demands):
-            constraints.add(self.rate_row(d, -rates[demand.key]), 0.0, np.inf)  # Σ x ≥ λ R
+            constraints.add_sparse(*self.rate_row(d, -rates[demand.key]), 0.0, np.inf)  # Σ x ≥ λ R
         objective = np.zeros(self.n_vars)
         objective[self.aux] = -1.0
         solved = self._run(objective, constraints, 1.0)
@@ -521,7 +545,7 @@ class _Program:
         """Equal rates as high as the capacity left allows (μ), then the most accurate."""
         constraints = self._common(self._wanted(best_effort=True))
         for d in range(len(self.demands)):
-            constraints.add(self.rate_row(d, -1.0), 0.0, np.inf)  # Σ x ≥ μ
+            constraints.add_sparse(*self.rate_row(d, -1.0), 0.0, np.inf)  # Σ x ≥ μ
         fastest = self.cost.min(axis=0) if len(self.demands) else np.full(self.k, np.inf)
         ceiling = sum(self.capacity[self.node_of[i]] / fastest[i] for i in range(self.k) if np.isfinite(fastest[i]))
         objective = np.zeros(self.n_vars)

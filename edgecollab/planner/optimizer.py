@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
+from scipy.sparse import csr_array
 
 # Weight of the tie-breaking objective relative to the primary one.
 _TIE_BREAK = 1e-5
@@ -56,37 +57,65 @@ class Allocation:
 
 
 class Constraints:
-    """The rows of a linear program and their bounds, added one at a time."""
+    """The rows of a linear program and their bounds, added one at a time, kept sparse: a joint plan's rows
+    each touch a few of thousands of variables."""
 
-    def __init__(self) -> None:
-        self.rows: list[np.ndarray] = []
+    def __init__(self, width: int | None = None) -> None:
+        self.width = width  # number of variables (else the length of the first dense row)
+        self.columns: list[np.ndarray] = []
+        self.values: list[np.ndarray] = []
         self.lower: list[float] = []
         self.upper: list[float] = []
 
     def add(self, row: np.ndarray, lo: float, hi: float) -> None:
-        self.rows.append(row)
+        """A dense row."""
+        if self.width is None:
+            self.width = len(row)
+        columns = np.flatnonzero(row)
+        self.add_sparse(columns, row[columns], lo, hi)
+
+    def add_sparse(self, columns: np.ndarray, values: np.ndarray, lo: float, hi: float) -> None:
+        """A row given by its non-zero entries."""
+        self.columns.append(np.asarray(columns, dtype=np.int64))
+        self.values.append(np.asarray(values, dtype=float))
         self.lower.append(lo)
         self.upper.append(hi)
 
     def linear(self) -> LinearConstraint:
-        return LinearConstraint(np.vstack(self.rows), np.array(self.lower), np.array(self.upper))
+        counts = [len(c) for c in self.columns]
+        rows = np.repeat(np.arange(len(counts)), counts)
+        values = np.concatenate(self.values) if self.values else np.zeros(0)
+        columns = np.concatenate(self.columns) if self.columns else np.zeros(0, dtype=np.int64)
+        matrix = csr_array((values, (rows, columns)), shape=(len(counts), self.width or 0))
+        return LinearConstraint(matrix, np.array(self.lower), np.array(self.upper))
+
+
+@dataclass(frozen=True)
+class Solved:
+    x: np.ndarray | None  # the best solution found; None if none was
+    timed_out: bool  # the time limit stopped the search: x is its incumbent, not proven optimal
 
 
 def run_milp(
-    objective: np.ndarray, integrality: np.ndarray, upper_bounds: np.ndarray, constraints: Constraints
-) -> np.ndarray | None:
-    """Minimise ``objective`` with HiGHS (variables from 0 to ``upper_bounds``); the best x found, or None."""
+    objective: np.ndarray,
+    integrality: np.ndarray,
+    upper_bounds: np.ndarray,
+    constraints: Constraints,
+    time_limit_s: float = TIME_LIMIT_S,
+) -> Solved:
+    """Minimise ``objective`` with HiGHS (variables from 0 to ``upper_bounds``) within ``time_limit_s``."""
     result = milp(
         objective,
         integrality=integrality,
         bounds=Bounds(np.zeros(len(objective)), upper_bounds),
         constraints=constraints.linear(),
-        options={"presolve": True, "mip_rel_gap": MIP_GAP, "time_limit": TIME_LIMIT_S},
+        options={"presolve": True, "mip_rel_gap": MIP_GAP, "time_limit": time_limit_s},
     )
     # Status 1: the time limit was reached; x is then the best plan found, if any.
+    timed_out = result.status == 1
     if result.status not in (0, 1) or result.x is None:
-        return None
-    return np.asarray(result.x)
+        return Solved(None, timed_out)
+    return Solved(np.asarray(result.x), timed_out)
 
 
 def maximise_accuracy(
@@ -188,7 +217,7 @@ def _solve(
     bounds_upper = np.full(n_vars, float(total))
     bounds_upper[k:t] = 1.0
     bounds_upper[t] = deadline_s
-    x = run_milp(objective, integrality, bounds_upper, constraints)
+    x = run_milp(objective, integrality, bounds_upper, constraints).x
     if x is None:
         return None
     shares = np.zeros(len(all_options))

@@ -61,7 +61,8 @@ class ExplorationTable:
 
     def __init__(self, accuracy: dict[str, float]) -> None:
         self.accuracy = dict(accuracy)  # variant -> test-set accuracy from the manifest
-        self._rows: dict[tuple[str, str], Measurement] = {}
+        self._rows: dict[tuple[str, str], Measurement] = {}  # changed only by the methods (see _changed)
+        self._by_node: dict[str, list[str]] | None = None  # node -> its variants, built when first asked
         # node -> seconds to ship one input over its link (bytes per input ÷ bandwidth); 0 when unknown
         self.link_seconds: dict[str, float] = {}
         # variant -> its inputs' size relative to the inputs link_seconds is for (another task's may differ)
@@ -76,12 +77,13 @@ class ExplorationTable:
 
     def record(self, node: str, variant: str, measurement: Measurement) -> None:
         self._rows[(node, variant)] = measurement
+        self._by_node = None
 
     def observe(self, node: str, variant: str, ips: float, weight: float) -> float:
         """Fold an observed throughput into the row (exponentially weighted); returns the new estimate."""
         old = self._rows.get((node, variant))
         if old is None:
-            self._rows[(node, variant)] = Measurement(ips, 0.0)
+            self.record(node, variant, Measurement(ips, 0.0))
             return ips
         new_ips = weight * ips + (1 - weight) * old.ips
         slower = old.ips / new_ips  # a node that got slower answers every batch size that much later
@@ -126,7 +128,8 @@ class ExplorationTable:
     def scaled(self, share: float) -> ExplorationTable:
         """A copy in which every node offers only ``share`` of its throughput (capacity left for one request)."""
         copy = ExplorationTable(self.accuracy)
-        copy._rows = {k: Measurement(m.ips * share, m.latency_ms, m.latencies) for k, m in self._rows.items()}
+        for (node, variant), m in self._rows.items():
+            copy.record(node, variant, Measurement(m.ips * share, m.latency_ms, m.latencies))
         copy.link_seconds = {n: s / share for n, s in self.link_seconds.items()}
         copy.input_scale = dict(self.input_scale)
         copy.efficiency = self.efficiency
@@ -138,12 +141,15 @@ class ExplorationTable:
             return self
         copy = self.scaled(1.0)
         copy.accuracy = {v: a for v, a in self.accuracy.items() if v in variants}
-        copy._rows = {k: m for k, m in copy._rows.items() if k[1] in variants}
+        for node, variant in [k for k in copy._rows if k[1] not in variants]:
+            del copy._rows[(node, variant)]
+        copy._by_node = None
         return copy
 
     def forget(self, node: str) -> None:
-        for key in [k for k in self._rows if k[0] == node]:
-            del self._rows[key]
+        for variant in self.variants_of(node):
+            del self._rows[(node, variant)]
+        self._by_node = None
 
     def get(self, node: str, variant: str) -> Measurement | None:
         return self._rows.get((node, variant))
@@ -184,7 +190,11 @@ class ExplorationTable:
         return sorted({n for n, _ in self._rows})
 
     def variants_of(self, node: str) -> list[str]:
-        return [v for (n, v) in self._rows if n == node]
+        if self._by_node is None:  # an index: a fleet's table has thousands of rows, and plans ask per node
+            self._by_node = {}
+            for n, v in self._rows:
+                self._by_node.setdefault(n, []).append(v)
+        return list(self._by_node.get(node, ()))
 
     def rows(self) -> list[dict[str, object]]:
         return [
