@@ -19,6 +19,8 @@ HIGH_WATER_MARK = 1000
 YIELD_EVERY = 16
 SEND_RETRY_S = 0.001
 COPY_BELOW_BYTES = 64 * 1024
+_NOBLOCK = int(zmq.NOBLOCK)
+_NOBLOCK_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
 
 
 def router(
@@ -97,8 +99,13 @@ class FastSocket:
 
     def try_send(self, frames: Sequence[bytes | memoryview]) -> bool:
         """Send at once, or return False when the peer's queue is full (other errors, e.g. EHOSTUNREACH, raise)."""
+        copy = _small(frames)
         try:
-            self._now.send_multipart(frames, flags=zmq.NOBLOCK, copy=_small(frames))
+            # Frame by frame with plain int flags: pyzmq's send_multipart combines enum flags per frame, a
+            # tenth of a small message's cost. A message's first frame is the one a full queue refuses.
+            for frame in frames[:-1]:
+                self._now.send(frame, _NOBLOCK_MORE, copy=copy)
+            self._now.send(frames[-1], _NOBLOCK, copy=copy)
         except zmq.Again:
             return False
         finally:
@@ -131,11 +138,8 @@ class FastSocket:
     def take_waiting(self, most: int) -> list[list[zmq.Frame]]:
         """The messages already waiting, up to ``most``, without waiting for more."""
         taken: list[list[zmq.Frame]] = []
-        while len(taken) < most:
-            try:
-                taken.append(self._now.recv_multipart(flags=zmq.NOBLOCK, copy=False))
-            except zmq.Again:
-                break
+        while len(taken) < most and int(self._now.getsockopt(zmq.EVENTS)) & zmq.POLLIN:  # cheaper than EAGAIN
+            taken.append(self._now.recv_multipart(flags=_NOBLOCK, copy=False))
         return taken
 
     async def receive_within(self, timeout_s: float | None) -> list[zmq.Frame] | None:

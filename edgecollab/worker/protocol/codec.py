@@ -58,6 +58,17 @@ def _array_fields(cls: type[Message]) -> list[str]:
     return _ARRAYS[cls.kind][0]
 
 
+_NAMES: dict[str, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type[Message]) -> tuple[str, ...]:
+    """The message type's fields in order (computed once per type: encoding is on every message's path)."""
+    names = _NAMES.get(cls.kind)
+    if names is None:
+        names = _NAMES[cls.kind] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
+
+
 def _tensor_fields(cls: type[Message]) -> list[str]:
     """Fields of named tensors, sent as one raw frame per tensor."""
     _array_fields(cls)
@@ -95,14 +106,15 @@ def encode(message: Message) -> list[Frame]:
     scalars: dict[str, Any] = {}
     arrays: list[list[Any]] = []
     buffers: list[Frame] = []
-    for f in dataclasses.fields(message):
-        value = getattr(message, f.name)
+    tensors = _tensor_fields(type(message))
+    for name in _field_names(type(message)):
+        value = getattr(message, name)
         if isinstance(value, np.ndarray):
-            arrays.append([f.name, *_raw(value, buffers)])
-        elif isinstance(value, dict) and f.name in _tensor_fields(type(message)):
-            arrays.extend([f.name, *_raw(tensor, buffers), key] for key, tensor in value.items())
+            arrays.append([name, *_raw(value, buffers)])
+        elif isinstance(value, dict) and name in tensors:
+            arrays.extend([name, *_raw(tensor, buffers), key] for key, tensor in value.items())
         else:
-            scalars[f.name] = value
+            scalars[name] = value
     header = msgpack.packb({"v": PROTOCOL_VERSION, "k": message.kind, "f": scalars, "a": arrays}, use_bin_type=True)
     return [header, *buffers]
 
