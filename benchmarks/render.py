@@ -256,20 +256,30 @@ def scale() -> str:
                 f"{n(streams['worst_source_p99_ms'], 1)} ms",
                 f"{streams['coordinator_cpu_ms_per_frame']:.2f} / {streams['client_cpu_ms_per_frame']:.2f}",
                 f"{streams['coordinator_core_share']:.2f} / {streams['machine_cores_busy']:.2f}",
-                f"{n(r['plan']['solve_ms'])} ms",
+                f"{n(r['plan']['solve_ms'])} ms{' (bound hit)' if r['plan'].get('timed_out') else ''}",
+                _churn(r.get("churn")),
             ]
         )
     header = [
         "boards", "large request: throughput / limit", "coord. CPU ms / shard", "one-input requests",
         "coord. CPU ms / request", f"{d['setup']['cameras']} cameras: worst p99", "CPU ms / frame: coord. / cameras",
         "cameras: coord. cores / machine cores", f"plan, {d['counts'][0]['plan']['demands']} demands",
+        "cameras while a board leaves and joins: worst p99, longest wait, answered",
     ]  # fmt: skip
     caption = (
         f"\n\n{d['setup']['inputs']:,}-input request at the fastest plan; {d['setup']['in_flight']} one-input "
         f"requests in flight and 30 fps cameras for {d['setup']['duration_s']:g} s each. Boards run by "
-        "`edgecollab fleet --stand-ins`: the cost model sets their time, the cheapest variant computes. "
+        "`edgecollab fleet --stand-ins`: the cost model sets their time, the cheapest variant computes; the last "
+        "board is a worker process of its own, killed a third into the churn run and started again two thirds in. "
     )
     return table(header, rows) + caption + ran("scale")
+
+
+def _churn(churn: dict[str, Any] | None) -> str:
+    if churn is None:
+        return "not measured"
+    answered = f"{n(churn['results'])} / {n(churn['frames'])}"
+    return f"{n(churn['worst_source_p99_ms'], 1)} ms, {n(churn['max_ms'])} ms, {answered}"
 
 
 def peers_cameras() -> str:
@@ -411,7 +421,12 @@ def streams() -> str:
         f"p99 {t['p99_ms']:.1f} ms, "
         f"worst source p99 {t['worst_source_p99_ms']:.1f} ms**, accuracy {pct(t['accuracy'])} ({mix}), "
         f"{t['solves']} solves, {t['frames_per_batch']:.1f} frames per micro-batch, "
-        f"{t['coordinator_cpu_ms_per_frame']:.2f} ms of coordinator CPU per frame.\n\n"
+        f"{t['coordinator_cpu_ms_per_frame']:.3f} ms of coordinator CPU per frame"
+        + (
+            f" ({t['client_cpu_ms_per_frame']:.3f} ms in the camera process).\n\n"
+            if "client_cpu_ms_per_frame" in t
+            else ".\n\n"
+        )
     )
     rows = [
         [
@@ -422,7 +437,9 @@ def streams() -> str:
             pct(r["accuracy"]),
             f"{n(r['results'])} / {n(r['frames'])}",
             f"{r['frames_per_batch']:.1f}",
-            f"{r['coordinator_cpu_ms_per_frame']:.2f} ms",
+            f"{r['coordinator_cpu_ms_per_frame']:.3f} / {r['client_cpu_ms_per_frame']:.3f} ms"
+            if "client_cpu_ms_per_frame" in r
+            else f"{r['coordinator_cpu_ms_per_frame']:.2f} ms",
         ]
         for r in d["sweep"]
     ]
@@ -434,7 +451,7 @@ def streams() -> str:
         "accuracy",
         "answered",
         "frames per batch",
-        "coordinator CPU per frame",
+        "CPU per frame: coordinator / cameras",
     ]
     largest = d["largest_sources_within_100ms"]
     return (
