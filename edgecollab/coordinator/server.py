@@ -49,6 +49,7 @@ from ..protocol import (
     Submit,
     decode_all,
 )
+from ..security import client_curve, site_curve
 from ..worker import transport
 from ..worker.settings import NodeSettings
 from ..zoo import load_manifest
@@ -233,8 +234,6 @@ class Coordinator:
         self._stop.set()
 
     def _uplink(self) -> SiteUplink:
-        from ..security import client_curve, site_curve
-
         assert self.settings.parent is not None and self.settings.site is not None
         task_of = {v: task for task, variants in self._variants_by_task.items() for v in variants}
         return SiteUplink(
