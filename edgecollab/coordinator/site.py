@@ -210,6 +210,11 @@ class SiteUplink:
                 Error(code, f"site {self.site}: {exc.reason}", shard.request_id, shard.shard_id, shard.attempt)
             )
             return
+        except Exception as exc:  # a failure here must not leave the parent's shard unanswered
+            log.exception("site %s: serving a shard of the parent failed", self.site)
+            why = f"site {self.site}: {type(exc).__name__}: {exc}"
+            await self._send(Error("node_lost", why, shard.request_id, shard.shard_id, shard.attempt))
+            return
         self.shards_served += 1
         busy = time.perf_counter() - started
         await self._send(
