@@ -7,7 +7,6 @@ benchmark places workers in network namespaces of their own (``WorkerPlace``).
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import signal
@@ -16,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -23,12 +23,19 @@ from types import TracebackType
 from .config import load_config
 
 _PR_SET_PDEATHSIG = 1
+# Looked up here, in the parent: the child between fork and exec must not dlopen (a thread of the parent
+# may have held the loader's lock at the fork, and the child would wait for it for ever).
+_PRCTL: Callable[[int, int], int] | None
+try:
+    _PRCTL = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+except (OSError, AttributeError):
+    _PRCTL = None
 
 
 def die_with_parent() -> None:
-    # Linux: the child gets SIGTERM when the process that started it dies, even by SIGKILL.
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    """Linux: the child gets SIGTERM when the process that started it dies, even by SIGKILL (``preexec_fn``)."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_tcp_endpoint(host: str = "127.0.0.1") -> str:
