@@ -148,6 +148,10 @@ class Peers:
         return self.links.get(link.name) is link
 
     # --- registration ------------------------------------------------------------------------
+    def owner_of(self, user_id: str | None) -> str | None:
+        """The certificate name of a peer's CURVE key (its ``User-Id``); None without CURVE or for an unknown key."""
+        return self.key_owner.get(user_id or "")
+
     async def register(self, identity: bytes, hello: Hello, user_id: str | None) -> WorkerLink | None:
         """Admit a worker that said hello, or refuse it with a reason (None then)."""
         if hello.node not in self.configured:
@@ -156,7 +160,7 @@ class Peers:
             )
             return None
         # With CURVE the key decides who a worker is: its certificate must be the node's own.
-        owner = self.key_owner.get(user_id or "")
+        owner = self.owner_of(user_id)
         if self.key_owner and owner != hello.node:
             await self._refuse(identity, f"this key belongs to {owner or 'nobody'!r}, not to node {hello.node!r}")
             return None

@@ -430,7 +430,7 @@ class Coordinator:
         if isinstance(message, StreamClose):
             return StreamClosed(identity, message, now)
         # With CURVE a client is its key (every connection with it); without, its connection.
-        owner = self.peers.key_owner.get(user_id or "") if self.peers.key_owner else None
+        owner = self.peers.owner_of(user_id)
         if isinstance(message, Submit):
             return RequestOpened(identity, message, now, owner)
         if isinstance(message, StreamOpen):
@@ -471,7 +471,7 @@ class Coordinator:
             await self.peers.send_worker(identity, Error("protocol", f"a worker may not send {message.kind}"))
 
     async def _on_client(self, identity: bytes, message: Message, user_id: str | None) -> None:
-        owner = self.peers.key_owner.get(user_id or "") if self.peers.key_owner else None
+        owner = self.peers.owner_of(user_id)
         if isinstance(message, Query):
             operator = owner is not None and owner in self.config.security.operators
             self._spawn(self._answer_query(identity, message, None if operator else principal(identity, owner)))

@@ -456,6 +456,7 @@ class _Program:
             columns = (demands[:, None] * self.k + mine[None, :]).ravel()
             add(columns, finite_cost[:, mine].ravel(), -np.inf, cap)
         options = np.arange(self.k)
+        capacity = np.array([self.capacity[self.node_of[i]] for i in range(self.k)])  # of each option's node
         for d, demand in enumerate(self.demands):
             if d in wanted_accuracy:
                 add(self.x(d, 0) + options, self.acc - wanted_accuracy[d], 0.0, np.inf)
@@ -463,7 +464,6 @@ class _Program:
                 for node in self.capacity:
                     mine = on_node[node]
                     add(self.y(d, 0) + mine, np.ones(len(mine)), -np.inf, 1.0)
-                capacity = np.array([self.capacity[self.node_of[i]] for i in range(self.k)])
                 for i in range(self.k):
                     # x ≤ (capacity / c) y: a rate only on the chosen variant
                     add(np.array([self.x(d, i), self.y(d, i)]), np.array([1.0, -capacity[i] / self.cost[d, i]]),

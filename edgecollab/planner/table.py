@@ -61,7 +61,7 @@ class ExplorationTable:
 
     def __init__(self, accuracy: dict[str, float]) -> None:
         self.accuracy = dict(accuracy)  # variant -> test-set accuracy from the manifest
-        self._rows: dict[tuple[str, str], Measurement] = {}  # changed only by the methods (see _changed)
+        self._rows: dict[tuple[str, str], Measurement] = {}  # changed only by the methods: they reset _by_node
         self._by_node: dict[str, list[str]] | None = None  # node -> its variants, built when first asked
         # node -> seconds to ship one input over its link (bytes per input ÷ bandwidth); 0 when unknown
         self.link_seconds: dict[str, float] = {}

@@ -44,35 +44,34 @@ class ProtocolError(EdgecollabError):
 Frame = Union[bytes, memoryview]
 
 
-_ARRAYS: dict[str, tuple[list[str], list[str]]] = {}
+# Per message type, computed once (encoding and decoding are on every message's path): every field's name
+# in order, the fields sent as one raw frame each, and the fields of named tensors (a frame per tensor).
+_FIELDS: dict[str, tuple[tuple[str, ...], list[str], list[str]]] = {}
 
 
-def _array_fields(cls: type[Message]) -> list[str]:
-    """Fields sent as one raw frame each (computed once per message type)."""
-    if cls.kind not in _ARRAYS:
+def _fields(cls: type[Message]) -> tuple[tuple[str, ...], list[str], list[str]]:
+    if cls.kind not in _FIELDS:
         fields = dataclasses.fields(cls)
-        _ARRAYS[cls.kind] = (
+        _FIELDS[cls.kind] = (
+            tuple(f.name for f in fields),
             [f.name for f in fields if f.type in ("np.ndarray", np.ndarray)],
             [f.name for f in fields if f.type in ("dict[str, np.ndarray]", dict[str, np.ndarray])],
         )
-    return _ARRAYS[cls.kind][0]
-
-
-_NAMES: dict[str, tuple[str, ...]] = {}
+    return _FIELDS[cls.kind]
 
 
 def _field_names(cls: type[Message]) -> tuple[str, ...]:
-    """The message type's fields in order (computed once per type: encoding is on every message's path)."""
-    names = _NAMES.get(cls.kind)
-    if names is None:
-        names = _NAMES[cls.kind] = tuple(f.name for f in dataclasses.fields(cls))
-    return names
+    return _fields(cls)[0]
+
+
+def _array_fields(cls: type[Message]) -> list[str]:
+    """Fields sent as one raw frame each."""
+    return _fields(cls)[1]
 
 
 def _tensor_fields(cls: type[Message]) -> list[str]:
     """Fields of named tensors, sent as one raw frame per tensor."""
-    _array_fields(cls)
-    return _ARRAYS[cls.kind][1]
+    return _fields(cls)[2]
 
 
 # ``X | Y`` hints are types.UnionType from Python 3.10 on; the board worker runs on 3.9 too.
