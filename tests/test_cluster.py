@@ -220,7 +220,16 @@ def test_concurrent_requests_share_the_cluster_and_each_input_is_predicted_once(
 
     async def together() -> list[InferenceResult]:
         async with Client(cluster.clients_endpoint, timeout_s=120) as client:
-            return list(await asyncio.gather(*(client.infer(b, policy="adaptive") for b in batches)))
+            # Requests sent in one turn of the loop reach the coordinator as one batch and are planned together
+            # from the start; the later two are sent once the first has answers, so their arrival re-plans it.
+            first = asyncio.create_task(client.infer(batches[0], policy="adaptive"))
+            while not first.done():
+                running = (await client.query("status"))["requests"]
+                if any(r["done"] > 0 for r in running):
+                    break
+                await asyncio.sleep(0.005)
+            rest = await asyncio.gather(*(client.infer(b, policy="adaptive") for b in batches[1:]))
+            return [await first, *rest]
 
     results = asyncio.run(together())
     for batch, result in zip(batches, results, strict=True):
