@@ -16,6 +16,7 @@ from edgecollab.protocol import (
     Error,
     FetchModel,
     FrameResults,
+    Frames,
     Goodbye,
     Heartbeat,
     Hello,
@@ -34,6 +35,7 @@ from edgecollab.protocol import (
     encode_bundle,
 )
 from edgecollab.worker.protocol.codec import MAX_ARRAY_BYTES, MAX_HEADER_BYTES
+from edgecollab.worker.protocol.messages import PackedFrameResults, PackedFrames
 
 IMAGES = np.arange(3 * 28 * 28, dtype=np.uint8).reshape(3, 1, 28, 28)
 MESSAGES: list[Message] = [
@@ -213,3 +215,68 @@ def test_a_malformed_bundle_is_named_and_a_bad_message_in_one_leaves_the_others(
     assert second == Heartbeat("ok")
     nested = decode_all([header, *encode_bundle([Heartbeat("x"), Heartbeat("y")])[:1], b""])
     assert all(isinstance(m, ProtocolError) for m in nested)
+
+
+def _wire(message: Message) -> list[bytes]:
+    return [bytes(frame) for frame in encode(message)]
+
+
+FRAME = np.arange(28 * 28, dtype=np.uint8).reshape(1, 1, 28, 28)
+
+
+def test_runs_of_stream_frames_and_of_one_batch_s_answers_travel_packed_and_arrive_as_they_were_sent() -> None:
+    boxes = {"boxes": np.ones((1, 4, 4), np.float32)}
+    messages: list[Message] = [
+        Frames("a", 0, np.concatenate([FRAME, FRAME])),
+        Frames("b", 7, FRAME),
+        Frames("c", 0, np.zeros((1, 3, 8, 8), np.uint8)),  # another shape: a run of its own
+        Cancel("r"),
+        Frames("a", 2, FRAME),  # after the cancel: not packed with the first run
+        FrameResults("a", np.array([0]), np.array([3]), "cnn-8", "rpi4", outputs=boxes),
+        FrameResults(
+            "b", np.array([7, 8]), np.array([1, 2]), "cnn-8", "rpi4", outputs={"boxes": np.zeros((2, 4, 4), np.float32)}
+        ),
+        FrameResults("c", np.array([0]), np.array([-1]), "", "", True, "refused"),  # dropped: another run
+    ]
+    frames = encode_bundle(messages)
+    decoded = decode_all(frames)
+    assert [_wire(m) for m in decoded] == [_wire(m) for m in messages]  # in order, every field and byte
+    assert len(frames) < 1 + sum(len(encode(m)) for m in messages)
+    heads, start = [], 1
+    for count in msgpack.unpackb(bytes(frames[0]))["f"]["frames"]:  # each message's header opens its frames
+        heads.append(msgpack.unpackb(bytes(frames[start]))["k"])
+        start += count
+    assert heads == ["frames_packed", "frames", "cancel", "frames", "frame_results_packed", "frame_results"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["frames", "results", "heartbeat"]), st.integers(1, 3)), max_size=12))
+def test_packing_keeps_every_message_and_its_order(plan: list[tuple[str, int]]) -> None:
+    messages: list[Message] = []
+    for i, (kind, rows) in enumerate(plan):
+        if kind == "frames":
+            messages.append(Frames(f"s{i % 3}", i, np.repeat(FRAME, rows, axis=0)))
+        elif kind == "results":
+            messages.append(FrameResults(f"s{i % 3}", np.arange(rows), np.arange(rows) + i, "cnn-8", "rpi4"))
+        else:
+            messages.append(Heartbeat(f"n{i}"))
+    if messages:
+        assert [_wire(m) for m in decode_all(encode_bundle(messages))] == [_wire(m) for m in messages]
+
+
+def test_a_packed_message_that_does_not_add_up_is_named_and_leaves_the_rest_of_its_bundle() -> None:
+    def packed(counts: list[int], rows: int) -> list[bytes]:
+        message = PackedFrames(["a", "b"], [0, 0], counts, np.repeat(FRAME, rows, axis=0))
+        return _wire(message)
+
+    header = msgpack.packb({"v": PROTOCOL_VERSION, "k": "bundle", "f": {"frames": [2, 1]}, "a": []})
+    wrong, fine = decode_all([header, *packed([1, 2], 2), encode(Heartbeat("ok"))[0]])
+    assert isinstance(wrong, ProtocolError) and "counts add up to 3; its inputs has 2 rows" in str(wrong)
+    assert fine == Heartbeat("ok")
+    (empty,) = decode_all(packed([1, 0], 1))
+    assert isinstance(empty, ProtocolError) and "at least 1" in str(empty)
+    lopsided = PackedFrameResults(["a"], [2], np.arange(2), np.arange(1), "cnn-8", "rpi4")
+    (short,) = decode_all(_wire(lopsided))
+    assert isinstance(short, ProtocolError) and "predictions must have a row per sequence number" in str(short)
+    with pytest.raises(ProtocolError, match="a frames_packed where one message was expected"):
+        decode(packed([1, 1], 2))

@@ -401,3 +401,24 @@ def test_a_board_killed_mid_stream_loses_no_frame(tmp_path: Path) -> None:
             assert seqs == list(range(150))  # every frame answered, once, in order, by the boards left
         counters = ask(local.clients_endpoint, "status")["counters"]
         assert counters["nodes_lost"] == 1 and counters.get("frames_dropped", 0) == 0
+
+
+def test_coalesce_takes_the_soonest_deadlines_across_streams_each_stream_in_order() -> None:
+    from edgecollab.coordinator.batching import coalesce
+    from edgecollab.coordinator.streams import OpenStream
+
+    def stream(name: bytes, latency_s: float, arrivals: list[float]) -> OpenStream:
+        s = OpenStream(name, StreamOpen(name.decode(), 30.0), 0.0, latency_s, 1000)
+        for seq, at in enumerate(arrivals):
+            s.accept(seq, np.zeros((1, *SHAPE), np.uint8), at)
+        return s
+
+    slow = stream(b"a", 0.1, [0.0, 0.01, 0.02, 0.03])  # deadlines 0.10, 0.11, 0.12, 0.13
+    fast = stream(b"b", 0.05, [0.0, 0.04, 0.08])  # deadlines 0.05, 0.09, 0.13
+    taken = coalesce([slow, fast], 4)
+    assert [(s.stream_id, f.seq) for s, f in taken] == [("b", 0), ("b", 1), ("a", 0), ("a", 1)]
+    assert (slow.in_flight, fast.in_flight) == (2, 2)
+    assert [f.seq for f in slow.pending] == [2, 3] and [f.seq for f in fast.pending] == [2]
+    rest = coalesce([slow, fast], 10)  # more than are queued: every frame, none twice
+    assert sorted((s.stream_id, f.seq) for s, f in rest) == [("a", 2), ("a", 3), ("b", 2)]
+    assert not slow.pending and not fast.pending

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterable
+import heapq
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -68,16 +68,22 @@ def plan_batch(
     return 0, send_by
 
 
-def coalesce(streams: Iterable[OpenStream], limit: int) -> list[tuple[OpenStream, PendingFrame]]:
-    """Take up to ``limit`` queued frames from ``streams``, soonest deadline first (each stream in order)."""
-    heads = [(s, i) for s in streams for i in range(min(limit, len(s.pending)))]
-    heads.sort(key=lambda h: (h[0].pending[h[1]].deadline, h[0].pending[h[1]].seq))
-    taken: Counter[int] = Counter()
-    for s, _ in heads[:limit]:
-        taken[id(s)] += 1
+def coalesce(streams: Sequence[OpenStream], limit: int) -> list[tuple[OpenStream, PendingFrame]]:
+    """Take up to ``limit`` queued frames from ``streams``, soonest deadline first (each stream in order).
+
+    A merge of the streams' queues on their heads (each queue is in deadline order): the cost is
+    the frames taken, not the frames queued, so a long backlog does not slow every batch.
+    """
+    heads = [(s.pending[0].deadline, s.pending[0].seq, i) for i, s in enumerate(streams) if s.pending]
+    heapq.heapify(heads)
     chosen: list[tuple[OpenStream, PendingFrame]] = []
-    for s in {id(s): s for s, _ in heads[:limit]}.values():
-        for _ in range(taken[id(s)]):
-            chosen.append((s, s.pending.popleft()))
-            s.in_flight += 1
+    while heads and len(chosen) < limit:
+        stream = streams[heads[0][2]]
+        chosen.append((stream, stream.pending.popleft()))
+        stream.in_flight += 1
+        if stream.pending:
+            head = stream.pending[0]
+            heapq.heapreplace(heads, (head.deadline, head.seq, heads[0][2]))
+        else:
+            heapq.heappop(heads)
     return chosen

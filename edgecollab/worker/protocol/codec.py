@@ -22,7 +22,8 @@ import msgpack
 import numpy as np
 
 from ..errors import EdgecollabError
-from .messages import MESSAGE_TYPES, PROTOCOL_VERSION, Message
+from .messages import MESSAGE_TYPES, PROTOCOL_VERSION, Message, PackedFrameResults, PackedFrames
+from .packing import pack, unpack
 
 MAX_HEADER_BYTES = 64 * 1024
 MAX_ARRAY_BYTES = 256 * 1024 * 1024
@@ -140,7 +141,9 @@ def _dtype_name(dtype: np.dtype[Any]) -> str:
 
 def encode_bundle(messages: Sequence[Message]) -> list[Frame]:
     """Several messages for one peer as one ZeroMQ message (one send, one receive): a ``bundle`` header
-    with each message's frame count, then each message's frames. One message is sent as itself."""
+    with each message's frame count, then each message's frames. One message is sent as itself. Runs of
+    stream frames or of one micro-batch's answers go packed (``packing``)."""
+    messages = pack(messages)
     if len(messages) == 1:
         return encode(messages[0])
     parts = [encode(m) for m in messages]
@@ -159,7 +162,7 @@ def decode_all(frames: Sequence[Frame]) -> list[Message | ProtocolError]:
         return [exc]
     if header["k"] != BUNDLE:
         try:
-            return [_message(header, frames)]
+            return _unpacked(_message(header, frames))
         except ProtocolError as exc:
             return [exc]
     counts = header["f"].get("frames") if isinstance(header["f"], dict) else None
@@ -184,17 +187,24 @@ def decode_all(frames: Sequence[Frame]) -> list[Message | ProtocolError]:
             inner = _header(part)
             if inner["k"] == BUNDLE:
                 raise ProtocolError("a bundle may not hold a bundle")
-            out.append(_message(inner, part))
+            out.extend(_unpacked(_message(inner, part)))
         except ProtocolError as exc:
             out.append(exc)
     return out
 
 
+def _unpacked(message: Message) -> list[Message | ProtocolError]:
+    try:
+        return [*unpack(message)]
+    except ValueError as exc:
+        raise ProtocolError(str(exc)) from None
+
+
 def decode(frames: Sequence[Frame]) -> Message:
     """The message in ``frames``, or ``ProtocolError`` saying what was wrong."""
     header = _header(frames)
-    if header["k"] == BUNDLE:
-        raise ProtocolError("a bundle where one message was expected")
+    if header["k"] in (BUNDLE, PackedFrames.kind, PackedFrameResults.kind):
+        raise ProtocolError(f"a {header['k']} where one message was expected")
     return _message(header, frames)
 
 

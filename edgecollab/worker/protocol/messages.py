@@ -268,6 +268,35 @@ class FrameResults(Message):
 
 
 @dataclass(frozen=True)
+class PackedFrames(Message):
+    """Consecutive ``Frames`` of one bundle, as columns (see ``packing``): stream ``stream_ids[i]`` gets the
+    next ``counts[i]`` rows of ``inputs``, numbered from ``first_seqs[i]``. Unpacked by the receiving codec."""
+
+    kind: ClassVar[str] = "frames_packed"
+    stream_ids: list[str]
+    first_seqs: list[int]
+    counts: list[int]
+    inputs: np.ndarray
+
+
+@dataclass(frozen=True)
+class PackedFrameResults(Message):
+    """Consecutive ``FrameResults`` of one bundle that share variant, node and outputs, as columns: stream
+    ``stream_ids[i]`` gets the next ``counts[i]`` rows of ``seqs``, ``predictions`` and each output."""
+
+    kind: ClassVar[str] = "frame_results_packed"
+    stream_ids: list[str]
+    counts: list[int]
+    seqs: np.ndarray
+    predictions: np.ndarray
+    variant: str
+    node: str
+    dropped: bool = False
+    reason: str = ""
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class StreamClose(Message):
     """The client sends no more frames; the coordinator answers the rest, then an ``Answer`` with the summary."""
 
@@ -313,6 +342,6 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
     for cls in (
         Hello, Welcome, FetchModel, ModelChunk, Ready, SiteFront, Heartbeat, Goodbye, Shard, ShardResult,
         Submit, Result, Cancel, Query, Answer, Error,
-        StreamOpen, Frames, FrameResults, StreamClose,
+        StreamOpen, Frames, FrameResults, PackedFrames, PackedFrameResults, StreamClose,
     )
 }  # fmt: skip
