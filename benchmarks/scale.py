@@ -239,6 +239,7 @@ def main() -> None:
     parser.add_argument("--cameras", type=int, default=32)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--inputs", type=int, default=20_000)
+    parser.add_argument("--out", type=Path, default=RESULTS / "scale.json")
     args = parser.parse_args()
     rows = [run_count(int(n), args) for n in args.boards.split(",")]
     results = {
@@ -254,7 +255,7 @@ def main() -> None:
         },
         "counts": rows,
     }
-    write_results(RESULTS / "scale.json", results, lambda path: plot(rows, path))
+    write_results(args.out, results, lambda path: plot(rows, path))
 
 
 if __name__ == "__main__":

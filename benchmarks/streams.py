@@ -1,12 +1,14 @@
 """Camera streams on the default emulated cluster: the 32 × 30 fps run, and the sources-vs-accuracy curve.
 
     .venv/bin/python benchmarks/streams.py [--config cluster.toml] [--sources 32] [--fps 30] [--duration 30]
-                                           [--sweep 8,16,32,48,64,96,128,192,256] [--sweep-duration 10]
+                                           [--large 256] [--sweep 8,16,32,48,64,96,128,192,256] [--sweep-duration 10]
 
 1. **The run**: ``--sources`` simulated cameras (``edgecollab.cameras``, as ``edgecollab stream``
    runs them) each send test-set frames at ``--fps`` for ``--duration`` seconds, with the default
    100 ms latency bound. Reports per source frames, answers, drops, p50/p99 latency (send to
-   answer, at the client), accuracy against the labels, and the coordinator's CPU per frame.
+   answer, at the client), accuracy against the labels, and CPU per frame from /proc: the
+   coordinator's (a process of its own) and the cameras' (this process).
+   Then the same for ``--large`` cameras (the load one coordinator should carry on this machine).
 2. **The sweep**: for each count in ``--sweep``, that many 30 fps cameras admitted with
    ``degrade`` for ``--sweep-duration`` s: accuracy and p99 as the load grows — the plan should
    lower accuracy (cheaper variants) before latency grows — and the largest count served with
@@ -58,6 +60,7 @@ def main() -> int:
     parser.add_argument("--sources", type=int, default=32)
     parser.add_argument("--fps", type=float, default=30.0)
     parser.add_argument("--duration", type=float, default=30.0)
+    parser.add_argument("--large", type=int, default=256, help="cameras of the second run (0 for none)")
     parser.add_argument(
         "--sweep", default="8,16,32,48,64,96,128,192,256", help="camera counts for the curve ('' for none)"
     )
@@ -76,15 +79,11 @@ def main() -> int:
         endpoint = local.clients_endpoint
         run_once(endpoint, pid, test_set, CameraSpec(4, args.fps, 2.0))  # warm up sessions and the table
         main_run = run_once(endpoint, pid, test_set, CameraSpec(args.sources, args.fps, args.duration))
-        t = main_run["total"]
-        print(
-            f"{args.sources} x {args.fps:g} fps for {args.duration:g} s: {t['results']:,}/{t['frames']:,} answered, "
-            f"{t['dropped']} dropped, p50 {t['p50_ms']:.1f} ms, p99 {t['p99_ms']:.1f} ms, worst source p99 "
-            f"{t['worst_source_p99_ms']:.1f} ms, accuracy {t['accuracy'] * 100:.2f} %, "
-            f"{t['coordinator_cpu_ms_per_frame']:.2f} ms coordinator CPU per frame, "
-            f"{t['frames_per_batch']:.1f} frames per batch",
-            file=sys.stderr,
-        )
+        _report(args.sources, args.fps, args.duration, main_run["total"])
+        large_run = None
+        if args.large:
+            large_run = run_once(endpoint, pid, test_set, CameraSpec(args.large, args.fps, args.duration))
+            _report(args.large, args.fps, args.duration, large_run["total"])
         for count in [int(c) for c in args.sweep.split(",") if c.strip()]:
             point = run_once(endpoint, pid, test_set, CameraSpec(count, 30.0, args.sweep_duration, degrade=True))
             sweep.append({"sources": count, **point["total"]})
@@ -99,25 +98,40 @@ def main() -> int:
         **run_info(),
         "config": str(args.config),
         "run": main_run,
+        "large_run": large_run,
         "sweep": sweep,
         "largest_sources_within_100ms": max(served, default=None),
     }
-    write_results(args.out, out, lambda path: _plot(main_run, sweep, path))
+    write_results(args.out, out, lambda path: _plot(main_run, large_run, sweep, path))
     return 0
 
 
-def _plot(main_run: dict[str, Any], sweep: list[dict[str, Any]], path: Path) -> None:
+def _report(sources: int, fps: float, duration: float, t: dict[str, Any]) -> None:
+    print(
+        f"{sources} x {fps:g} fps for {duration:g} s: {t['results']:,}/{t['frames']:,} answered, "
+        f"{t['dropped']} dropped, p50 {t['p50_ms']:.1f} ms, p99 {t['p99_ms']:.1f} ms, worst source p99 "
+        f"{t['worst_source_p99_ms']:.1f} ms, accuracy {t['accuracy'] * 100:.2f} %, CPU per frame "
+        f"{t['coordinator_cpu_ms_per_frame']:.3f} ms coordinator / {t['client_cpu_ms_per_frame']:.3f} ms cameras, "
+        f"{t['frames_per_batch']:.1f} frames per batch",
+        file=sys.stderr,
+    )
+
+
+def _plot(main_run: dict[str, Any], large_run: dict[str, Any] | None, sweep: list[dict[str, Any]], path: Path) -> None:
     plt = pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
-    rows = main_run["streams"]
-    left.bar([r["source"] for r in rows], [r["p99_ms"] for r in rows], color="tab:blue", label="p99")
-    left.plot([r["source"] for r in rows], [r["p50_ms"] for r in rows], "k.", label="p50")
-    left.axhline(LATENCY_BOUND_MS, color="tab:red", linestyle="--", label="100 ms")
-    spec = main_run["spec"]
-    left.set_title(f"{spec['sources']} cameras × {spec['fps']:g} fps, {spec['duration_s']:g} s")
-    left.set_xlabel("source")
-    left.set_ylabel("latency (ms)")
-    left.legend()
+    runs = [main_run, *([large_run] if large_run else [])]
+    fig, axes = plt.subplots(1, len(runs) + 1, figsize=(5.5 * (len(runs) + 1), 3.8))
+    for left, run in zip(axes, runs, strict=False):
+        rows = run["streams"]
+        left.bar([r["source"] for r in rows], [r["p99_ms"] for r in rows], color="tab:blue", label="p99")
+        left.plot([r["source"] for r in rows], [r["p50_ms"] for r in rows], "k.", label="p50")
+        left.axhline(LATENCY_BOUND_MS, color="tab:red", linestyle="--", label="100 ms")
+        spec = run["spec"]
+        left.set_title(f"{spec['sources']} cameras × {spec['fps']:g} fps, {spec['duration_s']:g} s")
+        left.set_xlabel("source")
+        left.set_ylabel("latency (ms)")
+        left.legend()
+    right = axes[-1]
     if sweep:
         counts = [p["sources"] for p in sweep]
         right.plot(counts, [p["p99_ms"] for p in sweep], "o-", color="tab:blue", label="p99 latency")
