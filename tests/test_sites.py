@@ -25,6 +25,7 @@ from edgecollab.zoo import load_manifest, load_test_set
 from .cluster_helpers import infer, local_predictions
 from .conftest import SHIPPED_MANIFEST
 
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 VARIANTS = ["mlp-64", "cnn-8"]
 SITES = {
     "site-a": ["odroid-xu4", "odroid-xu4", "rpi4", "jetson-nano"],  # the paper's testbed
@@ -266,3 +267,52 @@ def test_a_site_joins_a_parent_that_requires_curve(tmp_path: Path) -> None:
             result = client.infer(inputs)
     assert len(result.predictions) == 500 and set(result.nodes) == {"site-c"}
     assert_real_predictions(result.variants, result.predictions, inputs)
+
+
+def test_a_site_measures_its_link_and_the_parent_plans_within_it(tmp_path: Path) -> None:
+    """The site reaches its parent through a relay paced to 8 Mbit/s: the link it measures is that, and the
+    parent plans the site no faster than the link carries its inputs (a board alone would go faster)."""
+    rate_mbps = 8.0
+    parent_config = tmp_path / "parent.toml"
+    parent_config.write_text(
+        "\n".join([
+            "[coordinator]", "heartbeat_s = 0.5", "[models]", f'manifest = "{SHIPPED_MANIFEST}"',
+            "[[nodes]]", 'name = "site-d"', 'variants = ["mlp-64"]',
+        ]) + "\n"
+    )  # fmt: skip
+    parent_workers = free_tcp_endpoint()
+    relay_at = free_tcp_endpoint()
+    relay = subprocess.Popen(
+        [sys.executable, str(BENCHMARKS / "delay_relay.py"), "--listen", relay_at.removeprefix("tcp://"),
+         "--to", parent_workers.removeprefix("tcp://"), "--delay-ms", "0", "--rate-mbps", str(rate_mbps)],
+        preexec_fn=die_with_parent,
+    )  # fmt: skip
+    site_config = tmp_path / "site" / "cluster.toml"
+    site_config.parent.mkdir()
+    site_config.write_text(
+        "\n".join([
+            "[coordinator]", "heartbeat_s = 0.5", f'parent = "{relay_at}"', 'site = "site-d"',
+            "[models]", f'manifest = "{SHIPPED_MANIFEST}"',
+            "[[nodes]]", 'name = "board"', 'emulate = "odroid-xu4"', 'variants = ["mlp-64"]',
+        ]) + "\n"
+    )  # fmt: skip
+    try:
+        with (
+            LocalCluster(parent_config, nodes=[], workers_endpoint=parent_workers, log_dir=tmp_path / "logs") as parent,
+            LocalCluster(site_config, log_dir=tmp_path / "site" / "logs"),
+        ):
+            wait_until_ready(parent.clients_endpoint, timeout_s=120)
+            deadline = time.monotonic() + 60
+            while True:
+                (node,) = ask(parent.clients_endpoint, "status")["nodes"]
+                if node["measured_link_mbps"] is not None or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            assert node["measured_link_mbps"] == pytest.approx(rate_mbps, rel=0.3)
+            link_ips = node["measured_link_mbps"] * 1e6 / 8 / (28 * 28)  # a fashion-mnist input is 784 bytes
+            assert node["ips"]["mlp-64"] > 1.5 * link_ips  # the board alone would go faster than the link
+            plan = ask(parent.clients_endpoint, "plan", inputs=5000)
+            assert plan["expected_ips"] == pytest.approx(link_ips, rel=0.1)
+    finally:
+        relay.terminate()
+        relay.wait(timeout=10)

@@ -340,6 +340,8 @@ class DispatchCore:
         joined = state.status is NodeStatus.PROFILING
         self.table.forget(event.node)  # a site's new front replaces its rows
         state.slots = event.slots
+        if event.link_s_per_input is not None:  # its rows are capped by its link, as a configured one caps a board's
+            self.table.link_seconds[event.node] = event.link_s_per_input
         for variant, measurement in event.measurements.items():
             if variant in self.table.accuracy:
                 self.table.record(event.node, variant, measurement)

@@ -140,6 +140,7 @@ class NodeProfiled:
     measurements: dict[str, Measurement]
     now: float
     slots: int | None = None  # messages in flight at most (None: the coordinator's ``window``)
+    link_s_per_input: float | None = None  # a site's measured link: seconds to ship it one input (None: unknown)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from ..protocol import (
     Goodbye,
     Heartbeat,
     Hello,
+    LinkProbe,
     Message,
     ModelChunk,
     Ready,
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 # A peer that sends this many malformed messages is cut off: its later messages are dropped unanswered.
 MAX_PROTOCOL_STRIKES = 10
 CLIENT_RETRY_S = 0.005  # how often a slow client's queued messages are offered again
+MAX_PROBE_BYTES = 4 * 1024 * 1024  # the largest link probe a site may ask for
+PROBE_BYTES_PER_MINUTE = 16 * 1024 * 1024  # link probes one node may ask for in a minute
 
 
 @dataclass
@@ -66,6 +69,9 @@ class WorkerLink:
     warnings: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # variants that would not load or run there, and why
     last_seen: float = field(default_factory=time.monotonic)
+    link_mbps: float | None = None  # a site's link from here, as the site measured it
+    probe_bytes: int = 0  # bytes of link probes sent to it since probe_window_started
+    probe_window_started: float = 0.0
 
     @property
     def is_site(self) -> bool:
@@ -82,6 +88,19 @@ class WorkerLink:
         for variant in dict.fromkeys(ready.variants):
             if variant not in sent:
                 self.failed[variant] = "claimed by the worker, but not one of the variants it was sent"
+
+    def take_probe(self, size: int, now: float) -> str | None:
+        """Book a link probe of ``size`` bytes to this node, or say why not: a probe costs this coordinator's
+        own link, so a node gets at most ``PROBE_BYTES_PER_MINUTE`` of them."""
+        if now - self.probe_window_started > 60.0:
+            self.probe_window_started, self.probe_bytes = now, 0
+        if not 0 <= size <= MAX_PROBE_BYTES or self.probe_bytes + size > PROBE_BYTES_PER_MINUTE:
+            return (
+                f"a link probe asks for 0..{MAX_PROBE_BYTES} bytes, at most {PROBE_BYTES_PER_MINUTE} a minute per "
+                f"node; {self.name} asked for {size} with {self.probe_bytes} sent this minute"
+            )
+        self.probe_bytes += size
+        return None
 
     def left_out(self) -> dict[str, str]:
         """Variants this board does not run, and why: its runtime cannot (coordinator's check), or they failed there."""
@@ -201,6 +220,15 @@ class Peers:
         await self.send_worker(
             link.identity, ModelChunk(fetch.sha256, fetch.offset, total, np.frombuffer(data, dtype=np.uint8))
         )
+
+    async def answer_probe(self, link: WorkerLink, probe: LinkProbe) -> None:
+        """A site measuring its link: that many bytes back, within the node's probe budget."""
+        refused = link.take_probe(probe.size, time.monotonic())
+        if refused is not None:
+            await self.send_worker(link.identity, Error("busy", refused))
+            return
+        self.counters["probe_bytes_sent"] += probe.size
+        await self.send_worker(link.identity, LinkProbe(probe.nonce, probe.size, np.zeros(probe.size, np.uint8)))
 
     async def _refuse(self, identity: bytes, reason: str) -> None:
         self.counters["refused_workers"] += 1

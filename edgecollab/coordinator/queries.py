@@ -147,6 +147,7 @@ class Queries:
                     "in_flight": core.in_flight(link.name),
                     "ips": {v: table.ips(link.name, v) for v in table.variants_of(link.name)},
                     "seconds_since_heard": now - link.last_seen,
+                    "measured_link_mbps": link.link_mbps,  # a site's link from here, as the site measured it
                 }
             )
         return {

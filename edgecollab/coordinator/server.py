@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import signal
 import time
 from collections import Counter
@@ -38,6 +39,7 @@ from ..protocol import (
     Goodbye,
     Heartbeat,
     Hello,
+    LinkProbe,
     Message,
     ProtocolError,
     Query,
@@ -80,7 +82,7 @@ from .events import (
     WakeAt,
 )
 from .ownership import principal
-from .peers import Peers
+from .peers import Peers, WorkerLink
 from .profiling import Profiler
 from .provisioning import model_files, settings_for
 from .queries import Queries, describe_tasks
@@ -111,7 +113,8 @@ class Coordinator:
         ids = {t.name: [manifest.id_of(v) for v in manifest.for_task(t.name)] for t in tasks}  # names scoped by task
         accuracy = {manifest.id_of(v): v.accuracy for t in tasks for v in manifest.for_task(t.name)}
         table = ExplorationTable(accuracy)
-        table.link_seconds.update(config.link_seconds_per_input(tasks[0].bytes_per_input))
+        self._bytes_per_input = tasks[0].bytes_per_input  # what link_seconds are for (input_scale: other tasks)
+        table.link_seconds.update(config.link_seconds_per_input(self._bytes_per_input))
         table.input_scale.update({v: t.bytes_per_input / tasks[0].bytes_per_input for t in tasks for v in ids[t.name]})
         served = [
             ServedTask(
@@ -462,13 +465,26 @@ class Coordinator:
                 await self.peers.send_worker(identity, Error("protocol", str(exc)))
                 return
             slots = max(1, min(message.slots, 64 * self.settings.window))  # a site's claim, bounded
-            log.info("coordinator: site %s reports %d variant(s) on %d board(s)", link.name, len(front), message.boards)
-            await self._feed(NodeProfiled(link.name, front, link.last_seen, slots))
+            link.link_mbps = message.link_mbps if math.isfinite(message.link_mbps) and message.link_mbps > 0 else None
+            log.info(
+                "coordinator: site %s reports %d variant(s) on %d board(s), link %s Mbit/s",
+                link.name, len(front), message.boards, f"{link.link_mbps:.1f}" if link.link_mbps else "not measured",
+            )  # fmt: skip
+            await self._feed(NodeProfiled(link.name, front, link.last_seen, slots, self._measured_link_s(link)))
+        elif isinstance(message, LinkProbe):
+            await self.peers.answer_probe(link, message)
         elif isinstance(message, Goodbye):
             await self.peers.lose(link, f"left: {message.reason}")
-        elif not isinstance(message, Heartbeat | Error | Ready | SiteFront):
+        elif not isinstance(message, Heartbeat | Error | Ready | SiteFront | LinkProbe):
             self.shell_counters["protocol_errors"] += 1
             await self.peers.send_worker(identity, Error("protocol", f"a worker may not send {message.kind}"))
+
+    def _measured_link_s(self, link: WorkerLink) -> float | None:
+        """Seconds a site's measured link takes per input, unless its config entry sets ``link_mbps`` (that wins)."""
+        configured = next((n.link_mbps for n in self.config.nodes if n.name == link.name), None)
+        if link.link_mbps is None or configured is not None:
+            return None
+        return self._bytes_per_input * 8 / (link.link_mbps * 1e6)
 
     async def _on_client(self, identity: bytes, message: Message, user_id: str | None) -> None:
         owner = self.peers.owner_of(user_id)

@@ -11,6 +11,11 @@ So the parent plans across sites exactly as across boards, and each site spreads
 every guarantee of the parent (an answer taken once, a lost node's work sent elsewhere) holds between
 the levels. The uplink is a client of its own coordinator, over a real socket, like the gateway.
 
+The site also measures its link from the parent (``LinkProbe``: a small and a large ask, a few
+times, the parent sending that many bytes back) when it joins and every ``LINK_EVERY_S``, and puts
+the bandwidth in its front: the parent caps the site's rows by it, as a configured ``link_mbps``
+caps a board's (a configured one wins).
+
 A site with no serving board says goodbye to its parent, and registers again once one serves.
 """
 
@@ -18,24 +23,27 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
 import platform
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import zmq
 import zmq.asyncio
 
 from ..client import Client
 from ..errors import RequestFailed
 from ..planner import Measurement
-from ..planner.site import front_moved, front_to_wire
+from ..planner.site import PROBE_ROUNDS, PROBE_SIZES, front_moved, front_to_wire, link_mbps_from, link_moved
 from ..protocol import (
     Error,
     Goodbye,
     Heartbeat,
     Hello,
+    LinkProbe,
     Message,
     ProtocolError,
     Ready,
@@ -53,6 +61,8 @@ from ..worker.settings import NodeSettings
 log = logging.getLogger(__name__)
 
 FRONT_EVERY_S = 1.0  # how often the front is looked at (and reported when it moved)
+LINK_EVERY_S = 60.0  # how often the link from the parent is measured again
+PROBE_TIMEOUT_S = 30.0  # a probe unanswered this long ends its round (the link is measured again later)
 MAX_BACKOFF_S = 10.0
 
 
@@ -90,6 +100,9 @@ class SiteUplink:
         self.misses = misses
         self.shards_served = 0
         self._reported: dict[str, Measurement] = {}
+        self.link_mbps: float | None = None  # the link from the parent, as last measured
+        self._reported_link: float | None = None
+        self._probes = _LinkProbes()
         self._io: transport.FastSocket | None = None
         self._client: Client | None = None
         self._serving: set[asyncio.Task[None]] = set()
@@ -124,7 +137,8 @@ class SiteUplink:
         """One registration with the parent, until it goes silent, says goodbye or forgets us; or the site
         has nothing left to offer. True if the parent welcomed us."""
         assert self._io is not None
-        self._reported = {}
+        self._reported, self._reported_link = {}, None
+        self._probes = _LinkProbes()
         welcomed = False
         await self._send(Hello(self.site, self._runtime()))
         last_heard = time.monotonic()
@@ -143,6 +157,10 @@ class SiteUplink:
                     await self._send(Goodbye(self.site, "no board of the site serves"))
                     log.warning("site %s: no board serves; left the parent until one does", self.site)
                     return welcomed
+            if welcomed:
+                probe = self._probes.next(now)
+                if probe is not None:
+                    await self._send(probe)
             frames = await self._io.receive_within(self.heartbeat_s / 4)
             if frames is None:
                 continue
@@ -161,6 +179,11 @@ class SiteUplink:
                 task = asyncio.create_task(self._serve(message))
                 self._serving.add(task)
                 task.add_done_callback(self._serving.discard)
+            elif isinstance(message, LinkProbe):
+                measured = self._probes.answered(message, last_heard)
+                if measured is not None:
+                    self.link_mbps = measured
+                    log.info("site %s: link from the parent %.1f Mbit/s", self.site, measured)
             elif isinstance(message, Goodbye):
                 log.warning("site %s: the parent left (%s)", self.site, message.reason)
                 return welcomed
@@ -191,9 +214,10 @@ class SiteUplink:
         state = self.state_now()
         if not state.front:
             return False
-        if front_moved(self._reported, state.front):
-            self._reported = dict(state.front)
-            await self._send(SiteFront(self.site, front_to_wire(state.front), state.slots, state.boards))
+        if front_moved(self._reported, state.front) or link_moved(self._reported_link, self.link_mbps):
+            self._reported, self._reported_link = dict(state.front), self.link_mbps
+            front = front_to_wire(state.front)
+            await self._send(SiteFront(self.site, front, state.slots, state.boards, self.link_mbps or 0.0))
         return True
 
     async def _serve(self, shard: Shard) -> None:
@@ -231,3 +255,38 @@ class SiteUplink:
 
     def _runtime(self) -> dict[str, object]:
         return {"backend": "site", "arch": platform.machine(), "python": platform.python_version()}
+
+
+class _LinkProbes:
+    """Rounds of link probes, one in flight at a time: small and large asks interleaved, ``PROBE_ROUNDS``
+    of each, their round trips timed; a round's estimate, then the next round ``LINK_EVERY_S`` later."""
+
+    def __init__(self) -> None:
+        self._nonces = itertools.count(1)
+        self._to_send: list[int] = []
+        self._next_round = 0.0  # the first round starts once the site has joined
+        self._out: tuple[int, int, float] | None = None  # (nonce, size, sent at)
+        self._samples: list[tuple[int, float]] = []
+
+    def next(self, now: float) -> LinkProbe | None:
+        """The probe to send now, if any."""
+        if self._out is not None:
+            if now - self._out[2] < PROBE_TIMEOUT_S:
+                return None
+            self._out, self._to_send = None, []  # lost: this round ends unmeasured
+        if not self._to_send:
+            if now < self._next_round:
+                return None
+            self._next_round = now + LINK_EVERY_S
+            self._to_send, self._samples = list(PROBE_SIZES) * PROBE_ROUNDS, []
+        size = self._to_send.pop(0)
+        self._out = (next(self._nonces), size, now)
+        return LinkProbe(self._out[0], size, np.zeros(0, np.uint8))
+
+    def answered(self, probe: LinkProbe, now: float) -> float | None:
+        """Take an answer; the round's estimate (Mbit/s) once its last probe is answered."""
+        if self._out is None or probe.nonce != self._out[0] or len(probe.payload) != self._out[1]:
+            return None  # late, or not what was asked
+        self._samples.append((self._out[1], now - self._out[2]))
+        self._out = None
+        return link_mbps_from(self._samples) if not self._to_send else None

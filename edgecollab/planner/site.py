@@ -17,6 +17,11 @@ from .table import ExplorationTable, Measurement
 
 # A front that moved less than this (relative throughput, every variant) is not reported again.
 FRONT_CHANGE = 0.1
+# A site measures its link from the parent with probes of these sizes (bytes the parent sends it),
+# PROBE_ROUNDS times each, interleaved; a link estimate that moved less than LINK_CHANGE is not re-reported.
+PROBE_SIZES = (4 * 1024, 1024 * 1024)
+PROBE_ROUNDS = 3
+LINK_CHANGE = 0.2
 
 
 def site_front(
@@ -49,6 +54,35 @@ def front_moved(old: Mapping[str, Measurement], new: Mapping[str, Measurement]) 
     if set(old) != set(new):
         return True
     return any(abs(new[v].ips - old[v].ips) > FRONT_CHANGE * old[v].ips for v in new)
+
+
+def link_mbps_from(samples: Iterable[tuple[int, float]]) -> float | None:
+    """The link's bandwidth (Mbit/s) from probe round trips: (bytes the parent sent, seconds). The
+    difference of the median round trips of the largest and the smallest probe is the time the extra
+    bytes took (the fixed latency cancels); None without both sizes or when the difference is no time."""
+    by_size: dict[int, list[float]] = {}
+    for size, seconds in samples:
+        by_size.setdefault(size, []).append(seconds)
+    if len(by_size) < 2:
+        return None
+    small, large = min(by_size), max(by_size)
+    extra_s = _median(by_size[large]) - _median(by_size[small])
+    if extra_s <= 0:
+        return None
+    return (large - small) * 8 / extra_s / 1e6
+
+
+def link_moved(old: float | None, new: float | None) -> bool:
+    """Whether a new link estimate is worth reporting: the first, or one that moved by ``LINK_CHANGE``."""
+    if new is None:
+        return False
+    return old is None or abs(new - old) > LINK_CHANGE * old
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def front_to_wire(front: Mapping[str, Measurement]) -> dict[str, Any]:

@@ -88,6 +88,19 @@ class SiteFront(Message):
     front: dict[str, Any]  # variant -> {"ips", "latency_ms", "latencies": [[batch, ms], ...]}
     slots: int  # messages in flight that keep its boards busy (its boards' windows, summed)
     boards: int  # serving boards behind it
+    link_mbps: float = 0.0  # its link from the parent as it measured it (``LinkProbe``); 0: not measured yet
+
+
+@dataclass(frozen=True)
+class LinkProbe(Message):
+    """A site measures its link from the parent: it asks for ``size`` bytes and the parent answers with
+    the same ``nonce`` and ``payload`` of that many bytes. The round trips of a small and a large probe
+    give the bandwidth (``planner.site.link_mbps_from``)."""
+
+    kind: ClassVar[str] = "link_probe"
+    nonce: int
+    size: int
+    payload: np.ndarray  # uint8; empty in the ask
 
 
 @dataclass(frozen=True)
@@ -340,7 +353,7 @@ ERROR_CODES = (
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.kind: cls
     for cls in (
-        Hello, Welcome, FetchModel, ModelChunk, Ready, SiteFront, Heartbeat, Goodbye, Shard, ShardResult,
+        Hello, Welcome, FetchModel, ModelChunk, Ready, SiteFront, LinkProbe, Heartbeat, Goodbye, Shard, ShardResult,
         Submit, Result, Cancel, Query, Answer, Error,
         StreamOpen, Frames, FrameResults, PackedFrames, PackedFrameResults, StreamClose,
     )
