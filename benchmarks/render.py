@@ -249,6 +249,12 @@ def v2_perf_analyzer() -> str:
     return table(header, rows) + caption + ran("v2_perf_analyzer")
 
 
+def _batches(streams: dict[str, Any]) -> str:
+    variant = max(streams["variants"], key=streams["variants"].get) if streams.get("variants") else "?"
+    per_batch = streams.get("frames_per_batch")
+    return f"{per_batch:.1f}, `{variant}`" if per_batch is not None else f"`{variant}`"
+
+
 def scale() -> str:
     d = load("scale")
     rows = []
@@ -262,8 +268,10 @@ def scale() -> str:
                 f"{n(small['requests_per_s'])} req/s, p99 {small['p99_ms']:.0f} ms",
                 f"{small['coordinator_cpu_ms_per_request']:.2f}",
                 f"{n(streams['worst_source_p99_ms'], 1)} ms",
-                f"{streams['coordinator_cpu_ms_per_frame']:.2f} / {streams['client_cpu_ms_per_frame']:.2f}",
-                f"{streams['coordinator_core_share']:.2f} / {streams['machine_cores_busy']:.2f}",
+                f"{streams['coordinator_cpu_ms_per_frame']:.3f} / {streams['client_cpu_ms_per_frame']:.3f}",
+                _batches(streams),
+                f"{streams['coordinator_core_share']:.2f} / {streams['machine_cores_busy']:.2f}"
+                + (f" (idle {r['idle_coordinator_cores']:.3f})" if "idle_coordinator_cores" in r else ""),
                 f"{n(r['plan']['solve_ms'])} ms{' (bound hit)' if r['plan'].get('timed_out') else ''}",
                 _churn(r.get("churn")),
             ]
@@ -271,7 +279,8 @@ def scale() -> str:
     header = [
         "boards", "large request: throughput / limit", "coord. CPU ms / shard", "one-input requests",
         "coord. CPU ms / request", f"{d['setup']['cameras']} cameras: worst p99", "CPU ms / frame: coord. / cameras",
-        "cameras: coord. cores / machine cores", f"plan, {d['counts'][0]['plan']['demands']} demands",
+        "frames per batch, variant", "cameras: coord. cores / machine cores (coord. idle)",
+        f"plan, {d['counts'][0]['plan']['demands']} demands",
         "cameras while a board leaves and joins: worst p99, longest wait, answered",
     ]  # fmt: skip
     caption = (

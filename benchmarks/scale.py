@@ -7,13 +7,16 @@ For each count N: a coordinator (a process of its own) and N emulated boards, th
 three profiles in turn, run by ``edgecollab fleet --stand-ins`` in one process: each board has its own
 connection, heartbeats and cost model, and computes with the cheapest variant of the task while its
 cost model for the variant asked for sets the time (the host's two cores cannot compute for 128
-boards; predictions are then the cheap variant's, which this benchmark does not score). On each:
+boards; predictions are then the cheap variant's, which this benchmark does not score). On each,
+first the coordinator's share of a core with no work for 5 s (heartbeats, ticks and liveness of N
+boards: a fixed cost, which per frame is larger the fewer frames share it); then:
 
 1. a large request (``--inputs``, the fastest plan): achieved throughput over the limit (each board's
    profiled speed at the variant the plan gave it, summed), and the coordinator's CPU per shard;
 2. one-input requests, 32 in flight for ``--duration`` s: requests/s, p99, coordinator CPU per request;
 3. ``--cameras`` cameras at 30 fps for ``--duration`` s from another process (``edgecollab stream``):
-   worst-source p99 and the coordinator's CPU per frame, beside the camera process's;
+   worst-source p99 and the coordinator's CPU per frame, beside the camera process's, and the frames
+   per micro-batch (the variant the plan runs them on sets it, and per-batch work is most of the cost);
 4. the joint plan for 32 demands on the coordinator's own table: its solve time;
 5. churn: the cameras again, while one board (a worker process of its own, the last of the N) is killed
    a third of the way in (no goodbye: its connection closes) and started again two thirds in (it
@@ -49,6 +52,7 @@ from edgecollab.plots import pyplot, save
 PROFILES = ("odroid-xu4", "rpi4", "jetson-nano")
 VARIANTS = ("mlp-64", "cnn-8", "resnet-8")
 PLAN_DEMANDS = 32
+IDLE_S = 5.0  # seconds the coordinator's idle share is read over, before the phases
 IN_FLIGHT = 32
 
 
@@ -74,6 +78,13 @@ def phase(pid: int, run: Any, per: str, count_of: Any) -> dict[str, Any]:
         "coordinator_core_share": cpu / wall,
         "machine_cores_busy": busy / wall,
     }
+
+
+def idle_share(pid: int, seconds: float) -> float:
+    """The coordinator's share of a core with boards and no work: its heartbeats, ticks and liveness checks."""
+    cpu = cpu_seconds(pid)
+    time.sleep(seconds)
+    return (cpu_seconds(pid) - cpu) / seconds
 
 
 def large_request(endpoint: str, inputs: int) -> dict[str, Any]:
@@ -184,13 +195,17 @@ def run_count(boards: int, args: argparse.Namespace) -> dict[str, Any]:
                 pid = local.coordinator.pid
                 row: dict[str, Any] = {"boards": boards, "ready_s": ready_s}
                 endpoint = local.clients_endpoint
+                row["idle_coordinator_cores"] = idle_share(pid, IDLE_S)
                 row["large"] = phase(pid, lambda: large_request(endpoint, args.inputs), "shard", lambda v: v["shards"])
                 row["one_input"] = phase(
                     pid, lambda: one_input_requests(endpoint, args.duration), "request", lambda v: v["requests"]
                 )
+                batches = ask(endpoint, "status")["counters"].get("frame_batches", 0)
                 row["streams"] = phase(
                     pid, lambda: cameras(config, endpoint, args.cameras, args.duration), "frame", lambda v: v["frames"]
                 )
+                batches = ask(endpoint, "status")["counters"].get("frame_batches", 0) - batches
+                row["streams"]["frames_per_batch"] = row["streams"]["results"] / max(batches, 1)
                 row["streams"]["client_cpu_ms_per_frame"] = (
                     row["streams"].pop("client_cpu_s") / max(row["streams"]["frames"], 1) * 1e3
                 )
