@@ -482,12 +482,34 @@ def streams() -> str:
         "CPU per frame: coordinator / cameras",
     ]
     largest = d["largest_sources_within_100ms"]
-    return (
-        text
-        + table(header, rows)
-        + f"\n\nLargest count within 100 ms p99, every frame answered: {largest}. "
-        + ran("streams")
-    )
+    text += table(header, rows) + f"\n\nLargest count within 100 ms p99, every frame answered: {largest}."
+    faster = d.get("faster") or []
+    if faster:
+        fast_rows = [
+            [
+                f"{p['sources']} × {p['fps_per_source']:g} fps = {n(p['sources'] * p['fps_per_source'])} frames/s",
+                f"{n(p['fps'])} frames/s",
+                f"{p['worst_source_p99_ms']:.1f} ms",
+                pct(p["accuracy"]),
+                f"{n(p['results'])} / {n(p['frames'])}",
+                f"{p['coordinator_cpu_ms_per_frame']:.3f} / {p['client_cpu_ms_per_frame']:.3f} ms",
+                f"{p['coordinator_cpu_ms_per_frame'] * p['fps'] / 1e3:.2f} / {p['machine_cores_busy']:.2f}",
+            ]
+            for p in faster
+        ]
+        fast_header = [
+            "sent", "answered", "worst source p99", "accuracy", "answered / sent",
+            "CPU per frame: coordinator / cameras", "cores: coordinator / machine",
+        ]  # fmt: skip
+        most = d.get("largest_frames_per_s_within_100ms")
+        text += (
+            "\n\nPast the streams' limit, the same cameras sending faster (10 s each, `degrade`):\n\n"
+            + table(fast_header, fast_rows)
+            + "\n\nMost frames/s with every frame answered within 100 ms at the worst source's p99: "
+            + (n(most) if most else "none of these")
+            + "."
+        )
+    return text + " " + ran("streams")
 
 
 def applications() -> str:
