@@ -23,9 +23,9 @@ from edgecollab.security import ClientCurve, generate_keys, load_key_pair, load_
 from edgecollab.zoo import load_manifest, load_test_set
 
 from .cluster_helpers import infer, local_predictions
-from .conftest import SHIPPED_MANIFEST
+from .conftest import REPO, SHIPPED_MANIFEST
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+BENCHMARKS = REPO / "benchmarks"
 VARIANTS = ["mlp-64", "cnn-8"]
 SITES = {
     "site-a": ["odroid-xu4", "odroid-xu4", "rpi4", "jetson-nano"],  # the paper's testbed

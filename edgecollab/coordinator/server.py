@@ -481,8 +481,7 @@ class Coordinator:
 
     def _measured_link_s(self, link: WorkerLink) -> float | None:
         """Seconds a site's measured link takes per input, unless its config entry sets ``link_mbps`` (that wins)."""
-        configured = next((n.link_mbps for n in self.config.nodes if n.name == link.name), None)
-        if link.link_mbps is None or configured is not None:
+        if link.link_mbps is None or self.config.node(link.name).link_mbps is not None:  # registered, so configured
             return None
         return self._bytes_per_input * 8 / (link.link_mbps * 1e6)
 

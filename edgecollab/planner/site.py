@@ -10,6 +10,7 @@ rows. Pure: no I/O.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -66,7 +67,7 @@ def link_mbps_from(samples: Iterable[tuple[int, float]]) -> float | None:
     if len(by_size) < 2:
         return None
     small, large = min(by_size), max(by_size)
-    extra_s = _median(by_size[large]) - _median(by_size[small])
+    extra_s = statistics.median(by_size[large]) - statistics.median(by_size[small])
     if extra_s <= 0:
         return None
     return (large - small) * 8 / extra_s / 1e6
@@ -77,12 +78,6 @@ def link_moved(old: float | None, new: float | None) -> bool:
     if new is None:
         return False
     return old is None or abs(new - old) > LINK_CHANGE * old
-
-
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def front_to_wire(front: Mapping[str, Measurement]) -> dict[str, Any]:
