@@ -36,6 +36,11 @@ class CoordinatorConfig(_Strict):
     heartbeat_s: float = Field(1.0, gt=0, description="heartbeat interval, both ways")
     heartbeat_misses: int = Field(3, ge=1, description="missed heartbeats after which a peer is dead")
     policy: str = Field("adaptive", description="default policy when a request names none")
+    confidence: float = Field(
+        0.9, ge=0.5, lt=1.0,
+        description="probability a plan aims to meet its target with: rows are planned at their lower bound and "
+        "a task's margin is this quantile of its measured spread",
+    )  # fmt: skip
     metrics_port: int | None = Field(None, ge=0, le=65535, description="serve Prometheus metrics on this port")
     metrics_host: str = Field("127.0.0.1", description="address the metrics endpoint listens on")
     max_requests: int = Field(32, ge=1, description="requests admitted at once (waiting or running); more get 'busy'")

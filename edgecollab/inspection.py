@@ -16,6 +16,7 @@ from .config import ClusterConfig, load_config
 from .errors import EdgecollabError, RequestFailed
 from .local import LocalCluster
 from .planner import ExplorationTable, Measurement, ProfileCache
+from .planner.table import PRIOR_ROW_SPREAD
 from .security import ClientCurve, client_curve
 from .zoo import load_manifest
 
@@ -43,9 +44,12 @@ def cached_table(config: ClusterConfig, task: str | None = None) -> ExplorationT
     manifest = load_manifest(config.manifest_path, check_files=False)
     task = task or config.models.task
     table = ExplorationTable({manifest.id_of(v): v.accuracy for v in manifest.for_task(task)})
+    table.tasks = dict.fromkeys(table.accuracy, task)
+    table.confidence = config.coordinator.confidence
     table.link_seconds.update(config.link_seconds_per_input(manifest.tasks[task].bytes_per_input))
     cache_path = config.resolve(config.coordinator.profile_cache)
     cache = ProfileCache(cache_path)
+    table.realisations.update(cache.load_realisations())
     missing = []
     for node in config.nodes:
         measurements = cache.load_any(node.name)
@@ -64,10 +68,23 @@ def cached_table(config: ClusterConfig, task: str | None = None) -> ExplorationT
 
 
 def table_from_rows(rows: list[dict[str, Any]]) -> ExplorationTable:
+    """The table a coordinator's ``table`` query answered (its rows' errors and curves included)."""
     table = ExplorationTable({str(r["variant"]): float(r["accuracy"]) for r in rows})
     for r in rows:
         latencies = tuple((int(b), float(ms)) for b, ms in r.get("latencies", []))
-        table.record(str(r["node"]), str(r["variant"]), Measurement(float(r["ips"]), float(r["latency_ms"]), latencies))
+        error = r.get("error") or {}
+        measurement = Measurement(
+            float(r["ips"]),
+            float(r["latency_ms"]),
+            latencies,
+            spread=float(error.get("spread", PRIOR_ROW_SPREAD)),
+            host_bound=bool(error.get("host_bound", False)),
+            curve=tuple((int(b), float(ips)) for b, ips in r.get("curve", [])),
+            observations=int(error.get("observations", 0)),
+        )
+        table.record(str(r["node"]), str(r["variant"]), measurement)
+        if r.get("task"):
+            table.tasks[str(r["variant"])] = str(r["task"])
     return table
 
 

@@ -16,7 +16,6 @@ from edgecollab.planner.joint import (
     group_alike,
     plan_jointly,
 )
-from edgecollab.planner.policies import TARGET_HEADROOM
 from edgecollab.worker.emulation import BOARD_PROFILES
 from edgecollab.zoo import load_manifest
 
@@ -43,19 +42,30 @@ def capacity(table: ExplorationTable, nodes: list[str]) -> float:
     return sum(max(table.ips(n, v) for v in table.variants_of(n)) for n in nodes)
 
 
+def promisable(table: ExplorationTable, nodes: list[str]) -> float:
+    """The most a plan can promise: every node's fastest lower bound, times the efficiency less the margin."""
+    return capacity(table.lower_bounds(), nodes) * kept(table)
+
+
+def kept(table: ExplorationTable) -> float:
+    """Of a demand's planned rate, what it promises (one task: the table's default realisation)."""
+    realisation = table.realisation(None)
+    return realisation.efficiency * (1 - realisation.margin(table.z))
+
+
 def check_consistent(plan: JointPlan, table: ExplorationTable) -> None:
     for node, load in plan.node_load.items():
         assert load <= 1 + 1e-6, f"{node} is planned for {load:.3f} of its time"
     for d in plan.demands.values():
         assert all(s.ips > 0 for s in d.shares)
         total = sum(s.ips for s in d.shares)
-        assert d.expected_ips == pytest.approx(total * table.efficiency)
+        assert d.expected_ips == pytest.approx(total * kept(table))
 
 
 @pytest.mark.parametrize("seed", range(12))
 def test_targets_are_met_and_a_loose_demand_never_costs_a_tight_one_accuracy(seed: int) -> None:
     table, nodes = random_table(seed)
-    top = capacity(table, nodes) / (1 + TARGET_HEADROOM)
+    top = promisable(table, nodes)
     # The loose demand is small: even on its cheapest variant it needs a sliver of the cluster.
     tight, loose = Demand("tight", 0.8 * top), Demand("loose", 0.002 * top)
     alone = plan_jointly(table, [tight], nodes).demands["tight"]
@@ -63,7 +73,7 @@ def test_targets_are_met_and_a_loose_demand_never_costs_a_tight_one_accuracy(see
     check_consistent(together, table)
     for d in (tight, loose):
         assert together.demands[d.key].feasible
-        assert together.demands[d.key].expected_ips >= (d.target_ips or 0) * (1 + TARGET_HEADROOM) - 1e-6
+        assert together.demands[d.key].expected_ips >= (d.target_ips or 0) - 1e-6
     assert together.demands["tight"].expected_accuracy >= alone.expected_accuracy - 1e-3
 
 
@@ -95,7 +105,7 @@ def test_on_the_paper_testbed_a_small_request_costs_a_tight_one_under_a_tenth_of
 @pytest.mark.parametrize("seed", range(8))
 def test_one_demand_gets_at_least_what_the_per_request_optimiser_gives(seed: int) -> None:
     table, nodes = random_table(seed)
-    target = 0.5 * capacity(table, nodes) / (1 + TARGET_HEADROOM)
+    target = 0.5 * promisable(table, nodes)
     joint = plan_jointly(table, [Demand("r", target)], nodes).demands["r"]
     alone = make_plan("adaptive", table, PlanRequest(100_000, target), nodes)
     assert joint.feasible and alone.feasible
@@ -106,7 +116,7 @@ def test_one_demand_gets_at_least_what_the_per_request_optimiser_gives(seed: int
 @pytest.mark.parametrize("seed", range(8))
 def test_a_one_variant_plan_is_within_a_tenth_of_a_point_of_the_lp_bound(seed: int) -> None:
     table, nodes = random_table(seed)
-    top = capacity(table, nodes) / (1 + TARGET_HEADROOM)
+    top = promisable(table, nodes)
     rates = np.random.default_rng(seed).dirichlet(np.ones(5)) * 0.7 * top
     one = [Demand(f"r{i}", float(r)) for i, r in enumerate(rates)]
     mixed = [Demand(d.key, d.target_ips, one_variant=False) for d in one]
@@ -123,7 +133,7 @@ def test_a_one_variant_plan_is_within_a_tenth_of_a_point_of_the_lp_bound(seed: i
 
 def test_targets_that_cannot_all_be_met_are_scaled_alike_and_say_so() -> None:
     table, nodes = random_table(3)
-    top = capacity(table, nodes) / (1 + TARGET_HEADROOM)
+    top = promisable(table, nodes)
     plan = plan_jointly(table, [Demand("a", 0.9 * top), Demand("b", 0.6 * top)], nodes)
     assert 0 < plan.scale < 1
     a, b = plan.demands["a"], plan.demands["b"]
@@ -142,7 +152,7 @@ def test_minimum_accuracy_holds_and_an_unreachable_one_is_noted() -> None:
 
 def test_best_effort_runs_behind_targets_at_the_best_accuracy() -> None:
     table, nodes = random_table(7)
-    top = capacity(table, nodes) / (1 + TARGET_HEADROOM)
+    top = promisable(table, nodes)
     best = max(table.accuracy.values())
     plan = plan_jointly(table, [Demand("t", 0.2 * top), Demand("e1"), Demand("e2")], nodes)
     for key in ("e1", "e2"):
@@ -197,8 +207,8 @@ def test_capacity_moves_to_the_task_whose_load_grows() -> None:
         plan = plan_jointly(table, demands, nodes)
         check_consistent(plan, table)
         assert all(d.feasible for d in plan.demands.values())
-        assert plan.demands["c"].expected_ips >= 3000 * (1 + TARGET_HEADROOM) - 1e-6
-        assert plan.demands["d"].expected_ips >= target * (1 + TARGET_HEADROOM) - 1e-6
+        assert plan.demands["c"].expected_ips >= 3000 - 1e-6
+        assert plan.demands["d"].expected_ips >= target - 1e-6
         accuracy.append(plan.demands["c"].expected_accuracy)
         if target == 300.0:
             first_detection_accuracy = plan.demands["d"].expected_accuracy
@@ -252,7 +262,7 @@ def test_a_search_stopped_at_the_time_bound_gives_its_best_plan_and_says_so(monk
     for n, node in enumerate(nodes):
         for k in range(12):
             table.record(node, f"v{k}", Measurement(1000 * (1 + 0.3 * n) / (1 + k), 10.0))
-    top = capacity(table, nodes) / (1 + TARGET_HEADROOM)
+    top = promisable(table, nodes)
     demands = [Demand(f"d{k}", top / 40) for k in range(24)]
     plan = plan_jointly(table, demands, nodes)
     assert plan.timed_out  # 24 demands × 72 options do not solve in 0.1 ms

@@ -313,7 +313,8 @@ class DispatchCore:
             ips = size / seconds
         else:
             return
-        if self.table.observe_shard(node.name, variant, ips, min(evidence, 1.0)):
+        # A whole shard is judged against the row's speed at its own batch size (a row is a curve).
+        if self.table.observe_shard(node.name, variant, ips, min(evidence, 1.0), None if batch else size):
             log.info("dispatch: %s on %s drifted", node.name, variant)
             self.planning.drifted(node.name, now)
 
@@ -331,7 +332,7 @@ class DispatchCore:
             return [ProfileAnswer(event.node, event.number, Error("node_lost", f"node {event.node} is not registered"))]
         work_id = WorkId(WorkKind.PROFILE, event.number)
         state.in_flight[work_id] = SentProfile(event.variant, len(event.inputs), event.now)
-        return [SendShard(event.node, work_id.shard(event.variant, event.inputs))]
+        return [SendShard(event.node, work_id.shard(event.variant, event.inputs, event.outputs))]
 
     def _profiled(self, event: NodeProfiled) -> list[Instruction]:
         state = self.nodes.get(event.node)

@@ -129,6 +129,7 @@ class ProfileShardWanted:
     variant: str
     inputs: np.ndarray
     now: float
+    outputs: str = "predictions"  # what the answer carries: as requests of the variant's task ask by default
 
 
 @dataclass(frozen=True)

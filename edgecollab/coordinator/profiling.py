@@ -14,6 +14,7 @@ import logging
 import statistics
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,9 +22,11 @@ import numpy as np
 from ..config import CoordinatorConfig
 from ..errors import EdgecollabError
 from ..planner import Measurement, ProfileCache
+from ..planner.confidence import HOST_BOUND_SPREAD, MIN_ROW_SPREAD
 from ..protocol import Message, ShardResult
 from .events import Event, NodeProfiled, NodeRegistered, ProfileAnswer, ProfileShardWanted
 from .peers import WorkerLink
+from .requests import MAX_SHARD_FACTOR, shard_size_for
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +48,14 @@ class Profiler:
         cache: ProfileCache,
         inputs_of: dict[str, tuple[tuple[int, ...], np.dtype[Any]]],
         is_current: Callable[[WorkerLink], bool],
+        outputs_of: dict[str, str] | None = None,
     ) -> None:
         self.settings = settings
         self._feed = feed
         self._spawn = spawn
         self.cache = cache  # profiles by node and worker fingerprint: a restarted board is not profiled again
         self.inputs_of = inputs_of  # variant -> the (shape, dtype) of its task's inputs
+        self.outputs_of = outputs_of or {}  # variant -> what its task's requests get back by default
         self._is_current = is_current
         self._waiting: dict[int, asyncio.Future[Message]] = {}  # profiling shard number -> its answer
         self._numbers = 0
@@ -83,32 +88,35 @@ class Profiler:
         if waiter is not None and not waiter.done():
             waiter.set_result(answer.message)
 
-    async def _run(self, node: str, variant: str, inputs: np.ndarray) -> float | None:
-        """One shard's round trip in seconds; None if the node could not run it; ``NodeGone`` if it left."""
+    async def _run(self, node: str, variant: str, inputs: np.ndarray) -> Trip | None:
+        """One shard's round trip; None if the node could not run it; ``NodeGone`` if it left."""
         self._numbers += 1
         number = self._numbers
         waiter: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._waiting[number] = waiter
         started = time.perf_counter()
-        await self._feed(ProfileShardWanted(node, number, variant, inputs, time.monotonic()))
+        outputs = self.outputs_of.get(variant, "predictions")
+        await self._feed(ProfileShardWanted(node, number, variant, inputs, time.monotonic(), outputs))
         reply = await waiter
         if isinstance(reply, ShardResult):
-            return time.perf_counter() - started
+            return Trip(time.perf_counter() - started, reply.host_bound)
         if getattr(reply, "code", "") == "node_lost":
             raise NodeGone(str(getattr(reply, "message", "")))
         log.warning("coordinator: profiling %s on %s failed: %s", variant, node, reply)
         return None
 
     async def profile(self, node: str, variants: list[str]) -> dict[str, Measurement] | None:
-        """Measure every variant; None if the node left first.
+        """Measure every variant as requests will run it; None if the node left first.
 
-        Each variant's shards hold inputs of its own task (``inputs_of``). Shards go out ``window`` at a time,
-        as dispatch sends them, so the throughput (inputs ÷ elapsed time) includes the coordinator's
-        per-shard cost and the load of the other nodes profiling at the same time. Latency is the
-        median round trip.
+        Each variant's shards hold inputs of its own task (``inputs_of``) and bring back what that task's
+        requests ask for by default (``outputs_of``: a detector's every output). Shards go out ``window``
+        at a time, as dispatch sends them, so the throughput (inputs ÷ elapsed time) includes the
+        coordinator's per-shard cost and the load of the other nodes profiling at the same time. A fast
+        row is timed again at the larger shard size requests cut for it (``shard_size_for``): a row is a
+        curve in the batch size. Its spread is that of its shards' round trips.
         """
         size = self.settings.shard_size
-        rows = max(size, *LATENCY_BATCHES)
+        rows = max(size * MAX_SHARD_FACTOR, *LATENCY_BATCHES)
         rng = np.random.default_rng(0)
         samples = {
             v: rng.integers(0, 256, (rows, *shape)).astype(dtype) for v, (shape, dtype) in self.inputs_of.items()
@@ -116,31 +124,73 @@ class Profiler:
         window = asyncio.Semaphore(self.settings.window)
         measurements: dict[str, Measurement] = {}
 
-        async def timed(variant: str, batch: int = size) -> float | None:
+        async def timed(variant: str, batch: int = size) -> Trip | None:
             async with window:
                 return await self._run(node, variant, samples[variant][:batch])
+
+        async def pipelined(variant: str, batch: int) -> Pipelined | None:
+            started = time.perf_counter()
+            trips = await asyncio.gather(*(timed(variant, batch) for _ in range(self.settings.profile_shards)))
+            elapsed = time.perf_counter() - started
+            done = [t for t in trips if t is not None]
+            if len(done) < len(trips):
+                return None
+            return Pipelined(batch * len(done) / elapsed, [t.seconds for t in done], any(t.host_bound for t in done))
 
         try:
             for variant in variants:
                 if await timed(variant) is None:  # warm-up: first runs allocate
                     continue
-                started = time.perf_counter()
-                round_trips = await asyncio.gather(*(timed(variant) for _ in range(self.settings.profile_shards)))
-                elapsed = time.perf_counter() - started
-                done = [t for t in round_trips if t is not None]
-                if len(done) == len(round_trips):
-                    measurements[variant] = Measurement(
-                        ips=size * len(done) / elapsed, latency_ms=statistics.median(done) * 1e3
-                    )
+                first = await pipelined(variant, size)
+                if first is None:
+                    continue
+                runs = [first]
+                real_size = shard_size_for(first.ips, self.settings)
+                if real_size > size:
+                    at_real_size = await pipelined(variant, real_size)
+                    if at_real_size is not None:
+                        runs.append(at_real_size)
+                used = runs[-1]
+                host_bound = any(r.host_bound for r in runs)
+                spread = max(used.spread, MIN_ROW_SPREAD, HOST_BOUND_SPREAD if host_bound else 0.0)
+                measurements[variant] = Measurement(
+                    ips=used.ips,
+                    latency_ms=statistics.median(used.round_trips) * 1e3,
+                    spread=spread,
+                    host_bound=host_bound,
+                    curve=tuple((batch, r.ips) for batch, r in zip((size, real_size), runs, strict=False)),
+                )
             # Round trips of one shard at a time at a few batch sizes: what a frame waits (streams).
             for variant in list(measurements):
                 latencies = []
                 for batch in LATENCY_BATCHES:
                     trips = [await timed(variant, batch) for _ in range(LATENCY_SAMPLES)]
-                    finished = [t for t in trips if t is not None]
+                    finished = [t.seconds for t in trips if t is not None]
                     if finished:
                         latencies.append((batch, statistics.median(finished) * 1e3))
                 measurements[variant] = dataclasses.replace(measurements[variant], latencies=tuple(latencies))
         except NodeGone:
             return None
         return measurements
+
+
+@dataclass(frozen=True)
+class Trip:
+    seconds: float  # send to answer
+    host_bound: bool  # the worker said its host, not the emulated board, set the time
+
+
+@dataclass(frozen=True)
+class Pipelined:
+    """Shards of one size sent ``window`` at a time: their throughput and round trips."""
+
+    ips: float
+    round_trips: list[float]
+    host_bound: bool
+
+    @property
+    def spread(self) -> float:
+        """Relative standard deviation of the round trips."""
+        if len(self.round_trips) < 2:
+            return 0.0
+        return statistics.stdev(self.round_trips) / statistics.mean(self.round_trips)

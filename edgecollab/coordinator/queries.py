@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
-from ..planner import ADAPTS_AT_RUN_TIME, PlanningError, PlanRequest, make_plan
+from ..planner import ADAPTS_AT_RUN_TIME, ExplorationTable, PlanningError, PlanRequest, make_plan
 from ..planner.joint import plan_jointly
 from ..protocol import QUERY_TOPICS, Answer, Error, Query
 from ..zoo.manifest import Manifest, TaskSpec
@@ -89,7 +89,14 @@ class Queries:
             return Answer(query.request_id, self.status(viewer))
         if query.topic == "table":
             table = self.core.table
-            return Answer(query.request_id, {"rows": table.rows(), "efficiency": table.efficiency})
+            answer = {
+                "rows": table.rows(),
+                "efficiency": table.efficiency,
+                "confidence": table.confidence,
+                "tasks": table.realisations_as_dict(),  # per task: efficiency, spread, start-up, requests
+                "missing": self.missing_rows(),
+            }
+            return Answer(query.request_id, answer)
         if query.topic == "plan":
             return await self.plan(query)
         if query.topic == "models":
@@ -122,6 +129,24 @@ class Queries:
             return Error("invalid_input", f"cannot plan {dict(params)}: {exc}", query.request_id)
         return Answer(query.request_id, {**plan.as_dict(), "task": task.name})
 
+    def missing_rows(self) -> list[dict[str, str]]:
+        """Rows the table lacks: per configured node, each variant of a served task it has no row for, and why."""
+        table, rows = self.core.table, []
+        for node in sorted(self.core.manager.expected):
+            link = self.peers.links.get(node)
+            have = set(table.variants_of(node))
+            for variant in sorted(v for v in table.tasks if v not in have):
+                if link is None:
+                    why = "node not connected"
+                elif variant in link.left_out():
+                    why = f"left out by the board: {link.left_out()[variant]}"
+                elif variant not in link.variants:
+                    why = "not loaded by the board"
+                else:
+                    why = "not profiled yet"
+                rows.append({"node": node, "variant": variant, "task": table.tasks[variant], "why": why})
+        return rows
+
     def status(self, viewer: str | None = None) -> dict[str, Any]:
         """Nodes, the resource manager's state, the joint plan, counters, and the requests and streams
         ``viewer`` may see: its own, or every client's for an operator (None)."""
@@ -146,6 +171,8 @@ class Queries:
                     "warnings": link.warnings,  # e.g. a provider missing, and what it fell back to
                     "in_flight": core.in_flight(link.name),
                     "ips": {v: table.ips(link.name, v) for v in table.variants_of(link.name)},
+                    # rows whose time the host's compute set, not the emulated board's (emulation only)
+                    "host_bound": sorted(v for v in table.variants_of(link.name) if _host_bound(table, link.name, v)),
                     "seconds_since_heard": now - link.last_seen,
                     "measured_link_mbps": link.link_mbps,  # a site's link from here, as the site measured it
                 }
@@ -155,7 +182,14 @@ class Queries:
             "expected_nodes": sorted(core.manager.expected),
             "missing_nodes": core.manager.missing(),
             "efficiency": table.efficiency,
+            "confidence": table.confidence,
+            "tasks": table.realisations_as_dict(),
             "nodes": nodes,
             **core.work_seen_by(viewer, now),
             "counters": self.counters(),
         }
+
+
+def _host_bound(table: ExplorationTable, node: str, variant: str) -> bool:
+    m = table.get(node, variant)
+    return m is not None and m.host_bound

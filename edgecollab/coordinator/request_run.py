@@ -298,6 +298,22 @@ class RequestRun:
             ],
         }
 
+    def startup_seconds(self) -> float:
+        """From arrival until its first shard began computing: waiting for a plan, the first trip out."""
+        if not self._done:
+            return 0.0
+        first, _, _, _, busy = min(self._done)
+        return max(first - busy, 0.0)
+
+    def reachable_ips(self, seconds_per_input: Callable[[str, str], float], node_share: Mapping[str, float]) -> float:
+        """What the work, as it was really split over nodes and variants, could reach on the table's rows:
+        each node given ``node_share`` of its time (1 where absent) and all finishing together."""
+        busy: dict[str, float] = {}
+        for _, node, variant, inputs, _ in self._done:
+            busy[node] = busy.get(node, 0.0) + inputs * seconds_per_input(node, variant) / node_share.get(node, 1.0)
+        makespan = max(busy.values(), default=0.0)
+        return self.total_inputs / makespan if makespan > 0 and np.isfinite(makespan) else 0.0
+
     def wall_seconds(self) -> float:
         end = self.finished_at if self.finished_at is not None else time.monotonic()
         return max(end - self.arrived, 1e-9)

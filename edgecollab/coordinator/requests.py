@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..config import CoordinatorConfig
 from ..planner import ADAPTS_AT_RUN_TIME, ExplorationTable, Plan, PlanningError, PlanRequest, make_plan
 from ..protocol import Error, Result, ShardResult, Submit
 from .events import (
@@ -74,6 +75,8 @@ class OpenRequest:
     owner: str = ""  # who may see it in status (see principal)
     # The variants that may serve it: its pinned one, else its task's (None: any in the table).
     variants: frozenset[str] | None = None
+    # Other work ran beside it at some point: it had only its planned share of its nodes' time.
+    shared: bool = False
     key: str = field(init=False)  # the core's name for it: requests, demands
 
     def __post_init__(self) -> None:
@@ -183,16 +186,18 @@ class RequestDispatch:
         r.status = RequestStatus.RUNNING
         r.dispatch_started = now
         r.weights = plan_weights(plan, self.core.table)
+        others = [o for o in self.core.requests.values() if o is not r and o.status is RequestStatus.RUNNING]
+        for o in others:
+            o.shared = True
+        r.shared = bool(others) or bool(self.core.streams)
         return []
 
     def finish(self, r: OpenRequest) -> list[Instruction]:
         run, core = r.run, self.core
         assert run is not None and r.first_plan is not None
         self.close(r)
-        if not r.small and run.replans == 0:  # a re-planned request's first plan no longer says what to expect
-            first = r.first_plan
-            planned = sum(a.inputs for a in first.assignments)
-            core.table.learn_efficiency(planned, first.expected_ips, run.total_inputs / run.wall_seconds())
+        if not r.small:
+            self.learn(r, run)
         shown = report(r, core.table, core.manager.expected)
         core.counters["inputs_served"] += run.total_inputs
         if not r.small:
@@ -205,6 +210,16 @@ class RequestDispatch:
             r.request_id, run.predictions, run.provenance, shown, run.outputs, run.variant_names, run.node_names
         )
         return [AnswerRequest(r.client, result)]
+
+    def learn(self, r: OpenRequest, run: RequestRun) -> None:
+        """Teach the table what every request really got (re-planned and short ones too): after its start-up,
+        against what its work, as it was split, could reach on the rows as they are now; a request that
+        shared the cluster is measured against the share of node time it was planned to have."""
+        startup = run.startup_seconds()
+        steady = run.total_inputs / max(run.wall_seconds() - startup, 1e-6)
+        table = self.core.table
+        reachable = run.reachable_ips(table.seconds_per_input, r.weights if r.shared else {})
+        table.learn_request(r.variants or table.accuracy, steady, reachable, startup)
 
     def count_answered(self, r: OpenRequest, run: RequestRun) -> None:
         """A request's figures in its task's statistics, and in those of each variant that ran some of it."""
@@ -348,11 +363,14 @@ class RequestDispatch:
         return WorkId(WorkKind.SHARD, self.core.next_number(), shard.attempt)
 
     def shard_size(self, node: str, variant: str) -> int:
-        """A node's shards last about ``shard_seconds`` there: a fast board gets larger ones (less
-        per-shard cost), never smaller than the profiled ``shard_size`` nor over MAX_SHARD_FACTOR times it."""
-        size = self.core.settings.shard_size
-        ips = self.core.table.ips(node, variant)
-        return int(min(max(size, ips * self.core.settings.shard_seconds), size * MAX_SHARD_FACTOR))
+        return shard_size_for(self.core.table.ips(node, variant), self.core.settings)
+
+
+def shard_size_for(ips: float, settings: CoordinatorConfig) -> int:
+    """A node's shards last about ``shard_seconds`` there: a fast board gets larger ones (less per-shard
+    cost), never smaller than ``shard_size`` nor over MAX_SHARD_FACTOR times it. Profiling times rows at it."""
+    size = settings.shard_size
+    return int(min(max(size, ips * settings.shard_seconds), size * MAX_SHARD_FACTOR))
 
 
 def plan_weights(plan: Plan, table: ExplorationTable) -> dict[str, float]:
@@ -360,11 +378,15 @@ def plan_weights(plan: Plan, table: ExplorationTable) -> dict[str, float]:
     as the request's stride weights: on a node shared with other requests it gets what the joint plan
     gave it, no more and no less. (Normalising by the busiest node instead gave every request weight 1
     on its main node, so a heavy task shared a board equally with a light one and fell short.)"""
+    cost = table.lower_bound_seconds if plan.cautious else table.seconds_per_input  # as it was planned
     seconds: dict[str, float] = {}
     for a in plan.assignments:
-        seconds[a.node] = seconds.get(a.node, 0.0) + a.inputs * table.seconds_per_input(a.node, a.variant)
+        seconds[a.node] = seconds.get(a.node, 0.0) + a.inputs * cost(a.node, a.variant)
     total = sum(a.inputs for a in plan.assignments)
-    duration = total / plan.expected_ips if plan.expected_ips > 0 else max(seconds.values(), default=0.0)
+    # The rate planned on the nodes: what the plan promises, before its task's efficiency and margin.
+    kept = table.efficiency_for(a.variant for a in plan.assignments) * (1 - plan.margin)
+    planned_ips = plan.expected_ips / kept
+    duration = total / planned_ips if planned_ips > 0 else max(seconds.values(), default=0.0)
     if duration <= 0 or not np.isfinite(duration) or not all(np.isfinite(s) for s in seconds.values()):
         return {n: 1.0 for n in seconds}
     return {n: min(max(s / duration, STRAY_WEIGHT), 1.0) for n, s in seconds.items()}

@@ -87,11 +87,14 @@ from .profiling import Profiler
 from .provisioning import model_files, settings_for
 from .queries import Queries, describe_tasks
 from .site import SiteState, SiteUplink
+from .validation import outputs_mode
 
 log = logging.getLogger(__name__)
 
 # The core's timer: waiting requests time out, stalled nodes are found, stranded work fails.
 TICK_S = 0.1
+# What the table learned is written beside its profiles at most this often (and at shut-down).
+SAVE_LEARNED_S = 2.0
 # Messages taken from a socket in one turn of its loop, and handed to the core as one batch.
 MAX_BATCH = 256
 
@@ -113,6 +116,8 @@ class Coordinator:
         ids = {t.name: [manifest.id_of(v) for v in manifest.for_task(t.name)] for t in tasks}  # names scoped by task
         accuracy = {manifest.id_of(v): v.accuracy for t in tasks for v in manifest.for_task(t.name)}
         table = ExplorationTable(accuracy)
+        table.tasks = {v: t.name for t in tasks for v in ids[t.name]}
+        table.confidence = self.settings.confidence
         self._bytes_per_input = tasks[0].bytes_per_input  # what link_seconds are for (input_scale: other tasks)
         table.link_seconds.update(config.link_seconds_per_input(self._bytes_per_input))
         table.input_scale.update({v: t.bytes_per_input / tasks[0].bytes_per_input for t in tasks for v in ids[t.name]})
@@ -139,12 +144,18 @@ class Coordinator:
         # What a profiling shard of each variant holds: inputs of its own task.
         inputs_of = {v: (t.input_shape, np.dtype(t.input_dtype)) for t in tasks for v in ids[t.name]}
         cache = ProfileCache(config.resolve(self.settings.profile_cache))
-        self.profiler = Profiler(self.settings, self._feed, self._spawn, cache, inputs_of, self.peers.is_current)
+        table.realisations.update(cache.load_realisations())  # what earlier runs learned, kept with the table
+        self._saved_version = table.version
+        outputs_of = {v: outputs_mode(t, None)[0] for t in served for v in ids[t.name]}
+        self.profiler = Profiler(
+            self.settings, self._feed, self._spawn, cache, inputs_of, self.peers.is_current, outputs_of
+        )
         self.queries = Queries(
             self.core, self.peers, lambda: self.counters, self._solver, describe_tasks(manifest, tasks)
         )
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stop = asyncio.Event()
+        self._saved_at = float("-inf")
         self._wake: asyncio.TimerHandle | None = None  # the core's next wake-up
 
     def _provision(self, node: str, runtime: dict[str, Any]) -> tuple[NodeSettings, dict[str, Path]]:
@@ -259,6 +270,7 @@ class Coordinator:
         while self.core.requests and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         await self._feed(ShuttingDown(True, time.monotonic()))
+        self._save_learned(time.monotonic(), force=True)
         await self.peers.say_goodbye("coordinator shutting down")
 
     def _spawn(self, coro: Any) -> None:
@@ -359,6 +371,18 @@ class Coordinator:
                     log.warning("coordinator: start-up timeout; going on without %s", ", ".join(missing))
                 await self._feed(StartupExpired(now))
             await self._feed(Tick(now))
+            self._save_learned(now)
+
+    def _save_learned(self, now: float, force: bool = False) -> None:
+        """Write what the table learned (rows corrected by real shards, each task's realisation) beside its
+        profiles, at most every SAVE_LEARNED_S: a restarted coordinator plans from where this one was."""
+        if self.table.version == self._saved_version or (not force and now - self._saved_at < SAVE_LEARNED_S):
+            return
+        self._saved_version, self._saved_at = self.table.version, now
+        try:
+            self.profiler.cache.store_learned(self.table)
+        except OSError as exc:
+            log.warning("coordinator: could not save what the table learned: %s", exc)
 
     # --- messages in ---------------------------------------------------------------------------
     async def _receive_loop(

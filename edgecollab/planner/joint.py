@@ -9,8 +9,9 @@ capacity: ``Σ_d Σ_k∈node c_k x_dk ≤ 1``.
 
 Two stages, each one HiGHS program (``scipy.optimize.milp``):
 
-1. **Demands with a target** get exactly their rate ``R_d = target × (1 + headroom) ÷
-   efficiency`` and their minimum mean accuracy. The largest demands first get, in order of
+1. **Demands with a target** get exactly their rate ``R_d = target ÷ (efficiency × (1 − margin))``
+   on the rows' lower confidence bounds (``planner/confidence.py``: the efficiency and the margin are
+   the demand's task's, learned) and their minimum mean accuracy. The largest demands first get, in order of
    rate, the most accurate plan each can have while every target stays met (accuracy floors,
    ``_priority_floors``), so a loose demand never takes what a tight one needs; then the plan
    maximises ``Σ acc_k x_dk`` (expected correct answers per second) within those floors, then
@@ -38,7 +39,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .optimizer import TIME_LIMIT_S, Constraints, Option, dominated, run_milp
-from .policies import TARGET_HEADROOM, Assignment, Plan, PlanningError, split_by_weight
+from .policies import Assignment, Plan, PlanningError, split_by_weight
 from .table import ExplorationTable
 
 # Targets below this rate (inputs/s) are planned at it, so every demand has a share to cut.
@@ -99,10 +100,11 @@ class Share:
 class DemandPlan:
     key: str
     shares: tuple[Share, ...]
-    expected_ips: float  # Σ share rates × the table's efficiency
+    expected_ips: float  # what it promises: Σ share rates (on lower bounds) × its task's efficiency, less the margin
     expected_accuracy: float  # rate-weighted mean accuracy
     feasible: bool
     notes: tuple[str, ...] = ()
+    margin: float = 0.0  # the relative headroom kept for what the table does not know
 
     def node_time(self, table: ExplorationTable) -> dict[str, float]:
         """Fraction of each node's time this demand is planned to use (its dispatch weight)."""
@@ -123,7 +125,10 @@ class DemandPlan:
             raise PlanningError(f"demand {self.key} has no share of any node")
         counts = split_by_weight(inputs, [s.ips for s in used])
         assignments = tuple(Assignment(s.node, s.variant, k) for s, k in zip(used, counts, strict=True) if k > 0)
-        return Plan(policy, assignments, self.expected_ips, self.expected_accuracy, self.feasible, self.notes)
+        return Plan(
+            policy, assignments, self.expected_ips, self.expected_accuracy, self.feasible, self.notes, self.margin,
+            cautious=True,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -145,7 +150,9 @@ def plan_jointly(table: ExplorationTable, demands: Sequence[Demand], nodes: Sequ
     Up to GROUP_ABOVE_NODES nodes, every board is planned on its own. Past it the plan is made in two
     steps: boards alike (``group_alike``) are one node of their summed capacity, on which a demand
     runs one variant, and each group's shares are then spread over its boards by their speed.
+    Planned on the rows' lower confidence bounds: a demand's expected rate is what it is promised.
     """
+    table = table.lower_bounds()
     if len(nodes) > GROUP_ABOVE_NODES:
         groups = group_alike(table, nodes)
         if len(groups) < len(nodes):
@@ -216,9 +223,10 @@ def _plan(table: ExplorationTable, demands: Sequence[Demand], boards: Mapping[st
             )
     targeted = [d for d in demands if d.target_ips is not None]
     best_effort = [d for d in demands if d.target_ips is None]
-    rates = {
-        d.key: max(float(d.target_ips or 0.0) * (1 + TARGET_HEADROOM) / table.efficiency, MIN_RATE) for d in targeted
-    }
+    # Of each demand's planned rate, this fraction is promised: its task's efficiency, less its margin.
+    margins = {d.key: table.realisation(d.variants).margin(table.z) for d in demands}
+    kept = {d.key: table.efficiency_for(d.variants) * (1 - margins[d.key]) for d in demands}
+    rates = {d.key: max(float(d.target_ips or 0.0) / kept[d.key], MIN_RATE) for d in targeted}
     capacity = {n: float(boards[n]) for n in {o.node for o in options}}
     shares: dict[str, dict[int, float]] = {}
     loss, scale = 0.0, 1.0
@@ -230,7 +238,7 @@ def _plan(table: ExplorationTable, demands: Sequence[Demand], boards: Mapping[st
         if at_full_rate is None:
             scale = relaxed.largest_scale(rates)
             for d in targeted:
-                reached = scale * rates[d.key] * table.efficiency
+                reached = scale * rates[d.key] * kept[d.key]
                 notes[d.key].insert(
                     0,
                     f"target of {d.target_ips:g} inf/s is infeasible with the work running now: "
@@ -262,9 +270,9 @@ def _plan(table: ExplorationTable, demands: Sequence[Demand], boards: Mapping[st
         chosen = tuple(Share(options[k].node, options[k].variant, ips) for k, ips in sorted(mine.items()) if ips > 1e-9)
         total = sum(s.ips for s in chosen)
         accuracy = sum(s.ips * table.accuracy[s.variant] for s in chosen) / total if total > 0 else 0.0
-        expected = total * table.efficiency
+        expected = total * kept[d.key]
         feasible = not notes[d.key] and total > 0
-        plans[d.key] = DemandPlan(d.key, chosen, expected, accuracy, feasible, tuple(notes[d.key]))
+        plans[d.key] = DemandPlan(d.key, chosen, expected, accuracy, feasible, tuple(notes[d.key]), margins[d.key])
     return JointPlan(
         plans, _node_time(options, shares, costs), time.perf_counter() - started, loss, scale,
         tuple(n for d in demands for n in notes[d.key]), timed_out,

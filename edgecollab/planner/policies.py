@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import EdgecollabError
-from .optimizer import Option, maximise_accuracy, minimise_makespan
+from .optimizer import Allocation, Option, maximise_accuracy, minimise_makespan
 from .table import ExplorationTable
 
 
@@ -31,10 +31,14 @@ class Assignment:
 class Plan:
     policy: str
     assignments: tuple[Assignment, ...]
-    expected_ips: float  # inputs / makespan, from the table
+    # The rate the plan promises: inputs over its makespan on the table (its rows' lower bounds for the
+    # policies that plan with confidence), times the task's efficiency, less the margin and the start-up
+    expected_ips: float
     expected_accuracy: float  # input-weighted mean of the variants' accuracies
-    feasible: bool = True  # False when the target cannot be met
+    feasible: bool = True  # False when the target cannot be promised
     notes: tuple[str, ...] = field(default=())
+    margin: float = 0.0  # relative headroom kept below the mean rate for what the table does not know
+    cautious: bool = False  # planned on the rows' lower bounds (the policies that promise with confidence)
 
     def share_of(self, node: str) -> int:
         return sum(a.inputs for a in self.assignments if a.node == node)
@@ -46,6 +50,7 @@ class Plan:
             "feasible": self.feasible,
             "expected_ips": self.expected_ips,
             "expected_accuracy": self.expected_accuracy,
+            "margin": self.margin,
             "assignment": [{"node": a.node, "variant": a.variant, "inputs": a.inputs} for a in self.assignments],
             "notes": list(self.notes),
         }
@@ -61,11 +66,15 @@ def evaluate(
     assignments: Sequence[Assignment],
     request: PlanRequest,
     notes: Sequence[str] = (),
+    margin: float = 0.0,
+    startup_s: float = 0.0,
+    cautious: bool = False,
 ) -> Plan:
     """Expected throughput and accuracy of an assignment.
 
-    Every node starts at once and the slowest finishes last; the table's learned efficiency
-    accounts for what per-node measurements miss (start-up, tail, contention).
+    Every node starts at once and the slowest finishes last; the task's learned efficiency accounts
+    for what per-node measurements miss (tail, contention). ``margin`` lowers the steady rate by the
+    relative error kept for, and ``startup_s`` is spent before the first answer.
     """
     used = [a for a in assignments if a.inputs > 0]
     total = sum(a.inputs for a in used)
@@ -73,13 +82,15 @@ def evaluate(
     for a in used:  # a node with two variants (mixed plans) runs them one after the other
         busy[a.node] = busy.get(a.node, 0.0) + a.inputs * table.seconds_per_input(a.node, a.variant)
     makespan = max(busy.values(), default=0.0)
-    expected_ips = total / makespan * table.efficiency if makespan > 0 else 0.0
+    efficiency = table.efficiency_for(a.variant for a in used)
+    steady_s = makespan / (efficiency * (1 - margin)) if makespan > 0 else 0.0
+    expected_ips = total / (steady_s + startup_s) if steady_s > 0 else 0.0
     accuracy = sum(a.inputs * table.accuracy[a.variant] for a in used) / total if total else 0.0
-    feasible = request.target_ips is None or expected_ips >= request.target_ips
+    feasible = request.target_ips is None or expected_ips >= request.target_ips * (1 - 1e-9)
     # Whole inputs: rounding a plan may move its mean accuracy by up to one input's worth.
     if request.min_accuracy is not None and accuracy < request.min_accuracy - 1.0 / max(total, 1):
         feasible = False
-    return Plan(policy, tuple(used), expected_ips, accuracy, feasible, tuple(notes))
+    return Plan(policy, tuple(used), expected_ips, accuracy, feasible, tuple(notes), margin, cautious)
 
 
 def split_by_weight(total: int, weights: Sequence[float]) -> list[int]:
@@ -140,44 +151,74 @@ def plan_uniform(table: ExplorationTable, request: PlanRequest, nodes: Sequence[
     return replace(fastest, notes=(_infeasible_note(request, fastest.expected_ips),))
 
 
-# Plan for a little more than the target: the learned efficiency covers what past requests lost,
-# this covers the noise around it.
-TARGET_HEADROOM = 0.12
+def promise_terms(table: ExplorationTable, variants: frozenset[str] | None) -> tuple[float, float]:
+    """The margin a confident plan of this task keeps (z × its realisation's spread) and its start-up."""
+    realisation = table.realisation(variants)
+    return realisation.margin(table.z), realisation.startup_s
 
 
-def _adaptive(table: ExplorationTable, request: PlanRequest, nodes: Sequence[str], mixed: bool) -> Plan:
-    options = [
+def _options(table: ExplorationTable, nodes: Sequence[str]) -> list[Option]:
+    return [
         Option(n, v, table.seconds_per_input(n, v), table.accuracy[v])
         for n in nodes
         for v in sorted(table.variants_of(n))
         if table.ips(n, v) > 0
     ]
+
+
+def _adaptive(mean_table: ExplorationTable, request: PlanRequest, nodes: Sequence[str], mixed: bool) -> Plan:
+    # Planned on the rows' lower bounds, with the task's margin: what the plan says is what it promises.
+    table = mean_table.lower_bounds()
+    margin, startup_s = promise_terms(table, frozenset(table.accuracy))
+    policy = "mixed" if mixed else "adaptive"
+    options = _options(table, nodes)
     if not options:
         raise PlanningError("no profiled node is available to plan on")
     total = request.inputs
     best_accuracy = max(o.accuracy for o in options)
-    notes: list[str] = []
-    allocation = None
-    if request.target_ips is not None:
-        deadline = total * table.efficiency / (request.target_ips * (1 + TARGET_HEADROOM))
-        allocation = maximise_accuracy(options, total, deadline, request.min_accuracy, mixed)
-        if allocation is None:
-            allocation = minimise_makespan(options, total, request.min_accuracy, mixed)
-            if allocation is None:
-                allocation = minimise_makespan(options, total, None, mixed)
-                notes.append(_unreachable_accuracy_note(request, best_accuracy))
-            best_ips = total / allocation.makespan_s * table.efficiency if allocation else 0.0
-            notes.insert(0, _infeasible_note(request, best_ips))
-    else:
+
+    def plan_of(chosen: Sequence[Option], allocation: Allocation, notes: Sequence[str] = ()) -> Plan:
+        shares = _round_shares(allocation.inputs, total)
+        assignments = [Assignment(o.node, o.variant, k) for o, k in zip(chosen, shares, strict=True) if k > 0]
+        return evaluate(policy, table, assignments, request, notes, margin, startup_s, cautious=True)
+
+    if request.target_ips is None:
+        notes = (
+            [_unreachable_accuracy_note(request, best_accuracy)] if (request.min_accuracy or 0) > best_accuracy else []
+        )
         wanted = request.min_accuracy if request.min_accuracy is not None else best_accuracy
         allocation = minimise_makespan(options, total, min(wanted, best_accuracy), mixed)
-        if request.min_accuracy is not None and request.min_accuracy > best_accuracy:
-            notes.append(_unreachable_accuracy_note(request, best_accuracy))
-    if allocation is None:
+        if allocation is None:
+            raise PlanningError("the optimiser found no allocation (no node can take inputs)")
+        return plan_of(options, allocation, notes)
+    efficiency = table.efficiency_for(o.variant for o in options)
+    steady_s = total / request.target_ips - startup_s  # the time the inputs really have
+    deadline = steady_s * efficiency * (1 - margin)
+    for _ in range(3):  # tighter solves when rounding to whole inputs lost the target
+        allocation = maximise_accuracy(options, total, deadline, request.min_accuracy, mixed) if deadline > 0 else None
+        if allocation is None:
+            break
+        plan = plan_of(options, allocation)
+        if plan.feasible:
+            return plan
+        # Rounding adds at most one input to each option used: leave that much of every board's time.
+        rounding: dict[str, float] = {}
+        for o, share in zip(options, allocation.inputs, strict=True):
+            if share > 0:
+                rounding[o.node] = rounding.get(o.node, 0.0) + o.seconds_per_input
+        deadline -= max(rounding.values())
+    # No plan can promise the target: the fastest plan, chosen on the rows' estimates (the best guess of
+    # what is fastest), and what it can promise.
+    fastest_options = _options(mean_table, nodes)
+    fastest = minimise_makespan(fastest_options, total, request.min_accuracy, mixed)
+    notes = []
+    if fastest is None:
+        fastest = minimise_makespan(fastest_options, total, None, mixed)
+        notes.append(_unreachable_accuracy_note(request, best_accuracy))
+    if fastest is None:
         raise PlanningError("the optimiser found no allocation (no node can take inputs)")
-    shares = _round_shares(allocation.inputs, total)
-    assignments = [Assignment(o.node, o.variant, k) for o, k in zip(options, shares, strict=True) if k > 0]
-    return evaluate("mixed" if mixed else "adaptive", table, assignments, request, notes)
+    plan = plan_of(fastest_options, fastest)
+    return replace(plan, notes=(_infeasible_note(request, plan.expected_ips), *notes), feasible=False)
 
 
 def plan_adaptive(table: ExplorationTable, request: PlanRequest, nodes: Sequence[str]) -> Plan:
@@ -200,7 +241,10 @@ def _round_shares(shares: Sequence[float], total: int) -> list[int]:
 
 
 def _infeasible_note(request: PlanRequest, best_ips: float) -> str:
-    return f"target of {request.target_ips:g} inf/s is infeasible: the fastest plan reaches {best_ips:.0f} inf/s"
+    return (
+        f"target of {request.target_ips:g} inf/s is infeasible (cannot be promised): "
+        f"the fastest plan reaches {best_ips:.0f} inf/s"
+    )
 
 
 def _unreachable_accuracy_note(request: PlanRequest, best_accuracy: float) -> str:

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import asdict, dataclass
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
+
+from .confidence import DEFAULT_CONFIDENCE, MIN_ROW_SPREAD, Realisation, lower_bound, z_of
 
 # Observed throughput is folded into the table with this weight (exponentially weighted average).
 OBSERVATION_WEIGHT = 0.3
@@ -13,9 +18,10 @@ OBSERVATION_WEIGHT = 0.3
 # drifted, once that many of its shards have been observed since the plan was adopted.
 DRIFT_THRESHOLD = 0.3
 DRIFT_MIN_OBSERVATIONS = 3
-# Requests planned to take at least this long teach the table the cluster's efficiency; shorter
-# ones are dominated by fixed costs and would skew it.
-EFFICIENCY_MIN_MAKESPAN_S = 0.3
+# A row's spread before anything measured it.
+PRIOR_ROW_SPREAD = 0.1
+# Shards that queued, or frames batched, say less about a row's error than whole shards: their residual
+# enters the spread with the weight of their evidence (see ``observe``).
 
 
 def shard_cost_s(sent: float, previous_result: float | None, now: float, busy_s: float) -> float:
@@ -32,13 +38,44 @@ def shard_cost_s(sent: float, previous_result: float | None, now: float, busy_s:
 
 @dataclass(frozen=True)
 class Measurement:
-    ips: float  # inputs per second at the profiling shard size
+    ips: float  # inputs per second at the shard size requests use on this row (pipelined, as dispatch sends)
     latency_ms: float  # time for one shard, send to reply
     # (batch size, round trip in ms) of shards sent one at a time: what a frame waits for its answer
     latencies: tuple[tuple[int, float], ...] = ()
+    spread: float = PRIOR_ROW_SPREAD  # relative standard deviation of the row's throughput, measured
+    # The worker said its host's compute took longer than the emulated board would: the row measures the
+    # host (emulation only; it then varies with what else the host runs).
+    host_bound: bool = False
+    # (batch size, inputs/s) measured with shards in flight back to back: a row's speed is a curve in the batch
+    curve: tuple[tuple[int, float], ...] = ()
+    observations: int = 0  # run-time shards folded in since profiling
 
     def __post_init__(self) -> None:  # JSON gives lists; keep pairs sorted by batch, as tuples
         object.__setattr__(self, "latencies", tuple(sorted((int(b), float(ms)) for b, ms in self.latencies)))
+        object.__setattr__(self, "curve", tuple(sorted((int(b), float(ips)) for b, ips in self.curve)))
+
+    def ips_at(self, batch: int) -> float:
+        """Throughput with shards of ``batch`` inputs: from the curve (interpolated, flat beyond its ends),
+        else from the single-shard round trips, never above the row's own figure past its largest batch."""
+        points = self.curve
+        if not points:
+            return self.ips
+        if batch <= points[0][0]:
+            return points[0][1]
+        for (b0, r0), (b1, r1) in itertools.pairwise(points):
+            if batch <= b1:
+                return r0 + (r1 - r0) * (batch - b0) / (b1 - b0)
+        return points[-1][1]
+
+    def scaled_by(self, factor: float) -> Measurement:
+        """The row as it is when the board runs ``factor`` times as fast (every batch size alike)."""
+        return replace(
+            self,
+            ips=self.ips * factor,
+            latency_ms=self.latency_ms / factor,
+            latencies=tuple((b, ms / factor) for b, ms in self.latencies),
+            curve=tuple((b, r * factor) for b, r in self.curve),
+        )
 
     def latency_s(self, batch: int) -> float:
         """Round trip of a shard of ``batch`` inputs: interpolated between the profiled batch sizes,
@@ -67,9 +104,13 @@ class ExplorationTable:
         self.link_seconds: dict[str, float] = {}
         # variant -> its inputs' size relative to the inputs link_seconds is for (another task's may differ)
         self.input_scale: dict[str, float] = {}
-        # achieved ÷ expected throughput of recent requests, in (0, 1]: start-up, the tail and contention
-        # between nodes that the per-node rows do not see
-        self.efficiency = 1.0
+        # variant -> its task; the realisation of each task is learned apart (a detector's scenes load the
+        # host and the links differently from a classifier's images)
+        self.tasks: dict[str, str] = {}
+        # task -> achieved ÷ reachable of its requests, and its spread and start-up cost
+        self.realisations: dict[str, Realisation] = {}
+        self.confidence = DEFAULT_CONFIDENCE  # the probability a plan aims to meet its target with
+        self.version = 0  # counts learned changes (rows observed, requests learned): what to save
         # (node, variant) pairs the adopted plan may use -> the throughput it assumed (drift is measured
         # from it), and how many observations each had since; empty while nothing runs
         self.assumed_ips: dict[tuple[str, str], float] = {}
@@ -79,23 +120,29 @@ class ExplorationTable:
         self._rows[(node, variant)] = measurement
         self._by_node = None
 
-    def observe(self, node: str, variant: str, ips: float, weight: float) -> float:
-        """Fold an observed throughput into the row (exponentially weighted); returns the new estimate."""
+    def observe(self, node: str, variant: str, ips: float, weight: float, batch: int | None = None) -> float:
+        """Fold a throughput observed with shards of ``batch`` inputs into the row (exponentially weighted),
+        and its error against what the row expected at that batch into the row's spread; the new estimate."""
         old = self._rows.get((node, variant))
         if old is None:
             self.record(node, variant, Measurement(ips, 0.0))
             return ips
-        new_ips = weight * ips + (1 - weight) * old.ips
-        slower = old.ips / new_ips  # a node that got slower answers every batch size that much later
-        latencies = tuple((b, ms * slower) for b, ms in old.latencies)
-        updated = Measurement(new_ips, old.latency_ms * slower, latencies)
+        expected = old.ips_at(batch) if batch else old.ips
+        ratio = ips / expected if expected > 0 else 1.0
+        factor = 1.0 + weight * (ratio - 1.0)  # the whole curve moves: a slower board is slower at every batch
+        variance = (1 - weight) * old.spread**2 + weight * (ratio - 1.0) ** 2
+        spread = max(math.sqrt(variance), MIN_ROW_SPREAD)
+        updated = replace(old.scaled_by(factor), spread=spread, observations=old.observations + 1)
         self._rows[(node, variant)] = updated
+        self.version += 1
         return updated.ips
 
-    def observe_shard(self, node: str, variant: str, ips: float, evidence: float = 1.0) -> bool:
+    def observe_shard(
+        self, node: str, variant: str, ips: float, evidence: float = 1.0, batch: int | None = None
+    ) -> bool:
         """Fold a throughput observed at run time into the row; True when the node drifted from what the
         adopted plan assumed. ``evidence`` (0, 1] weighs it: a small micro-batch says less than a full shard."""
-        self.observe(node, variant, ips, OBSERVATION_WEIGHT * evidence)
+        self.observe(node, variant, ips, OBSERVATION_WEIGHT * evidence, batch)
         key = (node, variant)
         assumed = self.assumed_ips.get(key)
         if assumed is None:
@@ -114,25 +161,58 @@ class ExplorationTable:
         self.assumed_ips.clear()
         self._observed_since_plan.clear()
 
-    def learn_efficiency(self, planned_inputs: int, expected_ips: float, achieved_ips: float) -> None:
-        """Learn from a finished request how much of its expected throughput the cluster delivered."""
-        if expected_ips > 0 and planned_inputs / expected_ips >= EFFICIENCY_MIN_MAKESPAN_S:
-            self.observe_efficiency(achieved_ips / expected_ips, OBSERVATION_WEIGHT)
+    # --- what plans can promise ------------------------------------------------------------------
+    def realisation(self, variants: Iterable[str] | None) -> Realisation:
+        """The realisation of the task these variants serve (a fresh one when none was learned)."""
+        task = next((self.tasks[v] for v in variants or () if v in self.tasks), "")
+        return self.realisations.get(task) or Realisation()
 
-    def observe_efficiency(self, achieved_over_expected: float, weight: float) -> float:
-        """Fold one request's achieved ÷ expected throughput into ``efficiency`` (kept within [0.5, 1])."""
-        observed = self.efficiency * achieved_over_expected
-        self.efficiency = min(1.0, max(0.5, weight * observed + (1 - weight) * self.efficiency))
-        return self.efficiency
+    def efficiency_for(self, variants: Iterable[str] | None) -> float:
+        return self.realisation(variants).efficiency
+
+    @property
+    def efficiency(self) -> float:
+        """The lowest learned efficiency of any task (1 before any request finished): for display."""
+        return min((r.efficiency for r in self.realisations.values()), default=1.0)
+
+    @property
+    def z(self) -> float:
+        return z_of(self.confidence)
+
+    def learn_request(
+        self, variants: Iterable[str], achieved_ips: float, reachable_ips: float, startup_s: float
+    ) -> None:
+        """A finished request of the task of ``variants``: it got ``achieved_ips`` after ``startup_s`` of
+        fixed costs, where its work, as it was really split, could reach ``reachable_ips`` on the rows."""
+        if reachable_ips <= 0 or achieved_ips <= 0:
+            return
+        task = next((self.tasks[v] for v in variants if v in self.tasks), "")
+        self.realisations.setdefault(task, Realisation()).observe(achieved_ips / reachable_ips, startup_s)
+        self.version += 1
+
+    def lower_bounds(self) -> ExplorationTable:
+        """A copy whose rows are their lower confidence bounds: what a plan can promise on."""
+        copy = self.scaled(1.0)
+        z = self.z
+        for key, m in copy._rows.items():
+            copy._rows[key] = m.scaled_by(lower_bound(1.0, m.spread, z))
+        return copy
+
+    def reset_learned(self) -> None:
+        """Forget every correction learned at run time (``profile --refresh`` profiles again)."""
+        self.realisations.clear()
+        self.version += 1
 
     def scaled(self, share: float) -> ExplorationTable:
         """A copy in which every node offers only ``share`` of its throughput (capacity left for one request)."""
         copy = ExplorationTable(self.accuracy)
         for (node, variant), m in self._rows.items():
-            copy.record(node, variant, Measurement(m.ips * share, m.latency_ms, m.latencies))
+            copy.record(node, variant, replace(m, ips=m.ips * share, curve=tuple((b, r * share) for b, r in m.curve)))
         copy.link_seconds = {n: s / share for n, s in self.link_seconds.items()}
         copy.input_scale = dict(self.input_scale)
-        copy.efficiency = self.efficiency
+        copy.tasks = self.tasks
+        copy.realisations = {t: replace(r) for t, r in self.realisations.items()}
+        copy.confidence = self.confidence
         return copy
 
     def only(self, variants: frozenset[str] | None) -> ExplorationTable:
@@ -186,6 +266,14 @@ class ExplorationTable:
         compute = 1.0 / ips if ips > 0 else float("inf")
         return max(compute, self.link_seconds.get(node, 0.0) * self.input_scale.get(variant, 1.0))
 
+    def lower_bound_seconds(self, node: str, variant: str) -> float:
+        """``seconds_per_input`` at the row's lower confidence bound (what confident plans are made on)."""
+        m = self._rows.get((node, variant))
+        if m is None or m.ips <= 0:
+            return float("inf")
+        compute = 1.0 / lower_bound(m.ips, m.spread, self.z)
+        return max(compute, self.link_seconds.get(node, 0.0) * self.input_scale.get(variant, 1.0))
+
     def nodes(self) -> list[str]:
         return sorted({n for n, _ in self._rows})
 
@@ -197,17 +285,34 @@ class ExplorationTable:
         return list(self._by_node.get(node, ()))
 
     def rows(self) -> list[dict[str, object]]:
+        """One row per (node, variant); what is known of its error and its batch curve in nested fields."""
+        z = self.z
         return [
             {
                 "node": n,
                 "variant": v,
+                "task": self.tasks.get(v),
                 "ips": m.ips,
                 "latency_ms": m.latency_ms,
                 "latencies": [list(p) for p in m.latencies],
                 "accuracy": self.accuracy.get(v),
+                "error": {
+                    "spread": m.spread,
+                    "lower_bound_ips": lower_bound(m.ips, m.spread, z),
+                    "observations": m.observations,
+                    "host_bound": m.host_bound,
+                },
+                "curve": [list(p) for p in m.curve],
             }
             for (n, v), m in sorted(self._rows.items())
         ]
+
+    def realisations_as_dict(self) -> dict[str, dict[str, Any]]:
+        return {task: r.as_dict() for task, r in sorted(self.realisations.items())}
+
+
+# The cache's entry for what was learned per task (node names start with a letter or digit).
+TASKS_KEY = "@tasks"
 
 
 class ProfileCache:
@@ -223,6 +328,26 @@ class ProfileCache:
             return {}
         return data if isinstance(data, dict) else {}
 
+    def load_realisations(self) -> dict[str, Realisation]:
+        """Each task's learned realisation, as ``store_learned`` saved it."""
+        entry = self._load_all().get(TASKS_KEY)
+        found = {t: Realisation.from_dict(r) for t, r in entry.items()} if isinstance(entry, dict) else {}
+        return {t: r for t, r in found.items() if r is not None}
+
+    def store_learned(self, table: ExplorationTable) -> None:
+        """The rows run-time shards corrected (for nodes whose profile is cached) and each task's realisation."""
+        data: dict[str, Any] = self._load_all()
+        for node, entry in data.items():
+            rows = entry.get("variants") if node != TASKS_KEY and isinstance(entry, dict) else None
+            if not isinstance(rows, dict):
+                continue
+            for variant in list(rows):
+                m = table.get(node, variant)
+                if m is not None:
+                    rows[variant] = asdict(m)
+        data[TASKS_KEY] = table.realisations_as_dict()
+        self._write(data)
+
     def load(self, node: str, fingerprint: str) -> dict[str, Measurement] | None:
         entry = self._load_all().get(node)
         if not isinstance(entry, dict) or entry.get("fingerprint") != fingerprint:
@@ -237,6 +362,9 @@ class ProfileCache:
     def store(self, node: str, fingerprint: str, measurements: dict[str, Measurement]) -> None:
         data = self._load_all()
         data[node] = {"fingerprint": fingerprint, "variants": {v: asdict(m) for v, m in measurements.items()}}
+        self._write(data)
+
+    def _write(self, data: Mapping[str, object]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
@@ -250,7 +378,7 @@ def _measurements(entry: dict[str, object]) -> dict[str, Measurement] | None:
         return None
     try:
         measurements = {str(variant): Measurement(**m) for variant, m in rows.items()}
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, AttributeError):
         return None
     # Profiles written before batch latencies were measured are profiled again.
     return measurements if all(m.latencies for m in measurements.values()) else None

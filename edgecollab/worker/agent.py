@@ -388,7 +388,9 @@ class WorkerAgent:
                 await asyncio.sleep(hold)
             busy = time.perf_counter() - started
             await self._send(
-                ShardResult(shard.request_id, shard.shard_id, shard.attempt, ran.predictions, busy, ran.outputs)
+                ShardResult(
+                    shard.request_id, shard.shard_id, shard.attempt, ran.predictions, busy, ran.outputs, ran.host_bound
+                )
             )
 
     def _drop_queued_shards(self) -> None:

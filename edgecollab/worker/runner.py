@@ -36,6 +36,7 @@ class ShardOutcome:
     predictions: np.ndarray  # class per input (argmax of the first output; -1 for a task not scored top1)
     outputs: dict[str, np.ndarray]  # what the shard asked for, by name
     board_seconds: float  # how long the (emulated) board would take
+    host_bound: bool = False  # emulated: the host's compute took longer than the board would have
 
 
 @dataclass
@@ -193,7 +194,7 @@ class ShardRunner:
             log.debug(
                 "node %s: host took %.1f ms, longer than the emulated %.1f ms", self.name, real * 1e3, emulated * 1e3
             )
-        return ShardOutcome(predictions, chosen, max(real, emulated) / self.speed)
+        return ShardOutcome(predictions, chosen, max(real, emulated) / self.speed, real > emulated)
 
 
 def _top5(scores: np.ndarray) -> dict[str, np.ndarray]:

@@ -140,6 +140,9 @@ class ShardResult(Message):
     predictions: np.ndarray  # int64 class per input (-1 for a task not scored top1)
     busy_s: float  # time the node spent on the shard, emulated hold included
     outputs: dict[str, np.ndarray] = field(default_factory=dict)  # per the shard's ``outputs``, by name
+    # Emulated boards only: the host's own compute took longer than the emulated board would have, so
+    # this shard's time measures the host, not the board.
+    host_bound: bool = False
 
 
 # --- client <-> coordinator -------------------------------------------------------------
