@@ -61,6 +61,7 @@ models: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[plot]'
 	$(BIN)/python benchmarks/planner_scaling.py
+	$(BIN)/python benchmarks/promises.py
 	$(BIN)/python benchmarks/policies.py
 
 # Efficiency, coordinator overhead, adaptation, many tenants, streams and the closed loop (docs/benchmarks.md).
@@ -103,7 +104,6 @@ bench-v2:
 # Every benchmark the README and docs/benchmarks.md quote, one after another, then the docs' tables
 # rendered from what they wrote (about 75 minutes on the development machine; network needs root).
 bench-all: bench bench-runtime bench-network
-	$(BIN)/python benchmarks/policies.py --task fashion-detect
 	$(BIN)/python benchmarks/applications.py
 	$(MAKE) bench-peers
 	$(MAKE) bench-v2

@@ -67,6 +67,21 @@ OutputsOption = Annotated[
 StrictOption = Annotated[
     bool, typer.Option("--strict", help="fail (exit 3) instead of serving the fastest plan if the target is infeasible")
 ]
+ConfidenceOption = Annotated[
+    float | None,
+    typer.Option(
+        "--confidence", min=0.5, max=0.999,
+        help="probability a plan aims to meet its target with (default: [coordinator] confidence, 0.9)",
+    ),
+]  # fmt: skip
+
+
+def _with_confidence(cluster: ClusterConfig, confidence: float | None) -> ClusterConfig:
+    """The config with its coordinator's confidence replaced, when one was given."""
+    if confidence is None:
+        return cluster
+    settings = cluster.coordinator.model_copy(update={"confidence": confidence})
+    return cluster.model_copy(update={"coordinator": settings})
 
 
 # The global logging options, handed on to the processes ``run`` starts.
@@ -355,12 +370,13 @@ def coordinator_command(
     config: ConfigOption = DEFAULT_CONFIG,
     workers: Annotated[str | None, typer.Option("--workers", help="bind workers' ROUTER here instead")] = None,
     clients: Annotated[str | None, typer.Option("--clients", help="bind clients' ROUTER here instead")] = None,
+    confidence: ConfidenceOption = None,
 ) -> None:
     """Run the coordinator (global node) until SIGTERM or Ctrl-C; with [gateway] start = true, a v2 gateway
     process beside it."""
     from .coordinator import Coordinator
 
-    cluster = load_config(config)
+    cluster = _with_confidence(load_config(config), confidence)
     gateway = None
     if cluster.gateway.start:  # its own process: the coordinator's loop carries no HTTP
         endpoint = on_loopback(clients or cluster.coordinator.clients)
@@ -454,6 +470,7 @@ def run(
     ] = None,
     strict: StrictOption = False,
     task: TaskOption = None,
+    confidence: ConfidenceOption = None,
 ) -> None:
     """Start a coordinator and a worker per node of the config here, run a workload, and stop them.
 
@@ -484,7 +501,9 @@ def run(
         with_faults(cluster.node(name), [change])  # refuse a bad fault before starting anything
         faults.setdefault(name, []).append(change)
     verbosity, log_json = int(_logging["verbose"]), bool(_logging["json"])
-    with LocalCluster(config, log_dir=log_dir, faults=faults, verbose=verbosity, log_json=log_json) as local:
+    with LocalCluster(
+        config, log_dir=log_dir, faults=faults, verbose=verbosity, log_json=log_json, confidence=confidence
+    ) as local:
         if not json_output:
             print(f"started a coordinator and {len(local.workers)} workers; logs in {log_dir}", file=sys.stderr)
         try:
@@ -706,28 +725,38 @@ def profile(
     From a running coordinator with --coordinator; otherwise from the profile cached beside the
     config, profiling the config's cluster on this machine first when there is none (or --refresh).
     """
-    from .inspection import ask, cached_table, profile_here
+    from .inspection import ask, cached_profile, profile_here
 
     cluster = load_config(config)
+    missing: list[dict[str, str]] = []
     if coordinator:
-        rows = ask(coordinator, "table", curve=client_curve(cluster))["rows"]
+        answer = ask(coordinator, "table", curve=client_curve(cluster))
+        rows, missing = answer["rows"], answer.get("missing", [])
     else:
-        try:
-            rows = [] if refresh else cached_table(cluster).rows()
-        except EdgecollabError:
-            rows = []
-        if not rows:
+        rows = []
+        if not refresh:
+            try:
+                cached, missing = cached_profile(cluster)
+                rows = cached.rows()
+            except EdgecollabError:
+                pass  # no profile of some node: profile here
+        if not rows:  # --refresh also forgets what earlier runs learned: it is kept with the profiles
             rows = profile_here(config, refresh)
+    for m in missing:  # a table that is not whole says so, whatever the output
+        print(f"missing: {m['node']} {m['variant']} ({m['task']}): {m['why']}", file=sys.stderr)
     if json_output:
         print(json.dumps(rows, indent=2))
         return
     table = Table(title=f"exploration table: {len(rows)} (node, variant) pairs")
-    for column in ("node", "variant", "inf/s", "latency ms", "accuracy"):
-        table.add_column(column, justify="left" if column in ("node", "variant") else "right")
+    for column in ("node", "variant", "inf/s", "± spread", "latency ms", "accuracy", "measured"):
+        table.add_column(column, justify="left" if column in ("node", "variant", "measured") else "right")
     for r in rows:
+        error = r.get("error") or {}
         table.add_row(
-            r["node"], r["variant"], f"{r['ips']:,.0f}", f"{r['latency_ms']:.1f}", f"{r['accuracy'] * 100:.2f} %"
-        )
+            r["node"], r["variant"], f"{r['ips']:,.0f}", f"{error.get('spread', 0.0) * 100:.0f} %",
+            f"{r['latency_ms']:.1f}", f"{r['accuracy'] * 100:.2f} %",
+            "the host (emulation)" if error.get("host_bound") else "the board",
+        )  # fmt: skip
     _console().print(table)
 
 
@@ -742,13 +771,14 @@ def plan(
     config: ConfigOption = DEFAULT_CONFIG,
     coordinator: Annotated[str | None, typer.Option("--coordinator", help="ask this running coordinator")] = None,
     json_output: JsonOption = False,
+    confidence: ConfidenceOption = None,
 ) -> None:
     """The plan a request would get, without running it: from a running coordinator (next to the work it
-    runs), or from the cached table (the request alone). ``--task`` picks the application."""
+    runs, at its confidence), or from the cached table (the request alone). ``--task`` picks the application."""
     from .inspection import ask, cached_table
     from .planner import PlanRequest, make_plan
 
-    cluster = load_config(config)
+    cluster = _with_confidence(load_config(config), confidence)
     _check_task(cluster, task, config)
     chosen = policy or cluster.coordinator.policy
     if coordinator:
@@ -764,8 +794,9 @@ def plan(
         print(json.dumps(outcome, indent=2))
         return
     print(
-        f"policy {outcome['policy']}: expected {outcome['expected_ips']:,.0f} inf/s at "
-        f"{outcome['expected_accuracy'] * 100:.2f} % accuracy ({'feasible' if outcome['feasible'] else 'INFEASIBLE'})"
+        f"policy {outcome['policy']}: promises {outcome['expected_ips']:,.0f} inf/s at "
+        f"{outcome['expected_accuracy'] * 100:.2f} % accuracy ({'feasible' if outcome['feasible'] else 'INFEASIBLE'}),"
+        f" keeping a margin of {outcome.get('margin', 0.0) * 100:.1f} %"
     )
     for a in outcome["assignment"]:
         print(f"  {a['node']:<16} {a['variant']:<14} {a['inputs']:>8,} inputs")
@@ -917,7 +948,10 @@ def _print_outcome(
         return
     table = Table(title=f"policy {policy}: {len(rows)} request(s) on {len(cluster.nodes)} nodes")
     several = len(outcome["tasks"]) > 1
-    columns = ("#", *(("task",) if several else ()), "inputs", "target inf/s", "achieved inf/s", "accuracy", "met")
+    columns = (
+        "#", *(("task",) if several else ()), "inputs", "target inf/s", "promised inf/s", "margin", "achieved inf/s",
+        "accuracy", "met",
+    )  # fmt: skip
     for column in (*columns, "node: variant x inputs"):
         table.add_column(column, justify="left" if column.startswith("node") or column == "task" else "right")
     for r in outcome["requests"]:
@@ -926,6 +960,8 @@ def _print_outcome(
             *((r["task"],) if several else ()),
             f"{r['inputs']:,}",
             f"{r['target_ips']:,.0f}" if r["target_ips"] else "-",
+            f"{r['expected_ips']:,.0f}" + ("" if r["feasible"] else " (cannot)"),
+            f"{r['margin'] * 100:.1f} %",
             f"{r['achieved_ips']:,.0f}",
             f"{r['accuracy'] * 100:.2f} %",
             "yes" if r["met"] else "no",

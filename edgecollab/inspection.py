@@ -13,6 +13,7 @@ from typing import Any
 
 from .client import Client
 from .config import ClusterConfig, load_config
+from .coordinator.provisioning import node_variants
 from .errors import EdgecollabError, RequestFailed
 from .local import LocalCluster
 from .planner import ExplorationTable, Measurement, ProfileCache
@@ -43,28 +44,49 @@ def cached_table(config: ClusterConfig, task: str | None = None) -> ExplorationT
     for every node of the config."""
     manifest = load_manifest(config.manifest_path, check_files=False)
     task = task or config.models.task
-    table = ExplorationTable({manifest.id_of(v): v.accuracy for v in manifest.for_task(task)})
-    table.tasks = dict.fromkeys(table.accuracy, task)
+    table, _ = cached_profile(config)
+    table = table.only(frozenset(manifest.id_of(v) for v in manifest.for_task(task)))
+    table.link_seconds = config.link_seconds_per_input(manifest.tasks[task].bytes_per_input)
+    table.input_scale = {}
+    return table
+
+
+def cached_profile(config: ClusterConfig) -> tuple[ExplorationTable, list[dict[str, str]]]:
+    """Every served task's rows from the profile cache, with what earlier runs learned; and the (node,
+    variant) pairs of served tasks the cache lacks. ``EdgecollabError`` when a node has no profile at all."""
+    manifest = load_manifest(config.manifest_path, check_files=False)
+    tasks = manifest.served(config.models.served)
+    variants = {manifest.id_of(v): t.name for t in tasks for v in manifest.for_task(t.name)}
+    table = ExplorationTable({manifest.id_of(v): v.accuracy for t in tasks for v in manifest.for_task(t.name)})
+    table.tasks = variants
     table.confidence = config.coordinator.confidence
-    table.link_seconds.update(config.link_seconds_per_input(manifest.tasks[task].bytes_per_input))
+    table.link_seconds.update(config.link_seconds_per_input(tasks[0].bytes_per_input))
+    scale = {v: manifest.tasks[t].bytes_per_input / tasks[0].bytes_per_input for v, t in variants.items()}
+    table.input_scale.update(scale)
     cache_path = config.resolve(config.coordinator.profile_cache)
     cache = ProfileCache(cache_path)
     table.realisations.update(cache.load_realisations())
-    missing = []
+    unprofiled, missing = [], []
     for node in config.nodes:
         measurements = cache.load_any(node.name)
         if not measurements:
-            missing.append(node.name)
+            unprofiled.append(node.name)
             continue
         for variant, measurement in measurements.items():
             if variant in table.accuracy:
                 table.record(node.name, variant, measurement)
-    if missing:
+        wanted = [v for v in node_variants(config, manifest, node) if v in variants]
+        missing += [
+            {"node": node.name, "variant": v, "task": variants[v], "why": "not in the profile cache"}
+            for v in wanted
+            if v not in measurements
+        ]
+    if unprofiled:
         raise EdgecollabError(
-            f"no cached profile for {', '.join(missing)} in {cache_path}; run 'edgecollab profile' "
+            f"no cached profile for {', '.join(unprofiled)} in {cache_path}; run 'edgecollab profile' "
             "to profile the cluster here, or pass --coordinator to ask a running one"
         )
-    return table
+    return table, missing
 
 
 def table_from_rows(rows: list[dict[str, Any]]) -> ExplorationTable:

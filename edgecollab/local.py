@@ -66,6 +66,7 @@ class LocalCluster:
         faults: dict[str, list[str]] | None = None,
         workers_endpoint: str | None = None,
         worker_places: dict[str, WorkerPlace] | None = None,
+        confidence: float | None = None,
     ) -> None:
         self.config_path = Path(config_path).resolve()
         self.config = load_config(self.config_path)  # fail early, in this process, on a bad config
@@ -78,6 +79,7 @@ class LocalCluster:
         self.faults = faults or {}  # node -> worker --fault arguments, e.g. ["slow=0.33@5"]
         self.worker_places = worker_places or {}  # node -> where its worker runs, when not beside the coordinator
         self.coordinator: subprocess.Popen[bytes] | None = None
+        self.confidence = confidence  # the coordinator's plans aim at this, not the config's (None: the config's)
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
 
     def _spawn(self, name: str, *args: str, prefix: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
@@ -98,9 +100,10 @@ class LocalCluster:
         return self
 
     def start_coordinator(self) -> subprocess.Popen[bytes]:
+        confidence = ["--confidence", str(self.confidence)] if self.confidence is not None else []
         self.coordinator = self._spawn(
             "coordinator", "coordinator", "--config", str(self.config_path),
-            "--workers", self.workers_endpoint, "--clients", self.clients_endpoint,
+            "--workers", self.workers_endpoint, "--clients", self.clients_endpoint, *confidence,
         )  # fmt: skip
         return self.coordinator
 

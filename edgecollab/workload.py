@@ -134,6 +134,8 @@ def request_row(
         "met": met,
         "expected_ips": report["expected_ips"],
         "expected_accuracy": report["expected_accuracy"],
+        "feasible": report.get("feasible", True),  # the plan promised the target
+        "margin": report.get("margin", 0.0),
         "wall_s": report["wall_s"],
         "retries": report["retries"],
         "notes": report["notes"],

@@ -45,8 +45,12 @@ def cpu_like(per_input_ms: float) -> Measurement:
 
 
 def solve(core: DispatchCore, out: list[Instruction], now: float = 0.0) -> list[Instruction]:
-    """Carry out the Replan in ``out`` (as the shell would, on its solver thread) and feed the result back."""
-    (replan,) = [i for i in out if isinstance(i, Replan)]
+    """Carry out the Replan in ``out`` (as the shell would, on its solver thread) and feed the result back.
+    A request that arrived alone was planned inline: then ``out`` already holds what it started."""
+    replans = [i for i in out if isinstance(i, Replan)]
+    if not replans:
+        return out
+    (replan,) = replans
     plan = plan_jointly(replan.table, replan.demands, replan.nodes)
     return core.handle(PlanSolved(replan.generation, plan, "", now))
 

@@ -54,7 +54,8 @@ def test_set() -> LabelledSet:
 
 def profiled_ips(config_path: Path) -> dict[str, dict[str, float]]:
     cache = json.loads((config_path.parent / ".edgecollab" / "exploration.json").read_text())
-    return {node: {v: m["ips"] for v, m in entry["variants"].items()} for node, entry in cache.items()}
+    nodes = {node: entry for node, entry in cache.items() if not node.startswith("@")}  # "@tasks": what was learned
+    return {node: {v: m["ips"] for v, m in entry["variants"].items()} for node, entry in nodes.items()}
 
 
 def test_a_request_is_split_over_all_boards_and_returns_every_prediction_in_order(

@@ -444,18 +444,21 @@ class DispatchCore:
 
     # --- sending -------------------------------------------------------------------------------
     def _fill(self, now: float) -> list[Instruction]:
-        """Give every usable node with a free slot its next work."""
+        """Give every usable node with a free slot its next work. Every node takes its own first; only then
+        may one left idle steal (else the first nodes filled would take the last ones' shards before those
+        were offered them)."""
         out: list[Instruction] = []
-        for name in self.nodes.usable():
-            state = self.nodes[name]
-            window = state.window(self.settings.window)
-            while state.busy < window:
-                sent = self._send_next(state, now, out)
-                if not sent:
-                    break
+        for steal in (False, True):
+            for name in self.nodes.usable():
+                state = self.nodes[name]
+                window = state.window(self.settings.window)
+                while state.busy < window:
+                    sent = self._send_next(state, now, out, steal)
+                    if not sent:
+                        break
         return out
 
-    def _send_next(self, state: NodeState, now: float, out: list[Instruction]) -> bool:
+    def _send_next(self, state: NodeState, now: float, out: list[Instruction], steal: bool = True) -> bool:
         """Send a node its next work, in the fill order; False when there is none for it."""
         if self.stream_dispatch.queued:  # frames first: they are latency-bound
             frames, sent = self.stream_dispatch.send(state, now)
@@ -467,7 +470,7 @@ class DispatchCore:
         if variant is not None:
             out += self.small.send(state, variant, now)
             return True
-        shard = self.request_dispatch.next_for(state, now)
+        shard = self.request_dispatch.next_for(state, now, steal)
         if shard is not None:
             out.append(shard)
             return True

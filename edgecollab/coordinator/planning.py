@@ -32,6 +32,9 @@ DRIFT_REPLAN_INTERVAL_S = 0.5
 SMALL_RATE_MARGIN = 1.5
 SMALL_MIN_RATE = 5.0
 SMALL_DEMAND = "small:requests"  # demand keys with ':' cannot be a client's id
+# A running request with less than this share of its inputs still queued keeps its plan: moving a board to
+# another variant that late makes a straggler (it warms up and runs alone), and stealing balances the tail.
+LATE_SHARE = 0.25
 
 
 class Planning:
@@ -70,7 +73,11 @@ class Planning:
             if not r.joint or r.status not in (RequestStatus.PLANNING, RequestStatus.RUNNING):
                 continue
             target = r.request.target_ips
-            if r.status is RequestStatus.RUNNING:
+            if r.status is RequestStatus.PLANNING and target is not None:
+                # Its inputs have the time left once the task's start-up (the solve, the first trip) is spent.
+                startup = core.table.realisation(r.variants).startup_s + max(now - r.arrived, 0.0)
+                target = r.request.inputs / max(r.request.inputs / target - startup, 1e-3)
+            elif r.status is RequestStatus.RUNNING:
                 assert r.run is not None
                 remaining = r.run.queued_inputs
                 if remaining == 0:
@@ -169,7 +176,8 @@ class Planning:
         run, core = r.run, self.core
         assert run is not None
         remaining = run.queued_inputs
-        if remaining > 0 and _differs(run.plan, demand):
+        late = remaining < LATE_SHARE * run.total_inputs  # the tail is work-stealing's: a new variant there straggles
+        if remaining > 0 and not late and _differs(run.plan, demand):
             plan = demand.for_inputs(r.policy, remaining)
             sizes = {(a.node, a.variant): core.request_dispatch.shard_size(a.node, a.variant) for a in plan.assignments}
             run.sizes.update(sizes)

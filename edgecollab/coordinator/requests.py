@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 # Worker errors that sending the shard again would not fix.
 NON_RETRYABLE = ("invalid_input", "unknown_variant")
+# A jointly planned request that arrives alone is planned inline (milliseconds) up to this many boards.
+INLINE_PLAN_NODES = 16
 # A request's weight on a node its plan does not use (it runs there only orphans or steals).
 STRAY_WEIGHT = 0.01
 # A shard holds at most this many times ``shard_size`` inputs (see ``shard_size``); a request of at
@@ -158,17 +160,32 @@ class RequestDispatch:
             r.status = RequestStatus.QUEUED
             self.core.small.enqueue(r, now)
             return []
-        if r.joint:
+        if r.joint and not self._alone(r):
             r.status = RequestStatus.PLANNING
             self.core.planning.want(f"request {r.request_id[:8]} arrived")
             return []
-        # The baselines plan alone, on the whole cluster, and follow that plan (no solve: they are cheap).
+        # The baselines plan alone, on the whole cluster, and follow that plan (no solve: they are cheap);
+        # so does a jointly planned request that arrives alone: it starts at once, without waiting for a solve.
         try:
             table = self.core.table.only(r.variants)
             plan = make_plan(r.policy, table, r.request, self.core.nodes.usable())
         except PlanningError as exc:
             return self.fail(r, Error("invalid_input", str(exc), r.request_id))
+        if r.joint:
+            self.core.table.assume_current(self.core.nodes.usable())  # its drift is judged from this plan
         return self.run(r, plan, now)
+
+    def _alone(self, r: OpenRequest) -> bool:
+        """Nothing else shares the boards (no other large request, no stream, no small requests' pool), and
+        the cluster is small enough to plan inline: the joint plan would be this request's own plan."""
+        core = self.core
+        others = any(o is not r and not o.small for o in core.requests.values())
+        return (
+            not others
+            and not core.streams
+            and not core.small.queued_tasks()
+            and (len(core.nodes.usable()) <= INLINE_PLAN_NODES)
+        )
 
     def run(self, r: OpenRequest, plan: Plan, now: float) -> list[Instruction]:
         """Start a request on its plan (a strict request whose plan misses its conditions fails instead)."""
@@ -322,9 +339,10 @@ class RequestDispatch:
         return self.requeue(r, work.task, node) if r is not None and r.run is not None else []
 
     # --- sending -------------------------------------------------------------------------------
-    def next_for(self, node: NodeState, now: float) -> SendShard | None:
+    def next_for(self, node: NodeState, now: float, steal: bool = True) -> SendShard | None:
         """The shard a free node runs next: of the request it owes the most service by its planned share
-        of the node's time; else, idle, the tail of the slowest node's queue if it would finish it sooner."""
+        of the node's time; else, idle (and ``steal``), the tail of the slowest node's queue if it would
+        finish it sooner."""
         best: tuple[float, OpenRequest] | None = None
         for r in self.core.requests.values():
             if r.run is None or not r.run.has_work_for(node.name, node.variants):
@@ -338,7 +356,7 @@ class RequestDispatch:
             shard = r.run.next_shard(node.name, node.variants)
             if shard is not None:
                 return self.send(node, r, shard, now)
-        if self.core.settings.work_stealing:
+        if steal and self.core.settings.work_stealing:
             for r in self.core.requests.values():
                 if r.run is None or r.policy not in ADAPTS_AT_RUN_TIME:
                     continue

@@ -37,6 +37,8 @@ def report(r: OpenRequest, table: ExplorationTable, expected_nodes: Iterable[str
         "expected_accuracy": first.expected_accuracy,
         "served_accuracy": run.served_accuracy(table.accuracy),
         "feasible": first.feasible,
+        "margin": first.margin,  # relative headroom the plan kept below its mean rate (0: a baseline, at the mean)
+        "confidence": table.confidence if first.cautious else None,  # what its promise aimed at
         "retries": run.retries,
         "steals": run.steals,
         "replans": run.replans,

@@ -193,7 +193,9 @@ def _adaptive(mean_table: ExplorationTable, request: PlanRequest, nodes: Sequenc
         return plan_of(options, allocation, notes)
     efficiency = table.efficiency_for(o.variant for o in options)
     steady_s = total / request.target_ips - startup_s  # the time the inputs really have
-    deadline = steady_s * efficiency * (1 - margin)
+    # Any plan finishes within every input's time on the slowest option: a longer deadline changes nothing
+    # (and a vanishing target's would not be finite).
+    deadline = min(steady_s * efficiency * (1 - margin), total * max(o.seconds_per_input for o in options))
     for _ in range(3):  # tighter solves when rounding to whole inputs lost the target
         allocation = maximise_accuracy(options, total, deadline, request.min_accuracy, mixed) if deadline > 0 else None
         if allocation is None:
