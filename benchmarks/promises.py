@@ -25,7 +25,7 @@ from common import MANIFEST, RESULTS, run_info, write_results
 from edgecollab.coordinator.request_run import RequestRun
 from edgecollab.errors import EdgecollabError
 from edgecollab.planner import ADAPTS_AT_RUN_TIME, ExplorationTable, Measurement, Plan, PlanRequest, make_plan
-from edgecollab.planner.confidence import DEFAULT_CONFIDENCE
+from edgecollab.planner.confidence import DEFAULT_CONFIDENCE, MIN_TASK_SPREAD, Realisation
 from edgecollab.plots import pyplot, save
 from edgecollab.worker.emulation import BOARD_PROFILES
 from edgecollab.zoo import load_manifest
@@ -52,8 +52,12 @@ def true_table(task: str) -> ExplorationTable:
 
 
 def noisy(truth: ExplorationTable, spread: float, rng: np.random.Generator) -> ExplorationTable:
-    """Every row off by a log-normal error of ``spread``, which the row knows it has."""
+    """Every row off by a log-normal error of ``spread``, which the row knows it has. The task's realisation
+    is what a coordinator that had served requests in this world would have learned: every plan's work
+    reaches what its true rows allow (efficiency 1, the least spread); the rows' error is what is tested."""
     table = truth.scaled(1.0)
+    learned = Realisation(efficiency=1.0, variance=MIN_TASK_SPREAD**2, startup_s=0.0, requests=10)
+    table.realisations = {task: learned for task in set(truth.tasks.values())}
     for node in truth.nodes():
         for variant in truth.variants_of(node):
             m = truth.get(node, variant)

@@ -136,6 +136,7 @@ def request_row(
         "expected_accuracy": report["expected_accuracy"],
         "feasible": report.get("feasible", True),  # the plan promised the target
         "margin": report.get("margin", 0.0),
+        "promise_basis": report.get("promise_basis"),
         "wall_s": report["wall_s"],
         "retries": report["retries"],
         "notes": report["notes"],

@@ -22,7 +22,8 @@ import numpy as np
 from ..config import CoordinatorConfig
 from ..errors import EdgecollabError
 from ..planner import Measurement, ProfileCache
-from ..planner.confidence import HOST_BOUND_SPREAD, MIN_ROW_SPREAD
+from ..planner.confidence import HOST_BOUND_SPREAD
+from ..planner.table import estimate_spread
 from ..protocol import Message, ShardResult
 from .events import Event, NodeProfiled, NodeRegistered, ProfileAnswer, ProfileShardWanted
 from .peers import WorkerLink
@@ -113,7 +114,7 @@ class Profiler:
         at a time, as dispatch sends them, so the throughput (inputs ÷ elapsed time) includes the
         coordinator's per-shard cost and the load of the other nodes profiling at the same time. A fast
         row is timed again at the larger shard size requests cut for it (``shard_size_for``): a row is a
-        curve in the batch size. Its spread is that of its shards' round trips.
+        curve in the batch size. Its spread follows from its shards' round trips (``estimate_spread``).
         """
         size = self.settings.shard_size
         rows = max(size * MAX_SHARD_FACTOR, *LATENCY_BATCHES)
@@ -152,7 +153,7 @@ class Profiler:
                         runs.append(at_real_size)
                 used = runs[-1]
                 host_bound = any(r.host_bound for r in runs)
-                spread = max(used.spread, MIN_ROW_SPREAD, HOST_BOUND_SPREAD if host_bound else 0.0)
+                spread = max(estimate_spread(used.spread), HOST_BOUND_SPREAD if host_bound else 0.0)
                 measurements[variant] = Measurement(
                     ips=used.ips,
                     latency_ms=statistics.median(used.round_trips) * 1e3,

@@ -90,6 +90,7 @@ class RequestRun:
         self.steals = 0  # shards an idle node took from a slower one's queue
         self.replans = 0
         self.finished_at: float | None = None
+        self.believed_costs: dict[tuple[str, str], float] = {}  # (node, variant) -> s/input its plans believed
         # One entry per accepted shard: (seconds after arrival its result came, node, variant, inputs, busy s).
         self._done: list[tuple[float, str, str, int, float]] = []
         self._cut(plan, [(0, self.total_inputs)])
@@ -305,12 +306,20 @@ class RequestRun:
         first, _, _, _, busy = min(self._done)
         return max(first - busy, 0.0)
 
+    def believe(self, costs: Mapping[tuple[str, str], float]) -> None:
+        """What a plan adopted for this request believed each (node, variant) costs per input (the first
+        belief about a pair is kept: a promise is judged against what was believed when it was made)."""
+        for key, seconds in costs.items():
+            self.believed_costs.setdefault(key, seconds)
+
     def reachable_ips(self, seconds_per_input: Callable[[str, str], float], node_share: Mapping[str, float]) -> float:
-        """What the work, as it was really split over nodes and variants, could reach on the table's rows:
-        each node given ``node_share`` of its time (1 where absent) and all finishing together."""
+        """What the work, as it was really split over nodes and variants, could reach as its plans believed
+        (``believe``; ``seconds_per_input`` for pairs no plan named): each node given ``node_share`` of its
+        time (1 where absent) and all finishing together."""
         busy: dict[str, float] = {}
         for _, node, variant, inputs, _ in self._done:
-            busy[node] = busy.get(node, 0.0) + inputs * seconds_per_input(node, variant) / node_share.get(node, 1.0)
+            cost = self.believed_costs.get((node, variant)) or seconds_per_input(node, variant)
+            busy[node] = busy.get(node, 0.0) + inputs * cost / node_share.get(node, 1.0)
         makespan = max(busy.values(), default=0.0)
         return self.total_inputs / makespan if makespan > 0 and np.isfinite(makespan) else 0.0
 

@@ -79,6 +79,8 @@ class OpenRequest:
     variants: frozenset[str] | None = None
     # Other work ran beside it at some point: it had only its planned share of its nodes' time.
     shared: bool = False
+    # What its task's realisation was when it was planned (efficiency, spread, start-up), and the confidence
+    promise_basis: dict[str, float] = field(default_factory=dict)
     key: str = field(init=False)  # the core's name for it: requests, demands
 
     def __post_init__(self) -> None:
@@ -199,6 +201,10 @@ class RequestDispatch:
             return self.fail(r, Error("infeasible", message, r.request_id))
         sizes = {(a.node, a.variant): self.shard_size(a.node, a.variant) for a in plan.assignments}
         r.run = RequestRun(r.request_id, plan, self.core.settings.shard_size, r.arrived, sizes)
+        r.run.believe(believed_costs(plan, self.core.table))
+        table = self.core.table
+        realisation = table.realisation(r.variants or table.accuracy)
+        r.promise_basis = {**realisation.as_dict(), "confidence": table.confidence, "z": table.z}
         r.first_plan = plan
         r.status = RequestStatus.RUNNING
         r.dispatch_started = now
@@ -230,8 +236,9 @@ class RequestDispatch:
 
     def learn(self, r: OpenRequest, run: RequestRun) -> None:
         """Teach the table what every request really got (re-planned and short ones too): after its start-up,
-        against what its work, as it was split, could reach on the rows as they are now; a request that
-        shared the cluster is measured against the share of node time it was planned to have."""
+        against what its work, as it was split, could reach as its plans believed (the rows when each plan
+        was made: a row that is right alone but slow under a whole cluster's load shows here); a request
+        that shared the cluster is measured against the share of node time it was planned to have."""
         startup = run.startup_seconds()
         steady = run.total_inputs / max(run.wall_seconds() - startup, 1e-6)
         table = self.core.table
@@ -382,6 +389,11 @@ class RequestDispatch:
 
     def shard_size(self, node: str, variant: str) -> int:
         return shard_size_for(self.core.table.ips(node, variant), self.core.settings)
+
+
+def believed_costs(plan: Plan, table: ExplorationTable) -> dict[tuple[str, str], float]:
+    """Seconds per input the table gives each (node, variant) of a plan now: what its promise rests on."""
+    return {(a.node, a.variant): table.seconds_per_input(a.node, a.variant) for a in plan.assignments}
 
 
 def shard_size_for(ips: float, settings: CoordinatorConfig) -> int:

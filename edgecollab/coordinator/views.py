@@ -39,6 +39,8 @@ def report(r: OpenRequest, table: ExplorationTable, expected_nodes: Iterable[str
         "feasible": first.feasible,
         "margin": first.margin,  # relative headroom the plan kept below its mean rate (0: a baseline, at the mean)
         "confidence": table.confidence if first.cautious else None,  # what its promise aimed at
+        # why that margin: its task's efficiency, spread and start-up as learned when it was planned
+        "promise_basis": r.promise_basis if first.cautious else None,
         "retries": run.retries,
         "steals": run.steals,
         "replans": run.replans,

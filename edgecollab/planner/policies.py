@@ -209,17 +209,16 @@ def _adaptive(mean_table: ExplorationTable, request: PlanRequest, nodes: Sequenc
             if share > 0:
                 rounding[o.node] = rounding.get(o.node, 0.0) + o.seconds_per_input
         deadline -= max(rounding.values())
-    # No plan can promise the target: the fastest plan, chosen on the rows' estimates (the best guess of
-    # what is fastest), and what it can promise.
-    fastest_options = _options(mean_table, nodes)
-    fastest = minimise_makespan(fastest_options, total, request.min_accuracy, mixed)
+    # No plan can promise the target: the plan that promises the most (on the lower bounds too: a row
+    # that is fast only by its estimate is the one most likely over-estimated), and what it promises.
+    fastest = minimise_makespan(options, total, request.min_accuracy, mixed)
     notes = []
     if fastest is None:
-        fastest = minimise_makespan(fastest_options, total, None, mixed)
+        fastest = minimise_makespan(options, total, None, mixed)
         notes.append(_unreachable_accuracy_note(request, best_accuracy))
     if fastest is None:
         raise PlanningError("the optimiser found no allocation (no node can take inputs)")
-    plan = plan_of(fastest_options, fastest)
+    plan = plan_of(options, fastest)
     return replace(plan, notes=(_infeasible_note(request, plan.expected_ips), *notes), feasible=False)
 
 

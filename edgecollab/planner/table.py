@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .confidence import DEFAULT_CONFIDENCE, MIN_ROW_SPREAD, Realisation, lower_bound, z_of
+from .confidence import DEFAULT_CONFIDENCE, HOST_BOUND_SPREAD, MIN_ROW_SPREAD, Realisation, lower_bound, z_of
 
 # Observed throughput is folded into the table with this weight (exponentially weighted average).
 OBSERVATION_WEIGHT = 0.3
@@ -20,8 +20,15 @@ DRIFT_THRESHOLD = 0.3
 DRIFT_MIN_OBSERVATIONS = 3
 # A row's spread before anything measured it.
 PRIOR_ROW_SPREAD = 0.1
-# Shards that queued, or frames batched, say less about a row's error than whole shards: their residual
-# enters the spread with the weight of their evidence (see ``observe``).
+# A row's estimate averages its shards (exponentially, weight w), so its error is a shard's scatter times
+# sqrt(w / (2 - w)), the standard deviation of such an average: the jitter of one 20 ms shard on a busy
+# host is not an error in what the board sustains over a request.
+ESTIMATE_SHARE = OBSERVATION_WEIGHT / (2 - OBSERVATION_WEIGHT)
+
+
+def estimate_spread(shard_spread: float) -> float:
+    """The relative error of a row's estimate whose shards scatter by ``shard_spread``."""
+    return max(shard_spread * math.sqrt(ESTIMATE_SHARE), MIN_ROW_SPREAD)
 
 
 def shard_cost_s(sent: float, previous_result: float | None, now: float, busy_s: float) -> float:
@@ -42,7 +49,7 @@ class Measurement:
     latency_ms: float  # time for one shard, send to reply
     # (batch size, round trip in ms) of shards sent one at a time: what a frame waits for its answer
     latencies: tuple[tuple[int, float], ...] = ()
-    spread: float = PRIOR_ROW_SPREAD  # relative standard deviation of the row's throughput, measured
+    spread: float = PRIOR_ROW_SPREAD  # relative error of ``ips`` as an estimate (``estimate_spread``), measured
     # The worker said its host's compute took longer than the emulated board would: the row measures the
     # host (emulation only; it then varies with what else the host runs).
     host_bound: bool = False
@@ -130,8 +137,8 @@ class ExplorationTable:
         expected = old.ips_at(batch) if batch else old.ips
         ratio = ips / expected if expected > 0 else 1.0
         factor = 1.0 + weight * (ratio - 1.0)  # the whole curve moves: a slower board is slower at every batch
-        variance = (1 - weight) * old.spread**2 + weight * (ratio - 1.0) ** 2
-        spread = max(math.sqrt(variance), MIN_ROW_SPREAD)
+        shard_variance = (1 - weight) * old.spread**2 / ESTIMATE_SHARE + weight * (ratio - 1.0) ** 2
+        spread = max(estimate_spread(math.sqrt(shard_variance)), HOST_BOUND_SPREAD if old.host_bound else 0.0)
         updated = replace(old.scaled_by(factor), spread=spread, observations=old.observations + 1)
         self._rows[(node, variant)] = updated
         self.version += 1
