@@ -94,6 +94,27 @@ def test_proportional_policy_follows_the_measured_throughput(cluster: LocalClust
     assert planned == expected
 
 
+def test_an_adaptive_request_reports_its_promise_and_the_table_keeps_what_it_learned(
+    cluster: LocalCluster, config_path: Path, test_set: LabelledSet
+) -> None:
+    infer(cluster.clients_endpoint, np.zeros((4, 1, 28, 28), np.uint8))  # all profiled
+    report = infer(cluster.clients_endpoint, test_set.inputs[:2000], target_ips=300.0).report
+    assert report["feasible"] is True and report["expected_ips"] >= 300.0 and report["achieved_ips"] >= 300.0
+    assert 0.0 < report["margin"] < 0.5 and report["confidence"] == 0.9
+    assert {"efficiency", "spread", "startup_s", "requests"} <= set(report["promise_basis"])
+    # The table learned from it what the task's requests get, and says what it knows of each row.
+    table = ask(cluster.clients_endpoint, "table")
+    assert table["tasks"]["fashion-mnist"]["requests"] >= 1 and table["missing"] == []
+    assert all(r["task"] == "fashion-mnist" and 0 < r["error"]["spread"] < 1 for r in table["rows"])
+    # ... and keeps it beside the profiles, so a restarted coordinator plans from there.
+    cache = config_path.parent / ".edgecollab" / "exploration.json"
+    deadline = time.monotonic() + 15
+    while "@tasks" not in json.loads(cache.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    learned = json.loads(cache.read_text())["@tasks"]
+    assert learned["fashion-mnist"]["requests"] >= 1
+
+
 def test_emulated_odroid_is_slower_than_the_jetson_on_a_heavy_variant(cluster: LocalCluster, config_path: Path) -> None:
     infer(cluster.clients_endpoint, np.zeros((10, 1, 28, 28), np.uint8))  # make sure profiling is done
     ips = profiled_ips(config_path)

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .confidence import DEFAULT_CONFIDENCE, HOST_BOUND_SPREAD, MIN_ROW_SPREAD, Realisation, lower_bound, z_of
+from .confidence import DEFAULT_CONFIDENCE, MIN_ROW_SPREAD, Realisation, lower_bound, z_of
 
 # Observed throughput is folded into the table with this weight (exponentially weighted average).
 OBSERVATION_WEIGHT = 0.3
@@ -138,7 +138,7 @@ class ExplorationTable:
         ratio = ips / expected if expected > 0 else 1.0
         factor = 1.0 + weight * (ratio - 1.0)  # the whole curve moves: a slower board is slower at every batch
         shard_variance = (1 - weight) * old.spread**2 / ESTIMATE_SHARE + weight * (ratio - 1.0) ** 2
-        spread = max(estimate_spread(math.sqrt(shard_variance)), HOST_BOUND_SPREAD if old.host_bound else 0.0)
+        spread = estimate_spread(math.sqrt(shard_variance))
         updated = replace(old.scaled_by(factor), spread=spread, observations=old.observations + 1)
         self._rows[(node, variant)] = updated
         self.version += 1
