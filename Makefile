@@ -102,7 +102,7 @@ bench-v2:
 	$(PEERS)/bin/python benchmarks/v2_perf_analyzer.py
 
 # Every benchmark the README and docs/benchmarks.md quote, one after another, then the docs' tables
-# rendered from what they wrote (about 75 minutes on the development machine; network needs root).
+# rendered from what they wrote (about 2 hours on the development machine; network needs root).
 bench-all: bench bench-runtime bench-network
 	$(BIN)/python benchmarks/applications.py
 	$(MAKE) bench-peers

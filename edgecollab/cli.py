@@ -728,7 +728,7 @@ def profile(
     from .inspection import ask, cached_profile, profile_here
 
     cluster = load_config(config)
-    missing: list[dict[str, str]] = []
+    missing: list[dict[str, Any]] = []
     if coordinator:
         answer = ask(coordinator, "table", curve=client_curve(cluster))
         rows, missing = answer["rows"], answer.get("missing", [])
@@ -743,7 +743,8 @@ def profile(
         if not rows:  # --refresh also forgets what earlier runs learned: it is kept with the profiles
             rows = profile_here(config, refresh)
     for m in missing:  # a table that is not whole says so, whatever the output
-        print(f"missing: {m['node']} {m['variant']} ({m['task']}): {m['why']}", file=sys.stderr)
+        what = f"{m['variant']} ({m['task']})" if m.get("variant") else "every variant"
+        print(f"missing: {m['node']} {what}: {m['why']}", file=sys.stderr)
     if json_output:
         print(json.dumps(rows, indent=2))
         return

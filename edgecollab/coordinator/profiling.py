@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import logging
 import statistics
 import time
@@ -60,6 +61,10 @@ class Profiler:
         self._is_current = is_current
         self._waiting: dict[int, asyncio.Future[Message]] = {}  # profiling shard number -> its answer
         self._numbers = 0
+        self._samples: dict[str, np.ndarray] = {}  # variant -> random inputs of its task, made when first asked
+        self._profiling_alone: set[str] = set()  # nodes whose own profile is being measured
+        # Nodes measured alone, waiting to be measured together with the others profiled at the same time
+        self._measured_alone: dict[str, tuple[WorkerLink, dict[str, Measurement]]] = {}
 
     async def registered(self, link: WorkerLink) -> None:
         """A worker registered: tell the core, then its profile from the cache, or profile it. A site
@@ -77,12 +82,45 @@ class Profiler:
             await self._feed(NodeProfiled(link.name, cached, time.monotonic()))
 
     async def _profile_and_tell(self, link: WorkerLink) -> None:
+        """Profile a node alone; once no node is still being profiled alone, time every variant on all the
+        nodes profiled meanwhile at once (``_measure_together``), then tell the core about each."""
         variants = [v for v in link.variants if v in self.inputs_of]
-        measurements = await self.profile(link.name, variants)
-        if measurements is not None and self._is_current(link):
-            self.cache.store(link.name, link.fingerprint, measurements)
-            log.info("coordinator: node %s profiled (%d variants)", link.name, len(measurements))
-            await self._feed(NodeProfiled(link.name, measurements, time.monotonic()))
+        self._profiling_alone.add(link.name)
+        try:
+            measurements = await self.profile(link.name, variants)
+        finally:
+            self._profiling_alone.discard(link.name)
+        if measurements is not None:
+            self._measured_alone[link.name] = (link, measurements)
+        if self._profiling_alone:
+            return  # the last one to finish measures them together
+        measured, self._measured_alone = self._measured_alone, {}
+        if len(measured) > 1:
+            await self._measure_together({name: m for name, (_, m) in measured.items()})
+        for name, (node_link, node_measurements) in measured.items():
+            if self._is_current(node_link):
+                self.cache.store(name, node_link.fingerprint, node_measurements)
+                log.info("coordinator: node %s profiled (%d variants)", name, len(node_measurements))
+                await self._feed(NodeProfiled(name, node_measurements, time.monotonic()))
+
+    async def _measure_together(self, measured: dict[str, dict[str, Measurement]]) -> None:
+        """Time each variant on every node that has it at once, as a request runs them, and keep the slower
+        of that and the node's own figure: boards that share something (a host, a link, the coordinator)
+        are slower together than each alone, and a plan that uses them all must know it."""
+        for variant in sorted({v for rows in measured.values() for v in rows}):
+            holders = [(node, rows[variant]) for node, rows in measured.items() if variant in rows]
+            if len(holders) < 2:
+                continue
+            runs = await asyncio.gather(
+                *(self._pipelined(node, variant, shard_size_for(m.ips, self.settings)) for node, m in holders),
+                return_exceptions=True,
+            )
+            for (node, alone), run in zip(holders, runs, strict=True):
+                if isinstance(run, Pipelined) and run.ips < alone.ips:
+                    together = alone.scaled_by(run.ips / alone.ips)
+                    measured[node][variant] = dataclasses.replace(
+                        together, host_bound=alone.host_bound or run.host_bound
+                    )
 
     def answer(self, answer: ProfileAnswer) -> None:
         waiter = self._waiting.pop(answer.number, None)
@@ -100,11 +138,40 @@ class Profiler:
         await self._feed(ProfileShardWanted(node, number, variant, inputs, time.monotonic(), outputs))
         reply = await waiter
         if isinstance(reply, ShardResult):
-            return Trip(time.perf_counter() - started, reply.host_bound)
+            finished = time.perf_counter()
+            return Trip(finished - started, reply.host_bound, finished)
         if getattr(reply, "code", "") == "node_lost":
             raise NodeGone(str(getattr(reply, "message", "")))
         log.warning("coordinator: profiling %s on %s failed: %s", variant, node, reply)
         return None
+
+    def _inputs(self, variant: str, batch: int) -> np.ndarray:
+        """``batch`` random inputs of the variant's task (made once per variant, enough for any shard)."""
+        if variant not in self._samples:
+            shape, dtype = self.inputs_of[variant]
+            rows = max(self.settings.shard_size * MAX_SHARD_FACTOR, *LATENCY_BATCHES)
+            self._samples[variant] = np.random.default_rng(0).integers(0, 256, (rows, *shape)).astype(dtype)
+        return self._samples[variant][:batch]
+
+    async def _pipelined(
+        self, node: str, variant: str, batch: int, window: asyncio.Semaphore | None = None
+    ) -> Pipelined | None:
+        """``profile_shards`` shards of ``batch`` inputs, ``window`` at a time as dispatch sends them; None if
+        one failed. ``NodeGone`` if the node left."""
+        window = window or asyncio.Semaphore(self.settings.window)
+
+        async def timed() -> Trip | None:
+            async with window:
+                return await self._run(node, variant, self._inputs(variant, batch))
+
+        started = time.perf_counter()
+        trips = await asyncio.gather(*(timed() for _ in range(self.settings.profile_shards)))
+        elapsed = time.perf_counter() - started
+        done = [t for t in trips if t is not None]
+        if len(done) < len(trips):
+            return None
+        host_bound = any(t.host_bound for t in done)
+        return Pipelined(batch * len(done) / elapsed, [t.seconds for t in done], host_bound, [t.finished for t in done])
 
     async def profile(self, node: str, variants: list[str]) -> dict[str, Measurement] | None:
         """Measure every variant as requests will run it; None if the node left first.
@@ -114,29 +181,18 @@ class Profiler:
         at a time, as dispatch sends them, so the throughput (inputs ÷ elapsed time) includes the
         coordinator's per-shard cost and the load of the other nodes profiling at the same time. A fast
         row is timed again at the larger shard size requests cut for it (``shard_size_for``): a row is a
-        curve in the batch size. Its spread follows from its shards' round trips (``estimate_spread``).
+        curve in the batch size. Its spread follows from the gaps between its answers (``estimate_spread``).
         """
         size = self.settings.shard_size
-        rows = max(size * MAX_SHARD_FACTOR, *LATENCY_BATCHES)
-        rng = np.random.default_rng(0)
-        samples = {
-            v: rng.integers(0, 256, (rows, *shape)).astype(dtype) for v, (shape, dtype) in self.inputs_of.items()
-        }
         window = asyncio.Semaphore(self.settings.window)
         measurements: dict[str, Measurement] = {}
 
         async def timed(variant: str, batch: int = size) -> Trip | None:
             async with window:
-                return await self._run(node, variant, samples[variant][:batch])
+                return await self._run(node, variant, self._inputs(variant, batch))
 
         async def pipelined(variant: str, batch: int) -> Pipelined | None:
-            started = time.perf_counter()
-            trips = await asyncio.gather(*(timed(variant, batch) for _ in range(self.settings.profile_shards)))
-            elapsed = time.perf_counter() - started
-            done = [t for t in trips if t is not None]
-            if len(done) < len(trips):
-                return None
-            return Pipelined(batch * len(done) / elapsed, [t.seconds for t in done], any(t.host_bound for t in done))
+            return await self._pipelined(node, variant, batch, window)
 
         try:
             for variant in variants:
@@ -179,6 +235,7 @@ class Profiler:
 class Trip:
     seconds: float  # send to answer
     host_bound: bool  # the worker said its host, not the emulated board, set the time
+    finished: float  # perf_counter when the answer came
 
 
 @dataclass(frozen=True)
@@ -188,10 +245,14 @@ class Pipelined:
     ips: float
     round_trips: list[float]
     host_bound: bool
+    finished: list[float]  # when each answer came
 
     @property
     def spread(self) -> float:
-        """Relative standard deviation of the round trips."""
-        if len(self.round_trips) < 2:
+        """Relative standard deviation of the node's pace: the gaps between consecutive answers. (Not of the
+        round trips: with shards queued behind each other those differ by the queueing alone.)"""
+        ends = sorted(self.finished)
+        gaps = [b - a for a, b in itertools.pairwise(ends)]
+        if len(gaps) < 2 or statistics.mean(gaps) <= 0:
             return 0.0
-        return statistics.stdev(self.round_trips) / statistics.mean(self.round_trips)
+        return statistics.stdev(gaps) / statistics.mean(gaps)

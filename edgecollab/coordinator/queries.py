@@ -129,22 +129,19 @@ class Queries:
             return Error("invalid_input", f"cannot plan {dict(params)}: {exc}", query.request_id)
         return Answer(query.request_id, {**plan.as_dict(), "task": task.name})
 
-    def missing_rows(self) -> list[dict[str, str]]:
-        """Rows the table lacks: per configured node, each variant of a served task it has no row for, and why."""
+    def missing_rows(self) -> list[dict[str, str | None]]:
+        """Rows the table lacks: per configured node, each variant it was given and has no row for, and why
+        (a node not connected yet is one entry with no variant)."""
         table, rows = self.core.table, []
         for node in sorted(self.core.manager.expected):
             link = self.peers.links.get(node)
-            have = set(table.variants_of(node))
-            for variant in sorted(v for v in table.tasks if v not in have):
-                if link is None:
-                    why = "node not connected"
-                elif variant in link.left_out():
-                    why = f"left out by the board: {link.left_out()[variant]}"
-                elif variant not in link.variants:
-                    why = "not loaded by the board"
-                else:
-                    why = "not profiled yet"
-                rows.append({"node": node, "variant": variant, "task": table.tasks[variant], "why": why})
+            if link is None:
+                rows.append({"node": node, "variant": None, "task": None, "why": "node not connected"})
+                continue
+            have, left_out = set(table.variants_of(node)), link.left_out()
+            for variant in sorted((set(link.variants) | set(left_out)) - have):
+                why = f"left out by the board: {left_out[variant]}" if variant in left_out else "not profiled yet"
+                rows.append({"node": node, "variant": variant, "task": table.tasks.get(variant), "why": why})
         return rows
 
     def status(self, viewer: str | None = None) -> dict[str, Any]:
