@@ -29,10 +29,9 @@ MIN_TASK_SPREAD = 0.03
 # 12.8 % at confidence 0.9; learned requests bring it down to what they show).
 PRIOR_TASK_SPREAD = 0.1
 # A row whose time was set by the host's compute rather than the board's (emulation only) varies with
-# what else the host runs: its spread starts here, and real shards then say how much it varies. Such
-# rows ran at 0.65-0.9 of their profiled speed when every emulated board computed at once (the
-# requests that broke their promises in benchmarks/policies.py at a 20 % start).
-HOST_BOUND_SPREAD = 0.35
+# what else the host runs: its spread starts here, and real shards then say how much it varies. (What
+# the boards lose to each other when all compute at once, profiling measures: ``_measure_together``.)
+HOST_BOUND_SPREAD = 0.15
 # Weight of one finished request in its task's realisation (exponentially weighted).
 REALISATION_WEIGHT = 0.3
 # A lower bound is never below this fraction of the estimate: the plan must still use the row.
