@@ -62,8 +62,8 @@ class Measurement:
         object.__setattr__(self, "curve", tuple(sorted((int(b), float(ips)) for b, ips in self.curve)))
 
     def ips_at(self, batch: int) -> float:
-        """Throughput with shards of ``batch`` inputs: from the curve (interpolated, flat beyond its ends),
-        else from the single-shard round trips, never above the row's own figure past its largest batch."""
+        """Throughput with shards of ``batch`` inputs: from the curve (interpolated, flat beyond its ends);
+        the row's own figure when it has no curve (a profile written before curves were measured)."""
         points = self.curve
         if not points:
             return self.ips
