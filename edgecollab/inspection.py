@@ -44,11 +44,8 @@ def cached_table(config: ClusterConfig, task: str | None = None) -> ExplorationT
     for every node of the config."""
     manifest = load_manifest(config.manifest_path, check_files=False)
     task = task or config.models.task
-    table, _ = cached_profile(config)
-    table = table.only(frozenset(manifest.id_of(v) for v in manifest.for_task(task)))
-    table.link_seconds = config.link_seconds_per_input(manifest.tasks[task].bytes_per_input)
-    table.input_scale = {}
-    return table
+    table, _ = cached_profile(config)  # its links are per input of the first task, scaled for each variant's
+    return table.only(frozenset(manifest.id_of(v) for v in manifest.for_task(task)))
 
 
 def cached_profile(config: ClusterConfig) -> tuple[ExplorationTable, list[dict[str, str]]]:

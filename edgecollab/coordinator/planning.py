@@ -18,7 +18,7 @@ from ..planner import ExplorationTable, Plan, PlanningError, PlanRequest
 from ..planner.joint import Demand, DemandPlan, JointPlan
 from ..protocol import Error
 from .events import Instruction, PlanSolved, Replan
-from .requests import OpenRequest, RequestStatus, believed_costs, plan_weights
+from .requests import OpenRequest, RequestStatus, plan_weights
 from .streams import OpenStream, StreamStatus
 
 if TYPE_CHECKING:
@@ -182,7 +182,7 @@ class Planning:
             sizes = {(a.node, a.variant): core.request_dispatch.shard_size(a.node, a.variant) for a in plan.assignments}
             run.sizes.update(sizes)
             run.replan(plan)
-            run.believe(believed_costs(plan, core.table))
+            run.believe(plan, core.table.seconds_per_input)
             core.counters["replans"] += 1
         r.weights = plan_weights(run.plan, core.table)
 

@@ -153,19 +153,21 @@ class Profiler:
             self._samples[variant] = np.random.default_rng(0).integers(0, 256, (rows, *shape)).astype(dtype)
         return self._samples[variant][:batch]
 
+    async def _timed(self, node: str, variant: str, batch: int, window: asyncio.Semaphore) -> Trip | None:
+        """One shard of ``batch`` inputs, once the node has a slot of ``window`` free."""
+        async with window:
+            return await self._run(node, variant, self._inputs(variant, batch))
+
     async def _pipelined(
         self, node: str, variant: str, batch: int, window: asyncio.Semaphore | None = None
     ) -> Pipelined | None:
         """``profile_shards`` shards of ``batch`` inputs, ``window`` at a time as dispatch sends them; None if
         one failed. ``NodeGone`` if the node left."""
         window = window or asyncio.Semaphore(self.settings.window)
-
-        async def timed() -> Trip | None:
-            async with window:
-                return await self._run(node, variant, self._inputs(variant, batch))
-
         started = time.perf_counter()
-        trips = await asyncio.gather(*(timed() for _ in range(self.settings.profile_shards)))
+        trips = await asyncio.gather(
+            *(self._timed(node, variant, batch, window) for _ in range(self.settings.profile_shards))
+        )
         elapsed = time.perf_counter() - started
         done = [t for t in trips if t is not None]
         if len(done) < len(trips):
@@ -187,12 +189,11 @@ class Profiler:
         window = asyncio.Semaphore(self.settings.window)
         measurements: dict[str, Measurement] = {}
 
-        async def timed(variant: str, batch: int = size) -> Trip | None:
-            async with window:
-                return await self._run(node, variant, self._inputs(variant, batch))
+        def timed(variant: str, batch: int = size) -> Awaitable[Trip | None]:
+            return self._timed(node, variant, batch, window)
 
-        async def pipelined(variant: str, batch: int) -> Pipelined | None:
-            return await self._pipelined(node, variant, batch, window)
+        def pipelined(variant: str, batch: int) -> Awaitable[Pipelined | None]:
+            return self._pipelined(node, variant, batch, window)
 
         try:
             for variant in variants:

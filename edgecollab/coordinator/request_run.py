@@ -306,11 +306,11 @@ class RequestRun:
         first, _, _, _, busy = min(self._done)
         return max(first - busy, 0.0)
 
-    def believe(self, costs: Mapping[tuple[str, str], float]) -> None:
-        """What a plan adopted for this request believed each (node, variant) costs per input (the first
-        belief about a pair is kept: a promise is judged against what was believed when it was made)."""
-        for key, seconds in costs.items():
-            self.believed_costs.setdefault(key, seconds)
+    def believe(self, plan: Plan, seconds_per_input: Callable[[str, str], float]) -> None:
+        """What a plan adopted for this request believed each of its (node, variant) costs per input (the
+        first belief about a pair is kept: a promise is judged against what was believed when it was made)."""
+        for a in plan.assignments:
+            self.believed_costs.setdefault((a.node, a.variant), seconds_per_input(a.node, a.variant))
 
     def reachable_ips(self, seconds_per_input: Callable[[str, str], float], node_share: Mapping[str, float]) -> float:
         """What the work, as it was really split over nodes and variants, could reach as its plans believed

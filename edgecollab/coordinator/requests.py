@@ -201,7 +201,7 @@ class RequestDispatch:
             return self.fail(r, Error("infeasible", message, r.request_id))
         sizes = {(a.node, a.variant): self.shard_size(a.node, a.variant) for a in plan.assignments}
         r.run = RequestRun(r.request_id, plan, self.core.settings.shard_size, r.arrived, sizes)
-        r.run.believe(believed_costs(plan, self.core.table))
+        r.run.believe(plan, self.core.table.seconds_per_input)
         table = self.core.table
         realisation = table.realisation(r.variants or table.accuracy)
         r.promise_basis = {**realisation.as_dict(), "confidence": table.confidence, "z": table.z}
@@ -389,11 +389,6 @@ class RequestDispatch:
 
     def shard_size(self, node: str, variant: str) -> int:
         return shard_size_for(self.core.table.ips(node, variant), self.core.settings)
-
-
-def believed_costs(plan: Plan, table: ExplorationTable) -> dict[tuple[str, str], float]:
-    """Seconds per input the table gives each (node, variant) of a plan now: what its promise rests on."""
-    return {(a.node, a.variant): table.seconds_per_input(a.node, a.variant) for a in plan.assignments}
 
 
 def shard_size_for(ips: float, settings: CoordinatorConfig) -> int:

@@ -151,12 +151,6 @@ def plan_uniform(table: ExplorationTable, request: PlanRequest, nodes: Sequence[
     return replace(fastest, notes=(_infeasible_note(request, fastest.expected_ips),))
 
 
-def promise_terms(table: ExplorationTable, variants: frozenset[str] | None) -> tuple[float, float]:
-    """The margin a confident plan of this task keeps (z × its realisation's spread) and its start-up."""
-    realisation = table.realisation(variants)
-    return realisation.margin(table.z), realisation.startup_s
-
-
 def _options(table: ExplorationTable, nodes: Sequence[str]) -> list[Option]:
     return [
         Option(n, v, table.seconds_per_input(n, v), table.accuracy[v])
@@ -169,7 +163,8 @@ def _options(table: ExplorationTable, nodes: Sequence[str]) -> list[Option]:
 def _adaptive(mean_table: ExplorationTable, request: PlanRequest, nodes: Sequence[str], mixed: bool) -> Plan:
     # Planned on the rows' lower bounds, with the task's margin: what the plan says is what it promises.
     table = mean_table.lower_bounds()
-    margin, startup_s = promise_terms(table, frozenset(table.accuracy))
+    realisation = table.realisation(table.accuracy)  # the task's: the margin it keeps, its start-up
+    margin, startup_s = realisation.margin(table.z), realisation.startup_s
     policy = "mixed" if mixed else "adaptive"
     options = _options(table, nodes)
     if not options:

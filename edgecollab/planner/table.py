@@ -169,10 +169,13 @@ class ExplorationTable:
         self._observed_since_plan.clear()
 
     # --- what plans can promise ------------------------------------------------------------------
+    def _task_of(self, variants: Iterable[str] | None) -> str:
+        """The task these variants serve ("" when the table does not know it)."""
+        return next((self.tasks[v] for v in variants or () if v in self.tasks), "")
+
     def realisation(self, variants: Iterable[str] | None) -> Realisation:
         """The realisation of the task these variants serve (a fresh one when none was learned)."""
-        task = next((self.tasks[v] for v in variants or () if v in self.tasks), "")
-        return self.realisations.get(task) or Realisation()
+        return self.realisations.get(self._task_of(variants)) or Realisation()
 
     def efficiency_for(self, variants: Iterable[str] | None) -> float:
         return self.realisation(variants).efficiency
@@ -193,8 +196,9 @@ class ExplorationTable:
         fixed costs, where its work, as it was really split, could reach ``reachable_ips`` on the rows."""
         if reachable_ips <= 0 or achieved_ips <= 0:
             return
-        task = next((self.tasks[v] for v in variants if v in self.tasks), "")
-        self.realisations.setdefault(task, Realisation()).observe(achieved_ips / reachable_ips, startup_s)
+        self.realisations.setdefault(self._task_of(variants), Realisation()).observe(
+            achieved_ips / reachable_ips, startup_s
+        )
         self.version += 1
 
     def lower_bounds(self) -> ExplorationTable:
@@ -204,11 +208,6 @@ class ExplorationTable:
         for key, m in copy._rows.items():
             copy._rows[key] = m.scaled_by(lower_bound(1.0, m.spread, z))
         return copy
-
-    def reset_learned(self) -> None:
-        """Forget every correction learned at run time (``profile --refresh`` profiles again)."""
-        self.realisations.clear()
-        self.version += 1
 
     def scaled(self, share: float) -> ExplorationTable:
         """A copy in which every node offers only ``share`` of its throughput (capacity left for one request)."""
@@ -269,16 +268,15 @@ class ExplorationTable:
         Shards are pipelined (the next one travels while the current one computes), so
         the slower of the two sets the pace.
         """
-        ips = self.ips(node, variant)
-        compute = 1.0 / ips if ips > 0 else float("inf")
-        return max(compute, self.link_seconds.get(node, 0.0) * self.input_scale.get(variant, 1.0))
+        return self._cost(node, variant, self.ips(node, variant))
 
     def lower_bound_seconds(self, node: str, variant: str) -> float:
         """``seconds_per_input`` at the row's lower confidence bound (what confident plans are made on)."""
         m = self._rows.get((node, variant))
-        if m is None or m.ips <= 0:
-            return float("inf")
-        compute = 1.0 / lower_bound(m.ips, m.spread, self.z)
+        return self._cost(node, variant, lower_bound(m.ips, m.spread, self.z) if m else 0.0)
+
+    def _cost(self, node: str, variant: str, ips: float) -> float:
+        compute = 1.0 / ips if ips > 0 else float("inf")
         return max(compute, self.link_seconds.get(node, 0.0) * self.input_scale.get(variant, 1.0))
 
     def nodes(self) -> list[str]:
