@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgecollab.inspection import wait_until_ready
 from edgecollab.local import LocalCluster
 from edgecollab.zoo import LabelledSet, load_manifest, load_test_set
 
@@ -69,6 +70,9 @@ def run_slowed_request(folder: Path, cache: Path, test_set: LabelledSet, adapt: 
     target = capacity * 0.6
     indices = np.random.default_rng(7).choice(len(test_set), inputs, replace=True)
     with LocalCluster(config, log_dir=folder / "logs") as local:
+        # Sent once every board is ready: a board joining after it started would re-plan it (a request that
+        # arrives alone starts at once on its own plan), and only the slow-down should here.
+        wait_until_ready(local.clients_endpoint, timeout_s=120)
         result = infer(local.clients_endpoint, test_set.inputs[indices], target_ips=target, policy="adaptive")
     assert len(result.predictions) == inputs and (result.predictions >= 0).all()
     return result.report, target
